@@ -1,0 +1,155 @@
+//! Who is calling: portal JWTs from the identity provider, and LuxTrust assertions.
+//!
+//! Keys come from PEM files named in the settings (Ed25519 for EdDSA, P-256 for ES256); several
+//! keys may be listed in one file, which allows rotating them.
+
+use std::path::Path;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// The role a JWT must carry for the portal back end's system calls.
+pub const SYSTEM_ROLE: &str = "portal-system";
+
+/// A set of public keys and the checks every token must pass.
+#[derive(Clone)]
+pub struct KeySet {
+    keys: Vec<(Algorithm, DecodingKey)>,
+    audience: String,
+    issuer: Option<String>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("keys", &self.keys.len())
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a compact JWS at all.
+    #[error("is not a well-formed signed token")]
+    Malformed,
+    /// Well-formed, but the signature, audience, issuer or expiry is wrong.
+    #[error("is not valid: {0}")]
+    Rejected(String),
+}
+
+impl KeySet {
+    /// Loads every public key in the PEM file at `path`.
+    pub fn from_pem_file(
+        path: &Path,
+        audience: String,
+        issuer: Option<String>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading public keys from {}", path.display()))?;
+        Self::from_pem(&text, audience, issuer)
+            .with_context(|| format!("parsing public keys in {}", path.display()))
+    }
+
+    /// Loads every public key in `pem` (one or more `PUBLIC KEY` blocks).
+    pub fn from_pem(pem: &str, audience: String, issuer: Option<String>) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        for block in pem.split("-----BEGIN ").skip(1) {
+            let block = format!("-----BEGIN {block}");
+            if let Ok(key) = DecodingKey::from_ed_pem(block.as_bytes()) {
+                keys.push((Algorithm::EdDSA, key));
+            } else if let Ok(key) = DecodingKey::from_ec_pem(block.as_bytes()) {
+                keys.push((Algorithm::ES256, key));
+            } else {
+                anyhow::bail!("a PEM block is neither an Ed25519 nor a P-256 public key");
+            }
+        }
+        anyhow::ensure!(!keys.is_empty(), "no public key found");
+        Ok(Self {
+            keys,
+            audience,
+            issuer,
+        })
+    }
+
+    /// Verifies `token` against every key and returns its claims.
+    pub fn verify<C: for<'de> Deserialize<'de>>(&self, token: &str) -> Result<C, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let mut last = TokenError::Rejected("no key matches its algorithm".into());
+        for (algorithm, key) in self
+            .keys
+            .iter()
+            .filter(|(algorithm, _)| *algorithm == header.alg)
+        {
+            let mut validation = Validation::new(*algorithm);
+            validation.set_audience(&[&self.audience]);
+            validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+            validation.leeway = 30;
+            if let Some(issuer) = &self.issuer {
+                validation.set_issuer(&[issuer]);
+            }
+            match jsonwebtoken::decode::<C>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(error) => {
+                    #[expect(
+                        clippy::wildcard_enum_match_arm,
+                        reason = "ErrorKind is non_exhaustive; the rest are key or claim problems"
+                    )]
+                    let refusal = match error.kind() {
+                        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                            TokenError::Malformed
+                        }
+                        ErrorKind::InvalidSignature => TokenError::Rejected("bad signature".into()),
+                        ErrorKind::ExpiredSignature => TokenError::Rejected("expired".into()),
+                        ErrorKind::InvalidAudience => TokenError::Rejected("wrong audience".into()),
+                        ErrorKind::InvalidIssuer => TokenError::Rejected("wrong issuer".into()),
+                        ErrorKind::MissingRequiredClaim(claim) => {
+                            TokenError::Rejected(format!("missing claim {claim}"))
+                        }
+                        ErrorKind::Json(_) => {
+                            TokenError::Rejected("claims of the wrong shape".into())
+                        }
+                        other => TokenError::Rejected(format!("{other:?}")),
+                    };
+                    last = refusal;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Claims of a portal JWT.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortalClaims {
+    /// The account id (or the system's name, for system calls).
+    pub sub: String,
+    /// When the holder last authenticated (seconds since the epoch).
+    pub auth_time: Option<i64>,
+    /// Roles, for system calls.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl PortalClaims {
+    /// Whether the token carries the portal back end's system role.
+    pub fn is_system(&self) -> bool {
+        self.roles.iter().any(|role| role == SYSTEM_ROLE)
+    }
+}
+
+/// Claims of a LuxTrust assertion, as the identity provider signs them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LuxTrustClaims {
+    /// The account the holder authenticated as.
+    pub sub: String,
+    /// `mobile` or `scan`.
+    pub product_kind: String,
+    /// The product's serial number.
+    pub product_serial: String,
+    /// The link attempt's nonce.
+    pub nonce: String,
+}

@@ -1,0 +1,177 @@
+//! Settings, read once from the environment (or any lookup, in tests). Secrets print as `***`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    /// A variable is set to something unusable.
+    #[error("{key} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Everything the command service needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the gRPC server listens (`LINKD_COMMAND_GRPC_ADDR`, default `127.0.0.1:50051`).
+    pub grpc_addr: SocketAddr,
+    /// The event store database (`LINKD_COMMAND_DATABASE_URL`, required).
+    pub database_url: Redacted<String>,
+    /// Pool size (`LINKD_COMMAND_DB_MAX_CONNECTIONS`, default 10).
+    pub db_max_connections: u32,
+    /// PEM file with the identity provider's public keys (`LINKD_IDP_PUBLIC_KEYS_FILE`, required).
+    pub idp_public_keys_file: PathBuf,
+    /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd`).
+    pub idp_audience: String,
+    /// Issuer portal JWTs must name, if set (`LINKD_IDP_ISSUER`).
+    pub idp_issuer: Option<String>,
+    /// PEM file with the keys that sign LuxTrust assertions (`LINKD_LUXTRUST_PUBLIC_KEYS_FILE`, required).
+    pub luxtrust_public_keys_file: PathBuf,
+    /// Audience LuxTrust assertions must name (`LINKD_LUXTRUST_AUDIENCE`, default `linkd`).
+    pub luxtrust_audience: String,
+    /// Server-side pepper for secret-code verifiers (`LINKD_SECRET_CODE_PEPPER`, required, ≥ 32 bytes).
+    pub secret_code_pepper: Redacted<Vec<u8>>,
+    /// Lifetime of a link QR code (`LINKD_QR_TTL_SECONDS`, default 120).
+    pub qr_ttl: Duration,
+    /// Lifetime of a link attempt (`LINKD_LINK_ATTEMPT_TTL_SECONDS`, default 600).
+    pub link_attempt_ttl: Duration,
+    /// Maximum age of `auth_time` for re-authenticated calls (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
+    pub reauth_max_age: Duration,
+}
+
+impl Settings {
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads the settings through `get`, so tests need not touch the environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |key: &str| get(key).filter(|value| !value.trim().is_empty());
+        let required = |key: &'static str| get(key).ok_or(ConfigError::Missing(key));
+        let parsed = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
+            get(key).map_or(Ok(default), |raw| {
+                raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key,
+                    reason: format!("expected a whole number, got {raw:?}"),
+                })
+            })
+        };
+        let seconds = |key: &'static str, default: u64| -> Result<Duration, ConfigError> {
+            match parsed(key, default)? {
+                0 => Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                }),
+                n => Ok(Duration::from_secs(n)),
+            }
+        };
+        let grpc_addr_key = "LINKD_COMMAND_GRPC_ADDR";
+        let grpc_addr = get(grpc_addr_key)
+            .unwrap_or_else(|| "127.0.0.1:50051".into())
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: grpc_addr_key,
+                reason: format!("{e}"),
+            })?;
+        let pepper = required("LINKD_SECRET_CODE_PEPPER")?.into_bytes();
+        if pepper.len() < 32 {
+            return Err(ConfigError::Invalid {
+                key: "LINKD_SECRET_CODE_PEPPER",
+                reason: "must be at least 32 bytes of random text".into(),
+            });
+        }
+        let db_max_connections = u32::try_from(parsed("LINKD_COMMAND_DB_MAX_CONNECTIONS", 10)?)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or(ConfigError::Invalid {
+                key: "LINKD_COMMAND_DB_MAX_CONNECTIONS",
+                reason: "must be between 1 and 4294967295".into(),
+            })?;
+        Ok(Self {
+            grpc_addr,
+            database_url: Redacted(required("LINKD_COMMAND_DATABASE_URL")?),
+            db_max_connections,
+            idp_public_keys_file: required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
+            idp_audience: get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd".into()),
+            idp_issuer: get("LINKD_IDP_ISSUER"),
+            luxtrust_public_keys_file: required("LINKD_LUXTRUST_PUBLIC_KEYS_FILE")?.into(),
+            luxtrust_audience: get("LINKD_LUXTRUST_AUDIENCE").unwrap_or_else(|| "linkd".into()),
+            secret_code_pepper: Redacted(pepper),
+            qr_ttl: seconds("LINKD_QR_TTL_SECONDS", 120)?,
+            link_attempt_ttl: seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
+            reauth_max_age: seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("LINKD_COMMAND_DATABASE_URL", "postgres://x/y".to_owned()),
+            ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
+            ("LINKD_LUXTRUST_PUBLIC_KEYS_FILE", "/keys/lt.pem".to_owned()),
+            ("LINKD_SECRET_CODE_PEPPER", "p".repeat(32)),
+        ])
+    }
+
+    fn read(env: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|key| env.get(key).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_settings_are_given() {
+        let settings = read(&base()).unwrap();
+        assert_eq!(settings.qr_ttl, Duration::from_secs(120));
+        assert_eq!(settings.reauth_max_age, Duration::from_secs(300));
+        assert_eq!(settings.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn a_missing_required_setting_is_named() {
+        let mut env = base();
+        env.remove("LINKD_COMMAND_DATABASE_URL");
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_COMMAND_DATABASE_URL"), "{error}");
+    }
+
+    #[test]
+    fn a_short_pepper_is_refused() {
+        let mut env = base();
+        env.insert("LINKD_SECRET_CODE_PEPPER", "short".into());
+        assert!(read(&env).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let text = format!("{:?}", read(&base()).unwrap());
+        assert!(!text.contains("postgres://x/y"));
+        assert!(!text.contains(&"p".repeat(32)));
+    }
+}

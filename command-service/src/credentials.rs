@@ -1,0 +1,128 @@
+//! The tables that hold hashes of secrets, beside the events (never in them).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::CommandError;
+use crate::secrets::TokenKind;
+
+/// A device credential's stored hashes.
+#[derive(Debug)]
+pub struct StoredCredential {
+    /// The device it belongs to.
+    pub device_id: Uuid,
+    /// SHA-256 of the credential's random part.
+    pub credential_hash: Vec<u8>,
+    /// Argon2id verifier of the secret code.
+    pub code_verifier: String,
+}
+
+/// Access to the secret tables.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pool: PgPool,
+}
+
+impl Credentials {
+    /// Over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores the hash of a bearer token (link attempt or QR).
+    pub async fn insert_bearer(
+        &self,
+        kind: TokenKind,
+        id: Uuid,
+        hash: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), CommandError> {
+        sqlx::query(
+            "INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(kind.table_kind())
+        .bind(id)
+        .bind(hash)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stored hash of bearer token `id`, if any.
+    pub async fn bearer_hash(
+        &self,
+        kind: TokenKind,
+        id: Uuid,
+    ) -> Result<Option<Vec<u8>>, CommandError> {
+        Ok(
+            sqlx::query_scalar("SELECT token_hash FROM bearer_tokens WHERE kind = $1 AND id = $2")
+                .bind(kind.table_kind())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores (or replaces, for a retried link) the credential and verifier of link `link_id`.
+    pub async fn put_device_credential(
+        &self,
+        link_id: Uuid,
+        device_id: Uuid,
+        credential_hash: &[u8],
+        code_verifier: &str,
+    ) -> Result<(), CommandError> {
+        sqlx::query(
+            "INSERT INTO device_credentials (link_id, device_id, credential_hash, code_verifier) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (link_id) DO UPDATE \
+             SET credential_hash = EXCLUDED.credential_hash, code_verifier = EXCLUDED.code_verifier",
+        )
+        .bind(link_id)
+        .bind(device_id)
+        .bind(credential_hash)
+        .bind(code_verifier)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The credential of link `link_id`, if any.
+    pub async fn device_credential(
+        &self,
+        link_id: Uuid,
+    ) -> Result<Option<StoredCredential>, CommandError> {
+        let row: Option<(Uuid, Vec<u8>, String)> = sqlx::query_as(
+            "SELECT device_id, credential_hash, code_verifier FROM device_credentials \
+             WHERE link_id = $1",
+        )
+        .bind(link_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(device_id, credential_hash, code_verifier)| StoredCredential {
+                device_id,
+                credential_hash,
+                code_verifier,
+            },
+        ))
+    }
+
+    /// Deletes the credential of one link (a link that did not happen).
+    pub async fn delete_link(&self, link_id: Uuid) -> Result<(), CommandError> {
+        sqlx::query("DELETE FROM device_credentials WHERE link_id = $1")
+            .bind(link_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes every credential of a device (it was unlinked).
+    pub async fn delete_device(&self, device_id: Uuid) -> Result<(), CommandError> {
+        sqlx::query("DELETE FROM device_credentials WHERE device_id = $1")
+            .bind(device_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

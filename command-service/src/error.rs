@@ -1,0 +1,82 @@
+//! Why a command failed, as the gRPC edge needs to know it. Mapped to a status in `status.rs`.
+
+use cqrs_es::AggregateError;
+use domain::{AccountError, DeviceError, LinkAttemptError, LinkQrError};
+
+/// A failed command: a domain refusal, a refusal at the edge, or an infrastructure failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The account refused.
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// The QR code refused.
+    #[error(transparent)]
+    Qr(#[from] LinkQrError),
+    /// The link attempt refused.
+    #[error(transparent)]
+    Attempt(#[from] LinkAttemptError),
+    /// The device refused.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Another writer kept winning the race for the same aggregate.
+    #[error("concurrent update")]
+    Conflict,
+    /// A request field is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing, malformed or invalid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but not allowed (or re-authentication needed).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing named does not exist (for this caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// The state does not allow this step.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Another call with the same idempotency key is still running.
+    #[error("{0}")]
+    InProgress(String),
+    /// The database could not be reached.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted data; details are logged, not returned.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+macro_rules! from_aggregate_error {
+    ($($error:ty),*) => {$(
+        impl From<AggregateError<$error>> for CommandError {
+            fn from(error: AggregateError<$error>) -> Self {
+                match error {
+                    AggregateError::UserError(refusal) => refusal.into(),
+                    AggregateError::AggregateConflict => Self::Conflict,
+                    AggregateError::DatabaseConnectionError(source) => {
+                        Self::Unavailable(source.to_string())
+                    }
+                    AggregateError::DeserializationError(source)
+                    | AggregateError::UnexpectedError(source) => Self::Internal(source.to_string()),
+                }
+            }
+        }
+    )*};
+}
+from_aggregate_error!(AccountError, LinkQrError, LinkAttemptError, DeviceError);
+
+impl From<sqlx::Error> for CommandError {
+    #[expect(
+        clippy::wildcard_enum_match_arm,
+        reason = "sqlx::Error is non_exhaustive"
+    )]
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(error.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `PortalService`: the browser side of the portal and the portal back end.
+
+use chrono::Utc;
+use domain::{
+    Account, AccountCommand, AccountId, Device, DeviceCommand, DeviceError, LinkQrCommand, QrId,
+};
+use proto::v1::portal_service_server::PortalService;
+use proto::v1::{
+    IssueLinkQrRequest, IssueLinkQrResponse, RecordPortalLoginRequest, RecordPortalLoginResponse,
+    RegisterAccountRequest, RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::{CallMeta, Commands, Shared, timestamp};
+use crate::auth::{PortalClaims, TokenError};
+use crate::error::CommandError;
+use crate::secrets::{self, TokenKind};
+use crate::store::Metadata;
+use crate::validate;
+
+/// The most devices one `UnlinkDevices` call may name.
+const MAX_UNLINK_BATCH: usize = 50;
+
+/// The `PortalService` implementation.
+#[derive(Debug, Clone)]
+pub struct PortalApi(pub Shared);
+
+impl Commands {
+    fn portal_claims(&self, meta: &CallMeta) -> Result<PortalClaims, CommandError> {
+        let token = meta.bearer().ok_or_else(|| {
+            CommandError::Unauthenticated(
+                "missing credentials: send `authorization: Bearer <JWT from the identity provider>`"
+                    .into(),
+            )
+        })?;
+        self.idp.verify(token).map_err(|error| match error {
+            TokenError::Malformed | TokenError::Rejected(_) => {
+                CommandError::Unauthenticated(format!("the portal token {error}"))
+            }
+        })
+    }
+
+    fn system(&self, meta: &CallMeta) -> Result<Metadata, CommandError> {
+        let claims = self.portal_claims(meta)?;
+        if !claims.is_system() {
+            return Err(CommandError::PermissionDenied(
+                "this call is reserved to the portal back end (role portal-system)".into(),
+            ));
+        }
+        Ok(Metadata {
+            actor: format!("system:{}", claims.sub),
+            request_id: meta.call_id.clone(),
+            account_id: None,
+        })
+    }
+
+    /// The citizen calling, who must have re-authenticated recently.
+    fn reauthenticated_citizen(
+        &self,
+        meta: &CallMeta,
+    ) -> Result<(AccountId, Metadata), CommandError> {
+        let claims = self.portal_claims(meta)?;
+        let account_id = validate::account_id(&claims.sub).map_err(|_| {
+            CommandError::Unauthenticated("the portal token's sub is not an account id".into())
+        })?;
+        let now = Utc::now().timestamp();
+        let max_age = self.reauth_max_age.num_seconds();
+        match claims.auth_time {
+            Some(auth_time) if now - auth_time <= max_age && auth_time <= now + 30 => {}
+            Some(_) | None => {
+                return Err(CommandError::PermissionDenied(format!(
+                    "re-authentication required: this call needs a token whose auth_time is at \
+                     most {max_age} s old; send the holder through eAccess again and retry with \
+                     the new token"
+                )));
+            }
+        }
+        let metadata = Metadata {
+            actor: format!("citizen:{account_id}"),
+            request_id: meta.call_id.clone(),
+            account_id: Some(account_id.0.clone()),
+        };
+        Ok((account_id, metadata))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %body.account_id), err)]
+    async fn register_account(
+        &self,
+        meta: &CallMeta,
+        body: &RegisterAccountRequest,
+    ) -> Result<RegisterAccountResponse, CommandError> {
+        let metadata = self.system(meta)?;
+        let account_id = validate::account_id(&body.account_id)?;
+        let command = AccountCommand::Register {
+            email: validate::email(&body.email)?,
+            language: validate::language(&body.language)?,
+            at: Utc::now(),
+        };
+        self.store
+            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+            .await?;
+        Ok(RegisterAccountResponse {
+            account_id: account_id.0,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %body.account_id), err)]
+    async fn record_portal_login(
+        &self,
+        meta: &CallMeta,
+        body: &RecordPortalLoginRequest,
+    ) -> Result<RecordPortalLoginResponse, CommandError> {
+        let metadata = self.system(meta)?;
+        let account_id = validate::account_id(&body.account_id)?;
+        let product = validate::product(body.product.as_ref())?;
+        let command = AccountCommand::RecordPortalLogin {
+            product,
+            at: Utc::now(),
+        };
+        self.store
+            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+            .await?;
+        Ok(RecordPortalLoginResponse {})
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id, qr_id), err)]
+    async fn issue_link_qr(
+        &self,
+        meta: &CallMeta,
+        _body: &IssueLinkQrRequest,
+    ) -> Result<IssueLinkQrResponse, CommandError> {
+        let (account_id, metadata) = self.reauthenticated_citizen(meta)?;
+        tracing::Span::current().record("account_id", tracing::field::display(&account_id));
+        let account: Account = self.store.load(&account_id.0).await?;
+        if !account.is_registered() {
+            return Err(domain::AccountError::NotRegistered.into());
+        }
+        let now = Utc::now();
+        let expires_at = now + self.qr_ttl;
+        let qr_id = QrId(Uuid::new_v4());
+        tracing::Span::current().record("qr_id", tracing::field::display(&qr_id));
+        let token = secrets::mint(TokenKind::Qr, qr_id.0);
+        let svg = qrcode::QrCode::new(token.text.as_bytes())
+            .map_err(|e| CommandError::Internal(format!("rendering the QR code: {e}")))?
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(256, 256)
+            .build();
+        self.credentials
+            .insert_bearer(TokenKind::Qr, qr_id.0, &token.hash, expires_at)
+            .await?;
+        let command = LinkQrCommand::Issue {
+            account_id,
+            at: now,
+            expires_at,
+        };
+        self.store
+            .execute::<domain::LinkQr>(&qr_id.to_string(), command, &metadata)
+            .await?;
+        Ok(IssueLinkQrResponse {
+            qr_id: qr_id.to_string(),
+            qr_payload: token.text,
+            qr_svg: svg,
+            expires_at: Some(timestamp(expires_at)),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id, devices = body.device_ids.len()), err)]
+    async fn unlink_devices(
+        &self,
+        meta: &CallMeta,
+        body: &UnlinkDevicesRequest,
+    ) -> Result<UnlinkDevicesResponse, CommandError> {
+        let (account_id, metadata) = self.reauthenticated_citizen(meta)?;
+        tracing::Span::current().record("account_id", tracing::field::display(&account_id));
+        if body.device_ids.is_empty() || body.device_ids.len() > MAX_UNLINK_BATCH {
+            return Err(CommandError::InvalidArgument(format!(
+                "device_ids must name 1 to {MAX_UNLINK_BATCH} devices"
+            )));
+        }
+        let mut device_ids = Vec::with_capacity(body.device_ids.len());
+        for raw in &body.device_ids {
+            let device_id = validate::device_id("device_ids", raw)?;
+            if device_ids.contains(&device_id) {
+                return Err(CommandError::InvalidArgument(format!(
+                    "device_ids names {device_id} twice"
+                )));
+            }
+            device_ids.push(device_id);
+        }
+        // Check every device first, so that an unknown id unlinks nothing.
+        for device_id in &device_ids {
+            let device: Device = self.store.load(&device_id.to_string()).await?;
+            if device.linked_account() != Some(&account_id) {
+                return Err(CommandError::NotFound(format!(
+                    "no device {device_id} is linked to your account; nothing was unlinked"
+                )));
+            }
+        }
+        let now = Utc::now();
+        for device_id in &device_ids {
+            let command = DeviceCommand::UnlinkFromPortal {
+                account_id: account_id.clone(),
+                at: now,
+            };
+            match self
+                .store
+                .execute::<Device>(&device_id.to_string(), command, &metadata)
+                .await
+            {
+                // Unlinked concurrently (by the device itself, say): the goal is reached.
+                Ok(()) | Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {}
+                Err(other) => return Err(other),
+            }
+            self.credentials.delete_device(device_id.0).await?;
+        }
+        Ok(UnlinkDevicesResponse {
+            unlinked_device_ids: device_ids.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PortalService for PortalApi {
+    async fn register_account(
+        &self,
+        request: Request<RegisterAccountRequest>,
+    ) -> Result<Response<RegisterAccountResponse>, Status> {
+        idempotent!(self, request, "RegisterAccount", register_account)
+    }
+
+    async fn record_portal_login(
+        &self,
+        request: Request<RecordPortalLoginRequest>,
+    ) -> Result<Response<RecordPortalLoginResponse>, Status> {
+        idempotent!(self, request, "RecordPortalLogin", record_portal_login)
+    }
+
+    async fn issue_link_qr(
+        &self,
+        request: Request<IssueLinkQrRequest>,
+    ) -> Result<Response<IssueLinkQrResponse>, Status> {
+        idempotent!(self, request, "IssueLinkQr", issue_link_qr)
+    }
+
+    async fn unlink_devices(
+        &self,
+        request: Request<UnlinkDevicesRequest>,
+    ) -> Result<Response<UnlinkDevicesResponse>, Status> {
+        idempotent!(self, request, "UnlinkDevices", unlink_devices)
+    }
+}

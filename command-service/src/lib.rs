@@ -1,0 +1,28 @@
+//! linkd's command side: it records. gRPC calls (`PortalService`, `DeviceService`) are validated
+//! at the edge, turned into domain commands, decided by the `domain` aggregates and stored as
+//! events in PostgreSQL through cqrs-es/postgres-es.
+//!
+//! It owns the event store schema and the tables that hold hashes of secrets. It must not
+//! publish from cqrs-es queries (they run after commit and are lost on a crash), must not put a
+//! secret in an event or a log, and must not decide anything the domain should decide.
+//!
+//! Layout: `startup` builds the server; `grpc` serves the two services; `validate` checks
+//! fields; `auth` verifies JWTs and LuxTrust assertions; `secrets` mints and hashes tokens and
+//! secret codes; `credentials` stores their hashes; `store` runs commands with bounded conflict
+//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes.
+
+pub mod auth;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod grpc;
+pub mod idempotency;
+pub mod secrets;
+pub mod startup;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Settings;
+pub use startup::Application;

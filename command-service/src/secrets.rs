@@ -1,0 +1,265 @@
+//! Secrets: bearer tokens (link token, QR payload, device credential) and the secret code.
+//!
+//! Every bearer token is `<prefix>.<uuid>.<43 base64url characters>`: the uuid names the row,
+//! the 256 random bits prove possession. Only SHA-256 of the random part is stored. The secret
+//! code is kept as an Argon2id verifier computed with a server-side pepper.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use uuid::Uuid;
+
+/// The kinds of bearer token, each with its own prefix so one can never pass for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Carries a link attempt through its steps (`lt1.`).
+    LinkAttempt,
+    /// Encoded in a link QR code (`linkd-qr1.`).
+    Qr,
+    /// Authenticates a linked device (`dc1.`).
+    DeviceCredential,
+}
+
+impl TokenKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::LinkAttempt => "lt1",
+            Self::Qr => "linkd-qr1",
+            Self::DeviceCredential => "dc1",
+        }
+    }
+
+    /// The `bearer_tokens.kind` value for the kinds stored there.
+    pub fn table_kind(self) -> &'static str {
+        match self {
+            Self::LinkAttempt => "link_attempt",
+            Self::Qr => "qr",
+            Self::DeviceCredential => "device_credential",
+        }
+    }
+}
+
+/// A freshly minted token: the text for the client and the hash to store.
+#[derive(Debug)]
+pub struct MintedToken {
+    /// What the client receives (never stored, never logged).
+    pub text: String,
+    /// SHA-256 of the random part.
+    pub hash: Vec<u8>,
+}
+
+/// A token parsed from client input; its secret part is only ever hashed.
+#[derive(Debug)]
+pub struct PresentedToken {
+    /// The row it names.
+    pub id: Uuid,
+    secret: Vec<u8>,
+}
+
+impl PresentedToken {
+    /// Whether the token's secret hashes to `stored_hash` (constant time).
+    pub fn matches(&self, stored_hash: &[u8]) -> bool {
+        bool::from(sha256(&self.secret).as_slice().ct_eq(stored_hash))
+    }
+}
+
+/// Random bytes from the operating system's generator. Without one, nothing secret can be made,
+/// so failing to reach it is fatal.
+#[allow(clippy::expect_used)]
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator is unavailable");
+    bytes
+}
+
+/// Random text for values that are not secrets but must not be guessable (the LuxTrust nonce).
+pub fn random_nonce() -> String {
+    URL_SAFE_NO_PAD.encode(random_bytes::<16>())
+}
+
+/// SHA-256.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+/// Mints a token of `kind` naming `id`.
+pub fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
+    let secret = random_bytes::<32>();
+    MintedToken {
+        text: format!("{}.{id}.{}", kind.prefix(), URL_SAFE_NO_PAD.encode(secret)),
+        hash: sha256(&secret),
+    }
+}
+
+/// Parses a token of `kind`; `None` if it is not one (wrong prefix, id or length).
+pub fn parse(kind: TokenKind, text: &str) -> Option<PresentedToken> {
+    let rest = text.strip_prefix(kind.prefix())?.strip_prefix('.')?;
+    let (id, secret) = rest.split_once('.')?;
+    let id = Uuid::try_parse(id).ok()?;
+    let secret = URL_SAFE_NO_PAD
+        .decode(secret)
+        .ok()
+        .filter(|bytes| bytes.len() == 32)?;
+    Some(PresentedToken { id, secret })
+}
+
+/// Why a secret code was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretCodeError {
+    /// Not exactly 6 ASCII digits.
+    #[error("secret_code must be exactly 6 digits (0-9)")]
+    NotSixDigits,
+    /// All the same digit, or a straight run.
+    #[error(
+        "secret_code is too easy to guess: choose one that is not a repeated digit or a run such as 123456 or 654321"
+    )]
+    TooWeak,
+}
+
+/// Checks the format of a code typed to unlock the app: exactly 6 ASCII digits.
+pub fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
+    if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(SecretCodeError::NotSixDigits)
+    }
+}
+
+/// Checks a new secret code: 6 digits, not all equal, not an ascending or descending run.
+pub fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
+    check_code_format(code)?;
+    let digits: Vec<i16> = code.bytes().map(|b| i16::from(b - b'0')).collect();
+    let steps: Vec<i16> = digits.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    if steps.iter().all(|step| *step == 0)
+        || steps.iter().all(|step| *step == 1)
+        || steps.iter().all(|step| *step == -1)
+    {
+        return Err(SecretCodeError::TooWeak);
+    }
+    Ok(())
+}
+
+/// Hashes and verifies secret codes with Argon2id and the pepper. CPU-bound: call from
+/// `spawn_blocking`.
+#[derive(Clone)]
+pub struct CodeHasher {
+    pepper: std::sync::Arc<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CodeHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeHasher(***)")
+    }
+}
+
+impl CodeHasher {
+    /// A hasher using `pepper` as Argon2's secret input.
+    pub fn new(pepper: Vec<u8>) -> Self {
+        Self {
+            pepper: std::sync::Arc::new(pepper),
+        }
+    }
+
+    fn argon2(&self) -> Result<Argon2<'_>, argon2::Error> {
+        // OWASP's recommended Argon2id parameters: 19 MiB, 2 passes, 1 lane.
+        let params = Params::new(19 * 1024, 2, 1, None)?;
+        Argon2::new_with_secret(&self.pepper, Algorithm::Argon2id, Version::V0x13, params)
+    }
+
+    /// The verifier (a PHC string) for `code`.
+    pub fn hash(&self, code: &str) -> Result<String, argon2::password_hash::Error> {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        let argon2 = self
+            .argon2()
+            .map_err(|_| argon2::password_hash::Error::Algorithm)?;
+        Ok(argon2.hash_password(code.as_bytes(), &salt)?.to_string())
+    }
+
+    /// Whether `code` matches `verifier`.
+    pub fn verify(&self, code: &str, verifier: &str) -> Result<bool, argon2::password_hash::Error> {
+        let parsed = PasswordHash::new(verifier)?;
+        let argon2 = self
+            .argon2()
+            .map_err(|_| argon2::password_hash::Error::Algorithm)?;
+        match argon2.verify_password(code.as_bytes(), &parsed) {
+            Ok(()) => Ok(true),
+            Err(argon2::password_hash::Error::Password) => Ok(false),
+            Err(other) => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_token_parses_back_and_matches_its_hash() {
+        let id = Uuid::from_u128(42);
+        let token = mint(TokenKind::Qr, id);
+        let presented = parse(TokenKind::Qr, &token.text).unwrap();
+        assert_eq!(presented.id, id);
+        assert!(presented.matches(&token.hash));
+        assert!(!presented.matches(&mint(TokenKind::Qr, id).hash));
+    }
+
+    #[test]
+    fn a_token_of_one_kind_does_not_parse_as_another() {
+        let token = mint(TokenKind::LinkAttempt, Uuid::from_u128(1));
+        assert!(parse(TokenKind::DeviceCredential, &token.text).is_none());
+    }
+
+    #[test]
+    fn garbage_is_not_a_token() {
+        for text in [
+            "",
+            "lt1",
+            "lt1.",
+            "lt1.not-a-uuid.AAAA",
+            "lt1.00000000-0000-0000-0000-000000000001.short",
+        ] {
+            assert!(parse(TokenKind::LinkAttempt, text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_secret_code_is_exactly_six_ascii_digits() {
+        assert_eq!(check_new_code("12a456"), Err(SecretCodeError::NotSixDigits));
+        assert_eq!(
+            check_new_code("1234567"),
+            Err(SecretCodeError::NotSixDigits)
+        );
+        assert_eq!(check_new_code("12345"), Err(SecretCodeError::NotSixDigits));
+        assert_eq!(
+            check_new_code("１２３４５６"),
+            Err(SecretCodeError::NotSixDigits)
+        );
+        assert_eq!(check_new_code("482913"), Ok(()));
+    }
+
+    #[test]
+    fn repeated_digits_and_straight_runs_are_refused() {
+        for weak in ["000000", "777777", "123456", "654321", "345678", "987654"] {
+            assert_eq!(
+                check_new_code(weak),
+                Err(SecretCodeError::TooWeak),
+                "{weak}"
+            );
+        }
+        assert_eq!(check_new_code("123457"), Ok(()));
+    }
+
+    #[test]
+    fn a_verifier_accepts_only_its_code_and_only_with_its_pepper() {
+        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec());
+        let verifier = hasher.hash("482913").unwrap();
+        assert!(!verifier.contains("482913"));
+        assert!(hasher.verify("482913", &verifier).unwrap());
+        assert!(!hasher.verify("482914", &verifier).unwrap());
+        let other = CodeHasher::new(b"pepper-pepper-pepper-pepper-0002".to_vec());
+        assert!(!other.verify("482913", &verifier).unwrap());
+    }
+}

@@ -1,0 +1,171 @@
+//! Checks every request field at the edge, before anything is read or written.
+
+use domain::{AccountId, DeviceId, DeviceName, LinkMethod, LuxTrustProduct, Platform, ProductKind};
+use proto::v1;
+use uuid::Uuid;
+
+use crate::error::CommandError;
+
+fn invalid(message: impl Into<String>) -> CommandError {
+    CommandError::InvalidArgument(message.into())
+}
+
+fn is_token_char(c: char, extra: &str) -> bool {
+    c.is_ascii_alphanumeric() || extra.contains(c)
+}
+
+/// An account id: 1–64 characters from `A-Z a-z 0-9 . _ - @ :`.
+pub fn account_id(raw: &str) -> Result<AccountId, CommandError> {
+    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| is_token_char(c, "._-@:")) {
+        return Err(invalid(
+            "account_id must be 1 to 64 characters from A-Z a-z 0-9 . _ - @ :",
+        ));
+    }
+    Ok(AccountId(raw.to_owned()))
+}
+
+/// An email address: one `@` with text on both sides, no spaces or control characters.
+pub fn email(raw: &str) -> Result<String, CommandError> {
+    let valid = raw.len() <= 254
+        && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(raw.split_once('@'), Some((local, domain))
+            if !local.is_empty() && domain.contains('.') && !domain.contains('@')
+            && !domain.starts_with('.') && !domain.ends_with('.'));
+    if !valid {
+        return Err(invalid(
+            "email must be an address like name@example.lu (at most 254 characters)",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A language for emails: `en`, `fr` or `de`; empty means `en`.
+pub fn language(raw: &str) -> Result<String, CommandError> {
+    match raw {
+        "" => Ok("en".into()),
+        "en" | "fr" | "de" => Ok(raw.to_owned()),
+        _ => Err(invalid("language must be en, fr or de (or empty for en)")),
+    }
+}
+
+/// A LuxTrust product: a known kind and a serial of 1–64 characters from `A-Z a-z 0-9 . _ -`.
+pub fn product(raw: Option<&v1::LuxTrustProduct>) -> Result<LuxTrustProduct, CommandError> {
+    let raw = raw.ok_or_else(|| invalid("product is required"))?;
+    let kind = match v1::ProductKind::try_from(raw.kind) {
+        Ok(v1::ProductKind::LuxtrustMobile) => ProductKind::Mobile,
+        Ok(v1::ProductKind::LuxtrustScan) => ProductKind::Scan,
+        Ok(v1::ProductKind::Unspecified) | Err(_) => {
+            return Err(invalid(format!(
+                "product.kind must be PRODUCT_KIND_LUXTRUST_MOBILE or PRODUCT_KIND_LUXTRUST_SCAN, got {}",
+                raw.kind
+            )));
+        }
+    };
+    Ok(LuxTrustProduct {
+        kind,
+        serial: serial(&raw.serial)?,
+    })
+}
+
+/// A LuxTrust serial number.
+pub fn serial(raw: &str) -> Result<String, CommandError> {
+    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| is_token_char(c, "._-")) {
+        return Err(invalid(
+            "product serial must be 1 to 64 characters from A-Z a-z 0-9 . _ -",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A device id: a UUID.
+pub fn device_id(field: &str, raw: &str) -> Result<DeviceId, CommandError> {
+    Uuid::try_parse(raw)
+        .map(DeviceId)
+        .map_err(|_| invalid(format!("{field} must be a UUID, got {:?}", truncate(raw))))
+}
+
+/// A device name (trimmed, 1–64 characters, no control characters).
+pub fn device_name(raw: &str) -> Result<DeviceName, CommandError> {
+    DeviceName::parse(raw).map_err(|refusal| invalid(refusal.to_string()))
+}
+
+/// A link method other than unspecified.
+pub fn method(raw: i32) -> Result<LinkMethod, CommandError> {
+    match v1::LinkMethod::try_from(raw) {
+        Ok(v1::LinkMethod::Qr) => Ok(LinkMethod::Qr),
+        Ok(v1::LinkMethod::Luxtrust) => Ok(LinkMethod::LuxTrust),
+        Ok(v1::LinkMethod::Unspecified) | Err(_) => Err(invalid(format!(
+            "method must be LINK_METHOD_QR or LINK_METHOD_LUXTRUST, got {raw}"
+        ))),
+    }
+}
+
+/// A platform other than unspecified.
+pub fn platform(raw: i32) -> Result<Platform, CommandError> {
+    match v1::Platform::try_from(raw) {
+        Ok(v1::Platform::Ios) => Ok(Platform::Ios),
+        Ok(v1::Platform::Android) => Ok(Platform::Android),
+        Ok(v1::Platform::Unspecified) | Err(_) => Err(invalid(format!(
+            "platform must be PLATFORM_IOS or PLATFORM_ANDROID, got {raw}"
+        ))),
+    }
+}
+
+/// An app version: 1–32 characters from `A-Z a-z 0-9 . + -`.
+pub fn app_version(raw: &str) -> Result<String, CommandError> {
+    if raw.is_empty() || raw.len() > 32 || !raw.chars().all(|c| is_token_char(c, ".+-")) {
+        return Err(invalid(
+            "app_version must be 1 to 32 characters from A-Z a-z 0-9 . + -",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A required field, present.
+pub fn required<'a>(field: &str, raw: &'a str) -> Result<&'a str, CommandError> {
+    if raw.is_empty() {
+        return Err(invalid(format!("{field} is required")));
+    }
+    Ok(raw)
+}
+
+fn truncate(raw: &str) -> String {
+    raw.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids_are_short_plain_tokens() {
+        assert!(account_id("anna.muller@guichet:42").is_ok());
+        assert!(account_id("").is_err());
+        assert!(account_id("has space").is_err());
+        assert!(account_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_domain() {
+        assert!(email("anna@example.lu").is_ok());
+        for bad in [
+            "",
+            "anna",
+            "@example.lu",
+            "anna@",
+            "anna@lu",
+            "an na@example.lu",
+            "a@b@c.lu",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_are_invalid() {
+        assert!(method(0).is_err());
+        assert!(method(99).is_err());
+        assert!(platform(-1).is_err());
+        assert!(method(1).is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+//! A portal account: registered by the portal (R1), remembering which LuxTrust products its holder
+//! has used to log in (R2).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::LuxTrustProduct;
+
+/// What the portal back end can ask of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountCommand {
+    /// Record that the portal registered this account (browser registration).
+    Register {
+        /// Where confirmation emails go.
+        email: String,
+        /// Preferred language for emails (`en`, `fr`, `de`).
+        language: String,
+        /// When the portal registered it.
+        at: DateTime<Utc>,
+    },
+    /// Record that the holder logged in to the portal, and with which LuxTrust product.
+    RecordPortalLogin {
+        /// The product used, as the identity provider reported it.
+        product: LuxTrustProduct,
+        /// When the holder logged in.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Facts about an account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    /// The portal registered the account.
+    AccountRegistered {
+        /// Address for confirmation emails.
+        email: String,
+        /// Preferred language for emails.
+        language: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The holder logged in to the portal with a LuxTrust product.
+    PortalLoginRecorded {
+        /// The product used.
+        product: LuxTrustProduct,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why an account command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// The account is already registered.
+    #[error("the account is already registered")]
+    AlreadyRegistered,
+    /// The account was never registered by the portal.
+    #[error("the account is not registered; accounts are created by registering on the portal")]
+    NotRegistered,
+}
+
+/// State of one account.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    registered: bool,
+    email: String,
+    language: String,
+    products_used: BTreeSet<LuxTrustProduct>,
+}
+
+impl Account {
+    /// Whether the portal registered this account (R1).
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
+    /// The address confirmation emails go to.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// Whether the holder has logged in to the portal with this product at least once (R2).
+    pub fn has_logged_in_with(&self, product: &LuxTrustProduct) -> bool {
+        self.products_used.contains(product)
+    }
+
+    /// Pure decision: current state + command -> events, or a reason to refuse.
+    pub fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            AccountCommand::Register {
+                email,
+                language,
+                at,
+            } => {
+                if self.registered {
+                    return Err(AccountError::AlreadyRegistered);
+                }
+                Ok(vec![AccountEvent::AccountRegistered {
+                    email,
+                    language,
+                    at,
+                }])
+            }
+            AccountCommand::RecordPortalLogin { product, at } => {
+                if !self.registered {
+                    return Err(AccountError::NotRegistered);
+                }
+                Ok(vec![AccountEvent::PortalLoginRecorded { product, at }])
+            }
+        }
+    }
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::AccountRegistered { .. } => "AccountRegistered",
+            Self::PortalLoginRecorded { .. } => "PortalLoginRecorded",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AccountEvent::AccountRegistered {
+                email, language, ..
+            } => {
+                self.registered = true;
+                self.email = email;
+                self.language = language;
+            }
+            AccountEvent::PortalLoginRecorded { product, .. } => {
+                self.products_used.insert(product);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+use chrono::{DateTime, TimeZone, Utc};
+use cqrs_es::test::TestFramework;
+
+use super::*;
+use crate::ProductKind;
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + seconds, 0).unwrap()
+}
+
+fn registered() -> AccountEvent {
+    AccountEvent::AccountRegistered {
+        email: "anna@example.lu".into(),
+        language: "fr".into(),
+        at: t(0),
+    }
+}
+
+fn scan() -> LuxTrustProduct {
+    LuxTrustProduct {
+        kind: ProductKind::Scan,
+        serial: "SCAN-1".into(),
+    }
+}
+
+#[test]
+fn an_account_exists_only_after_the_portal_registered_it() {
+    TestFramework::<Account>::with(())
+        .given_no_previous_events()
+        .when(AccountCommand::RecordPortalLogin {
+            product: scan(),
+            at: t(1),
+        })
+        .then_expect_error(AccountError::NotRegistered);
+}
+
+#[test]
+fn the_portal_registers_an_account_once() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::Register {
+            email: "other@example.lu".into(),
+            language: "en".into(),
+            at: t(1),
+        })
+        .then_expect_error(AccountError::AlreadyRegistered);
+}
+
+#[test]
+fn a_portal_login_records_the_product_used() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::RecordPortalLogin {
+            product: scan(),
+            at: t(1),
+        })
+        .then_expect_events(vec![AccountEvent::PortalLoginRecorded {
+            product: scan(),
+            at: t(1),
+        }]);
+}
+
+#[test]
+fn an_account_knows_only_the_products_it_logged_in_with() {
+    let mut account = Account::default();
+    account.apply(registered());
+    account.apply(AccountEvent::PortalLoginRecorded {
+        product: scan(),
+        at: t(1),
+    });
+    assert!(account.has_logged_in_with(&scan()));
+    let mobile = LuxTrustProduct {
+        kind: ProductKind::Mobile,
+        serial: "SCAN-1".into(),
+    };
+    assert!(!account.has_logged_in_with(&mobile));
+    let other_scan = LuxTrustProduct {
+        kind: ProductKind::Scan,
+        serial: "SCAN-2".into(),
+    };
+    assert!(!account.has_logged_in_with(&other_scan));
+}

@@ -1,0 +1,152 @@
+use e2e::{TestApp, bearer, spawn_app};
+use proto::v1::{IssueLinkQrRequest, LinkMethod, SetSecretCodeRequest};
+use tonic::Code;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn a_retried_request_id_writes_no_second_event() {
+    // Arrange
+    let mut app = spawn_app().await;
+    let request_id = Uuid::new_v4().to_string();
+    let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    request.request_id = request_id.clone();
+
+    // Act
+    let first = app
+        .device
+        .start_link(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let events_after_first = app.event_count().await;
+    let second = app.device.start_link(request).await.unwrap().into_inner();
+
+    // Assert: the same answer, and no new event.
+    assert_eq!(first, second);
+    assert_eq!(app.event_count().await, events_after_first);
+    assert_eq!(events_after_first, 1);
+}
+
+#[tokio::test]
+async fn a_retried_qr_request_returns_the_same_qr_code() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let token = app.citizen("anna");
+    let request = IssueLinkQrRequest {
+        request_id: Uuid::new_v4().to_string(),
+    };
+
+    let first = app
+        .portal
+        .issue_link_qr(bearer(request.clone(), &token))
+        .await
+        .unwrap();
+    let second = app
+        .portal
+        .issue_link_qr(bearer(request, &token))
+        .await
+        .unwrap();
+
+    assert_eq!(first.into_inner(), second.into_inner());
+    assert_eq!(app.events_of_type("QrIssued").await, 1);
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT response FROM request_log")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !String::from_utf8_lossy(&stored[0]).contains("linkd-qr1"),
+        "the stored answer is encrypted"
+    );
+}
+
+#[tokio::test]
+async fn a_retried_secret_code_returns_the_same_credential() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+        .await;
+    app.device
+        .scan_qr(proto::v1::ScanQrRequest {
+            link_token: start.link_token.clone(),
+            qr_payload: qr.qr_payload,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let request = SetSecretCodeRequest {
+        link_token: start.link_token,
+        secret_code: e2e::CODE.into(),
+        request_id: Uuid::new_v4().to_string(),
+    };
+
+    let first = app
+        .device
+        .set_secret_code(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = app
+        .device
+        .set_secret_code(request)
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(first.device_credential, second.device_credential);
+    assert_eq!(app.events_of_type("DeviceLinked").await, 1);
+}
+
+#[tokio::test]
+async fn a_request_id_reused_for_another_request_is_refused() {
+    let mut app = spawn_app().await;
+    let request_id = Uuid::new_v4().to_string();
+    let mut first = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    first.request_id = request_id.clone();
+    let mut other = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    other.request_id = request_id;
+
+    app.device.start_link(first).await.unwrap();
+    let refused = app.device.start_link(other).await.unwrap_err();
+
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test]
+async fn a_failed_call_can_be_retried_with_the_same_request_id() {
+    let mut app = spawn_app().await;
+    let token = app.citizen("late-registrant");
+    let request = IssueLinkQrRequest {
+        request_id: Uuid::new_v4().to_string(),
+    };
+
+    let refused = app
+        .portal
+        .issue_link_qr(bearer(request.clone(), &token))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::NotFound);
+    app.register("late-registrant").await;
+    let token = app.citizen("late-registrant");
+
+    assert!(
+        app.portal
+            .issue_link_qr(bearer(request, &token))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_must_be_a_uuid() {
+    let mut app = spawn_app().await;
+    let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    request.request_id = "retry-1".into();
+
+    let refused = app.device.start_link(request).await.unwrap_err();
+
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(app.event_count().await, 0);
+}

@@ -1,0 +1,405 @@
+//! The harness behind the end-to-end tests: the command service in-process on port 0, a fresh
+//! PostgreSQL database per test (dropped afterwards, even when the test fails), development keys
+//! for the identity provider and LuxTrust, and typed gRPC clients.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test harness: a broken environment should fail the test loudly"
+)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use command_service::config::Redacted;
+use command_service::{Application, Settings};
+use linkctl::dev::{DevKeys, key_pair_pem};
+use proto::v1::device_service_client::DeviceServiceClient;
+use proto::v1::portal_service_client::PortalServiceClient;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use tonic::Request;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+/// The server that test databases are created on (`LINKD_TEST_DATABASE_URL`).
+pub fn admin_url() -> String {
+    std::env::var("LINKD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{database}"),
+        None => format!("{url}/{database}"),
+    }
+}
+
+/// A database that exists for one test and is dropped with this guard.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// A URL that connects to it.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a database with a random name.
+    pub async fn create(prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url()).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        Ok(Self {
+            url: with_database(&admin_url(), &name),
+            name,
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A fresh runtime on its own thread: Drop may run inside (or outside) a runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url()).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+struct Keys {
+    signers: DevKeys,
+    idp_public: PathBuf,
+    luxtrust_public: PathBuf,
+}
+
+/// One set of development keys per test process.
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("linkd-e2e-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a folder for test keys");
+        let (idp_private, idp_public) = key_pair_pem().expect("an identity provider key pair");
+        let (lt_private, lt_public) = key_pair_pem().expect("a LuxTrust key pair");
+        let idp_public_path = dir.join("idp.pub.pem");
+        let luxtrust_public_path = dir.join("luxtrust.pub.pem");
+        std::fs::write(&idp_public_path, idp_public).expect("writing a public key");
+        std::fs::write(&luxtrust_public_path, lt_public).expect("writing a public key");
+        Keys {
+            signers: DevKeys::from_pem(&idp_private, &lt_private).expect("loading signing keys"),
+            idp_public: idp_public_path,
+            luxtrust_public: luxtrust_public_path,
+        }
+    })
+}
+
+/// The settings a test app starts with; tests may change them before `spawn_app_with`.
+pub fn test_settings(database_url: String) -> Settings {
+    let keys = keys();
+    Settings {
+        grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        database_url: Redacted(database_url),
+        db_max_connections: 10,
+        idp_public_keys_file: keys.idp_public.clone(),
+        idp_audience: linkctl::dev::DEV_AUDIENCE.into(),
+        idp_issuer: None,
+        luxtrust_public_keys_file: keys.luxtrust_public.clone(),
+        luxtrust_audience: linkctl::dev::DEV_AUDIENCE.into(),
+        secret_code_pepper: Redacted(b"e2e-pepper-e2e-pepper-e2e-pepper".to_vec()),
+        qr_ttl: Duration::from_secs(120),
+        link_attempt_ttl: Duration::from_secs(600),
+        reauth_max_age: Duration::from_secs(300),
+    }
+}
+
+/// A running command service with its own database, and clients for it.
+#[derive(Debug)]
+pub struct TestApp {
+    /// The portal client.
+    pub portal: PortalServiceClient<Channel>,
+    /// The app client.
+    pub device: DeviceServiceClient<Channel>,
+    /// The raw channel, for health and reflection clients.
+    pub channel: Channel,
+    /// The event store database.
+    pub pool: PgPool,
+    /// Signs development tokens the app accepts.
+    pub keys: DevKeys,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    // Dropped last: the database outlives the server.
+    _database: TestDatabase,
+}
+
+/// Starts the command service with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the command service after `adjust` changed the test settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        command_service::telemetry::init();
+    }
+    let database = TestDatabase::create("linkd_e2e")
+        .await
+        .expect("creating a test database");
+    let mut settings = test_settings(database.url.clone());
+    adjust(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("building the command service");
+    let addr = app.local_addr();
+    let pool = app.pool();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a channel URL")
+        .connect()
+        .await
+        .expect("connecting to the command service");
+    TestApp {
+        portal: PortalServiceClient::new(channel.clone()),
+        device: DeviceServiceClient::new(channel.clone()),
+        channel,
+        pool,
+        keys: keys().signers.clone(),
+        shutdown: Some(shutdown),
+        server: Some(server),
+        _database: database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a valid metadata value"),
+    );
+    request
+}
+
+impl TestApp {
+    /// How many events the store holds.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting events")
+    }
+
+    /// How many events of `event_type` the store holds.
+    pub async fn events_of_type(&self, event_type: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+            .bind(event_type)
+            .fetch_one(&self.pool)
+            .await
+            .expect("counting events")
+    }
+
+    /// A citizen's token, authenticated just now.
+    pub fn citizen(&self, account_id: &str) -> String {
+        self.keys
+            .citizen_token(account_id, 0)
+            .expect("a citizen token")
+    }
+
+    /// The portal back end's token.
+    pub fn system(&self) -> String {
+        self.keys.system_token().expect("a system token")
+    }
+}
+
+/// A device that completed linking.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    /// Its id.
+    pub device_id: String,
+    /// Its credential.
+    pub credential: String,
+}
+
+/// The secret code the flows set.
+pub const CODE: &str = "482913";
+
+use proto::v1::{
+    AuthenticateWithLuxTrustRequest, IssueLinkQrRequest, IssueLinkQrResponse, LinkMethod,
+    LuxTrustProduct, Platform, ProductKind, RecordPortalLoginRequest, RegisterAccountRequest,
+    ScanQrRequest, SetSecretCodeRequest, StartLinkRequest, StartLinkResponse,
+};
+
+impl TestApp {
+    /// Registers `account_id` (email `<account_id>@example.lu`, French) as the portal would.
+    pub async fn register(&mut self, account_id: &str) {
+        let request = RegisterAccountRequest {
+            account_id: account_id.into(),
+            email: format!("{account_id}@example.lu"),
+            language: "fr".into(),
+            request_id: String::new(),
+        };
+        self.portal
+            .register_account(bearer(request, &self.system()))
+            .await
+            .expect("registering");
+    }
+
+    /// Records a portal login of `account_id` with LuxTrust Mobile `serial`.
+    pub async fn record_login(&mut self, account_id: &str, serial: &str) {
+        let request = RecordPortalLoginRequest {
+            account_id: account_id.into(),
+            product: Some(LuxTrustProduct {
+                kind: ProductKind::LuxtrustMobile.into(),
+                serial: serial.into(),
+            }),
+            request_id: String::new(),
+        };
+        let token = self.system();
+        self.portal
+            .record_portal_login(bearer(request, &token))
+            .await
+            .expect("recording a login");
+    }
+
+    /// Issues a QR code to `account_id`'s browser session.
+    pub async fn issue_qr(&mut self, account_id: &str) -> IssueLinkQrResponse {
+        let token = self.citizen(account_id);
+        self.portal
+            .issue_link_qr(bearer(IssueLinkQrRequest::default(), &token))
+            .await
+            .expect("issuing a QR code")
+            .into_inner()
+    }
+
+    /// A `StartLink` request for a new device.
+    pub fn start_request(device_id: &str, method: LinkMethod) -> StartLinkRequest {
+        StartLinkRequest {
+            device_id: device_id.into(),
+            device_name: "Anna's phone".into(),
+            method: method.into(),
+            platform: Platform::Android.into(),
+            app_version: "2.4.1".into(),
+            request_id: String::new(),
+        }
+    }
+
+    /// Starts linking `device_id` with `method`.
+    pub async fn start_link(&mut self, device_id: &str, method: LinkMethod) -> StartLinkResponse {
+        self.device
+            .start_link(Self::start_request(device_id, method))
+            .await
+            .expect("starting a link")
+            .into_inner()
+    }
+
+    /// Sets the secret code of a started, authenticated attempt.
+    pub async fn set_code(&mut self, link_token: &str) -> Result<Linked, tonic::Status> {
+        let response = self
+            .device
+            .set_secret_code(SetSecretCodeRequest {
+                link_token: link_token.into(),
+                secret_code: CODE.into(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(Linked {
+            device_id: response.device_id,
+            credential: response.device_credential,
+        })
+    }
+
+    /// Links a new device to `account_id` with a fresh QR code.
+    pub async fn link_by_qr(&mut self, account_id: &str) -> Linked {
+        let device_id = Uuid::new_v4().to_string();
+        self.link_device_by_qr(account_id, &device_id)
+            .await
+            .expect("linking by QR code")
+    }
+
+    /// Links `device_id` to `account_id` with a fresh QR code.
+    pub async fn link_device_by_qr(
+        &mut self,
+        account_id: &str,
+        device_id: &str,
+    ) -> Result<Linked, tonic::Status> {
+        let qr = self.issue_qr(account_id).await;
+        let start = self
+            .device
+            .start_link(Self::start_request(device_id, LinkMethod::Qr))
+            .await?;
+        let link_token = start.into_inner().link_token;
+        self.device
+            .scan_qr(ScanQrRequest {
+                link_token: link_token.clone(),
+                qr_payload: qr.qr_payload,
+                request_id: String::new(),
+            })
+            .await?;
+        self.set_code(&link_token).await
+    }
+
+    /// Links a new device to `account_id` with LuxTrust Mobile `serial`.
+    pub async fn link_by_luxtrust(&mut self, account_id: &str, serial: &str) -> Linked {
+        let device_id = Uuid::new_v4().to_string();
+        let start = self.start_link(&device_id, LinkMethod::Luxtrust).await;
+        self.authenticate_luxtrust(&start, account_id, serial)
+            .await
+            .expect("LuxTrust accepted");
+        self.set_code(&start.link_token)
+            .await
+            .expect("setting the secret code")
+    }
+
+    /// Submits a LuxTrust assertion for `account_id` and Mobile `serial` to a started attempt.
+    pub async fn authenticate_luxtrust(
+        &mut self,
+        start: &StartLinkResponse,
+        account_id: &str,
+        serial: &str,
+    ) -> Result<(), tonic::Status> {
+        let assertion = self
+            .keys
+            .luxtrust_assertion(account_id, "mobile", serial, &start.luxtrust_nonce)
+            .expect("a LuxTrust assertion");
+        self.device
+            .authenticate_with_lux_trust(AuthenticateWithLuxTrustRequest {
+                link_token: start.link_token.clone(),
+                assertion,
+                request_id: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,213 @@
+use e2e::{CODE, TestApp, bearer, spawn_app};
+use proto::v1::{LinkMethod, SetBiometricsRequest, VerifySecretCodeRequest};
+use tonic::Code;
+use uuid::Uuid;
+
+async fn verify(app: &mut TestApp, credential: &str, code: &str) -> Result<bool, tonic::Status> {
+    let request = VerifySecretCodeRequest {
+        secret_code: code.into(),
+        request_id: String::new(),
+    };
+    Ok(app
+        .device
+        .verify_secret_code(bearer(request, credential))
+        .await?
+        .into_inner()
+        .verified)
+}
+
+#[tokio::test]
+async fn both_link_methods_complete_and_the_device_is_linked() {
+    // Arrange
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.record_login("anna", "MOBILE-1").await;
+
+    // Act
+    let by_qr = app.link_by_qr("anna").await;
+    let by_luxtrust = app.link_by_luxtrust("anna", "MOBILE-1").await;
+
+    // Assert: each device holds a working credential and its secret code is the one set.
+    for linked in [&by_qr, &by_luxtrust] {
+        assert!(verify(&mut app, &linked.credential, CODE).await.unwrap());
+        let request = SetBiometricsRequest {
+            enabled: true,
+            request_id: String::new(),
+        };
+        let reply = app
+            .device
+            .set_biometrics(bearer(request, &linked.credential))
+            .await
+            .unwrap();
+        assert!(reply.into_inner().biometrics_enabled);
+    }
+    assert_eq!(app.events_of_type("DeviceLinked").await, 2);
+    assert_eq!(app.events_of_type("QrConsumed").await, 1);
+    assert_eq!(app.events_of_type("LuxTrustAuthenticated").await, 1);
+    assert_eq!(app.events_of_type("BiometricsEnabled").await, 2);
+    let methods: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->'DeviceLinked'->>'method' FROM events \
+         WHERE event_type = 'DeviceLinked' ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(methods, ["Qr", "LuxTrust"]);
+}
+
+#[tokio::test]
+async fn biometrics_can_be_skipped() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+
+    let request = SetBiometricsRequest {
+        enabled: false,
+        request_id: String::new(),
+    };
+    let reply = app
+        .device
+        .set_biometrics(bearer(request, &linked.credential))
+        .await
+        .unwrap();
+
+    assert!(!reply.into_inner().biometrics_enabled);
+    assert_eq!(app.events_of_type("BiometricsSkipped").await, 1);
+}
+
+#[tokio::test]
+async fn a_device_linked_to_one_account_cannot_link_to_another_until_unlinked() {
+    // Arrange
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.register("bob").await;
+    let device_id = Uuid::new_v4().to_string();
+    let linked = app.link_device_by_qr("anna", &device_id).await.unwrap();
+
+    // Act: the same device tries to link to Bob's account.
+    let refused = app.link_device_by_qr("bob", &device_id).await.unwrap_err();
+
+    // Assert
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("already linked"),
+        "{}",
+        refused.message()
+    );
+
+    // Act: once unlinked, it can link to Bob's account.
+    app.device
+        .unlink_this_device(bearer(Default::default(), &linked.credential))
+        .await
+        .unwrap();
+    let relinked = app.link_device_by_qr("bob", &device_id).await.unwrap();
+    assert_eq!(relinked.device_id, device_id);
+    assert_eq!(app.events_of_type("DeviceLinked").await, 2);
+}
+
+#[tokio::test]
+async fn a_device_refused_midway_is_not_linked_elsewhere() {
+    // Two attempts for one device run side by side; only the first to set its code links.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.register("bob").await;
+    let device_id = Uuid::new_v4().to_string();
+    let qr_anna = app.issue_qr("anna").await;
+    let qr_bob = app.issue_qr("bob").await;
+    let first = app.start_link(&device_id, LinkMethod::Qr).await;
+    let second = app.start_link(&device_id, LinkMethod::Qr).await;
+    for (start, qr) in [(&first, &qr_anna), (&second, &qr_bob)] {
+        app.device
+            .scan_qr(proto::v1::ScanQrRequest {
+                link_token: start.link_token.clone(),
+                qr_payload: qr.qr_payload.clone(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+
+    app.set_code(&first.link_token).await.unwrap();
+    let refused = app.set_code(&second.link_token).await.unwrap_err();
+
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(app.events_of_type("DeviceLinked").await, 1);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM device_credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the refused link left no credential behind");
+}
+
+#[tokio::test]
+async fn a_luxtrust_product_never_used_to_log_in_is_refused() {
+    // Arrange: Anna logged in with Mobile serial MOBILE-1 only.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.record_login("anna", "MOBILE-1").await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+        .await;
+
+    // Act
+    let refused = app
+        .authenticate_luxtrust(&start, "anna", "MOBILE-2")
+        .await
+        .unwrap_err();
+
+    // Assert
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("never been used to log in"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.events_of_type("LuxTrustAuthenticated").await, 0);
+    let not_yet = app.set_code(&start.link_token).await.unwrap_err();
+    assert_eq!(not_yet.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn the_app_cannot_link_to_an_account_the_portal_never_registered() {
+    let mut app = spawn_app().await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+        .await;
+
+    let refused = app
+        .authenticate_luxtrust(&start, "ghost", "MOBILE-1")
+        .await
+        .unwrap_err();
+
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("not registered"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.events_of_type("AccountRegistered").await, 0);
+}
+
+#[tokio::test]
+async fn a_luxtrust_assertion_for_another_attempt_is_refused() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.record_login("anna", "MOBILE-1").await;
+    let mine = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+        .await;
+    let other = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+        .await;
+    let stolen = proto::v1::StartLinkResponse {
+        link_token: mine.link_token,
+        ..other
+    };
+
+    let refused = app
+        .authenticate_luxtrust(&stolen, "anna", "MOBILE-1")
+        .await
+        .unwrap_err();
+
+    assert_eq!(refused.code(), Code::PermissionDenied);
+}

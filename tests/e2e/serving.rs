@@ -1,0 +1,54 @@
+use e2e::spawn_app;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+#[tokio::test]
+async fn the_command_service_reports_its_health() {
+    let app = spawn_app().await;
+    let mut health = HealthClient::new(app.channel.clone());
+
+    for service in ["", "linking.v1.PortalService", "linking.v1.DeviceService"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.status, 1, "{service} is SERVING");
+    }
+}
+
+#[tokio::test]
+async fn the_command_service_describes_itself_by_reflection() {
+    let app = spawn_app().await;
+    let mut reflection = ServerReflectionClient::new(app.channel.clone());
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"linking.v1.PortalService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"linking.v1.DeviceService".to_owned()),
+        "{names:?}"
+    );
+}

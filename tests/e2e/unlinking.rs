@@ -1,0 +1,148 @@
+use e2e::{CODE, bearer, spawn_app};
+use proto::v1::{UnlinkDevicesRequest, VerifySecretCodeRequest};
+use tonic::Code;
+use uuid::Uuid;
+
+fn unlink(ids: &[&str]) -> UnlinkDevicesRequest {
+    UnlinkDevicesRequest {
+        device_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
+        request_id: String::new(),
+    }
+}
+
+fn verify() -> VerifySecretCodeRequest {
+    VerifySecretCodeRequest {
+        secret_code: CODE.into(),
+        request_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn after_unlinking_from_the_portal_the_device_credential_is_refused() {
+    // Arrange: two devices linked to Anna's account.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let lost = app.link_by_qr("anna").await;
+    let kept = app.link_by_qr("anna").await;
+
+    // Act: Anna unlinks the lost phone from the browser.
+    let token = app.citizen("anna");
+    let reply = app
+        .portal
+        .unlink_devices(bearer(unlink(&[&lost.device_id]), &token))
+        .await;
+
+    // Assert
+    assert_eq!(
+        reply.unwrap().into_inner().unlinked_device_ids,
+        std::slice::from_ref(&lost.device_id)
+    );
+    let refused = app
+        .device
+        .verify_secret_code(bearer(verify(), &lost.credential))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
+    let still = app
+        .device
+        .verify_secret_code(bearer(verify(), &kept.credential))
+        .await;
+    assert!(still.unwrap().into_inner().verified);
+    let credentials: i64 = sqlx::query_scalar("SELECT count(*) FROM device_credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        credentials, 1,
+        "unlinking cleared the lost device's secrets"
+    );
+    let reason: String = sqlx::query_scalar(
+        "SELECT payload->'DeviceUnlinked'->>'reason' FROM events WHERE event_type = 'DeviceUnlinked'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "FromPortal");
+}
+
+#[tokio::test]
+async fn several_devices_can_be_unlinked_at_once() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let first = app.link_by_qr("anna").await;
+    let second = app.link_by_qr("anna").await;
+
+    let token = app.citizen("anna");
+    let ids = [first.device_id.as_str(), second.device_id.as_str()];
+    app.portal
+        .unlink_devices(bearer(unlink(&ids), &token))
+        .await
+        .unwrap();
+
+    assert_eq!(app.events_of_type("DeviceUnlinked").await, 2);
+}
+
+#[tokio::test]
+async fn after_unlinking_itself_the_device_credential_is_refused() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+
+    app.device
+        .unlink_this_device(bearer(Default::default(), &linked.credential))
+        .await
+        .unwrap();
+
+    let refused = app
+        .device
+        .verify_secret_code(bearer(verify(), &linked.credential))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
+    let again = app
+        .device
+        .unlink_this_device(bearer(Default::default(), &linked.credential))
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn nobody_can_unlink_a_device_of_another_account() {
+    // Arrange
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.register("mallory").await;
+    let annas = app.link_by_qr("anna").await;
+    let mallorys = app.link_by_qr("mallory").await;
+
+    // Act: Mallory names her own device and Anna's.
+    let token = app.citizen("mallory");
+    let ids = [mallorys.device_id.as_str(), annas.device_id.as_str()];
+    let refused = app
+        .portal
+        .unlink_devices(bearer(unlink(&ids), &token))
+        .await
+        .unwrap_err();
+
+    // Assert: refused as if the device did not exist, and nothing was unlinked.
+    assert_eq!(refused.code(), Code::NotFound);
+    assert!(
+        refused.message().contains(&annas.device_id),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.events_of_type("DeviceUnlinked").await, 0);
+}
+
+#[tokio::test]
+async fn unlinking_an_unknown_device_is_not_found() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let token = app.citizen("anna");
+    let unknown = Uuid::new_v4().to_string();
+
+    let refused = app
+        .portal
+        .unlink_devices(bearer(unlink(&[&unknown]), &token))
+        .await;
+
+    assert_eq!(refused.unwrap_err().code(), Code::NotFound);
+}
