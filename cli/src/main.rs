@@ -1,1 +1,443 @@
-fn main() {}
+//! `linkctl`: one subcommand per linkd RPC, development tokens, and a guided demo.
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line client prints its results"
+)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use linkctl::client::{Clients, bearer};
+use linkctl::{demo, dev};
+use proto::v1;
+
+/// A gRPC client for linkd.
+#[derive(Debug, Parser)]
+#[command(name = "linkctl", version, about)]
+struct Cli {
+    /// The command service's address.
+    #[arg(
+        long,
+        env = "LINKD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    /// Bearer token for the call: a portal JWT, or a device credential for device calls.
+    #[arg(long, env = "LINKCTL_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Idempotency key (a UUID); retrying with the same key returns the first answer.
+    #[arg(long, global = true, default_value = "")]
+    request_id: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Method {
+    Qr,
+    Luxtrust,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PlatformArg {
+    Ios,
+    Android,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Mobile,
+    Scan,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Development keys and tokens (never accepted unless the services are configured with them).
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Walks the help page's QR and LuxTrust flows against a running system.
+    Demo {
+        /// Folder with the development keys.
+        #[arg(long, default_value = ".dev/keys")]
+        keys: PathBuf,
+    },
+    #[command(flatten)]
+    Rpc(Rpc),
+}
+
+/// One subcommand per RPC.
+#[derive(Debug, Subcommand)]
+enum Rpc {
+    /// PortalService.RegisterAccount (needs a system token).
+    RegisterAccount {
+        #[arg(long)]
+        account_id: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "en")]
+        language: String,
+    },
+    /// PortalService.RecordPortalLogin (needs a system token).
+    RecordPortalLogin {
+        #[arg(long)]
+        account_id: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        serial: String,
+    },
+    /// PortalService.IssueLinkQr (needs a re-authenticated citizen token).
+    IssueLinkQr {
+        /// Also write the QR code's SVG image to this file.
+        #[arg(long)]
+        svg_out: Option<PathBuf>,
+    },
+    /// PortalService.UnlinkDevices (needs a re-authenticated citizen token).
+    UnlinkDevices {
+        /// Device ids to unlink.
+        #[arg(required = true)]
+        device_ids: Vec<String>,
+    },
+    /// DeviceService.StartLink.
+    StartLink {
+        #[arg(long)]
+        device_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        method: Method,
+        #[arg(long, value_enum, default_value = "android")]
+        platform: PlatformArg,
+        #[arg(long, default_value = "1.0.0")]
+        app_version: String,
+    },
+    /// DeviceService.ScanQr.
+    ScanQr {
+        #[arg(long)]
+        link_token: String,
+        #[arg(long)]
+        qr_payload: String,
+    },
+    /// DeviceService.AuthenticateWithLuxTrust.
+    AuthenticateWithLuxtrust {
+        #[arg(long)]
+        link_token: String,
+        #[arg(long)]
+        assertion: String,
+    },
+    /// DeviceService.SetSecretCode; prints the device credential.
+    SetSecretCode {
+        #[arg(long)]
+        link_token: String,
+        #[arg(long)]
+        code: String,
+    },
+    /// DeviceService.SetBiometrics (needs the device credential as --token).
+    SetBiometrics {
+        #[arg(long, action = clap::ArgAction::Set)]
+        enabled: bool,
+    },
+    /// DeviceService.VerifySecretCode (needs the device credential as --token).
+    VerifySecretCode {
+        #[arg(long)]
+        code: String,
+    },
+    /// DeviceService.UnlinkThisDevice (needs the device credential as --token).
+    UnlinkThisDevice,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Creates development key pairs in a folder (kept if they exist).
+    Keys {
+        #[arg(long, default_value = ".dev/keys")]
+        dir: PathBuf,
+    },
+    /// Prints a signed development token.
+    Token {
+        #[arg(long, default_value = ".dev/keys")]
+        keys: PathBuf,
+        #[command(subcommand)]
+        kind: TokenKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenKind {
+    /// A citizen's portal JWT.
+    Citizen {
+        #[arg(long)]
+        account_id: String,
+        /// Seconds since the holder authenticated (over 300 is refused for re-authenticated calls).
+        #[arg(long, default_value_t = 0)]
+        auth_age: i64,
+    },
+    /// The portal back end's JWT (role portal-system).
+    System,
+    /// A LuxTrust assertion bound to a link attempt's nonce.
+    Luxtrust {
+        #[arg(long)]
+        account_id: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        serial: String,
+        #[arg(long)]
+        nonce: String,
+    },
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Mobile => "mobile",
+        Kind::Scan => "scan",
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            match error.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("error: {error:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = cli.token.clone().unwrap_or_default();
+    let request_id = cli.request_id.clone();
+    match cli.command {
+        Command::Dev(DevCommand::Keys { dir }) => {
+            let files = dev::generate(&dir)?;
+            println!("LINKD_IDP_PUBLIC_KEYS_FILE={}", files.idp_public.display());
+            println!(
+                "LINKD_LUXTRUST_PUBLIC_KEYS_FILE={}",
+                files.luxtrust_public.display()
+            );
+        }
+        Command::Dev(DevCommand::Token { keys, kind }) => {
+            let keys = dev::DevKeys::load(&keys)?;
+            let token = match kind {
+                TokenKind::Citizen {
+                    account_id,
+                    auth_age,
+                } => keys.citizen_token(&account_id, auth_age)?,
+                TokenKind::System => keys.system_token()?,
+                TokenKind::Luxtrust {
+                    account_id,
+                    kind,
+                    serial,
+                    nonce,
+                } => keys.luxtrust_assertion(&account_id, kind_name(kind), &serial, &nonce)?,
+            };
+            println!("{token}");
+        }
+        Command::Demo { keys } => {
+            let keys = dev::DevKeys::load(&keys)?;
+            demo::run(Clients::connect(&cli.addr).await?, &keys).await?;
+        }
+        Command::Rpc(rpc) => {
+            call(Clients::connect(&cli.addr).await?, rpc, &token, request_id).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn call(
+    mut clients: Clients,
+    command: Rpc,
+    token: &str,
+    request_id: String,
+) -> anyhow::Result<()> {
+    match command {
+        Rpc::RegisterAccount {
+            account_id,
+            email,
+            language,
+        } => {
+            let request = v1::RegisterAccountRequest {
+                account_id,
+                email,
+                language,
+                request_id,
+            };
+            println!(
+                "{:#?}",
+                clients
+                    .portal
+                    .register_account(bearer(request, token)?)
+                    .await?
+                    .into_inner()
+            );
+        }
+        Rpc::RecordPortalLogin {
+            account_id,
+            kind,
+            serial,
+        } => {
+            let kind = match kind {
+                Kind::Mobile => v1::ProductKind::LuxtrustMobile,
+                Kind::Scan => v1::ProductKind::LuxtrustScan,
+            };
+            let product = Some(v1::LuxTrustProduct {
+                kind: kind.into(),
+                serial,
+            });
+            let request = v1::RecordPortalLoginRequest {
+                account_id,
+                product,
+                request_id,
+            };
+            clients
+                .portal
+                .record_portal_login(bearer(request, token)?)
+                .await?;
+            println!("recorded");
+        }
+        Rpc::IssueLinkQr { svg_out } => {
+            let request = v1::IssueLinkQrRequest { request_id };
+            let reply = clients
+                .portal
+                .issue_link_qr(bearer(request, token)?)
+                .await?
+                .into_inner();
+            if let Some(path) = svg_out {
+                std::fs::write(&path, &reply.qr_svg)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("qr_id:      {}", reply.qr_id);
+            println!("qr_payload: {}", reply.qr_payload);
+            println!(
+                "expires_at: {}",
+                linkctl::client::format_time(reply.expires_at.as_ref())
+            );
+        }
+        Rpc::UnlinkDevices { device_ids } => {
+            let request = v1::UnlinkDevicesRequest {
+                device_ids,
+                request_id,
+            };
+            println!(
+                "{:#?}",
+                clients
+                    .portal
+                    .unlink_devices(bearer(request, token)?)
+                    .await?
+                    .into_inner()
+            );
+        }
+        Rpc::StartLink {
+            device_id,
+            name,
+            method,
+            platform,
+            app_version,
+        } => {
+            let method = match method {
+                Method::Qr => v1::LinkMethod::Qr,
+                Method::Luxtrust => v1::LinkMethod::Luxtrust,
+            };
+            let platform = match platform {
+                PlatformArg::Ios => v1::Platform::Ios,
+                PlatformArg::Android => v1::Platform::Android,
+            };
+            let request = v1::StartLinkRequest {
+                device_id,
+                device_name: name,
+                method: method.into(),
+                platform: platform.into(),
+                app_version,
+                request_id,
+            };
+            let reply = clients.device.start_link(request).await?.into_inner();
+            println!("link_token:     {}", reply.link_token);
+            println!("luxtrust_nonce: {}", reply.luxtrust_nonce);
+            println!(
+                "expires_at:     {}",
+                linkctl::client::format_time(reply.expires_at.as_ref())
+            );
+        }
+        Rpc::ScanQr {
+            link_token,
+            qr_payload,
+        } => {
+            let request = v1::ScanQrRequest {
+                link_token,
+                qr_payload,
+                request_id,
+            };
+            clients.device.scan_qr(request).await?;
+            println!("QR code accepted");
+        }
+        Rpc::AuthenticateWithLuxtrust {
+            link_token,
+            assertion,
+        } => {
+            let request = v1::AuthenticateWithLuxTrustRequest {
+                link_token,
+                assertion,
+                request_id,
+            };
+            clients.device.authenticate_with_lux_trust(request).await?;
+            println!("LuxTrust authentication accepted");
+        }
+        Rpc::SetSecretCode { link_token, code } => {
+            let request = v1::SetSecretCodeRequest {
+                link_token,
+                secret_code: code,
+                request_id,
+            };
+            let reply = clients.device.set_secret_code(request).await?.into_inner();
+            println!("device_id:         {}", reply.device_id);
+            println!("device_credential: {}", reply.device_credential);
+            println!(
+                "linked_at:         {}",
+                linkctl::client::format_time(reply.linked_at.as_ref())
+            );
+        }
+        Rpc::SetBiometrics { enabled } => {
+            let request = v1::SetBiometricsRequest {
+                enabled,
+                request_id,
+            };
+            println!(
+                "{:#?}",
+                clients
+                    .device
+                    .set_biometrics(bearer(request, token)?)
+                    .await?
+                    .into_inner()
+            );
+        }
+        Rpc::VerifySecretCode { code } => {
+            let request = v1::VerifySecretCodeRequest {
+                secret_code: code,
+                request_id,
+            };
+            println!(
+                "{:#?}",
+                clients
+                    .device
+                    .verify_secret_code(bearer(request, token)?)
+                    .await?
+                    .into_inner()
+            );
+        }
+        Rpc::UnlinkThisDevice => {
+            let request = v1::UnlinkThisDeviceRequest { request_id };
+            clients
+                .device
+                .unlink_this_device(bearer(request, token)?)
+                .await?;
+            println!("unlinked");
+        }
+    }
+    Ok(())
+}

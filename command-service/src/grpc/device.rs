@@ -122,7 +122,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(device_id = %body.device_id, link_attempt_id), err)]
+    #[tracing::instrument(skip_all, fields(device_id = ?body.device_id, link_attempt_id), err(level = "info"))]
     async fn start_link(
         &self,
         meta: &CallMeta,
@@ -176,7 +176,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(link_attempt_id, qr_id), err)]
+    #[tracing::instrument(skip_all, fields(link_attempt_id, qr_id), err(level = "info"))]
     async fn scan_qr(
         &self,
         meta: &CallMeta,
@@ -226,7 +226,7 @@ impl Commands {
         Ok(ScanQrResponse {})
     }
 
-    #[tracing::instrument(skip_all, fields(link_attempt_id), err)]
+    #[tracing::instrument(skip_all, fields(link_attempt_id), err(level = "info"))]
     async fn authenticate_with_luxtrust(
         &self,
         meta: &CallMeta,
@@ -293,7 +293,7 @@ impl Commands {
         Ok(AuthenticateWithLuxTrustResponse {})
     }
 
-    #[tracing::instrument(skip_all, fields(link_attempt_id, device_id), err)]
+    #[tracing::instrument(skip_all, fields(link_attempt_id, device_id), err(level = "info"))]
     async fn set_secret_code(
         &self,
         meta: &CallMeta,
@@ -356,7 +356,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(device_id), err)]
+    #[tracing::instrument(skip_all, fields(device_id), err(level = "info"))]
     async fn set_biometrics(
         &self,
         meta: &CallMeta,
@@ -377,7 +377,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(device_id), err)]
+    #[tracing::instrument(skip_all, fields(device_id), err(level = "info"))]
     async fn verify_secret_code(
         &self,
         meta: &CallMeta,
@@ -417,7 +417,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(device_id), err)]
+    #[tracing::instrument(skip_all, fields(device_id), err(level = "info"))]
     async fn unlink_this_device(
         &self,
         meta: &CallMeta,

@@ -84,7 +84,7 @@ impl Commands {
         Ok((account_id, metadata))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %body.account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
     async fn register_account(
         &self,
         meta: &CallMeta,
@@ -105,7 +105,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %body.account_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
     async fn record_portal_login(
         &self,
         meta: &CallMeta,
@@ -124,7 +124,7 @@ impl Commands {
         Ok(RecordPortalLoginResponse {})
     }
 
-    #[tracing::instrument(skip_all, fields(account_id, qr_id), err)]
+    #[tracing::instrument(skip_all, fields(account_id, qr_id), err(level = "info"))]
     async fn issue_link_qr(
         &self,
         meta: &CallMeta,
@@ -165,7 +165,7 @@ impl Commands {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(account_id, devices = body.device_ids.len()), err)]
+    #[tracing::instrument(skip_all, fields(account_id, devices = body.device_ids.len()), err(level = "info"))]
     async fn unlink_devices(
         &self,
         meta: &CallMeta,

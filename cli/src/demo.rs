@@ -1,0 +1,260 @@
+//! `linkctl demo`: the help page's two linking flows, then both ways of unlinking, against a
+//! running system, printing each step.
+#![allow(clippy::print_stdout, reason = "the demo narrates to the terminal")]
+
+use anyhow::Context as _;
+use proto::v1;
+use uuid::Uuid;
+
+use crate::client::{Clients, bearer, format_time};
+use crate::dev::DevKeys;
+
+const CODE: &str = "482913";
+
+fn step(n: u32, text: &str) {
+    println!("\n[{n}] {text}");
+}
+
+/// Runs the demo with fresh account and device ids.
+pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
+    let account = format!("demo-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let serial = "LT-MOBILE-0001";
+    let system = keys.system_token()?;
+
+    step(
+        1,
+        &format!("The portal registers account {account} (browser registration)."),
+    );
+    let request = v1::RegisterAccountRequest {
+        account_id: account.clone(),
+        email: format!("{account}@example.lu"),
+        language: "fr".into(),
+        request_id: String::new(),
+    };
+    clients
+        .portal
+        .register_account(bearer(request, &system)?)
+        .await?;
+    println!("    registered, emails to {account}@example.lu");
+
+    step(
+        2,
+        "The holder logs in to the portal with LuxTrust Mobile; the portal records it.",
+    );
+    let product = Some(v1::LuxTrustProduct {
+        kind: v1::ProductKind::LuxtrustMobile.into(),
+        serial: serial.into(),
+    });
+    let request = v1::RecordPortalLoginRequest {
+        account_id: account.clone(),
+        product,
+        request_id: String::new(),
+    };
+    clients
+        .portal
+        .record_portal_login(bearer(request, &system)?)
+        .await?;
+    println!("    login with LuxTrust Mobile {serial} recorded");
+
+    println!("\n== Linking with a QR code ==");
+    let citizen = keys.citizen_token(&account, 0)?;
+    step(3, "In the browser, 'Link a device' shows a QR code.");
+    let qr = clients
+        .portal
+        .issue_link_qr(bearer(v1::IssueLinkQrRequest::default(), &citizen)?)
+        .await?
+        .into_inner();
+    println!(
+        "    QR code {} ({} bytes of SVG), expires {}",
+        qr.qr_id,
+        qr.qr_svg.len(),
+        format_time(qr.expires_at.as_ref())
+    );
+
+    let phone = Uuid::new_v4().to_string();
+    step(
+        4,
+        "On the phone: 'Link your device', name 'Anna's phone', method 'QR code'.",
+    );
+    let start = start_link(&mut clients, &phone, "Anna's phone", v1::LinkMethod::Qr).await?;
+    println!(
+        "    link attempt started, expires {}",
+        format_time(start.expires_at.as_ref())
+    );
+
+    step(5, "The phone scans the QR code.");
+    let scan = v1::ScanQrRequest {
+        link_token: start.link_token.clone(),
+        qr_payload: qr.qr_payload.clone(),
+        request_id: String::new(),
+    };
+    clients.device.scan_qr(scan.clone()).await?;
+    println!("    QR code accepted");
+
+    step(
+        6,
+        &format!("The holder enters the 6-digit secret code {CODE}."),
+    );
+    let phone_credential = set_code(&mut clients, &start.link_token).await?;
+
+    step(7, "The holder taps 'Activate biometrics'.");
+    let request = v1::SetBiometricsRequest {
+        enabled: true,
+        request_id: String::new(),
+    };
+    clients
+        .device
+        .set_biometrics(bearer(request, &phone_credential)?)
+        .await?;
+    println!("    biometrics enabled");
+
+    step(8, "A second phone tries the same QR code.");
+    let other = start_link(
+        &mut clients,
+        &Uuid::new_v4().to_string(),
+        "Tablet",
+        v1::LinkMethod::Qr,
+    )
+    .await?;
+    let reuse = v1::ScanQrRequest {
+        link_token: other.link_token,
+        ..scan
+    };
+    match clients.device.scan_qr(reuse).await {
+        Err(status) => println!("    refused ({:?}): {}", status.code(), status.message()),
+        Ok(_) => anyhow::bail!("a used QR code was accepted"),
+    }
+
+    println!("\n== Linking with LuxTrust ==");
+    let tablet = Uuid::new_v4().to_string();
+    step(9, "On a tablet: name 'Family tablet', method 'LuxTrust'.");
+    let start = start_link(
+        &mut clients,
+        &tablet,
+        "Family tablet",
+        v1::LinkMethod::Luxtrust,
+    )
+    .await?;
+    step(
+        10,
+        "The holder authenticates with LuxTrust Mobile (the assertion carries the attempt's nonce).",
+    );
+    let assertion = keys.luxtrust_assertion(&account, "mobile", serial, &start.luxtrust_nonce)?;
+    let request = v1::AuthenticateWithLuxTrustRequest {
+        link_token: start.link_token.clone(),
+        assertion,
+        request_id: String::new(),
+    };
+    clients.device.authenticate_with_lux_trust(request).await?;
+    println!("    LuxTrust authentication accepted");
+    step(
+        11,
+        "The holder enters the secret code and skips biometrics.",
+    );
+    let tablet_credential = set_code(&mut clients, &start.link_token).await?;
+    let request = v1::SetBiometricsRequest {
+        enabled: false,
+        request_id: String::new(),
+    };
+    clients
+        .device
+        .set_biometrics(bearer(request, &tablet_credential)?)
+        .await?;
+    println!("    biometrics skipped");
+
+    println!("\n== Unlinking ==");
+    step(
+        12,
+        "The phone is lost: after re-authenticating, the holder unlinks it from the browser.",
+    );
+    let request = v1::UnlinkDevicesRequest {
+        device_ids: vec![phone.clone()],
+        request_id: String::new(),
+    };
+    let reply = clients
+        .portal
+        .unlink_devices(bearer(request, &keys.citizen_token(&account, 0)?)?)
+        .await?
+        .into_inner();
+    println!("    unlinked: {}", reply.unlinked_device_ids.join(", "));
+    let verify = v1::VerifySecretCodeRequest {
+        secret_code: CODE.into(),
+        request_id: String::new(),
+    };
+    match clients
+        .device
+        .verify_secret_code(bearer(verify.clone(), &phone_credential)?)
+        .await
+    {
+        Err(status) => println!(
+            "    the lost phone's credential is refused ({:?})",
+            status.code()
+        ),
+        Ok(_) => anyhow::bail!("a revoked credential was accepted"),
+    }
+
+    step(13, "The tablet unlinks itself.");
+    clients
+        .device
+        .unlink_this_device(bearer(
+            v1::UnlinkThisDeviceRequest::default(),
+            &tablet_credential,
+        )?)
+        .await?;
+    match clients
+        .device
+        .verify_secret_code(bearer(verify, &tablet_credential)?)
+        .await
+    {
+        Err(status) => println!(
+            "    unlinked; its credential is refused ({:?})",
+            status.code()
+        ),
+        Ok(_) => anyhow::bail!("a revoked credential was accepted"),
+    }
+    println!("\nDone: account {account}, devices {phone} and {tablet}.");
+    println!("Every step above is an event in the command database's `events` table.");
+    Ok(())
+}
+
+async fn start_link(
+    clients: &mut Clients,
+    device_id: &str,
+    name: &str,
+    method: v1::LinkMethod,
+) -> anyhow::Result<v1::StartLinkResponse> {
+    let request = v1::StartLinkRequest {
+        device_id: device_id.into(),
+        device_name: name.into(),
+        method: method.into(),
+        platform: v1::Platform::Android.into(),
+        app_version: "2.4.1".into(),
+        request_id: String::new(),
+    };
+    Ok(clients
+        .device
+        .start_link(request)
+        .await
+        .context("StartLink")?
+        .into_inner())
+}
+
+async fn set_code(clients: &mut Clients, link_token: &str) -> anyhow::Result<String> {
+    let request = v1::SetSecretCodeRequest {
+        link_token: link_token.into(),
+        secret_code: CODE.into(),
+        request_id: String::new(),
+    };
+    let reply = clients
+        .device
+        .set_secret_code(request)
+        .await
+        .context("SetSecretCode")?
+        .into_inner();
+    println!(
+        "    device {} linked at {}",
+        reply.device_id,
+        format_time(reply.linked_at.as_ref())
+    );
+    Ok(reply.device_credential)
+}

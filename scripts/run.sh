@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Starts linkd locally with the development configuration: PostgreSQL and NATS (if down), the two
+# databases, development keys and pepper in .dev/ (git-ignored), then both services in the
+# foreground. Ctrl-C stops them. Settings can be overridden with the variables in the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+
+PG_ADMIN=${LINKD_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+for db in linkd_command linkd_projection; do
+  if [ -z "$(psql "$PG_ADMIN" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+    psql "$PG_ADMIN" -qc "CREATE DATABASE $db" && echo "created database $db"
+  fi
+done
+
+echo "building linkd (the first build takes a few minutes)…"
+cargo build --locked -q -p command-service -p projection-service -p linkctl
+
+mkdir -p .dev/logs
+target/debug/linkctl dev keys --dir .dev/keys >/dev/null
+if [ ! -s .dev/pepper ]; then
+  (umask 077; head -c 48 /dev/urandom | base64 -w0 > .dev/pepper)
+fi
+
+export LINKD_COMMAND_DATABASE_URL=${LINKD_COMMAND_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/linkd_command}
+export LINKD_PROJECTION_DATABASE_URL=${LINKD_PROJECTION_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/linkd_projection}
+export LINKD_COMMAND_GRPC_ADDR=${LINKD_COMMAND_GRPC_ADDR:-127.0.0.1:50051}
+export LINKD_PROJECTION_GRPC_ADDR=${LINKD_PROJECTION_GRPC_ADDR:-127.0.0.1:50052}
+export LINKD_IDP_PUBLIC_KEYS_FILE=${LINKD_IDP_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/idp.pub.pem}
+export LINKD_LUXTRUST_PUBLIC_KEYS_FILE=${LINKD_LUXTRUST_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/luxtrust.pub.pem}
+LINKD_SECRET_CODE_PEPPER=${LINKD_SECRET_CODE_PEPPER:-$(cat .dev/pepper)}
+export LINKD_SECRET_CODE_PEPPER
+
+for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR"; do
+  if port_open "${addr##*:}"; then
+    echo "error: $addr is already in use (is linkd already running?); stop it or set" \
+         "LINKD_COMMAND_GRPC_ADDR / LINKD_PROJECTION_GRPC_ADDR" >&2
+    exit 1
+  fi
+done
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null && wait "${pids[@]}" 2>/dev/null
+  echo "linkd stopped"
+}
+trap stop INT TERM EXIT
+
+target/debug/command-service >>.dev/logs/command-service.log 2>&1 &
+pids+=($!)
+target/debug/projection-service >>.dev/logs/projection-service.log 2>&1 &
+pids+=($!)
+
+wait_for_port "command service (log: .dev/logs/command-service.log)" "${LINKD_COMMAND_GRPC_ADDR##*:}"
+wait_for_port "projection service (log: .dev/logs/projection-service.log)" "${LINKD_PROJECTION_GRPC_ADDR##*:}"
+
+cat <<MSG
+
+linkd is running (development configuration):
+  command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService, grpc.health.v1, reflection
+  projection service  $LINKD_PROJECTION_GRPC_ADDR  grpc.health.v1 (the read side comes next)
+  event store         $LINKD_COMMAND_DATABASE_URL
+  logs                .dev/logs/
+Try it from another terminal in this folder:
+  target/debug/linkctl demo
+  target/debug/linkctl --help
+Press Ctrl-C to stop.
+MSG
+
+# Stop both if either exits.
+wait -n "${pids[@]}"
+echo "a service exited; see .dev/logs/" >&2
+exit 1
