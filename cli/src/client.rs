@@ -23,10 +23,15 @@ impl Clients {
             .connect()
             .await
             .with_context(|| format!("connecting to the command service at {addr}"))?;
-        Ok(Self {
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Clients over an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
             portal: PortalServiceClient::new(channel.clone()),
             device: DeviceServiceClient::new(channel),
-        })
+        }
     }
 }
 

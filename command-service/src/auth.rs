@@ -153,3 +153,123 @@ pub struct LuxTrustClaims {
     /// The link attempt's nonce.
     pub nonce: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde::Serialize;
+
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Claims {
+        sub: &'static str,
+        aud: &'static str,
+        exp: i64,
+        auth_time: i64,
+    }
+
+    fn claims(aud: &'static str, exp_offset: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: "anna",
+            aud,
+            exp: now + exp_offset,
+            auth_time: now,
+        }
+    }
+
+    fn ed25519_pair() -> (EncodingKey, String) {
+        use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let private = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        (
+            EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+            public,
+        )
+    }
+
+    fn p256_pair() -> (EncodingKey, String) {
+        use p256::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+        let key = p256::SecretKey::from_slice(&[9u8; 32]).unwrap();
+        let private = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = key.public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        (
+            EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+            public,
+        )
+    }
+
+    fn sign(algorithm: Algorithm, key: &EncodingKey, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(algorithm), claims, key).unwrap()
+    }
+
+    #[test]
+    fn eddsa_and_es256_tokens_verify_against_one_key_file() {
+        let (ed_key, ed_public) = ed25519_pair();
+        let (ec_key, ec_public) = p256_pair();
+        let keys =
+            KeySet::from_pem(&format!("{ed_public}{ec_public}"), "linkd".into(), None).unwrap();
+
+        let eddsa: PortalClaims = keys
+            .verify(&sign(Algorithm::EdDSA, &ed_key, &claims("linkd", 60)))
+            .unwrap();
+        let es256: PortalClaims = keys
+            .verify(&sign(Algorithm::ES256, &ec_key, &claims("linkd", 60)))
+            .unwrap();
+
+        assert_eq!(eddsa.sub, "anna");
+        assert_eq!(es256.sub, "anna");
+    }
+
+    #[test]
+    fn a_token_for_another_audience_or_expired_is_rejected() {
+        let (key, public) = ed25519_pair();
+        let keys = KeySet::from_pem(&public, "linkd".into(), None).unwrap();
+
+        let other_audience =
+            keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, &key, &claims("other", 60)));
+        let expired =
+            keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, &key, &claims("linkd", -120)));
+
+        assert!(
+            matches!(other_audience, Err(TokenError::Rejected(_))),
+            "{other_audience:?}"
+        );
+        assert!(
+            matches!(expired, Err(TokenError::Rejected(_))),
+            "{expired:?}"
+        );
+    }
+
+    #[test]
+    fn an_unsigned_or_garbled_token_is_refused() {
+        let (_, public) = ed25519_pair();
+        let keys = KeySet::from_pem(&public, "linkd".into(), None).unwrap();
+
+        assert_eq!(
+            keys.verify::<PortalClaims>("garbage").unwrap_err(),
+            TokenError::Malformed
+        );
+        let unsigned = keys.verify::<PortalClaims>("eyJhbGciOiJub25lIn0.e30.");
+        assert!(unsigned.is_err());
+    }
+
+    #[test]
+    fn a_file_without_keys_is_refused() {
+        assert!(KeySet::from_pem("", "linkd".into(), None).is_err());
+        assert!(
+            KeySet::from_pem(
+                "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+                "linkd".into(),
+                None
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,19 @@
+use e2e::spawn_app;
+use linkctl::client::Clients;
+
+#[tokio::test]
+async fn the_demo_walks_both_flows_against_a_running_service() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act: the same code `linkctl demo` runs.
+    linkctl::demo::run(Clients::from_channel(app.channel.clone()), &app.keys)
+        .await
+        .unwrap();
+
+    // Assert: two devices linked (QR, LuxTrust) and both unlinked (portal, device).
+    assert_eq!(app.events_of_type("DeviceLinked").await, 2);
+    assert_eq!(app.events_of_type("DeviceUnlinked").await, 2);
+    assert_eq!(app.events_of_type("BiometricsEnabled").await, 1);
+    assert_eq!(app.events_of_type("BiometricsSkipped").await, 1);
+}
