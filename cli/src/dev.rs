@@ -13,8 +13,10 @@ use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-/// The audience the development configuration expects.
-pub const DEV_AUDIENCE: &str = "linkd";
+/// The audience of portal JWTs in the development configuration (the service's default).
+pub const PORTAL_AUDIENCE: &str = "linkd-portal";
+/// The audience of LuxTrust assertions in the development configuration (the service's default).
+pub const LUXTRUST_AUDIENCE: &str = "linkd-luxtrust";
 
 /// The two development signers.
 #[derive(Clone)]
@@ -114,7 +116,7 @@ impl DevKeys {
             &self.idp,
             &PortalClaims {
                 sub: account_id,
-                aud: DEV_AUDIENCE,
+                aud: PORTAL_AUDIENCE,
                 iat: now,
                 exp: now + 600,
                 auth_time: now - auth_age_seconds,
@@ -130,7 +132,7 @@ impl DevKeys {
             &self.idp,
             &PortalClaims {
                 sub: "portal-backend",
-                aud: DEV_AUDIENCE,
+                aud: PORTAL_AUDIENCE,
                 iat: now,
                 exp: now + 600,
                 auth_time: now,
@@ -153,7 +155,7 @@ impl DevKeys {
             &self.luxtrust,
             &LuxTrustClaims {
                 sub: account_id,
-                aud: DEV_AUDIENCE,
+                aud: LUXTRUST_AUDIENCE,
                 iat: now,
                 exp: now + 300,
                 product_kind,

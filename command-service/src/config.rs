@@ -42,13 +42,15 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// PEM file with the identity provider's public keys (`LINKD_IDP_PUBLIC_KEYS_FILE`, required).
     pub idp_public_keys_file: PathBuf,
-    /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd`).
+    /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd-portal`).
     pub idp_audience: String,
     /// Issuer portal JWTs must name, if set (`LINKD_IDP_ISSUER`).
     pub idp_issuer: Option<String>,
     /// PEM file with the keys that sign LuxTrust assertions (`LINKD_LUXTRUST_PUBLIC_KEYS_FILE`, required).
     pub luxtrust_public_keys_file: PathBuf,
-    /// Audience LuxTrust assertions must name (`LINKD_LUXTRUST_AUDIENCE`, default `linkd`).
+    /// Audience LuxTrust assertions must name (`LINKD_LUXTRUST_AUDIENCE`, default
+    /// `linkd-luxtrust`); must differ from the portal audience, so neither token passes for the
+    /// other even if one key signed both.
     pub luxtrust_audience: String,
     /// Server-side pepper for secret-code verifiers (`LINKD_SECRET_CODE_PEPPER`, required, ≥ 32 bytes).
     pub secret_code_pepper: Redacted<Vec<u8>>,
@@ -109,15 +111,26 @@ impl Settings {
                 key: "LINKD_COMMAND_DB_MAX_CONNECTIONS",
                 reason: "must be between 1 and 4294967295".into(),
             })?;
+        let idp_audience = get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd-portal".into());
+        let luxtrust_audience =
+            get("LINKD_LUXTRUST_AUDIENCE").unwrap_or_else(|| "linkd-luxtrust".into());
+        if idp_audience == luxtrust_audience {
+            return Err(ConfigError::Invalid {
+                key: "LINKD_LUXTRUST_AUDIENCE",
+                reason: "must differ from LINKD_IDP_AUDIENCE, or a LuxTrust assertion could pass \
+                         for a portal token"
+                    .into(),
+            });
+        }
         Ok(Self {
             grpc_addr,
             database_url: Redacted(required("LINKD_COMMAND_DATABASE_URL")?),
             db_max_connections,
             idp_public_keys_file: required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
-            idp_audience: get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd".into()),
+            idp_audience,
             idp_issuer: get("LINKD_IDP_ISSUER"),
             luxtrust_public_keys_file: required("LINKD_LUXTRUST_PUBLIC_KEYS_FILE")?.into(),
-            luxtrust_audience: get("LINKD_LUXTRUST_AUDIENCE").unwrap_or_else(|| "linkd".into()),
+            luxtrust_audience,
             secret_code_pepper: Redacted(pepper),
             qr_ttl: seconds("LINKD_QR_TTL_SECONDS", 120)?,
             link_attempt_ttl: seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
@@ -166,6 +179,18 @@ mod tests {
         let mut env = base();
         env.insert("LINKD_SECRET_CODE_PEPPER", "short".into());
         assert!(read(&env).is_err());
+    }
+
+    #[test]
+    fn the_portal_and_luxtrust_audiences_must_differ() {
+        let mut env = base();
+        env.insert("LINKD_IDP_AUDIENCE", "linkd".into());
+        env.insert("LINKD_LUXTRUST_AUDIENCE", "linkd".into());
+        assert!(read(&env).is_err());
+        assert_ne!(
+            read(&base()).unwrap().idp_audience,
+            read(&base()).unwrap().luxtrust_audience
+        );
     }
 
     #[test]

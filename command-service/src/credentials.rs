@@ -8,7 +8,6 @@ use crate::error::CommandError;
 use crate::secrets::TokenKind;
 
 /// A device credential's stored hashes.
-#[derive(Debug)]
 pub struct StoredCredential {
     /// The device it belongs to.
     pub device_id: Uuid,
@@ -16,6 +15,12 @@ pub struct StoredCredential {
     pub credential_hash: Vec<u8>,
     /// Argon2id verifier of the secret code.
     pub code_verifier: String,
+}
+
+impl std::fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredCredential({}, ***)", self.device_id)
+    }
 }
 
 /// Access to the secret tables.
@@ -108,19 +113,10 @@ impl Credentials {
         ))
     }
 
-    /// Deletes the credential of one link (a link that did not happen).
+    /// Deletes the credential of one link (a link that ended, or that did not happen).
     pub async fn delete_link(&self, link_id: Uuid) -> Result<(), CommandError> {
         sqlx::query("DELETE FROM device_credentials WHERE link_id = $1")
             .bind(link_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Deletes every credential of a device (it was unlinked).
-    pub async fn delete_device(&self, device_id: Uuid) -> Result<(), CommandError> {
-        sqlx::query("DELETE FROM device_credentials WHERE device_id = $1")
-            .bind(device_id)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -76,6 +76,15 @@ impl From<sqlx::Error> for CommandError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Self::Unavailable(error.to_string())
             }
+            // SQLSTATE classes 08 (connection), 53 (insufficient resources), 57 (operator
+            // intervention: shutdown, statement timeout): the database, not the request.
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+                }) =>
+            {
+                Self::Unavailable(error.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -61,12 +61,20 @@ pub struct Commands {
 }
 
 /// What every call carries besides its message.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CallMeta {
     /// The `authorization` value, without `Bearer ` (empty if absent).
     pub credentials: String,
     /// The server-side id of this call (from `x-request-id`, or generated).
     pub call_id: String,
+}
+
+impl std::fmt::Debug for CallMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallMeta")
+            .field("call_id", &self.call_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CallMeta {

@@ -14,8 +14,9 @@ use uuid::Uuid;
 use crate::error::CommandError;
 use crate::secrets::sha256;
 
-/// A call still marked in progress after this long is presumed dead and may be taken over.
-const STALE_AFTER_SECONDS: f64 = 30.0;
+/// A call still marked in progress after this long is presumed dead and may be taken over
+/// (well above the longest a call can run: pool waits, bounded retries and Argon2id).
+const STALE_AFTER_SECONDS: f64 = 120.0;
 /// Answers are replayed for this long (24 hours).
 const KEEP_SECONDS: f64 = 24.0 * 3600.0;
 
@@ -101,11 +102,15 @@ impl RequestLog {
         }
         match call().await {
             Ok(response) => {
-                self.finish(&keys, &response).await?;
+                if let Err(error) = self.finish(&keys, &response).await {
+                    // The call did its work: answer it. A retry will find the call pending and,
+                    // once stale, run it again (most commands are then no-ops or refusals).
+                    tracing::warn!(%error, method, "could not record the answer for replays");
+                }
                 Ok(response)
             }
             Err(error) => {
-                // Nothing was done, so a retry may run the call again.
+                // The call failed, so a retry may run it again.
                 sqlx::query("DELETE FROM request_log WHERE key_hash = $1")
                     .bind(&keys.key_hash)
                     .execute(&self.pool)

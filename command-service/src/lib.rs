@@ -9,7 +9,7 @@
 //! Layout: `startup` builds the server; `grpc` serves the two services; `validate` checks
 //! fields; `auth` verifies JWTs and LuxTrust assertions; `secrets` mints and hashes tokens and
 //! secret codes; `credentials` stores their hashes; `store` runs commands with bounded conflict
-//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes.
+//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes; `sweeper` removes expired secrets.
 
 pub mod auth;
 pub mod config;
@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod startup;
 pub mod status;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;
 pub mod validate;
 

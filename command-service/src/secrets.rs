@@ -43,7 +43,6 @@ impl TokenKind {
 }
 
 /// A freshly minted token: the text for the client and the hash to store.
-#[derive(Debug)]
 pub struct MintedToken {
     /// What the client receives (never stored, never logged).
     pub text: String,
@@ -51,15 +50,40 @@ pub struct MintedToken {
     pub hash: Vec<u8>,
 }
 
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MintedToken(***)")
+    }
+}
+
 /// A token parsed from client input; its secret part is only ever hashed.
-#[derive(Debug)]
 pub struct PresentedToken {
     /// The row it names.
     pub id: Uuid,
     secret: Vec<u8>,
 }
 
+impl std::fmt::Debug for PresentedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PresentedToken({}, ***)", self.id)
+    }
+}
+
 impl PresentedToken {
+    /// A token of `kind` naming `id` whose secret is derived from this token's secret: the same
+    /// presented token always yields the same derived token (so a retried call can return the
+    /// same credential), and the derived secret reveals nothing about this one.
+    pub fn derive(&self, kind: TokenKind, id: Uuid) -> MintedToken {
+        let mut input = format!("linkd/derive/{}/v1", kind.prefix()).into_bytes();
+        input.push(0);
+        input.extend_from_slice(&self.secret);
+        let secret = sha256(&input);
+        MintedToken {
+            text: format!("{}.{id}.{}", kind.prefix(), URL_SAFE_NO_PAD.encode(&secret)),
+            hash: sha256(&secret),
+        }
+    }
+
     /// Whether the token's secret hashes to `stored_hash` (constant time).
     pub fn matches(&self, stored_hash: &[u8]) -> bool {
         bool::from(sha256(&self.secret).as_slice().ct_eq(stored_hash))
@@ -204,6 +228,19 @@ mod tests {
         assert_eq!(presented.id, id);
         assert!(presented.matches(&token.hash));
         assert!(!presented.matches(&mint(TokenKind::Qr, id).hash));
+    }
+
+    #[test]
+    fn a_derived_token_is_stable_and_unrelated_to_its_source() {
+        let link = mint(TokenKind::LinkAttempt, Uuid::from_u128(5));
+        let presented = parse(TokenKind::LinkAttempt, &link.text).unwrap();
+        let first = presented.derive(TokenKind::DeviceCredential, Uuid::from_u128(5));
+        let again = presented.derive(TokenKind::DeviceCredential, Uuid::from_u128(5));
+        assert_eq!(first.text, again.text);
+        assert_ne!(first.hash, link.hash);
+        let parsed = parse(TokenKind::DeviceCredential, &first.text).unwrap();
+        assert!(parsed.matches(&first.hash));
+        assert!(!format!("{first:?}{presented:?}").contains(&link.text[40..]));
     }
 
     #[test]

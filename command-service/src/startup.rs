@@ -32,6 +32,7 @@ pub struct Application {
     local_addr: SocketAddr,
     commands: Arc<Commands>,
     pool: PgPool,
+    link_attempt_ttl: std::time::Duration,
 }
 
 /// Connects to the database named in `settings` and applies the migrations.
@@ -89,6 +90,7 @@ impl Application {
             local_addr,
             commands,
             pool,
+            link_attempt_ttl: settings.link_attempt_ttl,
         })
     }
 
@@ -119,8 +121,10 @@ impl Application {
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let device = DeviceServiceServer::new(DeviceApi(self.commands.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let abandoned_after = self.link_attempt_ttl + std::time::Duration::from_secs(600);
+        let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
         tracing::info!(addr = %self.local_addr, "command service listening");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 oversized_is_invalid_argument,
             ))
@@ -130,7 +134,9 @@ impl Application {
             .add_service(device)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
-            .context("serving gRPC")
+            .context("serving gRPC");
+        sweeper.abort();
+        served
     }
 }
 

@@ -131,13 +131,26 @@ impl EventStore {
         Self: HasFramework<A>,
         CommandError: From<AggregateError<A::Error>>,
     {
-        retry_on_conflict(|| async {
-            HasFramework::<A>::framework(self)
-                .execute_with_metadata(id, command.clone(), metadata.to_map())
-                .await
-                .map_err(CommandError::from)
-        })
-        .await
+        retry_on_conflict(|| self.execute_once::<A>(id, command.clone(), metadata)).await
+    }
+
+    /// Executes `command` once; a conflict is returned to the caller, who decides again (use
+    /// inside [`retry_on_conflict`] when the command depends on other aggregates' state).
+    pub async fn execute_once<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<(), CommandError>
+    where
+        A: Aggregate,
+        Self: HasFramework<A>,
+        CommandError: From<AggregateError<A::Error>>,
+    {
+        HasFramework::<A>::framework(self)
+            .execute_with_metadata(id, command, metadata.to_map())
+            .await
+            .map_err(CommandError::from)
     }
 }
 
@@ -159,5 +172,52 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_a_bounded_number_of_times_then_returned() {
+        let tries = AtomicU32::new(0);
+        let outcome: Result<(), CommandError> = retry_on_conflict(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(CommandError::Conflict)
+        })
+        .await;
+        assert!(matches!(outcome, Err(CommandError::Conflict)));
+        assert_eq!(tries.load(Ordering::SeqCst), MAX_ATTEMPTS);
+        let status = crate::status::to_status(CommandError::Conflict);
+        assert_eq!(status.code(), tonic::Code::Aborted);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_that_clears_is_not_an_error() {
+        let tries = AtomicU32::new(0);
+        let outcome = retry_on_conflict(|| async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(CommandError::Conflict)
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_not_retried() {
+        let tries = AtomicU32::new(0);
+        let outcome: Result<(), CommandError> = retry_on_conflict(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(CommandError::NotFound("x".into()))
+        })
+        .await;
+        assert!(outcome.is_err());
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }

@@ -67,6 +67,8 @@ pub enum DeviceCommand {
     UnlinkFromPortal {
         /// The (re-authenticated) account asking.
         account_id: AccountId,
+        /// The link the holder saw and chose to end (a newer link is not ended by mistake).
+        link_id: LinkAttemptId,
         /// When.
         at: DateTime<Utc>,
     },
@@ -152,12 +154,15 @@ pub enum DeviceError {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
     link: Option<CurrentLink>,
+    /// The account of the link that ended last, if any.
+    unlinked_from: Option<AccountId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct CurrentLink {
     link_id: LinkAttemptId,
     account_id: AccountId,
+    linked_at: DateTime<Utc>,
     biometrics: Option<bool>,
     consecutive_failures: u32,
 }
@@ -171,6 +176,17 @@ impl Device {
     /// The current link's identity, if linked.
     pub fn link_id(&self) -> Option<LinkAttemptId> {
         self.link.as_ref().map(|link| link.link_id)
+    }
+
+    /// Whether the device is not linked and its last link, now ended, was to `account_id`
+    /// (so a repeated unlink from that account has nothing left to do).
+    pub fn was_unlinked_from(&self, account_id: &AccountId) -> bool {
+        self.link.is_none() && self.unlinked_from.as_ref() == Some(account_id)
+    }
+
+    /// When the current link was made, if linked.
+    pub fn linked_at(&self) -> Option<DateTime<Utc>> {
+        self.link.as_ref().map(|link| link.linked_at)
     }
 
     /// Wrong secret codes in a row so far.
@@ -260,8 +276,12 @@ impl Device {
                     at,
                 }])
             }
-            DeviceCommand::UnlinkFromPortal { account_id, at } => match &self.link {
-                Some(link) if link.account_id == account_id => {
+            DeviceCommand::UnlinkFromPortal {
+                account_id,
+                link_id,
+                at,
+            } => match &self.link {
+                Some(link) if link.account_id == account_id && link.link_id == link_id => {
                     Ok(vec![DeviceEvent::DeviceUnlinked {
                         link_id: link.link_id,
                         account_id,
@@ -318,11 +338,13 @@ impl Aggregate for Device {
             DeviceEvent::DeviceLinked {
                 link_id,
                 account_id,
+                at,
                 ..
             } => {
                 self.link = Some(CurrentLink {
                     link_id,
                     account_id,
+                    linked_at: at,
                     biometrics: None,
                     consecutive_failures: 0,
                 });
@@ -344,7 +366,10 @@ impl Aggregate for Device {
                     link.consecutive_failures = consecutive_failures;
                 }
             }
-            DeviceEvent::DeviceUnlinked { .. } => self.link = None,
+            DeviceEvent::DeviceUnlinked { account_id, .. } => {
+                self.link = None;
+                self.unlinked_from = Some(account_id);
+            }
         }
     }
 }

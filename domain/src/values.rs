@@ -66,6 +66,19 @@ pub enum DeviceNameError {
     /// A control character (newline, tab, escape …) anywhere in the name.
     #[error("device name must not contain control characters")]
     ControlCharacter,
+    /// An invisible formatting character (zero-width space, bidirectional override, line or
+    /// paragraph separator …), which could disguise the name shown to the holder.
+    #[error("device name must not contain invisible or text-direction characters")]
+    InvisibleCharacter,
+}
+
+/// Unicode format characters (category Cf) and line/paragraph separators (Zl, Zp) that are
+/// invisible or change text direction.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0000}'..='\u{E007F}')
 }
 
 impl DeviceName {
@@ -80,6 +93,9 @@ impl DeviceName {
         }
         if trimmed.chars().any(char::is_control) {
             return Err(DeviceNameError::ControlCharacter);
+        }
+        if trimmed.chars().any(is_invisible) {
+            return Err(DeviceNameError::InvisibleCharacter);
         }
         let count = trimmed.chars().count();
         if count > Self::MAX_CHARS {
@@ -119,6 +135,23 @@ mod tests {
             DeviceName::parse(&"a".repeat(65)),
             Err(DeviceNameError::TooLong(65))
         );
+    }
+
+    #[test]
+    fn a_device_name_has_no_invisible_or_direction_characters() {
+        for name in [
+            "\u{200B}",
+            "evil\u{202E}gnp.exe",
+            "a\u{2028}b",
+            "\u{FEFF}phone",
+        ] {
+            assert_eq!(
+                DeviceName::parse(name),
+                Err(DeviceNameError::InvisibleCharacter),
+                "{name:?}"
+            );
+        }
+        assert!(DeviceName::parse("Téléphone d'Anna – 2").is_ok());
     }
 
     #[test]

@@ -128,3 +128,57 @@ async fn a_token_signed_by_another_key_is_refused() {
 
     assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn only_the_portal_back_end_records_portal_logins() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let citizen = app.citizen("anna");
+    let request = proto::v1::RecordPortalLoginRequest {
+        account_id: "anna".into(),
+        product: Some(proto::v1::LuxTrustProduct {
+            kind: proto::v1::ProductKind::LuxtrustScan.into(),
+            serial: "SCAN-1".into(),
+        }),
+        request_id: String::new(),
+    };
+
+    let refused = app
+        .portal
+        .record_portal_login(bearer(request, &citizen))
+        .await;
+
+    assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(app.events_of_type("PortalLoginRecorded").await, 0);
+}
+
+#[tokio::test]
+async fn the_portal_back_end_token_is_not_a_citizen_token() {
+    let mut app = spawn_app().await;
+    app.register("portal-backend").await;
+    let system = app.system();
+
+    let refused = app
+        .portal
+        .issue_link_qr(bearer(IssueLinkQrRequest::default(), &system))
+        .await;
+
+    assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn a_luxtrust_assertion_is_not_a_portal_token() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let assertion = app
+        .keys
+        .luxtrust_assertion("anna", "mobile", "M-1", "nonce")
+        .unwrap();
+
+    let refused = app
+        .portal
+        .issue_link_qr(bearer(IssueLinkQrRequest::default(), &assertion))
+        .await;
+
+    assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
+}

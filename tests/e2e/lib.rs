@@ -117,10 +117,10 @@ pub fn test_settings(database_url: String) -> Settings {
         database_url: Redacted(database_url),
         db_max_connections: 10,
         idp_public_keys_file: keys.idp_public.clone(),
-        idp_audience: linkctl::dev::DEV_AUDIENCE.into(),
+        idp_audience: linkctl::dev::PORTAL_AUDIENCE.into(),
         idp_issuer: None,
         luxtrust_public_keys_file: keys.luxtrust_public.clone(),
-        luxtrust_audience: linkctl::dev::DEV_AUDIENCE.into(),
+        luxtrust_audience: linkctl::dev::LUXTRUST_AUDIENCE.into(),
         secret_code_pepper: Redacted(b"e2e-pepper-e2e-pepper-e2e-pepper".to_vec()),
         qr_ttl: Duration::from_secs(120),
         link_attempt_ttl: Duration::from_secs(600),
@@ -227,6 +227,15 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .expect("counting events")
+    }
+
+    /// A second handle on the same service (clients and keys, not the server or database), for
+    /// concurrent calls.
+    pub fn clone_clients(&self) -> Clients {
+        Clients {
+            portal: self.portal.clone(),
+            device: self.device.clone(),
+        }
     }
 
     /// A citizen's token, authenticated just now.
@@ -401,5 +410,33 @@ impl TestApp {
             })
             .await
             .map(|_| ())
+    }
+}
+
+/// Clients without the server, for concurrent calls in tests.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// The portal client.
+    pub portal: PortalServiceClient<Channel>,
+    /// The app client.
+    pub device: DeviceServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Sets the secret code of a started, authenticated attempt.
+    pub async fn set_code(mut self, link_token: &str) -> Result<Linked, tonic::Status> {
+        let response = self
+            .device
+            .set_secret_code(SetSecretCodeRequest {
+                link_token: link_token.into(),
+                secret_code: CODE.into(),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(Linked {
+            device_id: response.device_id,
+            credential: response.device_credential,
+        })
     }
 }

@@ -211,3 +211,177 @@ async fn a_luxtrust_assertion_for_another_attempt_is_refused() {
 
     assert_eq!(refused.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn a_secret_code_submitted_twice_at_once_yields_one_working_credential() {
+    // Arrange: an authenticated attempt.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+        .await;
+    app.device
+        .scan_qr(proto::v1::ScanQrRequest {
+            link_token: start.link_token.clone(),
+            qr_payload: qr.qr_payload,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Act: the app double-submits (no request_id), then retries once more afterwards.
+    let (first, second) = tokio::join!(
+        app.clone_clients().set_code(&start.link_token),
+        app.set_code(&start.link_token)
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let later = app.set_code(&start.link_token).await.unwrap();
+
+    // Assert: one link, one credential, and it works.
+    assert_eq!(first.credential, second.credential);
+    assert_eq!(first.credential, later.credential);
+    assert!(verify(&mut app, &first.credential, CODE).await.unwrap());
+    assert_eq!(app.events_of_type("DeviceLinked").await, 1);
+}
+
+#[tokio::test]
+async fn a_completed_attempt_does_not_reveal_its_credential_for_another_code() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+        .await;
+    app.device
+        .scan_qr(proto::v1::ScanQrRequest {
+            link_token: start.link_token.clone(),
+            qr_payload: qr.qr_payload,
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    app.set_code(&start.link_token).await.unwrap();
+
+    let other_code = proto::v1::SetSecretCodeRequest {
+        link_token: start.link_token,
+        secret_code: "591372".into(),
+        request_id: String::new(),
+    };
+    let refused = app.device.set_secret_code(other_code).await.unwrap_err();
+
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("already linked its device"),
+        "{}",
+        refused.message()
+    );
+}
+
+#[tokio::test]
+async fn a_device_relinked_after_unlinking_does_not_accept_its_old_credential() {
+    // Arrange: a device linked, unlinked, then linked again.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let device_id = Uuid::new_v4().to_string();
+    let old = app.link_device_by_qr("anna", &device_id).await.unwrap();
+    app.device
+        .unlink_this_device(bearer(Default::default(), &old.credential))
+        .await
+        .unwrap();
+    let new = app.link_device_by_qr("anna", &device_id).await.unwrap();
+
+    // Act + Assert
+    let refused = verify(&mut app, &old.credential, CODE).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(verify(&mut app, &new.credential, CODE).await.unwrap());
+}
+
+#[tokio::test]
+async fn device_calls_without_a_credential_are_unauthenticated() {
+    let mut app = spawn_app().await;
+
+    let request = VerifySecretCodeRequest {
+        secret_code: CODE.into(),
+        request_id: String::new(),
+    };
+    let missing = app.device.verify_secret_code(request).await.unwrap_err();
+    let garbage = app
+        .device
+        .set_biometrics(bearer(SetBiometricsRequest::default(), "dc1.nonsense"))
+        .await
+        .unwrap_err();
+
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("missing device credential"),
+        "{}",
+        missing.message()
+    );
+    assert_eq!(garbage.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn no_secret_is_stored_in_clear() {
+    // Arrange + Act: a link with request ids, so that answers are kept for replays too.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let token = app.citizen("anna");
+    let qr_request = proto::v1::IssueLinkQrRequest {
+        request_id: Uuid::new_v4().to_string(),
+    };
+    let qr = app
+        .portal
+        .issue_link_qr(bearer(qr_request, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut start_request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    start_request.request_id = Uuid::new_v4().to_string();
+    let start = app
+        .device
+        .start_link(start_request)
+        .await
+        .unwrap()
+        .into_inner();
+    app.device
+        .scan_qr(proto::v1::ScanQrRequest {
+            link_token: start.link_token.clone(),
+            qr_payload: qr.qr_payload.clone(),
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap();
+    let linked = app
+        .device
+        .set_secret_code(proto::v1::SetSecretCodeRequest {
+            link_token: start.link_token.clone(),
+            secret_code: CODE.into(),
+            request_id: Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Assert: no secret part appears anywhere in the database.
+    let dump: String = sqlx::query_scalar(
+        "SELECT concat_ws(' ', \
+           (SELECT string_agg(payload::text || metadata::text, ' ') FROM events), \
+           (SELECT string_agg(encode(token_hash, 'escape'), ' ') FROM bearer_tokens), \
+           (SELECT string_agg(encode(credential_hash, 'escape') || code_verifier, ' ') \
+              FROM device_credentials), \
+           (SELECT string_agg(encode(response, 'escape'), ' ') FROM request_log))",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let secret = |token: &str| token.rsplit('.').next().unwrap().to_owned();
+    for (what, value) in [
+        ("QR token", secret(&qr.qr_payload)),
+        ("link token", secret(&start.link_token)),
+        ("device credential", secret(&linked.device_credential)),
+        ("secret code", CODE.to_owned()),
+    ] {
+        assert!(!dump.contains(&value), "the {what} is stored in clear");
+    }
+}

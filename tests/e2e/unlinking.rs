@@ -146,3 +146,102 @@ async fn unlinking_an_unknown_device_is_not_found() {
 
     assert_eq!(refused.unwrap_err().code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn unlinking_again_what_is_already_unlinked_succeeds() {
+    // A retry after a partial failure must finish the job, not fail on the devices done first.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let first = app.link_by_qr("anna").await;
+    let second = app.link_by_qr("anna").await;
+    let token = app.citizen("anna");
+    app.portal
+        .unlink_devices(bearer(unlink(&[&first.device_id]), &token))
+        .await
+        .unwrap();
+
+    let both = [first.device_id.as_str(), second.device_id.as_str()];
+    let reply = app
+        .portal
+        .unlink_devices(bearer(unlink(&both), &token))
+        .await
+        .unwrap();
+
+    assert_eq!(reply.into_inner().unlinked_device_ids.len(), 2);
+    assert_eq!(app.events_of_type("DeviceUnlinked").await, 2);
+}
+
+#[tokio::test]
+async fn a_replayed_unlink_of_this_device_answers_as_the_first_time() {
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+    let request = proto::v1::UnlinkThisDeviceRequest {
+        request_id: Uuid::new_v4().to_string(),
+    };
+
+    app.device
+        .unlink_this_device(bearer(request.clone(), &linked.credential))
+        .await
+        .unwrap();
+    let replay = app
+        .device
+        .unlink_this_device(bearer(request, &linked.credential))
+        .await;
+
+    assert!(replay.is_ok(), "{replay:?}");
+    assert_eq!(app.events_of_type("DeviceUnlinked").await, 1);
+}
+
+#[tokio::test]
+async fn the_sweeper_removes_credentials_a_crash_left_behind() {
+    // Arrange: a device unlinked, then its credential row put back as if the delete never ran,
+    // plus an old row for a link that never happened.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let kept = app.link_by_qr("anna").await;
+    let gone = app.link_by_qr("anna").await;
+    let (link_id, device_id): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT link_id, device_id FROM device_credentials WHERE device_id::text = $1",
+    )
+    .bind(&gone.device_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    app.device
+        .unlink_this_device(bearer(Default::default(), &gone.credential))
+        .await
+        .unwrap();
+    for (link, created) in [
+        (link_id, "now()"),
+        (Uuid::new_v4(), "now() - interval '2 hours'"),
+    ] {
+        sqlx::query(&format!(
+            "INSERT INTO device_credentials (link_id, device_id, credential_hash, code_verifier, \
+             created_at) VALUES ($1, $2, 'x', 'y', {created})"
+        ))
+        .bind(link)
+        .bind(device_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    // Act
+    let swept = command_service::sweeper::sweep(&app.pool, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+
+    // Assert: both leftovers removed, the linked device's credential kept and working.
+    assert_eq!(swept.credentials, 2);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM device_credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+    let still = app
+        .device
+        .verify_secret_code(bearer(verify(), &kept.credential))
+        .await;
+    assert!(still.unwrap().into_inner().verified);
+}

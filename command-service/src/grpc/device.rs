@@ -3,8 +3,7 @@
 use chrono::Utc;
 use domain::{
     Account, Device, DeviceCommand, DeviceId, LinkAttempt, LinkAttemptCommand, LinkAttemptId,
-    LinkMethod, LinkQr, LinkQrCommand, LuxTrustProduct, MAX_SECRET_CODE_FAILURES, ProductKind,
-    QrId,
+    LinkQr, LinkQrCommand, LuxTrustProduct, MAX_SECRET_CODE_FAILURES, ProductKind, QrId,
 };
 use proto::v1::device_service_server::DeviceService;
 use proto::v1::{
@@ -20,7 +19,7 @@ use super::{CallMeta, Commands, Shared, timestamp};
 use crate::auth::{LuxTrustClaims, TokenError};
 use crate::credentials::StoredCredential;
 use crate::error::CommandError;
-use crate::secrets::{self, CodeHasher, TokenKind};
+use crate::secrets::{self, CodeHasher, PresentedToken, TokenKind};
 use crate::store::{Metadata, retry_on_conflict};
 use crate::validate;
 
@@ -28,8 +27,7 @@ use crate::validate;
 #[derive(Debug, Clone)]
 pub struct DeviceApi(pub Shared);
 
-/// A linked device, authenticated by its credential.
-#[derive(Debug)]
+/// A linked device, authenticated by its credential (no `Debug`: it holds the verifier).
 struct LinkedDevice {
     link_id: LinkAttemptId,
     device_id: DeviceId,
@@ -55,7 +53,7 @@ impl Commands {
         &self,
         meta: &CallMeta,
         link_token: &str,
-    ) -> Result<(LinkAttemptId, Metadata), CommandError> {
+    ) -> Result<(LinkAttemptId, PresentedToken, Metadata), CommandError> {
         validate::required("link_token", link_token)?;
         let token = secrets::parse(TokenKind::LinkAttempt, link_token).ok_or_else(|| {
             CommandError::InvalidArgument(
@@ -76,7 +74,7 @@ impl Commands {
             request_id: meta.call_id.clone(),
             account_id: None,
         };
-        Ok((LinkAttemptId(token.id), metadata))
+        Ok((LinkAttemptId(token.id), token, metadata))
     }
 
     /// The linked device whose credential the call carries.
@@ -187,7 +185,7 @@ impl Commands {
         let qr_token = secrets::parse(TokenKind::Qr, &body.qr_payload).ok_or_else(|| {
             CommandError::InvalidArgument("qr_payload is not a linkd QR code".into())
         })?;
-        let (attempt_id, metadata) = self.link_attempt(meta, &body.link_token).await?;
+        let (attempt_id, _, metadata) = self.link_attempt(meta, &body.link_token).await?;
         let qr_id = QrId(qr_token.id);
         let span = tracing::Span::current();
         span.record("link_attempt_id", tracing::field::display(attempt_id));
@@ -247,7 +245,7 @@ impl Commands {
                 )));
             }
         };
-        let (attempt_id, metadata) = self.link_attempt(meta, &body.link_token).await?;
+        let (attempt_id, _, metadata) = self.link_attempt(meta, &body.link_token).await?;
         tracing::Span::current().record("link_attempt_id", tracing::field::display(attempt_id));
         let account_id = validate::account_id(&claims.sub).map_err(|_| {
             CommandError::InvalidArgument(
@@ -302,12 +300,23 @@ impl Commands {
         validate::required("link_token", &body.link_token)?;
         secrets::check_new_code(&body.secret_code)
             .map_err(|refusal| CommandError::InvalidArgument(refusal.to_string()))?;
-        let (attempt_id, metadata) = self.link_attempt(meta, &body.link_token).await?;
-        let now = Utc::now();
-        let attempt: LinkAttempt = self.store.load(&attempt_id.to_string()).await?;
-        let ready = attempt.ready_to_link(now)?;
+        let (attempt_id, link_token, metadata) = self.link_attempt(meta, &body.link_token).await?;
         let span = tracing::Span::current();
         span.record("link_attempt_id", tracing::field::display(attempt_id));
+        // The credential is derived from the link token, so every call for this attempt (a
+        // retry, or a double submit racing the first) returns the same credential.
+        let credential = link_token.derive(TokenKind::DeviceCredential, attempt_id.0);
+        let now = Utc::now();
+        let attempt: LinkAttempt = self.store.load(&attempt_id.to_string()).await?;
+        let ready = match attempt.ready_to_link(now) {
+            Ok(ready) => ready,
+            Err(domain::LinkAttemptError::AlreadyCompleted) => {
+                return self
+                    .repeat_completed_link(attempt_id, &attempt, credential, body)
+                    .await;
+            }
+            Err(refusal) => return Err(refusal.into()),
+        };
         span.record("device_id", tracing::field::display(ready.device_id));
         let device: Device = self.store.load(&ready.device_id.to_string()).await?;
         if device.linked_account().is_some() && device.link_id() != Some(attempt_id) {
@@ -315,9 +324,8 @@ impl Commands {
         }
         let code = body.secret_code.clone();
         let verifier = blocking(&self.hasher, move |hasher| hasher.hash(&code)).await?;
-        let credential = secrets::mint(TokenKind::DeviceCredential, attempt_id.0);
-        // The credential is stored before the link, so a linked device always has one; if the
-        // link is refused the row is removed again.
+        // Stored before the link, so a linked device always has its credential; a refused link
+        // removes the row again (ADR 0002).
         self.credentials
             .put_device_credential(attempt_id.0, ready.device_id.0, &credential.hash, &verifier)
             .await?;
@@ -341,18 +349,52 @@ impl Commands {
             return Err(refusal);
         }
         let complete = LinkAttemptCommand::Complete { at: now };
-        self.store
+        match self
+            .store
             .execute::<LinkAttempt>(&attempt_id.to_string(), complete, &metadata)
-            .await?;
-        if ready.method == LinkMethod::Qr {
-            tracing::info!("device linked by QR code");
-        } else {
-            tracing::info!("device linked by LuxTrust");
+            .await
+        {
+            // A concurrent call for the same attempt completed it: same link, same credential.
+            Ok(()) | Err(CommandError::Attempt(domain::LinkAttemptError::AlreadyCompleted)) => {}
+            Err(other) => return Err(other),
         }
+        let linked: Device = self.store.load(&ready.device_id.to_string()).await?;
+        tracing::info!(method = ?ready.method, "device linked");
         Ok(SetSecretCodeResponse {
             device_credential: credential.text,
             device_id: ready.device_id.to_string(),
-            linked_at: Some(timestamp(now)),
+            linked_at: Some(timestamp(linked.linked_at().unwrap_or(now))),
+        })
+    }
+
+    /// `SetSecretCode` again for an attempt that already linked its device: the same answer, if
+    /// the device is still linked by this attempt and the code is the one that was set.
+    async fn repeat_completed_link(
+        &self,
+        attempt_id: LinkAttemptId,
+        attempt: &LinkAttempt,
+        credential: secrets::MintedToken,
+        body: &SetSecretCodeRequest,
+    ) -> Result<SetSecretCodeResponse, CommandError> {
+        let completed = || CommandError::Attempt(domain::LinkAttemptError::AlreadyCompleted);
+        let device_id = attempt.device_id().ok_or_else(completed)?;
+        let device: Device = self.store.load(&device_id.to_string()).await?;
+        let stored = self.credentials.device_credential(attempt_id.0).await?;
+        let (Some(linked_at), Some(stored)) = (device.linked_at(), stored) else {
+            return Err(completed());
+        };
+        if device.link_id() != Some(attempt_id) {
+            return Err(completed());
+        }
+        let code = body.secret_code.clone();
+        let verifier = stored.code_verifier;
+        if !blocking(&self.hasher, move |hasher| hasher.verify(&code, &verifier)).await? {
+            return Err(completed());
+        }
+        Ok(SetSecretCodeResponse {
+            device_credential: credential.text,
+            device_id: device_id.to_string(),
+            linked_at: Some(timestamp(linked_at)),
         })
     }
 
@@ -404,7 +446,7 @@ impl Commands {
         let after: Device = self.store.load(&device_key).await?;
         let still_linked = after.link_id() == Some(device.link_id);
         if !still_linked {
-            self.credentials.delete_device(device.device_id.0).await?;
+            self.credentials.delete_link(device.link_id.0).await?;
         }
         Ok(VerifySecretCodeResponse {
             verified: matches,
@@ -432,7 +474,7 @@ impl Commands {
         self.store
             .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
             .await?;
-        self.credentials.delete_device(device.device_id.0).await?;
+        self.credentials.delete_link(device.link_id.0).await?;
         Ok(UnlinkThisDeviceResponse {})
     }
 }

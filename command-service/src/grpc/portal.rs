@@ -61,13 +61,23 @@ impl Commands {
         meta: &CallMeta,
     ) -> Result<(AccountId, Metadata), CommandError> {
         let claims = self.portal_claims(meta)?;
+        if !claims.roles.is_empty() {
+            return Err(CommandError::PermissionDenied(
+                "this call is made by the account holder; a token with roles is not a citizen's"
+                    .into(),
+            ));
+        }
         let account_id = validate::account_id(&claims.sub).map_err(|_| {
             CommandError::Unauthenticated("the portal token's sub is not an account id".into())
         })?;
         let now = Utc::now().timestamp();
         let max_age = self.reauth_max_age.num_seconds();
-        match claims.auth_time {
-            Some(auth_time) if now - auth_time <= max_age && auth_time <= now + 30 => {}
+        // Up to 30 s in the future is tolerated as clock skew; overflow counts as stale.
+        let age = claims
+            .auth_time
+            .and_then(|auth_time| now.checked_sub(auth_time));
+        match age {
+            Some(age) if (-30..=max_age).contains(&age) => {}
             Some(_) | None => {
                 return Err(CommandError::PermissionDenied(format!(
                     "re-authentication required: this call needs a token whose auth_time is at \
@@ -188,19 +198,29 @@ impl Commands {
             }
             device_ids.push(device_id);
         }
-        // Check every device first, so that an unknown id unlinks nothing.
+        // Check every device first, so that an unknown id unlinks nothing. A device this account
+        // already unlinked counts as done, so a retry after a partial failure finishes the job.
+        let mut links = Vec::with_capacity(device_ids.len());
         for device_id in &device_ids {
             let device: Device = self.store.load(&device_id.to_string()).await?;
-            if device.linked_account() != Some(&account_id) {
-                return Err(CommandError::NotFound(format!(
-                    "no device {device_id} is linked to your account; nothing was unlinked"
-                )));
+            match device
+                .link_id()
+                .filter(|_| device.linked_account() == Some(&account_id))
+            {
+                Some(link_id) => links.push((*device_id, link_id)),
+                None if device.was_unlinked_from(&account_id) => {}
+                None => {
+                    return Err(CommandError::NotFound(format!(
+                        "no device {device_id} is linked to your account; no device was unlinked"
+                    )));
+                }
             }
         }
         let now = Utc::now();
-        for device_id in &device_ids {
+        for (device_id, link_id) in links {
             let command = DeviceCommand::UnlinkFromPortal {
                 account_id: account_id.clone(),
+                link_id,
                 at: now,
             };
             match self
@@ -212,7 +232,7 @@ impl Commands {
                 Ok(()) | Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {}
                 Err(other) => return Err(other),
             }
-            self.credentials.delete_device(device_id.0).await?;
+            self.credentials.delete_link(link_id.0).await?;
         }
         Ok(UnlinkDevicesResponse {
             unlinked_device_ids: device_ids.iter().map(ToString::to_string).collect(),

@@ -179,6 +179,7 @@ fn the_holder_can_unlink_a_device_from_the_portal_without_the_device() {
         .given(vec![linked(1, "anna")])
         .when(DeviceCommand::UnlinkFromPortal {
             account_id: account("anna"),
+            link_id: link(1),
             at: t(9),
         })
         .then_expect_events(vec![DeviceEvent::DeviceUnlinked {
@@ -195,6 +196,19 @@ fn nobody_can_unlink_a_device_linked_to_another_account() {
         .given(vec![linked(1, "anna")])
         .when(DeviceCommand::UnlinkFromPortal {
             account_id: account("mallory"),
+            link_id: link(1),
+            at: t(9),
+        })
+        .then_expect_error(DeviceError::NotLinkedToAccount);
+}
+
+#[test]
+fn a_portal_unlink_does_not_end_a_newer_link_than_the_one_chosen() {
+    TestFramework::<Device>::with(())
+        .given(vec![linked(2, "anna")])
+        .when(DeviceCommand::UnlinkFromPortal {
+            account_id: account("anna"),
+            link_id: link(1),
             at: t(9),
         })
         .then_expect_error(DeviceError::NotLinkedToAccount);
@@ -243,4 +257,19 @@ fn a_credential_of_an_earlier_link_does_not_work_for_a_later_one() {
             at: t(9),
         })
         .then_expect_error(DeviceError::CredentialRevoked);
+}
+
+#[test]
+fn a_device_remembers_which_account_it_was_unlinked_from() {
+    let mut device = Device::default();
+    device.apply(linked(1, "anna"));
+    assert!(!device.was_unlinked_from(&account("anna")));
+    device.apply(DeviceEvent::DeviceUnlinked {
+        link_id: link(1),
+        account_id: account("anna"),
+        reason: UnlinkReason::FromPortal,
+        at: t(5),
+    });
+    assert!(device.was_unlinked_from(&account("anna")));
+    assert!(!device.was_unlinked_from(&account("bob")));
 }
