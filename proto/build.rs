@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "linking/v1/common.proto",
         "linking/v1/portal.proto",
         "linking/v1/device.proto",
+        "linking/v1/events.proto",
+        "linking/v1/queries.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

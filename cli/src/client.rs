@@ -1,36 +1,49 @@
 //! Connected gRPC clients and small helpers shared by the subcommands and the demo.
 
 use anyhow::Context as _;
+use proto::v1::device_query_service_client::DeviceQueryServiceClient;
 use proto::v1::device_service_client::DeviceServiceClient;
 use proto::v1::portal_service_client::PortalServiceClient;
 use tonic::Request;
 use tonic::transport::Channel;
 
-/// Clients for both command-side services.
+/// Clients for the command side's services and the read side's query service.
 #[derive(Debug, Clone)]
 pub struct Clients {
     /// `PortalService`.
     pub portal: PortalServiceClient<Channel>,
     /// `DeviceService`.
     pub device: DeviceServiceClient<Channel>,
+    /// `DeviceQueryService` (on the projection service).
+    pub queries: DeviceQueryServiceClient<Channel>,
+}
+
+async fn channel(addr: &str, what: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(addr.to_owned())
+        .with_context(|| format!("{addr} is not a valid address"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the {what} at {addr}"))
 }
 
 impl Clients {
-    /// Connects to the command service at `addr` (e.g. `http://127.0.0.1:50051`).
-    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(addr.to_owned())
-            .with_context(|| format!("{addr} is not a valid address"))?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to the command service at {addr}"))?;
-        Ok(Self::from_channel(channel))
+    /// Connects to the command service at `addr` and the projection service at `query_addr`
+    /// (e.g. `http://127.0.0.1:50051`, `http://127.0.0.1:50052`). The query channel connects
+    /// lazily, so commands work while the projection service is down.
+    pub async fn connect(addr: &str, query_addr: &str) -> anyhow::Result<Self> {
+        let commands = channel(addr, "command service").await?;
+        let queries = Channel::from_shared(query_addr.to_owned())
+            .with_context(|| format!("{query_addr} is not a valid address"))?
+            .connect_lazy();
+        Ok(Self::from_channels(commands, queries))
     }
 
-    /// Clients over an existing channel.
-    pub fn from_channel(channel: Channel) -> Self {
+    /// Clients over existing channels.
+    pub fn from_channels(commands: Channel, queries: Channel) -> Self {
         Self {
-            portal: PortalServiceClient::new(channel.clone()),
-            device: DeviceServiceClient::new(channel),
+            portal: PortalServiceClient::new(commands.clone()),
+            device: DeviceServiceClient::new(commands),
+            queries: DeviceQueryServiceClient::new(queries),
         }
     }
 }
@@ -53,4 +66,38 @@ pub fn format_time(at: Option<&prost_types::Timestamp>) -> String {
         chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
     })
     .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+}
+
+/// One line about a device, for people.
+pub fn describe(device: &proto::v1::DeviceView) -> String {
+    use proto::v1::{DeviceStatus, LinkMethod};
+    let method = match LinkMethod::try_from(device.method) {
+        Ok(LinkMethod::Qr) => "QR code".to_owned(),
+        Ok(LinkMethod::Luxtrust) => format!(
+            "LuxTrust {}",
+            device
+                .product
+                .as_ref()
+                .map(|p| p.serial.as_str())
+                .unwrap_or_default()
+        ),
+        Ok(LinkMethod::Unspecified) | Err(_) => "?".to_owned(),
+    };
+    let status = match DeviceStatus::try_from(device.status) {
+        Ok(DeviceStatus::Linked) => "linked",
+        Ok(DeviceStatus::Unlinked) => "unlinked",
+        Ok(DeviceStatus::Unspecified) | Err(_) => "?",
+    };
+    format!(
+        "{}  {:<20} {status:<8} via {method}, linked {}, biometrics {}, last used {}",
+        device.device_id,
+        device.name,
+        format_time(device.linked_at.as_ref()),
+        if device.biometrics_enabled {
+            "on"
+        } else {
+            "off"
+        },
+        format_time(device.last_used_at.as_ref()),
+    )
 }

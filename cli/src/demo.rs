@@ -156,15 +156,27 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         enabled: false,
         request_id: String::new(),
     };
-    clients
+    let reply = clients
         .device
         .set_biometrics(bearer(request, &tablet_credential)?)
         .await?;
     println!("    biometrics skipped");
 
-    println!("\n== Unlinking ==");
     step(
         12,
+        "In the browser, after re-authenticating, the holder lists the linked devices.",
+    );
+    list_devices(
+        &mut clients,
+        keys,
+        &account,
+        &reply.into_inner().consistency_token,
+    )
+    .await?;
+
+    println!("\n== Unlinking ==");
+    step(
+        13,
         "The phone is lost: after re-authenticating, the holder unlinks it from the browser.",
     );
     let request = v1::UnlinkDevicesRequest {
@@ -193,14 +205,15 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("a revoked credential was accepted"),
     }
 
-    step(13, "The tablet unlinks itself.");
-    clients
+    step(14, "The tablet unlinks itself.");
+    let unlinked = clients
         .device
         .unlink_this_device(bearer(
             v1::UnlinkThisDeviceRequest::default(),
             &tablet_credential,
         )?)
-        .await?;
+        .await?
+        .into_inner();
     match clients
         .device
         .verify_secret_code(bearer(verify, &tablet_credential)?)
@@ -212,8 +225,38 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         ),
         Ok(_) => anyhow::bail!("a revoked credential was accepted"),
     }
+
+    step(15, "The device list, read again from the read side.");
+    list_devices(&mut clients, keys, &account, &unlinked.consistency_token).await?;
     println!("\nDone: account {account}, devices {phone} and {tablet}.");
     println!("Every step above is an event in the command database's `events` table.");
+    Ok(())
+}
+
+async fn list_devices(
+    clients: &mut Clients,
+    keys: &DevKeys,
+    account: &str,
+    consistency_token: &str,
+) -> anyhow::Result<()> {
+    let request = v1::ListDevicesRequest {
+        page_size: 0,
+        page_token: String::new(),
+        consistency_token: consistency_token.into(),
+    };
+    let token = keys.citizen_token(account, 0)?;
+    let reply = clients
+        .queries
+        .list_devices(bearer(request, &token)?)
+        .await
+        .context("ListDevices")?;
+    let devices = reply.into_inner().devices;
+    if devices.is_empty() {
+        println!("    no linked devices");
+    }
+    for device in &devices {
+        println!("    {}", crate::client::describe(device));
+    }
     Ok(())
 }
 

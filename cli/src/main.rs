@@ -24,6 +24,14 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// The projection service's address (queries).
+    #[arg(
+        long,
+        env = "LINKD_QUERY_ADDR",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
+    query_addr: String,
     /// Bearer token for the call: a portal JWT, or a device credential for device calls.
     #[arg(long, env = "LINKCTL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -146,6 +154,23 @@ enum Rpc {
     },
     /// DeviceService.UnlinkThisDevice (needs the device credential as --token).
     UnlinkThisDevice,
+    /// DeviceQueryService.ListDevices (needs a re-authenticated citizen token).
+    ListDevices {
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// From a command's output: wait until the read model reflects it.
+        #[arg(long, default_value = "")]
+        consistency_token: String,
+    },
+    /// DeviceQueryService.GetDevice (needs a re-authenticated citizen token).
+    GetDevice {
+        #[arg(long)]
+        device_id: String,
+        #[arg(long, default_value = "")]
+        consistency_token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,10 +266,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { keys } => {
             let keys = dev::DevKeys::load(&keys)?;
-            demo::run(Clients::connect(&cli.addr).await?, &keys).await?;
+            demo::run(Clients::connect(&cli.addr, &cli.query_addr).await?, &keys).await?;
         }
         Command::Rpc(rpc) => {
-            call(Clients::connect(&cli.addr).await?, rpc, &token, request_id).await?;
+            call(
+                Clients::connect(&cli.addr, &cli.query_addr).await?,
+                rpc,
+                &token,
+                request_id,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -429,6 +460,43 @@ async fn call(
                     .await?
                     .into_inner()
             );
+        }
+        Rpc::ListDevices {
+            page_size,
+            page_token,
+            consistency_token,
+        } => {
+            let request = v1::ListDevicesRequest {
+                page_size,
+                page_token,
+                consistency_token,
+            };
+            let reply = clients
+                .queries
+                .list_devices(bearer(request, token)?)
+                .await?
+                .into_inner();
+            for device in &reply.devices {
+                println!("{}", linkctl::client::describe(device));
+            }
+            if !reply.next_page_token.is_empty() {
+                println!("next_page_token: {}", reply.next_page_token);
+            }
+        }
+        Rpc::GetDevice {
+            device_id,
+            consistency_token,
+        } => {
+            let request = v1::GetDeviceRequest {
+                device_id,
+                consistency_token,
+            };
+            let reply = clients
+                .queries
+                .get_device(bearer(request, token)?)
+                .await?
+                .into_inner();
+            println!("{}", linkctl::client::describe(&reply));
         }
         Rpc::UnlinkThisDevice => {
             let request = v1::UnlinkThisDeviceRequest { request_id };

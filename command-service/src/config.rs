@@ -60,6 +60,15 @@ pub struct Settings {
     pub link_attempt_ttl: Duration,
     /// Maximum age of `auth_time` for re-authenticated calls (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
+    /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
+    pub nats_url: String,
+    /// The JetStream stream events are published to (`LINKD_STREAM`, default `LINKD_EVENTS`).
+    pub stream: String,
+    /// Subject prefix (`LINKD_SUBJECT_PREFIX`, default `linkd.events`).
+    pub subject_prefix: String,
+    /// Whether this instance runs the relay (`LINKD_RELAY`, default `on`; one leader is elected
+    /// among the instances that do).
+    pub relay_enabled: bool,
 }
 
 impl Settings {
@@ -135,8 +144,54 @@ impl Settings {
             qr_ttl: seconds("LINKD_QR_TTL_SECONDS", 120)?,
             link_attempt_ttl: seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
             reauth_max_age: seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
+            nats_url: get("LINKD_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            stream: stream_name(get("LINKD_STREAM"))?,
+            subject_prefix: subject_prefix(get("LINKD_SUBJECT_PREFIX"))?,
+            relay_enabled: match get("LINKD_RELAY").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "LINKD_RELAY",
+                        reason: format!("expected on or off, got {other:?}"),
+                    });
+                }
+            },
         })
     }
+}
+
+/// A JetStream stream name: letters, digits, `-` and `_`.
+pub fn stream_name(raw: Option<String>) -> Result<String, ConfigError> {
+    let name = raw.unwrap_or_else(|| "LINKD_EVENTS".into());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err(ConfigError::Invalid {
+            key: "LINKD_STREAM",
+            reason: "use letters, digits, - and _ only".into(),
+        });
+    }
+    Ok(name)
+}
+
+/// A subject prefix: dot-separated tokens of letters, digits, `-` and `_`.
+pub fn subject_prefix(raw: Option<String>) -> Result<String, ConfigError> {
+    let prefix = raw.unwrap_or_else(|| "linkd.events".into());
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    };
+    if !prefix.split('.').all(token_ok) {
+        return Err(ConfigError::Invalid {
+            key: "LINKD_SUBJECT_PREFIX",
+            reason: "use dot-separated tokens of letters, digits, - and _ (no wildcards)".into(),
+        });
+    }
+    Ok(prefix)
 }
 
 #[cfg(test)]

@@ -28,11 +28,11 @@ use chrono::{DateTime, Utc};
 use tonic::Request;
 use uuid::Uuid;
 
-use crate::auth::KeySet;
 use crate::credentials::Credentials;
 use crate::idempotency::RequestLog;
 use crate::secrets::CodeHasher;
 use crate::store::EventStore;
+use identity::KeySet;
 
 pub use device::DeviceApi;
 pub use portal::PortalApi;

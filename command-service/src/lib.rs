@@ -7,16 +7,18 @@
 //! secret in an event or a log, and must not decide anything the domain should decide.
 //!
 //! Layout: `startup` builds the server; `grpc` serves the two services; `validate` checks
-//! fields; `auth` verifies JWTs and LuxTrust assertions; `secrets` mints and hashes tokens and
+//! fields; `secrets` mints and hashes tokens and
 //! secret codes; `credentials` stores their hashes; `store` runs commands with bounded conflict
-//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes; `sweeper` removes expired secrets.
+//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes; `sweeper` removes expired secrets; `relay` publishes committed events to
+//! NATS JetStream and `bus` shapes them.
 
-pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;
+pub mod relay;
 pub mod secrets;
 pub mod startup;
 pub mod status;

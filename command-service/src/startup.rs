@@ -13,14 +13,16 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
+use tracing::Instrument as _;
 
-use crate::auth::KeySet;
 use crate::config::Settings;
 use crate::credentials::Credentials;
 use crate::grpc::{Commands, DeviceApi, PortalApi};
 use crate::idempotency::RequestLog;
+use crate::relay::RelaySettings;
 use crate::secrets::CodeHasher;
 use crate::store::EventStore;
+use identity::KeySet;
 
 /// Requests larger than this are refused before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -32,7 +34,8 @@ pub struct Application {
     local_addr: SocketAddr,
     commands: Arc<Commands>,
     pool: PgPool,
-    link_attempt_ttl: std::time::Duration,
+    settings: Settings,
+    relay_crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Connects to the database named in `settings` and applies the migrations.
@@ -90,8 +93,19 @@ impl Application {
             local_addr,
             commands,
             pool,
-            link_attempt_ttl: settings.link_attempt_ttl,
+            settings,
+            relay_crash_point: None,
         })
+    }
+
+    /// Test-only: the relay stops once after publishing a batch, before saving its checkpoint,
+    /// when this flag is set.
+    pub fn with_relay_crash_point(
+        mut self,
+        flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        self.relay_crash_point = Some(flag);
+        self
     }
 
     /// The address the server listens on.
@@ -121,8 +135,22 @@ impl Application {
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let device = DeviceServiceServer::new(DeviceApi(self.commands.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let abandoned_after = self.link_attempt_ttl + std::time::Duration::from_secs(600);
+        let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
         let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
+        let relay = self.settings.relay_enabled.then(|| {
+            let settings = RelaySettings {
+                nats_url: self.settings.nats_url.clone(),
+                stream: self.settings.stream.clone(),
+                subject_prefix: self.settings.subject_prefix.clone(),
+                poll_interval: std::time::Duration::from_millis(100),
+                crash_after_publish: self.relay_crash_point.clone(),
+            };
+            let database_url = self.settings.database_url.0.clone();
+            tokio::spawn(
+                crate::relay::run(self.pool.clone(), database_url, settings)
+                    .instrument(tracing::info_span!("relay")),
+            )
+        });
         tracing::info!(addr = %self.local_addr, "command service listening");
         let served = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
@@ -136,6 +164,9 @@ impl Application {
             .await
             .context("serving gRPC");
         sweeper.abort();
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         served
     }
 }

@@ -116,6 +116,30 @@ impl EventStore {
         Ok(context.aggregate)
     }
 
+    /// The consistency token naming the last event of each aggregate in `written`.
+    pub async fn token(&self, written: &[(&'static str, String)]) -> Result<String, CommandError> {
+        let mut token = proto::consistency::ConsistencyToken::default();
+        for (aggregate_type, aggregate_id) in written {
+            let position: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT sequence, global_position FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some((sequence, global_position)) = position {
+                token.0.push(proto::consistency::Written {
+                    aggregate_type: (*aggregate_type).to_owned(),
+                    aggregate_id: aggregate_id.clone(),
+                    sequence,
+                    global_position,
+                });
+            }
+        }
+        Ok(token.to_string())
+    }
+
     /// Executes `command` on aggregate `id`, retrying a bounded number of times when another
     /// writer committed to the same aggregate first (the command is decided again on the new
     /// state). After the last try the conflict is returned (`ABORTED`).

@@ -2,6 +2,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,22 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// The read-model database (`LINKD_PROJECTION_DATABASE_URL`, required).
     pub database_url: String,
+    /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
+    pub nats_url: String,
+    /// The stream the relay publishes to (`LINKD_STREAM`, default `LINKD_EVENTS`).
+    pub stream: String,
+    /// Subject prefix (`LINKD_SUBJECT_PREFIX`, default `linkd.events`).
+    pub subject_prefix: String,
+    /// Durable consumer names start with this (`LINKD_CONSUMER_PREFIX`, default `linkd`).
+    pub consumer_prefix: String,
+    /// PEM file with the identity provider's public keys (`LINKD_IDP_PUBLIC_KEYS_FILE`, required).
+    pub idp_public_keys_file: PathBuf,
+    /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd-portal`).
+    pub idp_audience: String,
+    /// Issuer portal JWTs must name, if set (`LINKD_IDP_ISSUER`).
+    pub idp_issuer: Option<String>,
+    /// Maximum age of `auth_time` for the device list (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
+    pub reauth_max_age: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -33,7 +51,10 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("grpc_addr", &self.grpc_addr)
             .field("database_url", &"***")
-            .finish()
+            .field("nats_url", &self.nats_url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -46,6 +67,7 @@ impl Settings {
     /// Reads the settings through `get`.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |key: &str| get(key).filter(|value| !value.trim().is_empty());
+        let required = |key: &'static str| get(key).ok_or(ConfigError::Missing(key));
         let key = "LINKD_PROJECTION_GRPC_ADDR";
         let grpc_addr = get(key)
             .unwrap_or_else(|| "127.0.0.1:50052".into())
@@ -54,11 +76,43 @@ impl Settings {
                 key,
                 reason: format!("{e}"),
             })?;
-        let database_url = get("LINKD_PROJECTION_DATABASE_URL")
-            .ok_or(ConfigError::Missing("LINKD_PROJECTION_DATABASE_URL"))?;
+        let key = "LINKD_REAUTH_MAX_AGE_SECONDS";
+        let reauth_max_age = get(key)
+            .map_or(Ok(300), |raw| raw.trim().parse::<u64>())
+            .ok()
+            .filter(|seconds| *seconds > 0)
+            .map(Duration::from_secs)
+            .ok_or(ConfigError::Invalid {
+                key,
+                reason: "expected a whole number ≥ 1".into(),
+            })?;
+        let token = |key: &'static str, default: &str, dots: bool| {
+            let value = get(key).unwrap_or_else(|| default.to_owned());
+            let ok = value.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            }) && (dots || !value.contains('.'));
+            if ok {
+                Ok(value)
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    reason: "letters, digits, - and _ only".into(),
+                })
+            }
+        };
         Ok(Self {
             grpc_addr,
-            database_url,
+            database_url: required("LINKD_PROJECTION_DATABASE_URL")?,
+            nats_url: get("LINKD_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            stream: token("LINKD_STREAM", "LINKD_EVENTS", false)?,
+            subject_prefix: token("LINKD_SUBJECT_PREFIX", "linkd.events", true)?,
+            consumer_prefix: token("LINKD_CONSUMER_PREFIX", "linkd", false)?,
+            idp_public_keys_file: required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
+            idp_audience: get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd-portal".into()),
+            idp_issuer: get("LINKD_IDP_ISSUER"),
+            reauth_max_age,
         })
     }
 }

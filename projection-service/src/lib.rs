@@ -1,11 +1,14 @@
-//! linkd's read side: it reads and notifies. It will consume the event stream from NATS
-//! JetStream into read models (device lists, audit log, email outbox) in its own PostgreSQL
-//! database and answer queries over gRPC.
+//! linkd's read side: it reads. Durable JetStream pull consumers feed read models in the
+//! service's own PostgreSQL database (`projections`), each event applied in one transaction with
+//! its per-aggregate guard (`consumer`), and `DeviceQueryService` answers from them (`grpc`).
 //!
-//! Today it starts, migrates its own database and serves `grpc.health.v1`; the projectors and
-//! the query API are the read-side issue's work. It must never write to the event store.
+//! It must never write to the event store, and never trust delivery order or uniqueness:
+//! JetStream delivers at least once.
 
 pub mod config;
+pub mod consumer;
+pub mod grpc;
+pub mod projections;
 pub mod startup;
 
 pub use config::Settings;

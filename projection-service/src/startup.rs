@@ -1,14 +1,21 @@
-//! Builds the projection service: pool, migrations, gRPC server with health.
+//! Builds the projection service: pool, migrations, consumers, query server with health and
+//! reflection.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use identity::KeySet;
+use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tracing::Instrument as _;
 
 use crate::config::Settings;
+use crate::consumer::{self, ConsumerSettings};
+use crate::grpc::Queries;
+use crate::projections::devices::Devices;
 
 /// A built, not yet running, projection service.
 #[derive(Debug)]
@@ -16,21 +23,40 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     pool: PgPool,
+    settings: Settings,
+    queries: Queries,
+}
+
+/// Connects to the read-model database and applies the migrations.
+pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(database_url)
+        .await
+        .context("connecting to the read-model database (LINKD_PROJECTION_DATABASE_URL)")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("migrating the read models")?;
+    Ok(pool)
 }
 
 impl Application {
-    /// Connects, migrates and binds the listener (port 0 picks a free port).
+    /// Connects, migrates, loads keys and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&settings.database_url)
-            .await
-            .context("connecting to the read-model database (LINKD_PROJECTION_DATABASE_URL)")?;
-        sqlx::migrate!("./migrations")
-            .run(&pool)
-            .await
-            .context("migrating the read models")?;
+        let pool = connect_and_migrate(&settings.database_url).await?;
+        let idp = KeySet::from_pem_file(
+            &settings.idp_public_keys_file,
+            settings.idp_audience.clone(),
+            settings.idp_issuer.clone(),
+        )
+        .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
+        let queries = Queries {
+            pool: pool.clone(),
+            idp,
+            reauth_max_age: settings.reauth_max_age,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
@@ -39,6 +65,8 @@ impl Application {
             listener,
             local_addr,
             pool,
+            settings,
+            queries,
         })
     }
 
@@ -52,24 +80,41 @@ impl Application {
         self.pool.clone()
     }
 
-    /// Serves health checks until `shutdown` completes.
+    /// Consumes and serves queries until `shutdown` completes.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        let consumer_settings = ConsumerSettings {
+            nats_url: self.settings.nats_url.clone(),
+            stream: self.settings.stream.clone(),
+            subject_prefix: self.settings.subject_prefix.clone(),
+            consumer_prefix: self.settings.consumer_prefix.clone(),
+        };
+        let devices = tokio::spawn(
+            consumer::run(self.pool.clone(), consumer_settings, Devices)
+                .instrument(tracing::info_span!("consumer", projector = "devices")),
+        );
         let (health, health_service) = tonic_health::server::health_reporter();
-        // The service name clients probe until the query API exists.
         health
-            .set_service_status(
-                "linking.v1.projection",
-                tonic_health::ServingStatus::Serving,
-            )
+            .set_serving::<DeviceQueryServiceServer<Queries>>()
             .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
         tracing::info!(addr = %self.local_addr, "projection service listening");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                DeviceQueryServiceServer::new(self.queries).max_decoding_message_size(64 * 1024),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
-            .context("serving gRPC")
+            .context("serving gRPC");
+        devices.abort();
+        served
     }
 }

@@ -1,15 +1,21 @@
-use e2e::spawn_app;
+use e2e::spawn_system;
 use linkctl::client::Clients;
 
 #[tokio::test]
 async fn the_demo_walks_both_flows_against_a_running_service() {
     // Arrange
-    let app = spawn_app().await;
+    let app = spawn_system().await;
 
     // Act: the same code `linkctl demo` runs.
-    linkctl::demo::run(Clients::from_channel(app.channel.clone()), &app.keys)
-        .await
-        .unwrap();
+    linkctl::demo::run(
+        Clients::from_channels(
+            app.channel.clone(),
+            app.read.as_ref().unwrap().channel.clone(),
+        ),
+        &app.keys,
+    )
+    .await
+    .unwrap();
 
     // Assert: two devices linked (QR, LuxTrust) and both unlinked (portal, device).
     assert_eq!(app.events_of_type("DeviceLinked").await, 2);

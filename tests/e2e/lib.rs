@@ -14,6 +14,7 @@ use std::time::Duration;
 use command_service::config::Redacted;
 use command_service::{Application, Settings};
 use linkctl::dev::{DevKeys, key_pair_pem};
+use proto::v1::device_query_service_client::DeviceQueryServiceClient;
 use proto::v1::device_service_client::DeviceServiceClient;
 use proto::v1::portal_service_client::PortalServiceClient;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -125,6 +126,118 @@ pub fn test_settings(database_url: String) -> Settings {
         qr_ttl: Duration::from_secs(120),
         link_attempt_ttl: Duration::from_secs(600),
         reauth_max_age: Duration::from_secs(300),
+        nats_url: nats_url(),
+        stream: "UNUSED".into(),
+        subject_prefix: "unused".into(),
+        relay_enabled: false,
+    }
+}
+
+/// The NATS server tests use (`LINKD_TEST_NATS_URL`).
+pub fn nats_url() -> String {
+    std::env::var("LINKD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// A stream and subject prefix of one test's own, deleted with this guard.
+#[derive(Debug)]
+pub struct TestStream {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The stream name.
+    pub name: String,
+    /// The subject prefix.
+    pub prefix: String,
+}
+
+impl TestStream {
+    /// A fresh name and prefix on `nats_url` (nothing is created yet: the relay creates it).
+    pub fn new(nats_url: String) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        Self {
+            nats_url,
+            name: format!("LINKD_T_{id}"),
+            prefix: format!("t{id}.events"),
+        }
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let (url, name) = (self.nats_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client =
+                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(&url))
+                        .await??;
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&name)
+                    .await;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+    }
+}
+
+/// The projection service's settings for a test.
+pub fn projection_settings(
+    database_url: String,
+    stream: &TestStream,
+) -> projection_service::Settings {
+    let keys = keys();
+    projection_service::Settings {
+        grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        database_url,
+        nats_url: stream.nats_url.clone(),
+        stream: stream.name.clone(),
+        subject_prefix: stream.prefix.clone(),
+        consumer_prefix: "linkd-test".into(),
+        idp_public_keys_file: keys.idp_public.clone(),
+        idp_audience: linkctl::dev::PORTAL_AUDIENCE.into(),
+        idp_issuer: None,
+        reauth_max_age: Duration::from_secs(300),
+    }
+}
+
+/// A running projection service with its own database.
+#[derive(Debug)]
+pub struct ReadSide {
+    /// The query client.
+    pub queries: DeviceQueryServiceClient<Channel>,
+    /// The raw channel.
+    pub channel: Channel,
+    /// The read-model database.
+    pub pool: PgPool,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Starts a projection service on `database_url`, consuming `stream`.
+pub async fn spawn_read_side(database_url: String, stream: &TestStream) -> ReadSide {
+    let app = projection_service::Application::build(projection_settings(database_url, stream))
+        .await
+        .expect("building the projection service");
+    let addr = app.local_addr();
+    let pool = app.pool();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a channel URL")
+        .connect()
+        .await
+        .expect("connecting to the projection service");
+    ReadSide {
+        queries: DeviceQueryServiceClient::new(channel.clone()),
+        channel,
+        pool,
+        server,
     }
 }
 
@@ -141,8 +254,16 @@ pub struct TestApp {
     pub pool: PgPool,
     /// Signs development tokens the app accepts.
     pub keys: DevKeys,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The read side, for tests started with [`spawn_system`].
+    pub read: Option<ReadSide>,
+    /// The event stream, for tests started with [`spawn_system`].
+    pub stream: Option<TestStream>,
+    /// The command service's settings.
+    pub settings: Settings,
+    /// The consistency token of the last link the helpers completed.
+    pub last_consistency_token: String,
+    command: Option<CommandServer>,
+    read_database: Option<TestDatabase>,
     // Dropped last: the database outlives the server.
     _database: TestDatabase,
 }
@@ -154,17 +275,65 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the command service after `adjust` changed the test settings.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    if std::env::var("TEST_LOG").is_ok() {
-        command_service::telemetry::init();
-    }
     let database = TestDatabase::create("linkd_e2e")
         .await
         .expect("creating a test database");
     let mut settings = test_settings(database.url.clone());
     adjust(&mut settings);
-    let app = Application::build(settings)
+    start(database, settings, None).await
+}
+
+/// Starts both services on one test stream: the command service with its relay, and the
+/// projection service with its consumers, each with its own database.
+pub async fn spawn_system() -> TestApp {
+    spawn_system_with(|_| {}).await
+}
+
+/// [`spawn_system`] after `adjust` changed the command service's settings.
+pub async fn spawn_system_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = TestDatabase::create("linkd_e2e")
+        .await
+        .expect("creating a test database");
+    let stream = TestStream::new(nats_url());
+    let mut settings = test_settings(database.url.clone());
+    settings.relay_enabled = true;
+    settings.stream = stream.name.clone();
+    settings.subject_prefix = stream.prefix.clone();
+    adjust(&mut settings);
+    start(database, settings, Some(stream)).await
+}
+
+/// A command service instance running in this process.
+#[derive(Debug)]
+pub struct CommandServer {
+    /// A channel to it.
+    pub channel: Channel,
+    /// Its pool.
+    pub pool: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for CommandServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.abort();
+    }
+}
+
+/// Starts a command service instance with `settings` (and an optional relay crash point).
+pub async fn run_command_service(
+    settings: Settings,
+    crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> CommandServer {
+    let mut app = Application::build(settings)
         .await
         .expect("building the command service");
+    if let Some(flag) = crash_point {
+        app = app.with_relay_crash_point(flag);
+    }
     let addr = app.local_addr();
     let pool = app.pool();
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -176,26 +345,50 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         .connect()
         .await
         .expect("connecting to the command service");
-    TestApp {
-        portal: PortalServiceClient::new(channel.clone()),
-        device: DeviceServiceClient::new(channel.clone()),
+    CommandServer {
         channel,
         pool,
-        keys: keys().signers.clone(),
         shutdown: Some(shutdown),
-        server: Some(server),
+        server,
+    }
+}
+
+async fn start(database: TestDatabase, settings: Settings, stream: Option<TestStream>) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        command_service::telemetry::init();
+    }
+    let command = run_command_service(settings.clone(), None).await;
+    let (read, read_database) = match &stream {
+        Some(stream) => {
+            let read_database = TestDatabase::create("linkd_e2e_read")
+                .await
+                .expect("creating a read database");
+            let read = spawn_read_side(read_database.url.clone(), stream).await;
+            (Some(read), Some(read_database))
+        }
+        None => (None, None),
+    };
+    TestApp {
+        portal: PortalServiceClient::new(command.channel.clone()),
+        device: DeviceServiceClient::new(command.channel.clone()),
+        channel: command.channel.clone(),
+        pool: command.pool.clone(),
+        keys: keys().signers.clone(),
+        read,
+        stream,
+        settings,
+        last_consistency_token: String::new(),
+        command: Some(command),
+        read_database,
         _database: database,
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+        self.stop_command_service();
+        self.read.take();
+        self.read_database.take();
     }
 }
 
@@ -212,6 +405,54 @@ pub fn bearer<T>(message: T, token: &str) -> Request<T> {
 }
 
 impl TestApp {
+    /// Stops the command service (and its relay); the databases and the read side stay.
+    pub fn stop_command_service(&mut self) {
+        self.command.take();
+    }
+
+    /// Starts the command service again on the same databases, after `adjust` changed its
+    /// settings; the clients now talk to the new instance.
+    pub async fn restart_command_service(
+        &mut self,
+        adjust: impl FnOnce(&mut Settings),
+        crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) {
+        self.command.take();
+        adjust(&mut self.settings);
+        let command = run_command_service(self.settings.clone(), crash_point).await;
+        self.portal = PortalServiceClient::new(command.channel.clone());
+        self.device = DeviceServiceClient::new(command.channel.clone());
+        self.channel = command.channel.clone();
+        self.command = Some(command);
+    }
+
+    /// The read-model database's URL (for more projection-service instances).
+    pub fn read_database_url(&self) -> String {
+        self.read_database
+            .as_ref()
+            .expect("a test started with spawn_system")
+            .url
+            .clone()
+    }
+
+    /// The query client (for tests started with [`spawn_system`]).
+    pub fn queries(&self) -> DeviceQueryServiceClient<Channel> {
+        self.read
+            .as_ref()
+            .expect("a test started with spawn_system")
+            .queries
+            .clone()
+    }
+
+    /// The read-model database (for tests started with [`spawn_system`]).
+    pub fn read_pool(&self) -> PgPool {
+        self.read
+            .as_ref()
+            .expect("a test started with spawn_system")
+            .pool
+            .clone()
+    }
+
     /// How many events the store holds.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events")
@@ -258,6 +499,8 @@ pub struct Linked {
     pub device_id: String,
     /// Its credential.
     pub credential: String,
+    /// The consistency token of `SetSecretCode`.
+    pub consistency_token: String,
 }
 
 /// The secret code the flows set.
@@ -334,19 +577,9 @@ impl TestApp {
 
     /// Sets the secret code of a started, authenticated attempt.
     pub async fn set_code(&mut self, link_token: &str) -> Result<Linked, tonic::Status> {
-        let response = self
-            .device
-            .set_secret_code(SetSecretCodeRequest {
-                link_token: link_token.into(),
-                secret_code: CODE.into(),
-                request_id: String::new(),
-            })
-            .await?
-            .into_inner();
-        Ok(Linked {
-            device_id: response.device_id,
-            credential: response.device_credential,
-        })
+        let linked = self.clone_clients().set_code(link_token).await?;
+        self.last_consistency_token = linked.consistency_token.clone();
+        Ok(linked)
     }
 
     /// Links a new device to `account_id` with a fresh QR code.
@@ -437,6 +670,26 @@ impl Clients {
         Ok(Linked {
             device_id: response.device_id,
             credential: response.device_credential,
+            consistency_token: response.consistency_token,
         })
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

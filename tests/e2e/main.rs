@@ -1,4 +1,9 @@
-//! End-to-end tests: linkd over real gRPC against a real PostgreSQL, one database per test.
+//! End-to-end tests: linkd over real gRPC against real PostgreSQL and NATS: one database per
+//! service per test, and one stream and subject prefix per test.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed step should fail the test loudly"
+)]
 
 mod authorization;
 mod demo;
@@ -6,6 +11,7 @@ mod idempotency;
 mod linking;
 mod malformed_input;
 mod qr_codes;
+mod read_side;
 mod secret_code;
 mod serving;
 mod unlinking;

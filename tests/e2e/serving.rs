@@ -55,42 +55,21 @@ async fn the_command_service_describes_itself_by_reflection() {
 
 #[tokio::test]
 async fn the_projection_service_starts_migrates_and_reports_its_health() {
-    // Arrange
-    let database = e2e::TestDatabase::create("linkd_e2e_read").await.unwrap();
-    let settings = projection_service::Settings::from_lookup(|key| match key {
-        "LINKD_PROJECTION_GRPC_ADDR" => Some("127.0.0.1:0".into()),
-        "LINKD_PROJECTION_DATABASE_URL" => Some(database.url.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let app = projection_service::Application::build(settings)
-        .await
-        .unwrap();
-    let addr = app.local_addr();
-    let pool = app.pool();
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let app = e2e::spawn_system().await;
+    let mut health = HealthClient::new(app.read.as_ref().unwrap().channel.clone());
 
-    // Act
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
-    let reply = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-
-    // Assert
-    assert_eq!(reply.into_inner().status, 1);
+    for service in ["", "linking.v1.DeviceQueryService"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().status, 1, "{service} is SERVING");
+    }
     let migrated: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&pool)
+        .fetch_one(&app.read_pool())
         .await
         .unwrap();
-    assert!(migrated >= 1);
-    server.abort();
-    pool.close().await;
+    assert!(migrated >= 2);
 }

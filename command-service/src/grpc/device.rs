@@ -1,6 +1,7 @@
 //! `DeviceService`: the mobile app, before and after linking.
 
 use chrono::Utc;
+use cqrs_es::Aggregate as _;
 use domain::{
     Account, Device, DeviceCommand, DeviceId, LinkAttempt, LinkAttemptCommand, LinkAttemptId,
     LinkQr, LinkQrCommand, LuxTrustProduct, MAX_SECRET_CODE_FAILURES, ProductKind, QrId,
@@ -16,12 +17,12 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{CallMeta, Commands, Shared, timestamp};
-use crate::auth::{LuxTrustClaims, TokenError};
 use crate::credentials::StoredCredential;
 use crate::error::CommandError;
 use crate::secrets::{self, CodeHasher, PresentedToken, TokenKind};
 use crate::store::{Metadata, retry_on_conflict};
 use crate::validate;
+use identity::{LuxTrustClaims, TokenError};
 
 /// The `DeviceService` implementation.
 #[derive(Debug, Clone)]
@@ -167,10 +168,15 @@ impl Commands {
         self.store
             .execute::<LinkAttempt>(&attempt_id.to_string(), command, &metadata)
             .await?;
+        let consistency_token = self
+            .store
+            .token(&[(LinkAttempt::TYPE, attempt_id.to_string())])
+            .await?;
         Ok(StartLinkResponse {
             link_token: token.text,
             luxtrust_nonce: nonce,
             expires_at: Some(timestamp(expires_at)),
+            consistency_token,
         })
     }
 
@@ -221,7 +227,14 @@ impl Commands {
         self.store
             .execute::<LinkAttempt>(&attempt_id.to_string(), accept, &metadata)
             .await?;
-        Ok(ScanQrResponse {})
+        let consistency_token = self
+            .store
+            .token(&[
+                (LinkQr::TYPE, qr_id.to_string()),
+                (LinkAttempt::TYPE, attempt_id.to_string()),
+            ])
+            .await?;
+        Ok(ScanQrResponse { consistency_token })
     }
 
     #[tracing::instrument(skip_all, fields(link_attempt_id), err(level = "info"))]
@@ -288,7 +301,11 @@ impl Commands {
                 .await
         })
         .await?;
-        Ok(AuthenticateWithLuxTrustResponse {})
+        let consistency_token = self
+            .store
+            .token(&[(LinkAttempt::TYPE, attempt_id.to_string())])
+            .await?;
+        Ok(AuthenticateWithLuxTrustResponse { consistency_token })
     }
 
     #[tracing::instrument(skip_all, fields(link_attempt_id, device_id), err(level = "info"))]
@@ -360,10 +377,18 @@ impl Commands {
         }
         let linked: Device = self.store.load(&ready.device_id.to_string()).await?;
         tracing::info!(method = ?ready.method, "device linked");
+        let consistency_token = self
+            .store
+            .token(&[
+                (Device::TYPE, ready.device_id.to_string()),
+                (LinkAttempt::TYPE, attempt_id.to_string()),
+            ])
+            .await?;
         Ok(SetSecretCodeResponse {
             device_credential: credential.text,
             device_id: ready.device_id.to_string(),
             linked_at: Some(timestamp(linked.linked_at().unwrap_or(now))),
+            consistency_token,
         })
     }
 
@@ -391,10 +416,15 @@ impl Commands {
         if !blocking(&self.hasher, move |hasher| hasher.verify(&code, &verifier)).await? {
             return Err(completed());
         }
+        let consistency_token = self
+            .store
+            .token(&[(Device::TYPE, device_id.to_string())])
+            .await?;
         Ok(SetSecretCodeResponse {
             device_credential: credential.text,
             device_id: device_id.to_string(),
             linked_at: Some(timestamp(linked_at)),
+            consistency_token,
         })
     }
 
@@ -414,8 +444,13 @@ impl Commands {
         self.store
             .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
             .await?;
+        let consistency_token = self
+            .store
+            .token(&[(Device::TYPE, device.device_id.to_string())])
+            .await?;
         Ok(SetBiometricsResponse {
             biometrics_enabled: body.enabled,
+            consistency_token,
         })
     }
 
@@ -448,7 +483,9 @@ impl Commands {
         if !still_linked {
             self.credentials.delete_link(device.link_id.0).await?;
         }
+        let consistency_token = self.store.token(&[(Device::TYPE, device_key)]).await?;
         Ok(VerifySecretCodeResponse {
+            consistency_token,
             verified: matches,
             attempts_remaining: if still_linked {
                 MAX_SECRET_CODE_FAILURES.saturating_sub(after.consecutive_failures())
@@ -475,7 +512,11 @@ impl Commands {
             .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
             .await?;
         self.credentials.delete_link(device.link_id.0).await?;
-        Ok(UnlinkThisDeviceResponse {})
+        let consistency_token = self
+            .store
+            .token(&[(Device::TYPE, device.device_id.to_string())])
+            .await?;
+        Ok(UnlinkThisDeviceResponse { consistency_token })
     }
 }
 

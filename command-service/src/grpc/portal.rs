@@ -1,6 +1,7 @@
 //! `PortalService`: the browser side of the portal and the portal back end.
 
 use chrono::Utc;
+use cqrs_es::Aggregate as _;
 use domain::{
     Account, AccountCommand, AccountId, Device, DeviceCommand, DeviceError, LinkQrCommand, QrId,
 };
@@ -13,11 +14,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{CallMeta, Commands, Shared, timestamp};
-use crate::auth::{PortalClaims, TokenError};
 use crate::error::CommandError;
 use crate::secrets::{self, TokenKind};
 use crate::store::Metadata;
 use crate::validate;
+use identity::{PortalClaims, TokenError};
 
 /// The most devices one `UnlinkDevices` call may name.
 const MAX_UNLINK_BATCH: usize = 50;
@@ -61,31 +62,12 @@ impl Commands {
         meta: &CallMeta,
     ) -> Result<(AccountId, Metadata), CommandError> {
         let claims = self.portal_claims(meta)?;
-        if !claims.roles.is_empty() {
-            return Err(CommandError::PermissionDenied(
-                "this call is made by the account holder; a token with roles is not a citizen's"
-                    .into(),
-            ));
-        }
-        let account_id = validate::account_id(&claims.sub).map_err(|_| {
+        let sub = claims
+            .reauthenticated_citizen(Utc::now().timestamp(), self.reauth_max_age.num_seconds())
+            .map_err(|refusal| CommandError::PermissionDenied(refusal.to_string()))?;
+        let account_id = validate::account_id(sub).map_err(|_| {
             CommandError::Unauthenticated("the portal token's sub is not an account id".into())
         })?;
-        let now = Utc::now().timestamp();
-        let max_age = self.reauth_max_age.num_seconds();
-        // Up to 30 s in the future is tolerated as clock skew; overflow counts as stale.
-        let age = claims
-            .auth_time
-            .and_then(|auth_time| now.checked_sub(auth_time));
-        match age {
-            Some(age) if (-30..=max_age).contains(&age) => {}
-            Some(_) | None => {
-                return Err(CommandError::PermissionDenied(format!(
-                    "re-authentication required: this call needs a token whose auth_time is at \
-                     most {max_age} s old; send the holder through eAccess again and retry with \
-                     the new token"
-                )));
-            }
-        }
         let metadata = Metadata {
             actor: format!("citizen:{account_id}"),
             request_id: meta.call_id.clone(),
@@ -110,8 +92,13 @@ impl Commands {
         self.store
             .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
             .await?;
+        let consistency_token = self
+            .store
+            .token(&[(Account::TYPE, account_id.0.clone())])
+            .await?;
         Ok(RegisterAccountResponse {
             account_id: account_id.0,
+            consistency_token,
         })
     }
 
@@ -131,7 +118,11 @@ impl Commands {
         self.store
             .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
             .await?;
-        Ok(RecordPortalLoginResponse {})
+        let consistency_token = self
+            .store
+            .token(&[(Account::TYPE, account_id.0.clone())])
+            .await?;
+        Ok(RecordPortalLoginResponse { consistency_token })
     }
 
     #[tracing::instrument(skip_all, fields(account_id, qr_id), err(level = "info"))]
@@ -167,7 +158,12 @@ impl Commands {
         self.store
             .execute::<domain::LinkQr>(&qr_id.to_string(), command, &metadata)
             .await?;
+        let consistency_token = self
+            .store
+            .token(&[(domain::LinkQr::TYPE, qr_id.to_string())])
+            .await?;
         Ok(IssueLinkQrResponse {
+            consistency_token,
             qr_id: qr_id.to_string(),
             qr_payload: token.text,
             qr_svg: svg,
@@ -234,8 +230,14 @@ impl Commands {
             }
             self.credentials.delete_link(link_id.0).await?;
         }
+        let written: Vec<(&'static str, String)> = device_ids
+            .iter()
+            .map(|id| (Device::TYPE, id.to_string()))
+            .collect();
+        let consistency_token = self.store.token(&written).await?;
         Ok(UnlinkDevicesResponse {
             unlinked_device_ids: device_ids.iter().map(ToString::to_string).collect(),
+            consistency_token,
         })
     }
 }

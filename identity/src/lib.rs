@@ -1,4 +1,6 @@
-//! Who is calling: portal JWTs from the identity provider, and LuxTrust assertions.
+//! Who is calling: portal JWTs from the identity provider, and LuxTrust assertions. Shared by
+//! the command service and the projection service's query API; it performs no I/O beyond
+//! reading key files at start-up.
 //!
 //! Keys come from PEM files named in the settings (Ed25519 for EdDSA, P-256 for ES256); several
 //! keys may be listed in one file, which allows rotating them.
@@ -139,6 +141,42 @@ impl PortalClaims {
     pub fn is_system(&self) -> bool {
         self.roles.iter().any(|role| role == SYSTEM_ROLE)
     }
+
+    /// The account id, if this is a citizen's token whose holder authenticated at most
+    /// `max_age_seconds` before `now` (30 s of clock skew into the future is tolerated).
+    pub fn reauthenticated_citizen(
+        &self,
+        now: i64,
+        max_age_seconds: i64,
+    ) -> Result<&str, CitizenError> {
+        if !self.roles.is_empty() {
+            return Err(CitizenError::NotACitizen);
+        }
+        let age = self
+            .auth_time
+            .and_then(|auth_time| now.checked_sub(auth_time));
+        match age {
+            Some(age) if (-30..=max_age_seconds).contains(&age) => Ok(&self.sub),
+            Some(_) | None => Err(CitizenError::ReauthenticationRequired { max_age_seconds }),
+        }
+    }
+}
+
+/// Why a portal token does not stand for a recently re-authenticated citizen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CitizenError {
+    /// The token carries roles: it is a system's, not an account holder's.
+    #[error("this call is made by the account holder; a token with roles is not a citizen's")]
+    NotACitizen,
+    /// `auth_time` is missing or too old.
+    #[error(
+        "re-authentication required: this call needs a token whose auth_time is at most \
+         {max_age_seconds} s old; send the holder through eAccess again and retry with the new token"
+    )]
+    ReauthenticationRequired {
+        /// The limit.
+        max_age_seconds: i64,
+    },
 }
 
 /// Claims of a LuxTrust assertion, as the identity provider signs them.

@@ -1,0 +1,265 @@
+//! The bus contract: a stored event (a row of `events`) as the protobuf `EventEnvelope` the relay
+//! publishes, and the subject it is published on. Secrets never reach here: they are not in
+//! events; the LuxTrust nonce, which is, is left out.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::{
+    AccountEvent, DeviceEvent, LinkAttemptEvent, LinkMethod, LinkQrEvent, LuxTrustProduct,
+    Platform, ProductKind, UnlinkReason,
+};
+use proto::v1::{self, event_envelope::Event};
+
+use crate::grpc::timestamp;
+
+/// One row of the `events` table, as the relay reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// Aggregate type (`account`, `link_qr`, `link_attempt`, `device`).
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Sequence within the aggregate.
+    pub sequence: i64,
+    /// Event type name.
+    pub event_type: String,
+    /// The serialized domain event.
+    pub payload: serde_json::Value,
+    /// Actor, request id, account id.
+    pub metadata: serde_json::Value,
+    /// Insertion position.
+    pub global_position: i64,
+    /// Writing transaction id.
+    pub tx_id: i64,
+    /// When it was written.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// A stored event that cannot be turned into a bus message (a bug or corrupted row).
+#[derive(Debug, thiserror::Error)]
+#[error("event {event_id} cannot be published: {reason}")]
+pub struct Unpublishable {
+    /// Its id.
+    pub event_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl StoredEvent {
+    /// `<aggregate_type>/<aggregate_id>/<sequence>`, also the `Nats-Msg-Id`.
+    pub fn event_id(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
+    }
+
+    /// `<prefix>.<aggregate_type>.<EventType>`.
+    pub fn subject(&self, prefix: &str) -> String {
+        format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
+    }
+
+    /// The envelope to publish.
+    pub fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
+        let unpublishable = |reason: String| Unpublishable {
+            event_id: self.event_id(),
+            reason,
+        };
+        let metadata: HashMap<String, String> = serde_json::from_value(self.metadata.clone())
+            .map_err(|e| unpublishable(format!("metadata: {e}")))?;
+        let payload = self.payload.clone();
+        let event = match self.aggregate_type.as_str() {
+            "account" => serde_json::from_value(payload).map(account_event),
+            "link_qr" => serde_json::from_value(payload).map(|event| qr_event(&event)),
+            "link_attempt" => serde_json::from_value(payload).map(attempt_event),
+            "device" => serde_json::from_value(payload).map(device_event),
+            other => return Err(unpublishable(format!("unknown aggregate type {other}"))),
+        }
+        .map_err(|e| unpublishable(format!("payload: {e}")))?;
+        let account_id = metadata.get("account_id").cloned().unwrap_or_else(|| {
+            if self.aggregate_type == "account" {
+                self.aggregate_id.clone()
+            } else {
+                String::new()
+            }
+        });
+        Ok(v1::EventEnvelope {
+            event_id: self.event_id(),
+            global_position: self.global_position,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            occurred_at: Some(timestamp(self.occurred_at)),
+            account_id,
+            actor: metadata.get("actor").cloned().unwrap_or_default(),
+            request_id: metadata.get("request_id").cloned().unwrap_or_default(),
+            event: Some(event),
+        })
+    }
+}
+
+fn ts(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(timestamp(at))
+}
+
+fn product(product: LuxTrustProduct) -> v1::LuxTrustProduct {
+    let kind = match product.kind {
+        ProductKind::Mobile => v1::ProductKind::LuxtrustMobile,
+        ProductKind::Scan => v1::ProductKind::LuxtrustScan,
+    };
+    v1::LuxTrustProduct {
+        kind: kind.into(),
+        serial: product.serial,
+    }
+}
+
+fn method(method: LinkMethod) -> i32 {
+    match method {
+        LinkMethod::Qr => v1::LinkMethod::Qr,
+        LinkMethod::LuxTrust => v1::LinkMethod::Luxtrust,
+    }
+    .into()
+}
+
+fn platform(platform: Platform) -> i32 {
+    match platform {
+        Platform::Ios => v1::Platform::Ios,
+        Platform::Android => v1::Platform::Android,
+    }
+    .into()
+}
+
+fn account_event(event: AccountEvent) -> Event {
+    match event {
+        AccountEvent::AccountRegistered {
+            email,
+            language,
+            at,
+        } => Event::AccountRegistered(v1::AccountRegistered {
+            email,
+            language,
+            at: ts(at),
+        }),
+        AccountEvent::PortalLoginRecorded { product: used, at } => {
+            Event::PortalLoginRecorded(v1::PortalLoginRecorded {
+                product: Some(product(used)),
+                at: ts(at),
+            })
+        }
+    }
+}
+
+fn qr_event(event: &LinkQrEvent) -> Event {
+    match *event {
+        LinkQrEvent::QrIssued { at, expires_at, .. } => Event::QrIssued(v1::QrIssued {
+            at: ts(at),
+            expires_at: ts(expires_at),
+        }),
+        LinkQrEvent::QrConsumed {
+            attempt_id,
+            device_id,
+            at,
+        } => Event::QrConsumed(v1::QrConsumed {
+            link_attempt_id: attempt_id.to_string(),
+            device_id: device_id.to_string(),
+            at: ts(at),
+        }),
+    }
+}
+
+fn attempt_event(event: LinkAttemptEvent) -> Event {
+    match event {
+        LinkAttemptEvent::LinkRequested {
+            device_id,
+            device_name,
+            method: chosen,
+            platform: os,
+            app_version,
+            at,
+            expires_at,
+            nonce: _,
+        } => Event::LinkRequested(v1::LinkRequested {
+            device_id: device_id.to_string(),
+            device_name: device_name.as_str().to_owned(),
+            method: method(chosen),
+            platform: platform(os),
+            app_version,
+            at: ts(at),
+            expires_at: ts(expires_at),
+        }),
+        LinkAttemptEvent::QrAccepted { qr_id, at, .. } => Event::QrAccepted(v1::QrAccepted {
+            qr_id: qr_id.to_string(),
+            at: ts(at),
+        }),
+        LinkAttemptEvent::LuxTrustAuthenticated {
+            product: used, at, ..
+        } => Event::LuxtrustAuthenticated(v1::LuxTrustAuthenticated {
+            product: Some(product(used)),
+            at: ts(at),
+        }),
+        LinkAttemptEvent::LinkCompleted { at } => {
+            Event::LinkCompleted(v1::LinkCompleted { at: ts(at) })
+        }
+    }
+}
+
+fn device_event(event: DeviceEvent) -> Event {
+    match event {
+        DeviceEvent::DeviceLinked {
+            link_id,
+            device_name,
+            method: chosen,
+            product: used,
+            platform: os,
+            app_version,
+            at,
+            account_id: _,
+        } => Event::DeviceLinked(v1::DeviceLinked {
+            link_id: link_id.to_string(),
+            device_name: device_name.as_str().to_owned(),
+            method: method(chosen),
+            product: used.map(product),
+            platform: platform(os),
+            app_version,
+            at: ts(at),
+        }),
+        DeviceEvent::BiometricsEnabled { at } => {
+            Event::BiometricsEnabled(v1::BiometricsEnabled { at: ts(at) })
+        }
+        DeviceEvent::BiometricsSkipped { at } => {
+            Event::BiometricsSkipped(v1::BiometricsSkipped { at: ts(at) })
+        }
+        DeviceEvent::BiometricsDisabled { at } => {
+            Event::BiometricsDisabled(v1::BiometricsDisabled { at: ts(at) })
+        }
+        DeviceEvent::SecretCodeVerified { at } => {
+            Event::SecretCodeVerified(v1::SecretCodeVerified { at: ts(at) })
+        }
+        DeviceEvent::SecretCodeFailed {
+            consecutive_failures,
+            at,
+        } => Event::SecretCodeFailed(v1::SecretCodeFailed {
+            consecutive_failures,
+            at: ts(at),
+        }),
+        DeviceEvent::DeviceUnlinked {
+            link_id,
+            reason,
+            at,
+            account_id: _,
+        } => {
+            let reason = match reason {
+                UnlinkReason::FromDevice => v1::UnlinkReason::FromDevice,
+                UnlinkReason::FromPortal => v1::UnlinkReason::FromPortal,
+                UnlinkReason::LockedOut => v1::UnlinkReason::LockedOut,
+            };
+            Event::DeviceUnlinked(v1::DeviceUnlinked {
+                link_id: link_id.to_string(),
+                reason: reason.into(),
+                at: ts(at),
+            })
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The relay: committed events -> NATS JetStream, in commit order, nothing lost (DESIGN §3).
+//!
+//! - Reads `events` only below the transaction horizon (`tx_id < pg_snapshot_xmin(...)`), in
+//!   `(tx_id, global_position)` order, from a compound cursor: a row whose transaction commits
+//!   late is never skipped (a `global_position`-only cursor would skip it).
+//! - Publishes each event with `Nats-Msg-Id` = `aggregate_type/aggregate_id/sequence`, awaits
+//!   every acknowledgement, and only then moves its checkpoint (compare-and-set, so an
+//!   operator's republish is noticed). A crash in between republishes; consumers deduplicate.
+//! - One leader: the instance holding a PostgreSQL advisory lock on a dedicated connection.
+//! - On taking the lead it resumes from the lower of its checkpoint and the last event the
+//!   stream holds, because Debian's NATS server (2.9) can lose acknowledged messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+use prost::Message as _;
+use sqlx::postgres::{PgConnection, PgListener};
+use sqlx::{Connection as _, PgPool};
+
+use crate::bus::StoredEvent;
+
+/// The advisory-lock key that elects the relay leader (`'linkd' ` as bytes).
+const LEADER_LOCK: i64 = 0x6c69_6e6b_6452_6c79;
+/// Events read and published per round.
+const BATCH: i64 = 256;
+
+/// Where and how the relay publishes.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The JetStream stream (created if missing).
+    pub stream: String,
+    /// Subjects are `<prefix>.<aggregate_type>.<EventType>`.
+    pub subject_prefix: String,
+    /// How long to wait for new events when notifications are quiet.
+    pub poll_interval: Duration,
+    /// Test-only crash point: when set, the relay stops after publishing a batch and before
+    /// saving its checkpoint, once.
+    pub crash_after_publish: Option<Arc<AtomicBool>>,
+}
+
+/// A position in commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// The writing transaction.
+    pub tx_id: i64,
+    /// The insertion position.
+    pub global_position: i64,
+}
+
+impl Cursor {
+    /// Before every event.
+    pub const START: Self = Self {
+        tx_id: 0,
+        global_position: 0,
+    };
+}
+
+/// Runs the relay until the task is dropped: competes for leadership, publishes while leader,
+/// and starts over after any failure (NATS or PostgreSQL down, lost leadership).
+pub async fn run(pool: PgPool, database_url: String, settings: RelaySettings) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match lead(&pool, &database_url, &settings).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "relay stopped; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Creates the stream if it does not exist (all subjects under the prefix, 2-minute duplicate
+/// window, file storage).
+pub async fn ensure_stream(
+    context: &jetstream::Context,
+    settings: &RelaySettings,
+) -> anyhow::Result<stream::Stream> {
+    context
+        .get_or_create_stream(stream::Config {
+            name: settings.stream.clone(),
+            subjects: vec![format!("{}.>", settings.subject_prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating or opening stream {}", settings.stream))
+}
+
+/// One term as leader (returns `Ok` if another instance leads).
+async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> anyhow::Result<()> {
+    // A dedicated connection: the session-level lock lives exactly as long as it does.
+    let mut lock = PgConnection::connect(database_url)
+        .await
+        .context("connecting for the lock")?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut lock)
+        .await?;
+    if !leader {
+        return Ok(());
+    }
+    tracing::info!("relay leading");
+    let client = async_nats::connect(&settings.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
+    let context = jetstream::new(client);
+    let mut stream = ensure_stream(&context, settings).await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("linkd_events").await?;
+
+    let checkpoint = load_checkpoint(pool).await?;
+    let mut cursor = match stream_last_cursor(&mut stream).await? {
+        Some(held) if held < checkpoint => {
+            tracing::warn!(
+                ?held,
+                ?checkpoint,
+                "the stream lost events; republishing from it"
+            );
+            save_checkpoint(pool, checkpoint, held).await?;
+            held
+        }
+        Some(_) => checkpoint,
+        None if checkpoint != Cursor::START => {
+            tracing::warn!(?checkpoint, "the stream is empty; republishing everything");
+            save_checkpoint(pool, checkpoint, Cursor::START).await?;
+            Cursor::START
+        }
+        None => Cursor::START,
+    };
+    loop {
+        // Still the leader? (A dead lock connection means the lock is gone.)
+        sqlx::query("SELECT 1")
+            .execute(&mut lock)
+            .await
+            .context("the lock connection died")?;
+        let batch = read_batch(pool, cursor).await?;
+        let Some(last) = batch.last() else {
+            let _ = tokio::time::timeout(settings.poll_interval, listener.recv()).await;
+            continue;
+        };
+        let next = Cursor {
+            tx_id: last.tx_id,
+            global_position: last.global_position,
+        };
+        publish(&context, settings, &batch).await?;
+        if let Some(crash) = &settings.crash_after_publish
+            && crash.swap(false, Ordering::SeqCst)
+        {
+            anyhow::bail!("test crash point: published, checkpoint not saved");
+        }
+        cursor = if save_checkpoint(pool, cursor, next).await? {
+            next
+        } else {
+            // An operator moved the checkpoint: continue from there.
+            let moved = load_checkpoint(pool).await?;
+            tracing::info!(?moved, "relay checkpoint moved by an operator");
+            moved
+        };
+    }
+}
+
+async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
+    Ok(sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload::jsonb AS payload, \
+         metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at \
+         FROM events \
+         WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+         AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx_id, global_position LIMIT $3",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?)
+}
+
+async fn publish(
+    context: &jetstream::Context,
+    settings: &RelaySettings,
+    batch: &[StoredEvent],
+) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(batch.len());
+    for event in batch {
+        let envelope = event.envelope()?;
+        let message = jetstream::message::PublishMessage::build()
+            .payload(envelope.encode_to_vec().into())
+            .message_id(event.event_id())
+            .header(
+                "Linkd-Global-Position",
+                event.global_position.to_string().as_str(),
+            )
+            .header("Linkd-Tx-Id", event.tx_id.to_string().as_str());
+        let ack = context
+            .send_publish(event.subject(&settings.subject_prefix), message)
+            .await
+            .with_context(|| format!("publishing {}", event.event_id()))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.context("awaiting JetStream's acknowledgement")?;
+    }
+    Ok(())
+}
+
+/// The commit-order cursor of the last event the stream holds, from its headers.
+async fn stream_last_cursor(stream: &mut stream::Stream) -> anyhow::Result<Option<Cursor>> {
+    let last = stream
+        .info()
+        .await
+        .context("reading the stream's state")?
+        .state
+        .last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    let message = stream
+        .get_raw_message(last)
+        .await
+        .context("reading the stream's last event")?;
+    let header = |name: &str| -> anyhow::Result<i64> {
+        message
+            .headers
+            .get(name)
+            .and_then(|value| value.as_str().parse().ok())
+            .with_context(|| format!("the stream's last message has no valid {name} header"))
+    };
+    Ok(Some(Cursor {
+        tx_id: header("Linkd-Tx-Id")?,
+        global_position: header("Linkd-Global-Position")?,
+    }))
+}
+
+async fn load_checkpoint(pool: &PgPool) -> anyhow::Result<Cursor> {
+    let (tx_id, global_position): (i64, i64) =
+        sqlx::query_as("SELECT tx_id, global_position FROM relay_checkpoint WHERE id = 1")
+            .fetch_one(pool)
+            .await?;
+    Ok(Cursor {
+        tx_id,
+        global_position,
+    })
+}
+
+/// Moves the checkpoint from `from` to `to`; `false` if it was not at `from` any more.
+async fn save_checkpoint(pool: &PgPool, from: Cursor, to: Cursor) -> anyhow::Result<bool> {
+    let moved = sqlx::query(
+        "UPDATE relay_checkpoint SET tx_id = $3, global_position = $4, updated_at = now() \
+         WHERE id = 1 AND tx_id = $1 AND global_position = $2",
+    )
+    .bind(from.tx_id)
+    .bind(from.global_position)
+    .bind(to.tx_id)
+    .bind(to.global_position)
+    .execute(pool)
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// Operator command: republish every event from global position `position` on (0: all), in
+/// commit order. The running leader notices and continues from there.
+pub async fn republish_from(pool: &PgPool, position: i64) -> anyhow::Result<Cursor> {
+    let cursor = if position <= 1 {
+        Cursor::START
+    } else {
+        let tx_id: Option<i64> =
+            sqlx::query_scalar("SELECT tx_id::text::bigint FROM events WHERE global_position = $1")
+                .bind(position)
+                .fetch_optional(pool)
+                .await?;
+        let tx_id = tx_id.with_context(|| format!("no event at global position {position}"))?;
+        Cursor {
+            tx_id,
+            global_position: position - 1,
+        }
+    };
+    sqlx::query(
+        "UPDATE relay_checkpoint SET tx_id = $1, global_position = $2, updated_at = now() \
+         WHERE id = 1",
+    )
+    .bind(cursor.tx_id)
+    .bind(cursor.global_position)
+    .execute(pool)
+    .await?;
+    Ok(cursor)
+}

@@ -1,0 +1,153 @@
+//! Pull loop: one durable JetStream consumer per projector, explicit acknowledgements.
+//! decode -> apply in a transaction -> ack; a gap or a database failure -> NAK with a delay
+//! (redelivered later); a message that can never apply -> dead-letter table, then TERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures_util::StreamExt as _;
+use sqlx::PgPool;
+
+use crate::projections::{self, Outcome, ProjectionError, Projector};
+
+/// Where to consume from.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The NATS server.
+    pub nats_url: String,
+    /// The stream (the relay creates it).
+    pub stream: String,
+    /// Subject prefix.
+    pub subject_prefix: String,
+    /// Durable consumer names are `<prefix>-<projector>`.
+    pub consumer_prefix: String,
+}
+
+impl ProjectionError {
+    /// How the message is acknowledged after this error.
+    fn ack_kind(&self) -> AckKind {
+        match self {
+            Self::Gap { .. } => AckKind::Nak(Some(Duration::from_millis(200))),
+            Self::Transient(_) => AckKind::Nak(Some(Duration::from_secs(2))),
+            Self::Poison(_) => AckKind::Term,
+        }
+    }
+}
+
+/// Consumes for `projector` until the task is dropped, reconnecting after failures.
+pub async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, projector: P) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match consume(&pool, &settings, &projector).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "consumer stopped; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The durable consumer of `projector`, created if missing.
+pub async fn durable<P: Projector>(
+    context: &jetstream::Context,
+    settings: &ConsumerSettings,
+    projector: &P,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let stream = context
+        .get_stream(&settings.stream)
+        .await
+        .with_context(|| format!("opening stream {} (the relay creates it)", settings.stream))?;
+    let name = format!("{}-{}", settings.consumer_prefix, projector.name());
+    stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating or opening consumer {name}"))
+}
+
+async fn consume<P: Projector>(
+    pool: &PgPool,
+    settings: &ConsumerSettings,
+    projector: &P,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(&settings.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
+    let context = jetstream::new(client);
+    let consumer = durable(&context, settings, projector).await?;
+    let mut messages = consumer.messages().await.context("pulling messages")?;
+    tracing::info!(projector = projector.name(), "consuming");
+    while let Some(message) = messages.next().await {
+        let message = message.context("receiving a message")?;
+        let outcome = match projections::decode(&message.payload) {
+            Ok(event) => projections::apply(pool, projector, &event).await,
+            Err(poison) => Err(poison),
+        };
+        match outcome {
+            Ok(Outcome::Applied | Outcome::AlreadyApplied) => {
+                message
+                    .ack()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+            }
+            Err(error) => {
+                if let ProjectionError::Poison(reason) = &error {
+                    tracing::error!(subject = %message.subject, %reason, "parking a poison message");
+                    park(
+                        pool,
+                        projector.name(),
+                        &message.subject,
+                        reason,
+                        &message.payload,
+                    )
+                    .await?;
+                } else {
+                    tracing::debug!(subject = %message.subject, %error, "retrying later");
+                }
+                message
+                    .ack_with(error.ack_kind())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+            }
+        }
+    }
+    anyhow::bail!("the message stream ended")
+}
+
+/// Records a message that can never be applied, for operators.
+async fn park(
+    pool: &PgPool,
+    projector: &str,
+    subject: &str,
+    reason: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let event_id = projections::decode(payload)
+        .ok()
+        .map(|event| event.event_id);
+    sqlx::query(
+        "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(projector)
+    .bind(subject)
+    .bind(event_id)
+    .bind(reason)
+    .bind(payload)
+    .execute(pool)
+    .await
+    .context("recording a dead letter")?;
+    Ok(())
+}

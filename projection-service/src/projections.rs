@@ -1,0 +1,130 @@
+//! Projectors: each applies one event to its read model in one PostgreSQL transaction, together
+//! with its per-aggregate guard (the last sequence it applied), so a redelivered event is
+//! skipped and an event that arrives before its predecessor is refused until it comes.
+
+pub mod devices;
+
+use prost::Message as _;
+use proto::v1::EventEnvelope;
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// What became of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied now.
+    Applied,
+    /// Applied before (a duplicate); nothing changed.
+    AlreadyApplied,
+}
+
+/// Why an event was not applied; the consumer acknowledges accordingly.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// An earlier event of the same aggregate has not been applied yet: retry later.
+    #[error("gap: expected sequence {expected} of {aggregate}, got {got}")]
+    Gap {
+        /// `type/id`.
+        aggregate: String,
+        /// The next sequence the projector can apply.
+        expected: i64,
+        /// The sequence received.
+        got: i64,
+    },
+    /// The database failed: retry later.
+    #[error("transient: {0}")]
+    Transient(#[from] sqlx::Error),
+    /// The message can never be applied (undecodable or inconsistent): park it.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+/// A read model fed by events.
+pub trait Projector: Send + Sync {
+    /// Its name, also the guard's key and the durable consumer's suffix.
+    fn name(&self) -> &'static str;
+
+    /// The subjects it needs, relative to the prefix (e.g. `device.>`).
+    fn filter(&self) -> &'static str;
+
+    /// Applies `event` inside `tx` (the guard is handled by [`apply`]).
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        event: &'a EventEnvelope,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
+}
+
+/// Decodes a bus message.
+pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
+    let envelope = EventEnvelope::decode(payload)
+        .map_err(|e| ProjectionError::Poison(format!("not an EventEnvelope: {e}")))?;
+    if envelope.sequence < 1 || envelope.aggregate_type.is_empty() || envelope.event.is_none() {
+        return Err(ProjectionError::Poison(format!(
+            "incomplete envelope for {}",
+            envelope.event_id
+        )));
+    }
+    Ok(envelope)
+}
+
+/// Applies `event` with `projector` exactly once, in order, per aggregate.
+pub async fn apply<P: Projector>(
+    pool: &PgPool,
+    projector: &P,
+    event: &EventEnvelope,
+) -> Result<Outcome, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT last_sequence FROM projector_positions \
+         WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 FOR UPDATE",
+    )
+    .bind(projector.name())
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let last = last.unwrap_or(0);
+    if event.sequence <= last {
+        return Ok(Outcome::AlreadyApplied);
+    }
+    if event.sequence != last + 1 {
+        return Err(ProjectionError::Gap {
+            aggregate: format!("{}/{}", event.aggregate_type, event.aggregate_id),
+            expected: last + 1,
+            got: event.sequence,
+        });
+    }
+    projector.apply(&mut tx, event).await?;
+    sqlx::query(
+        "INSERT INTO projector_positions (projector, aggregate_type, aggregate_id, last_sequence) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (projector, aggregate_type, aggregate_id) \
+         DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+    )
+    .bind(projector.name())
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .bind(event.sequence)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}
+
+/// The last sequence `projector` applied for an aggregate (0 if none).
+pub async fn applied_sequence(
+    pool: &PgPool,
+    projector: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<i64, sqlx::Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT last_sequence FROM projector_positions \
+         WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+    )
+    .bind(projector)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or(0))
+}
