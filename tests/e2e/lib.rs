@@ -470,6 +470,14 @@ impl TestApp {
             .expect("counting events")
     }
 
+    /// Clients on another command service instance.
+    pub fn clients_on(channel: &Channel) -> Clients {
+        Clients {
+            portal: PortalServiceClient::new(channel.clone()),
+            device: DeviceServiceClient::new(channel.clone()),
+        }
+    }
+
     /// A second handle on the same service (clients and keys, not the server or database), for
     /// concurrent calls.
     pub fn clone_clients(&self) -> Clients {
@@ -691,5 +699,127 @@ where
             "timed out after {within:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A nats-server process of one test's own (for tests that stop and start NATS), on a free
+/// loopback port with its own store; killed when dropped.
+#[derive(Debug)]
+pub struct OwnNats {
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    port: u16,
+    store: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    /// Starts one (Debian's `/usr/sbin/nats-server`, or `LINKD_TEST_NATS_SERVER`).
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let store = std::env::temp_dir().join(format!("linkd-nats-{}", Uuid::new_v4().simple()));
+        let mut nats = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store,
+            child: None,
+        };
+        nats.resume().await;
+        nats
+    }
+
+    /// Kills the server (its store stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn resume(&mut self) {
+        let binary = std::env::var("LINKD_TEST_NATS_SERVER")
+            .unwrap_or_else(|_| "/usr/sbin/nats-server".to_owned());
+        let child = std::process::Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(10), "nats-server listening", || async {
+            tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Starts both services on `nats_url` (instead of the shared server).
+pub async fn spawn_system_on(nats_url: String) -> TestApp {
+    let database = TestDatabase::create("linkd_e2e")
+        .await
+        .expect("creating a test database");
+    let stream = TestStream::new(nats_url.clone());
+    let mut settings = test_settings(database.url.clone());
+    settings.relay_enabled = true;
+    settings.nats_url = nats_url;
+    settings.stream = stream.name.clone();
+    settings.subject_prefix = stream.prefix.clone();
+    start(database, settings, Some(stream)).await
+}
+
+impl TestApp {
+    /// Waits until the device read model matches the event store exactly: every device's
+    /// last event applied once (guard = last sequence) and its linked/unlinked status right.
+    pub async fn wait_until_read_model_is_exact(&self, within: Duration) {
+        let read = self.read_pool();
+        eventually(
+            within,
+            "the read model to match the event store",
+            || async {
+                let expected: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT aggregate_id, max(sequence), \
+                 (array_agg(event_type ORDER BY sequence) FILTER \
+                   (WHERE event_type IN ('DeviceLinked', 'DeviceUnlinked')))[count(*) FILTER \
+                   (WHERE event_type IN ('DeviceLinked', 'DeviceUnlinked'))] \
+                 FROM events WHERE aggregate_type = 'device' GROUP BY aggregate_id \
+                 ORDER BY aggregate_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .ok()?;
+                let actual: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT p.aggregate_id, p.last_sequence, \
+                 CASE d.status WHEN 'linked' THEN 'DeviceLinked' ELSE 'DeviceUnlinked' END \
+                 FROM projector_positions p JOIN devices d ON d.device_id::text = p.aggregate_id \
+                 WHERE p.projector = 'devices' AND p.aggregate_type = 'device' \
+                 ORDER BY p.aggregate_id",
+                )
+                .fetch_all(&read)
+                .await
+                .ok()?;
+                (expected == actual && !expected.is_empty()).then_some(())
+            },
+        )
+        .await;
     }
 }

@@ -6,6 +6,7 @@
 )]
 
 mod authorization;
+mod delivery;
 mod demo;
 mod idempotency;
 mod linking;
