@@ -59,6 +59,16 @@ impl fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// What the consumers need.
+    pub fn consumers(&self) -> crate::consumer::ConsumerSettings {
+        crate::consumer::ConsumerSettings {
+            nats_url: self.nats_url.clone(),
+            stream: self.stream.clone(),
+            subject_prefix: self.subject_prefix.clone(),
+            consumer_prefix: self.consumer_prefix.clone(),
+        }
+    }
+
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|key| std::env::var(key).ok())

@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod grpc;
 pub mod projections;
+pub mod rebuild;
 pub mod startup;
 
 pub use config::Settings;

@@ -1,4 +1,5 @@
-//! The `projection-service` binary.
+//! The `projection-service` binary. `projection-service` serves and consumes;
+//! `projection-service rebuild` rebuilds the read models from the stream and switches over.
 
 use projection_service::{Application, Settings};
 use tracing_subscriber::EnvFilter;
@@ -11,8 +12,33 @@ async fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
     let settings = Settings::from_env()?;
-    let app = Application::build(settings).await?;
-    app.run_until_stopped(stopped()).await
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {
+            Application::build(settings)
+                .await?
+                .run_until_stopped(stopped())
+                .await
+        }
+        ["rebuild"] => {
+            let rebuilt =
+                projection_service::rebuild::rebuild(&settings.database_url, &settings.consumers())
+                    .await?;
+            tracing::info!(
+                events = rebuilt.events,
+                seconds = rebuilt.elapsed.as_secs_f64(),
+                events_per_second = rebuilt.events_per_second(),
+                "read models rebuilt and switched over"
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!("usage: projection-service [rebuild]"),
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
 use crate::config::Settings;
-use crate::consumer::{self, ConsumerSettings};
+use crate::consumer;
 use crate::grpc::Queries;
 use crate::projections::devices::Devices;
 
@@ -85,12 +85,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let consumer_settings = ConsumerSettings {
-            nats_url: self.settings.nats_url.clone(),
-            stream: self.settings.stream.clone(),
-            subject_prefix: self.settings.subject_prefix.clone(),
-            consumer_prefix: self.settings.consumer_prefix.clone(),
-        };
+        let consumer_settings = self.settings.consumers();
         let devices = tokio::spawn(
             consumer::run(self.pool.clone(), consumer_settings, Devices)
                 .instrument(tracing::info_span!("consumer", projector = "devices")),

@@ -13,6 +13,7 @@ mod linking;
 mod malformed_input;
 mod qr_codes;
 mod read_side;
+mod rebuild;
 mod secret_code;
 mod serving;
 mod unlinking;
