@@ -14,11 +14,16 @@ for db in linkd_command linkd_projection; do
   fi
 done
 
-echo "building linkd (the first build takes a few minutes)…"
-cargo build --locked -q -p command-service -p projection-service -p linkctl
+# LINKD_PROFILE=release builds optimised binaries (for benchmarks); the default shares the
+# test suite's debug build.
+PROFILE=${LINKD_PROFILE:-debug}
+profile_flag=(); [ "$PROFILE" = release ] && profile_flag=(--release)
+echo "building linkd ($PROFILE; the first build takes a few minutes)…"
+cargo build --locked -q "${profile_flag[@]}" -p command-service -p projection-service -p linkctl
+BIN=target/$PROFILE
 
 mkdir -p .dev/logs
-target/debug/linkctl dev keys --dir .dev/keys >/dev/null
+$BIN/linkctl dev keys --dir .dev/keys >/dev/null
 if [ ! -s .dev/pepper ]; then
   (umask 077; head -c 48 /dev/urandom | base64 -w0 > .dev/pepper)
 fi
@@ -48,9 +53,9 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-target/debug/command-service >>.dev/logs/command-service.log 2>&1 &
+$BIN/command-service >>.dev/logs/command-service.log 2>&1 &
 pids+=($!)
-target/debug/projection-service >>.dev/logs/projection-service.log 2>&1 &
+$BIN/projection-service >>.dev/logs/projection-service.log 2>&1 &
 pids+=($!)
 
 wait_for_port "command service (log: .dev/logs/command-service.log)" "${LINKD_COMMAND_GRPC_ADDR##*:}"
@@ -59,13 +64,16 @@ wait_for_port "projection service (log: .dev/logs/projection-service.log)" "${LI
 cat <<MSG
 
 linkd is running (development configuration):
-  command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService, grpc.health.v1, reflection
-  projection service  $LINKD_PROJECTION_GRPC_ADDR  grpc.health.v1 (the read side comes next)
+  command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService (+ relay to NATS)
+  projection service  $LINKD_PROJECTION_GRPC_ADDR  DeviceQueryService (read models fed from NATS)
+  both                grpc.health.v1 and server reflection
   event store         $LINKD_COMMAND_DATABASE_URL
+  read models         $LINKD_PROJECTION_DATABASE_URL
+  event stream        ${LINKD_STREAM:-LINKD_EVENTS} on ${LINKD_NATS_URL:-nats://127.0.0.1:4222}
   logs                .dev/logs/
 Try it from another terminal in this folder:
-  target/debug/linkctl demo
-  target/debug/linkctl --help
+  $BIN/linkctl demo
+  $BIN/linkctl --help
 Press Ctrl-C to stop.
 MSG
 
