@@ -25,11 +25,17 @@ pub struct ConsumerSettings {
 }
 
 impl ProjectionError {
-    /// How the message is acknowledged after this error.
-    fn ack_kind(&self) -> AckKind {
+    /// How the message is acknowledged after this error, on its `delivered`-th delivery: a gap
+    /// or a database failure is retried with exponential backoff (200 ms doubling up to 30 s),
+    /// a poison message is never redelivered.
+    fn ack_kind(&self, delivered: i64) -> AckKind {
+        let backoff = |base: Duration| {
+            let exponent = u32::try_from(delivered.saturating_sub(1).clamp(0, 8)).unwrap_or(8);
+            (base * 2u32.pow(exponent)).min(Duration::from_secs(30))
+        };
         match self {
-            Self::Gap { .. } => AckKind::Nak(Some(Duration::from_millis(200))),
-            Self::Transient(_) => AckKind::Nak(Some(Duration::from_secs(2))),
+            Self::Gap { .. } => AckKind::Nak(Some(backoff(Duration::from_millis(200)))),
+            Self::Transient(_) => AckKind::Nak(Some(backoff(Duration::from_millis(500)))),
             Self::Poison(_) => AckKind::Term,
         }
     }
@@ -116,8 +122,9 @@ async fn consume<P: Projector>(
                 } else {
                     tracing::debug!(subject = %message.subject, %error, "retrying later");
                 }
+                let delivered = message.info().map_or(1, |info| info.delivered);
                 message
-                    .ack_with(error.ack_kind())
+                    .ack_with(error.ack_kind(delivered))
                     .await
                     .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
             }

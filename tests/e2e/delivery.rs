@@ -241,3 +241,36 @@ async fn two_instances_of_each_service_elect_one_relay_and_keep_read_models_exac
     .unwrap();
     assert_eq!(duplicates, 0);
 }
+
+#[tokio::test]
+async fn a_poison_message_is_parked_with_its_reason_and_the_rest_goes_on() {
+    // Arrange
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+
+    // Act: garbage on a device subject, then more real events.
+    let stream = app.stream.as_ref().unwrap();
+    let client = async_nats::connect(&stream.nats_url).await.unwrap();
+    jetstream::new(client)
+        .publish(
+            format!("{}.device.DeviceLinked", stream.prefix),
+            "not protobuf".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    app.link_by_qr("anna").await;
+
+    // Assert
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let parked: Vec<(String, String)> = sqlx::query_as("SELECT subject, reason FROM dead_letters")
+        .fetch_all(&app.read_pool())
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(parked[0].1.contains("not an EventEnvelope"), "{parked:?}");
+    assert_eq!(read_model(&app).await.len(), 2);
+}
