@@ -43,5 +43,15 @@ ensure_nats() {
 }
 
 ensure_services() {
-  ensure_postgres && ensure_nats
+  ensure_postgres && ensure_nats && ensure_aiosmtpd
+}
+
+# The local SMTP sink (scripts/smtp-sink.py) needs Python's aiosmtpd.
+ensure_aiosmtpd() {
+  if python3 -c "import aiosmtpd" 2>/dev/null; then return 0; fi
+  echo "installing aiosmtpd (Python) for the SMTP sink…" >&2
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd >&2 || {
+    echo "error: could not install aiosmtpd; run: python3 -m pip install aiosmtpd" >&2
+    return 1
+  }
 }

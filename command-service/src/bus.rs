@@ -142,6 +142,15 @@ fn account_event(event: AccountEvent) -> Event {
             language,
             at: ts(at),
         }),
+        AccountEvent::AccountEmailChanged {
+            old_email,
+            new_email,
+            at,
+        } => Event::AccountEmailChanged(v1::AccountEmailChanged {
+            old_email,
+            new_email,
+            at: ts(at),
+        }),
         AccountEvent::PortalLoginRecorded { product: used, at } => {
             Event::PortalLoginRecorded(v1::PortalLoginRecorded {
                 product: Some(product(used)),

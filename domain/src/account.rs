@@ -22,6 +22,13 @@ pub enum AccountCommand {
         /// When the portal registered it.
         at: DateTime<Utc>,
     },
+    /// Change the address confirmation emails go to (the portal's account settings).
+    ChangeEmail {
+        /// The new address.
+        email: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Record that the holder logged in to the portal, and with which LuxTrust product.
     RecordPortalLogin {
         /// The product used, as the identity provider reported it.
@@ -40,6 +47,15 @@ pub enum AccountEvent {
         email: String,
         /// Preferred language for emails.
         language: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The account's email address changed; notices go to both addresses.
+    AccountEmailChanged {
+        /// The address until now.
+        old_email: String,
+        /// The address from now on.
+        new_email: String,
         /// When.
         at: DateTime<Utc>,
     },
@@ -105,6 +121,19 @@ impl Account {
                     at,
                 }])
             }
+            AccountCommand::ChangeEmail { email, at } => {
+                if !self.registered {
+                    return Err(AccountError::NotRegistered);
+                }
+                if email == self.email {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::AccountEmailChanged {
+                    old_email: self.email.clone(),
+                    new_email: email,
+                    at,
+                }])
+            }
             AccountCommand::RecordPortalLogin { product, at } => {
                 if !self.registered {
                     return Err(AccountError::NotRegistered);
@@ -119,6 +148,7 @@ impl DomainEvent for AccountEvent {
     fn event_type(&self) -> String {
         match self {
             Self::AccountRegistered { .. } => "AccountRegistered",
+            Self::AccountEmailChanged { .. } => "AccountEmailChanged",
             Self::PortalLoginRecorded { .. } => "PortalLoginRecorded",
         }
         .to_owned()
@@ -157,6 +187,7 @@ impl Aggregate for Account {
                 self.email = email;
                 self.language = language;
             }
+            AccountEvent::AccountEmailChanged { new_email, .. } => self.email = new_email,
             AccountEvent::PortalLoginRecorded { product, .. } => {
                 self.products_used.insert(product);
             }

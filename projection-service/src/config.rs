@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::email::{EmailSettings, SmtpTls};
+
 /// Why the settings could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +46,11 @@ pub struct Settings {
     pub idp_issuer: Option<String>,
     /// Maximum age of `auth_time` for the device list (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
+    /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
+    pub email: EmailSettings,
+    /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
+    /// notifier queues them either way.
+    pub email_enabled: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -112,7 +119,64 @@ impl Settings {
                 })
             }
         };
+        let number = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
+            get(key).map_or(Ok(default), |raw| {
+                raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key,
+                    reason: format!("expected a whole number, got {raw:?}"),
+                })
+            })
+        };
+        let smtp_tls = match get("LINKD_SMTP_TLS").as_deref() {
+            None | Some("starttls") => SmtpTls::StartTls,
+            Some("tls") => SmtpTls::Tls,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "LINKD_SMTP_TLS",
+                    reason: format!("expected starttls, tls or none, got {other:?}"),
+                });
+            }
+        };
+        let default_language = get("LINKD_EMAIL_DEFAULT_LANGUAGE").unwrap_or_else(|| "en".into());
+        if !crate::email::LANGUAGES.contains(&default_language.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "LINKD_EMAIL_DEFAULT_LANGUAGE",
+                reason: "expected en, fr or de".into(),
+            });
+        }
+        let email = EmailSettings {
+            smtp_host: get("LINKD_SMTP_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            smtp_port: u16::try_from(number("LINKD_SMTP_PORT", 25)?).map_err(|_| {
+                ConfigError::Invalid {
+                    key: "LINKD_SMTP_PORT",
+                    reason: "not a port".into(),
+                }
+            })?,
+            smtp_tls,
+            smtp_credentials: get("LINKD_SMTP_USERNAME")
+                .map(|user| (user, get("LINKD_SMTP_PASSWORD").unwrap_or_default())),
+            sender: get("LINKD_EMAIL_SENDER")
+                .unwrap_or_else(|| "usermanagement@security.public.lu".into()),
+            default_language,
+            max_attempts: i32::try_from(number("LINKD_EMAIL_MAX_ATTEMPTS", 8)?.max(1))
+                .unwrap_or(i32::MAX),
+            retry_base: Duration::from_millis(number("LINKD_EMAIL_RETRY_BASE_MS", 1000)?.max(1)),
+            crash_after_send: None,
+        };
+        let email_enabled = match get("LINKD_EMAIL").as_deref() {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "LINKD_EMAIL",
+                    reason: format!("expected on or off, got {other:?}"),
+                });
+            }
+        };
         Ok(Self {
+            email,
+            email_enabled,
             grpc_addr,
             database_url: required("LINKD_PROJECTION_DATABASE_URL")?,
             nats_url: get("LINKD_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),

@@ -34,7 +34,9 @@ impl ProjectionError {
             (base * 2u32.pow(exponent)).min(Duration::from_secs(30))
         };
         match self {
-            Self::Gap { .. } => AckKind::Nak(Some(backoff(Duration::from_millis(200)))),
+            Self::Gap { .. } | Self::Waiting(_) => {
+                AckKind::Nak(Some(backoff(Duration::from_millis(200))))
+            }
             Self::Transient(_) => AckKind::Nak(Some(backoff(Duration::from_millis(500)))),
             Self::Poison(_) => AckKind::Term,
         }

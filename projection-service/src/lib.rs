@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod email;
 pub mod grpc;
 pub mod projections;
 pub mod rebuild;

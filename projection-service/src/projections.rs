@@ -3,6 +3,7 @@
 //! skipped and an event that arrives before its predecessor is refused until it comes.
 
 pub mod devices;
+pub mod notifier;
 
 use prost::Message as _;
 use proto::v1::EventEnvelope;
@@ -30,6 +31,10 @@ pub enum ProjectionError {
         /// The sequence received.
         got: i64,
     },
+    /// Something this event needs has not been projected yet (e.g. the account of a device
+    /// link): retry later.
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// The database failed: retry later.
     #[error("transient: {0}")]
     Transient(#[from] sqlx::Error),

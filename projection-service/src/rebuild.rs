@@ -1,7 +1,8 @@
 //! Rebuild: replays the stream from its first event into fresh tables, then switches the live
 //! read models over (`projection-service rebuild`).
 //!
-//! 1. Fresh `devices` and `projector_positions` tables in a schema of their own.
+//! 1. Fresh `devices` and `projector_positions` tables in a schema of their own (the guards of
+//!    other projectors, such as the notifier, are carried over unchanged at the switch).
 //! 2. An ephemeral consumer from the stream's start applies every event to them, through the
 //!    same projector code and guard as the live consumer.
 //! 3. Under an exclusive lock on the live tables (the live consumer waits), the last events are
@@ -115,6 +116,14 @@ async fn replay_and_switch(
         .execute(&mut *tx)
         .await?;
     events += drain(&mut replay, &shadow, &projector).await?;
+    // Other projectors' guards are not rebuilt here: carry them over unchanged.
+    sqlx::query(&format!(
+        "INSERT INTO {fresh}.projector_positions SELECT * FROM public.projector_positions \
+         WHERE projector <> $1"
+    ))
+    .bind(projector.name())
+    .execute(&mut *tx)
+    .await?;
     tx.execute(format!("CREATE SCHEMA {retired}").as_str())
         .await?;
     for table in TABLES {

@@ -14,8 +14,10 @@ use tracing::Instrument as _;
 
 use crate::config::Settings;
 use crate::consumer;
+use crate::email::{self, Templates};
 use crate::grpc::Queries;
 use crate::projections::devices::Devices;
+use crate::projections::notifier::Notifier;
 
 /// A built, not yet running, projection service.
 #[derive(Debug)]
@@ -87,9 +89,24 @@ impl Application {
     ) -> anyhow::Result<()> {
         let consumer_settings = self.settings.consumers();
         let devices = tokio::spawn(
-            consumer::run(self.pool.clone(), consumer_settings, Devices)
+            consumer::run(self.pool.clone(), consumer_settings.clone(), Devices)
                 .instrument(tracing::info_span!("consumer", projector = "devices")),
         );
+        let notifier = Notifier {
+            templates: Templates::default(),
+            sender: self.settings.email.sender.clone(),
+            default_language: self.settings.email.default_language.clone(),
+        };
+        let notifications = tokio::spawn(
+            consumer::run(self.pool.clone(), consumer_settings, notifier)
+                .instrument(tracing::info_span!("consumer", projector = "notifier")),
+        );
+        let sender = self.settings.email_enabled.then(|| {
+            tokio::spawn(
+                email::run(self.pool.clone(), self.settings.email.clone())
+                    .instrument(tracing::info_span!("email")),
+            )
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<DeviceQueryServiceServer<Queries>>()
@@ -110,6 +127,10 @@ impl Application {
             .await
             .context("serving gRPC");
         devices.abort();
+        notifications.abort();
+        if let Some(sender) = sender {
+            sender.abort();
+        }
         served
     }
 }

@@ -266,11 +266,25 @@ async fn a_poison_message_is_parked_with_its_reason_and_the_rest_goes_on() {
 
     // Assert
     app.wait_until_read_model_is_exact(WITHIN).await;
-    let parked: Vec<(String, String)> = sqlx::query_as("SELECT subject, reason FROM dead_letters")
-        .fetch_all(&app.read_pool())
-        .await
-        .unwrap();
-    assert_eq!(parked.len(), 1, "{parked:?}");
-    assert!(parked[0].1.contains("not an EventEnvelope"), "{parked:?}");
+    let parked: Vec<(String, String)> =
+        sqlx::query_as("SELECT projector, reason FROM dead_letters ORDER BY projector")
+            .fetch_all(&app.read_pool())
+            .await
+            .unwrap();
+    let projectors: Vec<&str> = parked
+        .iter()
+        .map(|(projector, _)| projector.as_str())
+        .collect();
+    assert_eq!(
+        projectors,
+        ["devices", "notifier"],
+        "each projector parks it once"
+    );
+    assert!(
+        parked
+            .iter()
+            .all(|(_, reason)| reason.contains("not an EventEnvelope")),
+        "{parked:?}"
+    );
     assert_eq!(read_model(&app).await.len(), 2);
 }

@@ -7,6 +7,8 @@
     reason = "test harness: a broken environment should fail the test loudly"
 )]
 
+pub mod mail;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -199,6 +201,18 @@ pub fn projection_settings(
         idp_audience: linkctl::dev::PORTAL_AUDIENCE.into(),
         idp_issuer: None,
         reauth_max_age: Duration::from_secs(300),
+        email: projection_service::email::EmailSettings {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 1,
+            smtp_tls: projection_service::email::SmtpTls::None,
+            smtp_credentials: None,
+            sender: "usermanagement@security.public.lu".into(),
+            default_language: "en".into(),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(50),
+            crash_after_send: None,
+        },
+        email_enabled: false,
     }
 }
 
@@ -222,7 +236,12 @@ impl Drop for ReadSide {
 
 /// Starts a projection service on `database_url`, consuming `stream`.
 pub async fn spawn_read_side(database_url: String, stream: &TestStream) -> ReadSide {
-    let app = projection_service::Application::build(projection_settings(database_url, stream))
+    spawn_read_side_with(projection_settings(database_url, stream)).await
+}
+
+/// Starts a projection service with `settings`.
+pub async fn spawn_read_side_with(settings: projection_service::Settings) -> ReadSide {
+    let app = projection_service::Application::build(settings)
         .await
         .expect("building the projection service");
     let addr = app.local_addr();
@@ -354,6 +373,15 @@ pub async fn run_command_service(
 }
 
 async fn start(database: TestDatabase, settings: Settings, stream: Option<TestStream>) -> TestApp {
+    start_with_email(database, settings, stream, None).await
+}
+
+async fn start_with_email(
+    database: TestDatabase,
+    settings: Settings,
+    stream: Option<TestStream>,
+    email: Option<projection_service::email::EmailSettings>,
+) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         command_service::telemetry::init();
     }
@@ -363,7 +391,12 @@ async fn start(database: TestDatabase, settings: Settings, stream: Option<TestSt
             let read_database = TestDatabase::create("linkd_e2e_read")
                 .await
                 .expect("creating a read database");
-            let read = spawn_read_side(read_database.url.clone(), stream).await;
+            let mut read_settings = projection_settings(read_database.url.clone(), stream);
+            if let Some(email) = email {
+                read_settings.email = email;
+                read_settings.email_enabled = true;
+            }
+            let read = spawn_read_side_with(read_settings).await;
             (Some(read), Some(read_database))
         }
         None => (None, None),
@@ -822,4 +855,17 @@ impl TestApp {
         )
         .await;
     }
+}
+
+/// Starts both services with the email worker sending through `email`.
+pub async fn spawn_system_with_mail(email: projection_service::email::EmailSettings) -> TestApp {
+    let database = TestDatabase::create("linkd_e2e")
+        .await
+        .expect("creating a test database");
+    let stream = TestStream::new(nats_url());
+    let mut settings = test_settings(database.url.clone());
+    settings.relay_enabled = true;
+    settings.stream = stream.name.clone();
+    settings.subject_prefix = stream.prefix.clone();
+    start_with_email(database, settings, Some(stream), Some(email)).await
 }

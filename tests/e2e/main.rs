@@ -8,6 +8,7 @@
 mod authorization;
 mod delivery;
 mod demo;
+mod emails;
 mod idempotency;
 mod linking;
 mod malformed_input;

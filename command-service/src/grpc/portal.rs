@@ -7,8 +7,9 @@ use domain::{
 };
 use proto::v1::portal_service_server::PortalService;
 use proto::v1::{
-    IssueLinkQrRequest, IssueLinkQrResponse, RecordPortalLoginRequest, RecordPortalLoginResponse,
-    RegisterAccountRequest, RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
+    ChangeAccountEmailRequest, ChangeAccountEmailResponse, IssueLinkQrRequest, IssueLinkQrResponse,
+    RecordPortalLoginRequest, RecordPortalLoginResponse, RegisterAccountRequest,
+    RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -100,6 +101,28 @@ impl Commands {
             account_id: account_id.0,
             consistency_token,
         })
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
+    async fn change_account_email(
+        &self,
+        meta: &CallMeta,
+        body: &ChangeAccountEmailRequest,
+    ) -> Result<ChangeAccountEmailResponse, CommandError> {
+        let metadata = self.system(meta)?;
+        let account_id = validate::account_id(&body.account_id)?;
+        let command = AccountCommand::ChangeEmail {
+            email: validate::email(&body.email)?,
+            at: Utc::now(),
+        };
+        self.store
+            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+            .await?;
+        let consistency_token = self
+            .store
+            .token(&[(Account::TYPE, account_id.0.clone())])
+            .await?;
+        Ok(ChangeAccountEmailResponse { consistency_token })
     }
 
     #[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
@@ -249,6 +272,13 @@ impl PortalService for PortalApi {
         request: Request<RegisterAccountRequest>,
     ) -> Result<Response<RegisterAccountResponse>, Status> {
         idempotent!(self, request, "RegisterAccount", register_account)
+    }
+
+    async fn change_account_email(
+        &self,
+        request: Request<ChangeAccountEmailRequest>,
+    ) -> Result<Response<ChangeAccountEmailResponse>, Status> {
+        idempotent!(self, request, "ChangeAccountEmail", change_account_email)
     }
 
     async fn record_portal_login(

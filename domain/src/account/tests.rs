@@ -80,3 +80,29 @@ fn an_account_knows_only_the_products_it_logged_in_with() {
     };
     assert!(!account.has_logged_in_with(&other_scan));
 }
+
+#[test]
+fn a_changed_email_names_the_old_and_the_new_address() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::ChangeEmail {
+            email: "anna@post.lu".into(),
+            at: t(2),
+        })
+        .then_expect_events(vec![AccountEvent::AccountEmailChanged {
+            old_email: "anna@example.lu".into(),
+            new_email: "anna@post.lu".into(),
+            at: t(2),
+        }]);
+}
+
+#[test]
+fn the_same_email_again_changes_nothing() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::ChangeEmail {
+            email: "anna@example.lu".into(),
+            at: t(2),
+        })
+        .then_expect_events(vec![]);
+}

@@ -134,6 +134,7 @@ impl Projector for Devices {
             }
             Event::SecretCodeFailed(_)
             | Event::AccountRegistered(_)
+            | Event::AccountEmailChanged(_)
             | Event::PortalLoginRecorded(_)
             | Event::QrIssued(_)
             | Event::QrConsumed(_)

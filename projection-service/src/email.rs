@@ -1,0 +1,397 @@
+//! Emails: templates (files under `templates/`, one per language, plus an HTML layout) and the
+//! outbox worker that sends them through SMTP with `lettre`.
+//!
+//! The worker claims one due row at a time (`FOR UPDATE SKIP LOCKED`, so several instances share
+//! the work), sends it, and marks it sent in the same transaction. A crash after sending and
+//! before the commit sends it again with the same `Message-ID`; a failure is retried with
+//! exponential backoff, and after the configured number of attempts the row is marked `failed`
+//! with the last error, for operators (`linkctl admin emails`). Nothing is dropped silently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::{Mailbox, MultiPart, header};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use sqlx::PgPool;
+
+/// How to reach the SMTP relay and what to send from.
+#[derive(Clone)]
+pub struct EmailSettings {
+    /// Relay host.
+    pub smtp_host: String,
+    /// Relay port.
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub smtp_tls: SmtpTls,
+    /// Optional credentials (user, password).
+    pub smtp_credentials: Option<(String, String)>,
+    /// The From address.
+    pub sender: String,
+    /// Language when an account has none of ours.
+    pub default_language: String,
+    /// Attempts before a row is marked failed.
+    pub max_attempts: i32,
+    /// First retry delay; doubles each attempt (capped at 1 hour).
+    pub retry_base: Duration,
+    /// Test-only crash point: the worker stops once after sending, before marking sent.
+    pub crash_after_send: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("smtp_tls", &self.smtp_tls)
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Transport security towards the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (a local relay only).
+    None,
+    /// STARTTLS required.
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// The languages emails are written in.
+pub const LANGUAGES: [&str; 3] = ["en", "fr", "de"];
+
+/// Every language's texts, parsed from the template files.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    texts: HashMap<&'static str, HashMap<String, String>>,
+    layout: &'static str,
+}
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body.
+    pub html: String,
+}
+
+fn sections(file: &str) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let mut key: Option<String> = None;
+    let mut body = Vec::new();
+    for line in file.lines() {
+        if let Some(next) = line.strip_prefix("### ") {
+            if let Some(done) = key.take() {
+                map.insert(done, body.join("\n").trim().to_owned());
+            }
+            key = Some(next.trim().to_owned());
+            body.clear();
+        } else {
+            body.push(line);
+        }
+    }
+    if let Some(done) = key {
+        map.insert(done, body.join("\n").trim().to_owned());
+    }
+    map
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self {
+            texts: HashMap::from([
+                ("en", sections(include_str!("../templates/en.txt"))),
+                ("fr", sections(include_str!("../templates/fr.txt"))),
+                ("de", sections(include_str!("../templates/de.txt"))),
+            ]),
+            layout: include_str!("../templates/layout.html"),
+        }
+    }
+}
+
+impl Templates {
+    /// A phrase (`method.qr`, `reason.locked_out` …) in `language` (English if unknown).
+    pub fn phrase(&self, language: &str, key: &str) -> String {
+        self.texts
+            .get(language)
+            .or_else(|| self.texts.get("en"))
+            .and_then(|texts| texts.get(key))
+            .cloned()
+            .unwrap_or_else(|| key.to_owned())
+    }
+
+    /// Renders email `kind` in `language` with `values` for its `{placeholders}`.
+    pub fn render(&self, language: &str, kind: &str, values: &[(&str, String)]) -> Rendered {
+        let fill = |template: String, html: bool| {
+            values.iter().fold(template, |text, (name, value)| {
+                let value = if html {
+                    escape_html(value)
+                } else {
+                    value.clone()
+                };
+                text.replace(&format!("{{{name}}}"), &value)
+            })
+        };
+        let subject = fill(self.phrase(language, &format!("{kind}.subject")), false);
+        let body = self.phrase(language, &format!("{kind}.body"));
+        let text = fill(body.clone(), false);
+        let paragraphs: String = escape_html(&body)
+            .split("\n\n")
+            .map(|paragraph| format!("<p>{}</p>\n", paragraph.replace('\n', "<br>\n")))
+            .collect();
+        let html = self
+            .layout
+            .replace("{lang}", language)
+            .replace("{subject}", &escape_html(&subject))
+            .replace("{paragraphs}", &fill(paragraphs, true));
+        Rendered {
+            subject,
+            text,
+            html,
+        }
+    }
+}
+
+/// A date and time as people in Luxembourg read it.
+pub fn luxembourg_time(at: DateTime<Utc>) -> String {
+    at.with_timezone(&chrono_tz::Europe::Luxembourg)
+        .format("%d.%m.%Y %H:%M %Z")
+        .to_string()
+}
+
+/// The deterministic `Message-ID` of the email for `event_id` to `recipient`.
+pub fn message_id(event_id: &str, recipient: &str, sender: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{event_id}\n{recipient}").as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let domain = sender
+        .rsplit_once('@')
+        .map_or("linkd.invalid", |(_, domain)| domain);
+    format!("<{hex}.linkd@{domain}>")
+}
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: i64,
+    recipient: String,
+    message_id: String,
+    subject: String,
+    text_body: String,
+    html_body: String,
+    attempts: i32,
+}
+
+fn transport(settings: &EmailSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let builder = match settings.smtp_tls {
+        SmtpTls::None => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.smtp_host)
+        }
+        SmtpTls::StartTls => {
+            AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.smtp_host)?
+        }
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.smtp_host)?,
+    };
+    let mut builder = builder
+        .port(settings.smtp_port)
+        .timeout(Some(Duration::from_secs(15)));
+    if let Some((user, password)) = &settings.smtp_credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    Ok(builder.build())
+}
+
+fn message(settings: &EmailSettings, due: &Due) -> anyhow::Result<Message> {
+    let from: Mailbox = settings.sender.parse()?;
+    let to: Mailbox = due.recipient.parse()?;
+    Ok(Message::builder()
+        .from(from)
+        .to(to)
+        .subject(&due.subject)
+        .message_id(Some(due.message_id.clone()))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    lettre::message::SinglePart::builder()
+                        .header(header::ContentType::TEXT_PLAIN)
+                        .body(due.text_body.clone()),
+                )
+                .singlepart(
+                    lettre::message::SinglePart::builder()
+                        .header(header::ContentType::TEXT_HTML)
+                        .body(due.html_body.clone()),
+                ),
+        )?)
+}
+
+/// Sends due emails until the task is dropped.
+pub async fn run(pool: PgPool, settings: EmailSettings) {
+    let transport = match transport(&settings) {
+        Ok(transport) => transport,
+        Err(error) => {
+            tracing::error!(%error, "the SMTP settings are unusable; no email will be sent");
+            return;
+        }
+    };
+    loop {
+        match send_one(&pool, &transport, &settings).await {
+            Ok(true) => {}
+            Ok(false) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "email worker stopped; retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Claims and handles one due email; `false` if none was due.
+async fn send_one(
+    pool: &PgPool,
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    settings: &EmailSettings,
+) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let due: Option<Due> = sqlx::query_as(
+        "SELECT id, recipient, message_id, subject, text_body, html_body, attempts \
+         FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
+         ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(due) = due else {
+        return Ok(false);
+    };
+    let outcome = match message(settings, &due) {
+        Ok(email) => transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(format!("the email cannot be built: {error}")),
+    };
+    match outcome {
+        Ok(()) => {
+            if let Some(crash) = &settings.crash_after_send
+                && crash.swap(false, Ordering::SeqCst)
+            {
+                anyhow::bail!("test crash point: sent, not marked sent");
+            }
+            sqlx::query("UPDATE email_outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1 WHERE id = $1")
+                .bind(due.id)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(message_id = %due.message_id, "email sent");
+        }
+        Err(error) => {
+            let attempts = due.attempts + 1;
+            let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(12);
+            let delay = (settings.retry_base * 2u32.pow(exponent)).min(Duration::from_secs(3600));
+            let failed = attempts >= settings.max_attempts;
+            sqlx::query(
+                "UPDATE email_outbox SET attempts = $2, last_error = $3, \
+                 status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END, \
+                 next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1",
+            )
+            .bind(due.id)
+            .bind(attempts)
+            .bind(&error)
+            .bind(failed)
+            .bind(delay.as_secs_f64())
+            .execute(&mut *tx)
+            .await?;
+            if failed {
+                tracing::error!(message_id = %due.message_id, %error, attempts, "email failed for good");
+            } else {
+                tracing::warn!(message_id = %due.message_id, %error, attempts, "email not sent; will retry");
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_has_every_text() {
+        let templates = Templates::default();
+        let keys: Vec<&String> = templates.texts["en"].keys().collect();
+        for language in LANGUAGES {
+            for key in &keys {
+                assert!(
+                    templates.texts[language].contains_key(*key),
+                    "{language} lacks {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_escaped_in_html_only() {
+        let rendered = Templates::default().render(
+            "en",
+            "device_linked",
+            &[
+                ("device_name", "<b>Anna</b>".into()),
+                ("date", "d".into()),
+                ("method", "m".into()),
+            ],
+        );
+        assert!(rendered.text.contains("\"<b>Anna</b>\""));
+        assert!(rendered.html.contains("&lt;b&gt;Anna&lt;/b&gt;"));
+        assert!(!rendered.html.contains("<b>Anna"));
+    }
+
+    #[test]
+    fn message_ids_are_stable_per_event_and_recipient() {
+        let a = message_id(
+            "device/x/1",
+            "a@example.lu",
+            "usermanagement@security.public.lu",
+        );
+        assert_eq!(
+            a,
+            message_id(
+                "device/x/1",
+                "a@example.lu",
+                "usermanagement@security.public.lu"
+            )
+        );
+        assert_ne!(
+            a,
+            message_id(
+                "device/x/1",
+                "b@example.lu",
+                "usermanagement@security.public.lu"
+            )
+        );
+        assert!(a.ends_with("@security.public.lu>"));
+    }
+
+    #[test]
+    fn times_are_shown_in_luxembourg() {
+        let winter = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(luxembourg_time(winter), "14.11.2023 23:13 CET");
+    }
+}

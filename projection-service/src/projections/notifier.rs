@@ -1,0 +1,231 @@
+//! The notifier: turns `DeviceLinked`, `DeviceUnlinked` and `AccountEmailChanged` into rows of
+//! `email_outbox`, in the same transaction as its guard (so an email is queued exactly once per
+//! event, and never lost). It keeps each account's address and language, and each device's name.
+
+use proto::v1::event_envelope::Event;
+use proto::v1::{self, EventEnvelope};
+use sqlx::{Postgres, Transaction};
+
+use super::{ProjectionError, Projector};
+use crate::email::{Templates, luxembourg_time, message_id};
+
+/// The projector's name.
+pub const NAME: &str = "notifier";
+
+/// Queues the emails the help page promises.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    /// Email texts.
+    pub templates: Templates,
+    /// The From address (the Message-ID's domain comes from it).
+    pub sender: String,
+    /// Language for accounts registered without one of ours.
+    pub default_language: String,
+}
+
+struct Queued<'a> {
+    event: &'a EventEnvelope,
+    kind: &'static str,
+    recipient: &'a str,
+    language: &'a str,
+    values: Vec<(&'static str, String)>,
+}
+
+fn at(timestamp: Option<&prost_types::Timestamp>) -> Result<String, ProjectionError> {
+    timestamp
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        })
+        .map(luxembourg_time)
+        .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
+}
+
+impl Notifier {
+    async fn queue(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        email: Queued<'_>,
+    ) -> Result<(), ProjectionError> {
+        let rendered = self
+            .templates
+            .render(email.language, email.kind, &email.values);
+        sqlx::query(
+            "INSERT INTO email_outbox (event_id, kind, recipient, language, message_id, subject, \
+             text_body, html_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(&email.event.event_id)
+        .bind(email.kind)
+        .bind(email.recipient)
+        .bind(email.language)
+        .bind(message_id(
+            &email.event.event_id,
+            email.recipient,
+            &self.sender,
+        ))
+        .bind(&rendered.subject)
+        .bind(&rendered.text)
+        .bind(&rendered.html)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The address and language of the event's account, or wait: its registration may still be
+    /// on its way.
+    async fn account(
+        tx: &mut Transaction<'static, Postgres>,
+        event: &EventEnvelope,
+    ) -> Result<(String, String), ProjectionError> {
+        let account: Option<(String, String)> =
+            sqlx::query_as("SELECT email, language FROM email_accounts WHERE account_id = $1")
+                .bind(&event.account_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        account.ok_or_else(|| {
+            ProjectionError::Waiting(format!("account {} is not known yet", event.account_id))
+        })
+    }
+
+    fn language<'a>(&'a self, language: &'a str) -> &'a str {
+        if crate::email::LANGUAGES.contains(&language) {
+            language
+        } else {
+            &self.default_language
+        }
+    }
+}
+
+impl Projector for Notifier {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn filter(&self) -> &'static str {
+        ">"
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        event: &'a EventEnvelope,
+    ) -> Result<(), ProjectionError> {
+        let Some(payload) = &event.event else {
+            return Err(ProjectionError::Poison("no event".into()));
+        };
+        match payload {
+            Event::AccountRegistered(registered) => {
+                sqlx::query(
+                    "INSERT INTO email_accounts (account_id, email, language) VALUES ($1, $2, $3) \
+                     ON CONFLICT (account_id) DO UPDATE SET email = EXCLUDED.email, \
+                     language = EXCLUDED.language",
+                )
+                .bind(&event.aggregate_id)
+                .bind(&registered.email)
+                .bind(self.language(&registered.language))
+                .execute(&mut **tx)
+                .await?;
+            }
+            Event::AccountEmailChanged(changed) => {
+                let (_, language) = Self::account(tx, event).await?;
+                let date = at(changed.at.as_ref())?;
+                let values = vec![
+                    ("old_email", changed.old_email.clone()),
+                    ("new_email", changed.new_email.clone()),
+                    ("date", date),
+                ];
+                for (kind, recipient) in [
+                    ("email_changed_old", &changed.old_email),
+                    ("email_changed_new", &changed.new_email),
+                ] {
+                    let email = Queued {
+                        event,
+                        kind,
+                        recipient,
+                        language: &language,
+                        values: values.clone(),
+                    };
+                    self.queue(tx, email).await?;
+                }
+                sqlx::query("UPDATE email_accounts SET email = $2 WHERE account_id = $1")
+                    .bind(&event.aggregate_id)
+                    .bind(&changed.new_email)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Event::DeviceLinked(linked) => {
+                let (recipient, language) = Self::account(tx, event).await?;
+                sqlx::query(
+                    "INSERT INTO email_devices (device_id, name) VALUES ($1, $2) \
+                     ON CONFLICT (device_id) DO UPDATE SET name = EXCLUDED.name",
+                )
+                .bind(&event.aggregate_id)
+                .bind(&linked.device_name)
+                .execute(&mut **tx)
+                .await?;
+                let method = match v1::LinkMethod::try_from(linked.method) {
+                    Ok(v1::LinkMethod::Luxtrust) => "method.luxtrust",
+                    Ok(v1::LinkMethod::Qr | v1::LinkMethod::Unspecified) | Err(_) => "method.qr",
+                };
+                let values = vec![
+                    ("device_name", linked.device_name.clone()),
+                    ("method", self.templates.phrase(&language, method)),
+                    ("date", at(linked.at.as_ref())?),
+                ];
+                let email = Queued {
+                    event,
+                    kind: "device_linked",
+                    recipient: &recipient,
+                    language: &language,
+                    values,
+                };
+                self.queue(tx, email).await?;
+            }
+            Event::DeviceUnlinked(unlinked) => {
+                let (recipient, language) = Self::account(tx, event).await?;
+                let name: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
+                        .bind(&event.aggregate_id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
+                    Ok(v1::UnlinkReason::FromDevice) => "reason.from_device",
+                    Ok(v1::UnlinkReason::FromPortal) => "reason.from_portal",
+                    Ok(v1::UnlinkReason::LockedOut) => "reason.locked_out",
+                    Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
+                        return Err(ProjectionError::Poison("unknown unlink reason".into()));
+                    }
+                };
+                let values = vec![
+                    (
+                        "device_name",
+                        name.unwrap_or_else(|| event.aggregate_id.clone()),
+                    ),
+                    ("reason", self.templates.phrase(&language, reason)),
+                    ("date", at(unlinked.at.as_ref())?),
+                ];
+                let email = Queued {
+                    event,
+                    kind: "device_unlinked",
+                    recipient: &recipient,
+                    language: &language,
+                    values,
+                };
+                self.queue(tx, email).await?;
+            }
+            Event::PortalLoginRecorded(_)
+            | Event::QrIssued(_)
+            | Event::QrConsumed(_)
+            | Event::LinkRequested(_)
+            | Event::QrAccepted(_)
+            | Event::LuxtrustAuthenticated(_)
+            | Event::LinkCompleted(_)
+            | Event::BiometricsEnabled(_)
+            | Event::BiometricsSkipped(_)
+            | Event::BiometricsDisabled(_)
+            | Event::SecretCodeVerified(_)
+            | Event::SecretCodeFailed(_) => {}
+        }
+        Ok(())
+    }
+}

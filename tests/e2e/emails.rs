@@ -1,0 +1,264 @@
+//! Confirmation emails and notices, through a real SMTP server (scripts/smtp-sink.py).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use e2e::mail::SmtpSink;
+use e2e::{TestApp, bearer, spawn_system_with_mail};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+async fn outbox(app: &TestApp) -> Vec<(String, String, String, i32)> {
+    sqlx::query_as("SELECT kind, recipient, status, attempts FROM email_outbox ORDER BY id")
+        .fetch_all(&app.read_pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_link_sends_exactly_one_confirmation_in_the_accounts_language() {
+    // Arrange: Anna's account is in French.
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    app.register("anna").await;
+
+    // Act
+    app.link_by_qr("anna").await;
+
+    // Assert
+    let mails = sink.wait_for(1, WITHIN).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sink.messages().len(), 1, "exactly one email");
+    let mail = &mails[0];
+    assert_eq!(
+        mail.header("X-Envelope-To").as_deref(),
+        Some("anna@example.lu")
+    );
+    assert!(
+        mail.header("From")
+            .unwrap()
+            .contains("usermanagement@security.public.lu")
+    );
+    assert!(
+        mail.header("Message-ID")
+            .is_some_and(|id| id.ends_with("@security.public.lu>"))
+    );
+    let subject = mail.subject();
+    assert!(subject.contains("Anna's phone"), "{subject}");
+    assert!(subject.contains("couplé"), "in French: {subject}");
+    assert!(mail.body_contains("code QR"), "the link method, in French");
+    assert!(
+        mail.body_contains("Délier mon appareil"),
+        "what to do if it was not you"
+    );
+    assert!(mail.body_contains("<html"), "an HTML part too");
+}
+
+#[tokio::test]
+async fn each_way_of_unlinking_sends_its_notice_with_its_reason() {
+    // Arrange: three devices.
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    app.register("anna").await;
+    let lost = app.link_by_qr("anna").await;
+    let own = app.link_by_qr("anna").await;
+    let guessed = app.link_by_qr("anna").await;
+    sink.wait_for(3, WITHIN).await;
+
+    // Act: from the portal, from the device, and by five wrong codes.
+    let request = proto::v1::UnlinkDevicesRequest {
+        device_ids: vec![lost.device_id.clone()],
+        request_id: String::new(),
+    };
+    app.portal
+        .unlink_devices(bearer(request, &app.citizen("anna")))
+        .await
+        .unwrap();
+    app.device
+        .unlink_this_device(bearer(Default::default(), &own.credential))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let request = proto::v1::VerifySecretCodeRequest {
+            secret_code: "000001".into(),
+            request_id: String::new(),
+        };
+        app.device
+            .verify_secret_code(bearer(request, &guessed.credential))
+            .await
+            .unwrap();
+    }
+
+    // Assert
+    let mails = sink.wait_for(6, WITHIN).await;
+    let notices: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject().contains("délié"))
+        .collect();
+    assert_eq!(notices.len(), 3);
+    for reason in [
+        "depuis votre compte MyGuichet.lu dans le navigateur",
+        "depuis l'appareil lui-même",
+        "un code secret erroné a été saisi 5 fois de suite",
+    ] {
+        assert!(
+            notices.iter().any(|m| m.body_contains(reason)),
+            "a notice saying: {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn emails_queued_while_smtp_is_down_all_arrive_when_it_is_back() {
+    // Arrange
+    let mut sink = SmtpSink::start().await;
+    let mut settings = sink.settings();
+    settings.max_attempts = 12;
+    let mut app = spawn_system_with_mail(settings).await;
+    app.register("anna").await;
+
+    // Act: the relay host is down while three devices are linked, then comes back.
+    sink.stop();
+    for _ in 0..3 {
+        app.link_by_qr("anna").await;
+    }
+    e2e::eventually(WITHIN, "a failed attempt", || async {
+        outbox(&app).await.iter().any(|row| row.3 > 0).then_some(())
+    })
+    .await;
+    sink.resume().await;
+
+    // Assert
+    sink.wait_for(3, Duration::from_secs(60)).await;
+    e2e::eventually(WITHIN, "all marked sent", || async {
+        outbox(&app)
+            .await
+            .iter()
+            .all(|row| row.2 == "sent")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(sink.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn a_crash_after_sending_may_repeat_an_email_with_the_same_message_id_but_loses_none() {
+    // Arrange: the worker stops once between sending and marking sent.
+    let sink = SmtpSink::start().await;
+    let crash = Arc::new(AtomicBool::new(true));
+    let mut settings = sink.settings();
+    settings.crash_after_send = Some(crash.clone());
+    let mut app = spawn_system_with_mail(settings).await;
+    app.register("anna").await;
+
+    // Act
+    app.link_by_qr("anna").await;
+    app.link_by_qr("anna").await;
+
+    // Assert
+    e2e::eventually(WITHIN, "both marked sent", || async {
+        let rows = outbox(&app).await;
+        (rows.len() == 2 && rows.iter().all(|row| row.2 == "sent")).then_some(())
+    })
+    .await;
+    assert!(!crash.load(Ordering::SeqCst), "the crash point was reached");
+    let mails = sink.messages();
+    let mut ids: Vec<String> = mails
+        .iter()
+        .filter_map(|m| m.header("Message-ID"))
+        .collect();
+    assert_eq!(mails.len(), 3, "one email repeated");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "the repeat has the same Message-ID");
+}
+
+#[tokio::test]
+async fn a_refused_recipient_is_recorded_as_failed_and_the_others_still_go_out() {
+    // Arrange: one account whose mailbox the relay refuses.
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    app.register("bounce-bob").await;
+    app.register("anna").await;
+
+    // Act
+    app.link_by_qr("bounce-bob").await;
+    app.link_by_qr("anna").await;
+
+    // Assert
+    sink.wait_for(1, WITHIN).await;
+    let failed = e2e::eventually(WITHIN, "the refused email marked failed", || async {
+        let rows: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT recipient, attempts, last_error FROM email_outbox WHERE status = 'failed'",
+        )
+        .fetch_all(&app.read_pool())
+        .await
+        .ok()?;
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "bounce-bob@example.lu");
+    assert_eq!(failed[0].1, 4, "after all the attempts");
+    assert!(
+        failed[0].2.as_deref().unwrap_or_default().contains("550"),
+        "{failed:?}"
+    );
+    let delivered = sink.messages();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        delivered[0].header("X-Envelope-To").as_deref(),
+        Some("anna@example.lu")
+    );
+}
+
+#[tokio::test]
+async fn a_changed_email_address_is_announced_to_the_old_and_the_new_one() {
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    let system = app.system();
+    let register = proto::v1::RegisterAccountRequest {
+        account_id: "hans".into(),
+        email: "hans@example.lu".into(),
+        language: "de".into(),
+        request_id: String::new(),
+    };
+    app.portal
+        .register_account(bearer(register, &system))
+        .await
+        .unwrap();
+
+    let change = proto::v1::ChangeAccountEmailRequest {
+        account_id: "hans".into(),
+        email: "hans@post.lu".into(),
+        request_id: String::new(),
+    };
+    app.portal
+        .change_account_email(bearer(change, &system))
+        .await
+        .unwrap();
+    app.link_by_qr("hans").await;
+
+    let mails = sink.wait_for(3, WITHIN).await;
+    let to = |m: &e2e::mail::Mail| m.header("X-Envelope-To").unwrap_or_default();
+    assert!(
+        mails
+            .iter()
+            .any(|m| to(m) == "hans@example.lu" && m.body_contains("hans@post.lu"))
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| to(m) == "hans@post.lu" && m.subject().contains("Adresse"))
+    );
+    let linked = mails
+        .iter()
+        .find(|m| m.subject().contains("gekoppelt"))
+        .expect("German");
+    assert_eq!(
+        to(linked),
+        "hans@post.lu",
+        "the confirmation goes to the current address"
+    );
+}
