@@ -37,6 +37,12 @@ export LINKD_LUXTRUST_PUBLIC_KEYS_FILE=${LINKD_LUXTRUST_PUBLIC_KEYS_FILE:-$PWD/.
 LINKD_SECRET_CODE_PEPPER=${LINKD_SECRET_CODE_PEPPER:-$(cat .dev/pepper)}
 export LINKD_SECRET_CODE_PEPPER
 
+# A local SMTP sink (a real SMTP server that stores messages as files) unless one is configured.
+if [ -z "${LINKD_SMTP_HOST:-}" ]; then
+  export LINKD_SMTP_HOST=127.0.0.1 LINKD_SMTP_PORT=2525 LINKD_SMTP_TLS=none
+  MAIL_DIR=$PWD/.dev/mail
+fi
+
 for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR"; do
   if port_open "${addr##*:}"; then
     echo "error: $addr is already in use (is linkd already running?); stop it or set" \
@@ -53,6 +59,14 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+if [ -n "${MAIL_DIR:-}" ]; then
+  if port_open 2525; then
+    echo "note: 127.0.0.1:2525 is taken; assuming it is a running SMTP sink" >&2
+  else
+    python3 scripts/smtp-sink.py --port 2525 --dir "$MAIL_DIR" >>.dev/logs/smtp-sink.log 2>&1 &
+    pids+=($!)
+  fi
+fi
 $BIN/command-service >>.dev/logs/command-service.log 2>&1 &
 pids+=($!)
 $BIN/projection-service >>.dev/logs/projection-service.log 2>&1 &
@@ -61,6 +75,11 @@ pids+=($!)
 wait_for_port "command service (log: .dev/logs/command-service.log)" "${LINKD_COMMAND_GRPC_ADDR##*:}"
 wait_for_port "projection service (log: .dev/logs/projection-service.log)" "${LINKD_PROJECTION_GRPC_ADDR##*:}"
 
+if [ -n "${MAIL_DIR:-}" ]; then
+  EMAILS="to a local SMTP sink on 127.0.0.1:2525; read them in .dev/mail/*.eml"
+else
+  EMAILS="through $LINKD_SMTP_HOST:${LINKD_SMTP_PORT:-25}"
+fi
 cat <<MSG
 
 linkd is running (development configuration):
@@ -70,6 +89,7 @@ linkd is running (development configuration):
   event store         $LINKD_COMMAND_DATABASE_URL
   read models         $LINKD_PROJECTION_DATABASE_URL
   event stream        ${LINKD_STREAM:-LINKD_EVENTS} on ${LINKD_NATS_URL:-nats://127.0.0.1:4222}
+  emails              $EMAILS
   logs                .dev/logs/
 Try it from another terminal in this folder:
   $BIN/linkctl demo

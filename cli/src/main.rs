@@ -71,8 +71,34 @@ enum Command {
         #[arg(long, default_value = ".dev/keys")]
         keys: PathBuf,
     },
+    /// Operator commands on the projection database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     #[command(flatten)]
     Rpc(Rpc),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Lists emails in the outbox (failed ones by default), newest first.
+    Emails {
+        /// The projection service's database.
+        #[arg(long, env = "LINKD_PROJECTION_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// pending, sent, failed or all.
+        #[arg(long, default_value = "failed")]
+        status: String,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queues a failed email again (after fixing the address or the relay).
+    RetryEmail {
+        #[arg(long, env = "LINKD_PROJECTION_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The row id `admin emails` shows.
+        #[arg(long)]
+        id: i64,
+    },
 }
 
 /// One subcommand per RPC.
@@ -86,6 +112,13 @@ enum Rpc {
         email: String,
         #[arg(long, default_value = "en")]
         language: String,
+    },
+    /// PortalService.ChangeAccountEmail (needs a system token).
+    ChangeAccountEmail {
+        #[arg(long)]
+        account_id: String,
+        #[arg(long)]
+        email: String,
     },
     /// PortalService.RecordPortalLogin (needs a system token).
     RecordPortalLogin {
@@ -268,6 +301,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let keys = dev::DevKeys::load(&keys)?;
             demo::run(Clients::connect(&cli.addr, &cli.query_addr).await?, &keys).await?;
         }
+        Command::Admin(AdminCommand::Emails {
+            database_url,
+            status,
+            limit,
+        }) => {
+            let pool = sqlx::PgPool::connect(&database_url)
+                .await
+                .context("connecting")?;
+            for row in linkctl::admin::emails(&pool, &status, limit).await? {
+                println!(
+                    "{:>6}  {:<7} attempts {:<2} {:<18} {:<32} {}  {}",
+                    row.id,
+                    row.status,
+                    row.attempts,
+                    row.kind,
+                    row.recipient,
+                    row.event_id,
+                    row.last_error.unwrap_or_default()
+                );
+            }
+        }
+        Command::Admin(AdminCommand::RetryEmail { database_url, id }) => {
+            let pool = sqlx::PgPool::connect(&database_url)
+                .await
+                .context("connecting")?;
+            anyhow::ensure!(
+                linkctl::admin::retry_email(&pool, id).await?,
+                "email {id} is not failed"
+            );
+            println!("email {id} queued again");
+        }
         Command::Rpc(rpc) => {
             call(
                 Clients::connect(&cli.addr, &cli.query_addr).await?,
@@ -307,6 +371,18 @@ async fn call(
                     .await?
                     .into_inner()
             );
+        }
+        Rpc::ChangeAccountEmail { account_id, email } => {
+            let request = v1::ChangeAccountEmailRequest {
+                account_id,
+                email,
+                request_id,
+            };
+            clients
+                .portal
+                .change_account_email(bearer(request, token)?)
+                .await?;
+            println!("email changed");
         }
         Rpc::RecordPortalLogin {
             account_id,

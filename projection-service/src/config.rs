@@ -162,6 +162,9 @@ impl Settings {
             max_attempts: i32::try_from(number("LINKD_EMAIL_MAX_ATTEMPTS", 8)?.max(1))
                 .unwrap_or(i32::MAX),
             retry_base: Duration::from_millis(number("LINKD_EMAIL_RETRY_BASE_MS", 1000)?.max(1)),
+            max_event_age: Duration::from_secs(
+                number("LINKD_EMAIL_MAX_EVENT_AGE_HOURS", 24)?.saturating_mul(3600),
+            ),
             crash_after_send: None,
         };
         let email_enabled = match get("LINKD_EMAIL").as_deref() {

@@ -37,6 +37,9 @@ pub struct EmailSettings {
     pub max_attempts: i32,
     /// First retry delay; doubles each attempt (capped at 1 hour).
     pub retry_base: Duration,
+    /// Events older than this when the notifier first sees them send no email (a notifier
+    /// attached to an old stream, or a rebuild, must not email people about the past).
+    pub max_event_age: Duration,
     /// Test-only crash point: the worker stops once after sending, before marking sent.
     pub crash_after_send: Option<Arc<AtomicBool>>,
 }

@@ -96,6 +96,7 @@ impl Application {
             templates: Templates::default(),
             sender: self.settings.email.sender.clone(),
             default_language: self.settings.email.default_language.clone(),
+            max_event_age: self.settings.email.max_event_age,
         };
         let notifications = tokio::spawn(
             consumer::run(self.pool.clone(), consumer_settings, notifier)

@@ -207,6 +207,22 @@ async fn a_refused_recipient_is_recorded_as_failed_and_the_others_still_go_out()
     );
     let delivered = sink.messages();
     assert_eq!(delivered.len(), 1);
+    // Operators see it and can queue it again.
+    let listed = linkctl::admin::emails(&app.read_pool(), "failed", 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].recipient, "bounce-bob@example.lu");
+    assert!(
+        linkctl::admin::retry_email(&app.read_pool(), listed[0].id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !linkctl::admin::retry_email(&app.read_pool(), listed[0].id)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         delivered[0].header("X-Envelope-To").as_deref(),
         Some("anna@example.lu")

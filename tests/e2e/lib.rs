@@ -210,6 +210,7 @@ pub fn projection_settings(
             default_language: "en".into(),
             max_attempts: 3,
             retry_base: Duration::from_millis(50),
+            max_event_age: Duration::from_secs(24 * 3600),
             crash_after_send: None,
         },
         email_enabled: false,

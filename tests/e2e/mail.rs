@@ -202,6 +202,7 @@ impl SmtpSink {
             default_language: "en".into(),
             max_attempts: 4,
             retry_base: Duration::from_millis(100),
+            max_event_age: Duration::from_secs(24 * 3600),
             crash_after_send: None,
         }
     }

@@ -21,6 +21,8 @@ pub struct Notifier {
     pub sender: String,
     /// Language for accounts registered without one of ours.
     pub default_language: String,
+    /// Events older than this queue no email.
+    pub max_event_age: std::time::Duration,
 }
 
 struct Queued<'a> {
@@ -46,6 +48,20 @@ impl Notifier {
         tx: &mut Transaction<'static, Postgres>,
         email: Queued<'_>,
     ) -> Result<(), ProjectionError> {
+        let occurred = email.event.occurred_at.as_ref().and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        });
+        let too_old = occurred.is_some_and(|at| {
+            chrono::Utc::now()
+                .signed_duration_since(at)
+                .to_std()
+                .unwrap_or_default()
+                > self.max_event_age
+        });
+        if too_old {
+            tracing::info!(event_id = %email.event.event_id, kind = email.kind, "event too old to email about; not queued");
+            return Ok(());
+        }
         let rendered = self
             .templates
             .render(email.language, email.kind, &email.values);
