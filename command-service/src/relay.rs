@@ -135,7 +135,31 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         }
         None => Cursor::START,
     };
+    let mut published_up_to = stream
+        .info()
+        .await
+        .context("reading the stream's state")?
+        .state
+        .last_sequence;
+    let mut last_tail_check = tokio::time::Instant::now();
     loop {
+        // Did NATS lose messages it had acknowledged (a restart without fsync)? Then start
+        // over: the lead resumes from what the stream still holds.
+        if last_tail_check.elapsed() >= Duration::from_secs(1) {
+            last_tail_check = tokio::time::Instant::now();
+            let held = stream
+                .info()
+                .await
+                .context("reading the stream's state")?
+                .state
+                .last_sequence;
+            if held < published_up_to {
+                anyhow::bail!(
+                    "the stream holds {held} messages but acknowledged {published_up_to}: \
+                     it lost some; resuming from what it holds"
+                );
+            }
+        }
         // Still the leader? (A dead lock connection means the lock is gone.)
         sqlx::query("SELECT 1")
             .execute(&mut lock)
@@ -150,7 +174,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
             tx_id: last.tx_id,
             global_position: last.global_position,
         };
-        publish(&context, settings, &batch).await?;
+        published_up_to = published_up_to.max(publish(&context, settings, &batch).await?);
         if let Some(crash) = &settings.crash_after_publish
             && crash.swap(false, Ordering::SeqCst)
         {
@@ -187,7 +211,7 @@ async fn publish(
     context: &jetstream::Context,
     settings: &RelaySettings,
     batch: &[StoredEvent],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut acks = Vec::with_capacity(batch.len());
     for event in batch {
         let envelope = event.envelope()?;
@@ -205,10 +229,12 @@ async fn publish(
             .with_context(|| format!("publishing {}", event.event_id()))?;
         acks.push(ack);
     }
+    let mut highest = 0;
     for ack in acks {
-        ack.await.context("awaiting JetStream's acknowledgement")?;
+        let ack = ack.await.context("awaiting JetStream's acknowledgement")?;
+        highest = highest.max(ack.sequence);
     }
-    Ok(())
+    Ok(highest)
 }
 
 /// The commit-order cursor of the last event the stream holds, from its headers.
@@ -226,17 +252,30 @@ async fn stream_last_cursor(stream: &mut stream::Stream) -> anyhow::Result<Optio
         .get_raw_message(last)
         .await
         .context("reading the stream's last event")?;
-    let header = |name: &str| -> anyhow::Result<i64> {
+    let header = |name: &str| -> Option<i64> {
         message
             .headers
             .get(name)
             .and_then(|value| value.as_str().parse().ok())
-            .with_context(|| format!("the stream's last message has no valid {name} header"))
     };
-    Ok(Some(Cursor {
-        tx_id: header("Linkd-Tx-Id")?,
-        global_position: header("Linkd-Global-Position")?,
-    }))
+    match (header("Linkd-Tx-Id"), header("Linkd-Global-Position")) {
+        (Some(tx_id), Some(global_position)) => Ok(Some(Cursor {
+            tx_id,
+            global_position,
+        })),
+        _ => {
+            // Published by someone else (an operator's copy, say): it tells nothing about what
+            // the stream holds of ours, so trust the checkpoint.
+            tracing::warn!(
+                sequence = last,
+                "the stream's last message is not the relay's"
+            );
+            Ok(Some(Cursor {
+                tx_id: i64::MAX,
+                global_position: i64::MAX,
+            }))
+        }
+    }
 }
 
 async fn load_checkpoint(pool: &PgPool) -> anyhow::Result<Cursor> {
@@ -268,18 +307,23 @@ async fn save_checkpoint(pool: &PgPool, from: Cursor, to: Cursor) -> anyhow::Res
 /// Operator command: republish every event from global position `position` on (0: all), in
 /// commit order. The running leader notices and continues from there.
 pub async fn republish_from(pool: &PgPool, position: i64) -> anyhow::Result<Cursor> {
+    // The first event in commit order among those at or after `position` (positions and
+    // transaction ids need not be in the same order).
+    let first: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx_id::text::bigint, global_position FROM events WHERE global_position >= $1 \
+         ORDER BY tx_id, global_position LIMIT 1",
+    )
+    .bind(position)
+    .fetch_optional(pool)
+    .await?;
+    let (tx_id, global_position) =
+        first.with_context(|| format!("no event at or after global position {position}"))?;
     let cursor = if position <= 1 {
         Cursor::START
     } else {
-        let tx_id: Option<i64> =
-            sqlx::query_scalar("SELECT tx_id::text::bigint FROM events WHERE global_position = $1")
-                .bind(position)
-                .fetch_optional(pool)
-                .await?;
-        let tx_id = tx_id.with_context(|| format!("no event at global position {position}"))?;
         Cursor {
             tx_id,
-            global_position: position - 1,
+            global_position: global_position - 1,
         }
     };
     sqlx::query(

@@ -94,17 +94,43 @@ async fn consume<P: Projector>(
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
     let context = jetstream::new(client);
-    let consumer = durable(&context, settings, projector).await?;
+    let mut consumer = durable(&context, settings, projector).await?;
+    if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {
+        let name = format!("{}-{}", settings.consumer_prefix, projector.name());
+        tracing::warn!(consumer = %name, "the stream lost messages this consumer had seen; \
+            recreating it to read the stream again (the guards skip what was applied)");
+        context
+            .get_stream(&settings.stream)
+            .await
+            .context("opening the stream")?
+            .delete_consumer(&name)
+            .await
+            .context("deleting the consumer")?;
+        consumer = durable(&context, settings, projector).await?;
+    }
     let mut messages = consumer.messages().await.context("pulling messages")?;
     tracing::info!(projector = projector.name(), "consuming");
-    while let Some(message) = messages.next().await {
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = check.tick() => {
+                if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {
+                    anyhow::bail!("the stream lost messages; starting over");
+                }
+                continue;
+            }
+        };
+        let Some(message) = message else {
+            anyhow::bail!("the message stream ended");
+        };
         let message = message.context("receiving a message")?;
         let outcome = match projections::decode(&message.payload) {
             Ok(event) => projections::apply(pool, projector, &event).await,
             Err(poison) => Err(poison),
         };
         match outcome {
-            Ok(Outcome::Applied | Outcome::AlreadyApplied) => {
+            Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => {
                 message
                     .ack()
                     .await
@@ -132,7 +158,33 @@ async fn consume<P: Projector>(
             }
         }
     }
-    anyhow::bail!("the message stream ended")
+}
+
+/// Whether the consumer has been delivered stream positions the stream no longer holds: NATS
+/// (2.9, without fsync) lost its tail, and the relay's republished events will reuse those
+/// positions, which the consumer would never deliver.
+async fn consumer_ahead_of_stream(
+    context: &jetstream::Context,
+    settings: &ConsumerSettings,
+    consumer: &mut consumer::PullConsumer,
+) -> anyhow::Result<bool> {
+    let delivered = consumer
+        .info()
+        .await
+        .context("reading the consumer's state")?
+        .delivered
+        .stream_sequence;
+    let mut stream = context
+        .get_stream(&settings.stream)
+        .await
+        .context("opening the stream")?;
+    let last = stream
+        .info()
+        .await
+        .context("reading the stream's state")?
+        .state
+        .last_sequence;
+    Ok(delivered > last)
 }
 
 /// Records a message that can never be applied, for operators.

@@ -134,7 +134,9 @@ fn deadline<T>(request: &Request<T>) -> Duration {
         });
     // Leave a little time to answer before the client gives up.
     parsed
-        .map_or(DEFAULT_WAIT, |d| d.mul_f64(0.9))
+        .map_or(DEFAULT_WAIT, |d| {
+            d.saturating_sub(d.mul_f64(0.2).max(Duration::from_millis(100)))
+        })
         .min(MAX_WAIT)
 }
 
@@ -190,7 +192,7 @@ impl Queries {
                         written.aggregate_id, written.sequence
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         Ok(())

@@ -16,6 +16,8 @@ pub enum Outcome {
     Applied,
     /// Applied before (a duplicate); nothing changed.
     AlreadyApplied,
+    /// Could never apply; parked in `dead_letters`, the guard moved past it.
+    Parked,
 }
 
 /// Why an event was not applied; the consumer acknowledges accordingly.
@@ -72,23 +74,35 @@ pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
     Ok(envelope)
 }
 
-/// Applies `event` with `projector` exactly once, in order, per aggregate.
+/// Applies `event` with `projector` exactly once, in order, per aggregate. An event that decodes
+/// but cannot apply is parked in `dead_letters` in the same transaction and the guard moves past
+/// it.
 pub async fn apply<P: Projector>(
     pool: &PgPool,
     projector: &P,
     event: &EventEnvelope,
 ) -> Result<Outcome, ProjectionError> {
     let mut tx = pool.begin().await?;
-    let last: Option<i64> = sqlx::query_scalar(
+    // The guard row exists before it is locked, so two instances handling an aggregate's first
+    // event serialise on it too (FOR UPDATE on a missing row locks nothing).
+    sqlx::query(
+        "INSERT INTO projector_positions (projector, aggregate_type, aggregate_id, last_sequence) \
+         VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(projector.name())
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .execute(&mut *tx)
+    .await?;
+    let last: i64 = sqlx::query_scalar(
         "SELECT last_sequence FROM projector_positions \
          WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 FOR UPDATE",
     )
     .bind(projector.name())
     .bind(&event.aggregate_type)
     .bind(&event.aggregate_id)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let last = last.unwrap_or(0);
     if event.sequence <= last {
         return Ok(Outcome::AlreadyApplied);
     }
@@ -99,11 +113,37 @@ pub async fn apply<P: Projector>(
             got: event.sequence,
         });
     }
-    projector.apply(&mut tx, event).await?;
-    sqlx::query(
-        "INSERT INTO projector_positions (projector, aggregate_type, aggregate_id, last_sequence) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (projector, aggregate_type, aggregate_id) \
-         DO UPDATE SET last_sequence = EXCLUDED.last_sequence",
+    sqlx::query("SAVEPOINT projecting")
+        .execute(&mut *tx)
+        .await?;
+    let outcome = match projector.apply(&mut tx, event).await {
+        Ok(()) => Outcome::Applied,
+        // An event that decodes but can never apply: park it and move on, so that the
+        // aggregate's later events are not blocked behind it for ever.
+        Err(ProjectionError::Poison(reason)) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT projecting")
+                .execute(&mut *tx)
+                .await?;
+            tracing::error!(event_id = %event.event_id, %reason, "parking an event that cannot apply");
+            sqlx::query(
+                "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(projector.name())
+            .bind(format!("{}.{}", event.aggregate_type, event.event_type))
+            .bind(&event.event_id)
+            .bind(&reason)
+            .bind(prost::Message::encode_to_vec(event))
+            .execute(&mut *tx)
+            .await?;
+            Outcome::Parked
+        }
+        Err(other) => return Err(other),
+    };
+    let moved = sqlx::query(
+        "UPDATE projector_positions SET last_sequence = $4 \
+         WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+         AND last_sequence = $4 - 1",
     )
     .bind(projector.name())
     .bind(&event.aggregate_type)
@@ -111,8 +151,13 @@ pub async fn apply<P: Projector>(
     .bind(event.sequence)
     .execute(&mut *tx)
     .await?;
+    if moved.rows_affected() != 1 {
+        return Err(ProjectionError::Transient(sqlx::Error::Protocol(
+            "the guard moved under its lock".into(),
+        )));
+    }
     tx.commit().await?;
-    Ok(Outcome::Applied)
+    Ok(outcome)
 }
 
 /// The last sequence `projector` applied for an aggregate (0 if none).

@@ -25,6 +25,9 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     pool: PgPool,
+    /// The consumers' and email worker's own connections, so that queries waiting for a
+    /// consistency token can never starve them.
+    worker_pool: PgPool,
     settings: Settings,
     queries: Queries,
 }
@@ -54,6 +57,12 @@ impl Application {
             settings.idp_issuer.clone(),
         )
         .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
+        let worker_pool = PgPoolOptions::new()
+            .max_connections(6)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(&settings.database_url)
+            .await
+            .context("connecting the consumers to the read-model database")?;
         let queries = Queries {
             pool: pool.clone(),
             idp,
@@ -67,6 +76,7 @@ impl Application {
             listener,
             local_addr,
             pool,
+            worker_pool,
             settings,
             queries,
         })
@@ -89,7 +99,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let consumer_settings = self.settings.consumers();
         let devices = tokio::spawn(
-            consumer::run(self.pool.clone(), consumer_settings.clone(), Devices)
+            consumer::run(self.worker_pool.clone(), consumer_settings.clone(), Devices)
                 .instrument(tracing::info_span!("consumer", projector = "devices")),
         );
         let notifier = Notifier {
@@ -99,12 +109,12 @@ impl Application {
             max_event_age: self.settings.email.max_event_age,
         };
         let notifications = tokio::spawn(
-            consumer::run(self.pool.clone(), consumer_settings, notifier)
+            consumer::run(self.worker_pool.clone(), consumer_settings, notifier)
                 .instrument(tracing::info_span!("consumer", projector = "notifier")),
         );
         let sender = self.settings.email_enabled.then(|| {
             tokio::spawn(
-                email::run(self.pool.clone(), self.settings.email.clone())
+                email::run(self.worker_pool.clone(), self.settings.email.clone())
                     .instrument(tracing::info_span!("email")),
             )
         });

@@ -149,42 +149,64 @@ async fn the_same_events_delivered_twice_leave_the_read_model_unchanged() {
 }
 
 #[tokio::test]
-async fn a_republish_from_position_zero_changes_nothing() {
+async fn a_republish_from_position_zero_is_absorbed() {
+    // Arrange
     let mut app = spawn_system().await;
     app.register("anna").await;
     link_some(&mut app, "anna", 2).await;
     app.wait_until_read_model_is_exact(WITHIN).await;
     let before = read_model(&app).await;
-
-    command_service::relay::republish_from(&app.pool, 0)
+    let stream = app.stream.as_ref().unwrap();
+    let client = async_nats::connect(&stream.nats_url).await.unwrap();
+    let mut source = jetstream::new(client)
+        .get_stream(&stream.name)
         .await
         .unwrap();
+    let messages_before = source.info().await.unwrap().state.messages;
+
+    // Act: the operator command, then more activity.
+    let cursor = command_service::relay::republish_from(&app.pool, 0)
+        .await
+        .unwrap();
+    assert_eq!(cursor, command_service::relay::Cursor::START);
     link_some(&mut app, "anna", 1).await;
 
+    // Assert: the relay went through every event again (its checkpoint is back at the end),
+    // JetStream dropped the copies (same Nats-Msg-Id), and the read model is unchanged.
+    let last: (i64, i64) = sqlx::query_as(
+        "SELECT tx_id::text::bigint, global_position FROM events \
+         ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    e2e::eventually(WITHIN, "the relay to go through every event again", || {
+        let pool = app.pool.clone();
+        async move {
+            let at: (i64, i64) =
+                sqlx::query_as("SELECT tx_id, global_position FROM relay_checkpoint")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (at == last).then_some(())
+        }
+    })
+    .await;
     app.wait_until_read_model_is_exact(WITHIN).await;
     let after = read_model(&app).await;
     assert_eq!(after.len(), before.len() + 1);
     assert!(before.iter().all(|row| after.contains(row)));
-    let checkpoint: i64 = sqlx::query_scalar("SELECT global_position FROM relay_checkpoint")
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    e2e::eventually(WITHIN, "the relay to catch up again", || {
-        let pool = app.pool.clone();
-        async move {
-            let at: i64 = sqlx::query_scalar("SELECT global_position FROM relay_checkpoint")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (at >= last).then_some(())
-        }
-    })
-    .await;
-    let _ = checkpoint;
+    let messages_after = source.info().await.unwrap().state.messages;
+    assert!(messages_after > messages_before);
+    assert_eq!(
+        messages_after,
+        u64::try_from(stored).unwrap(),
+        "one message per event"
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod emails;
 mod idempotency;
 mod linking;
 mod malformed_input;
+mod projectors;
 mod qr_codes;
 mod read_side;
 mod rebuild;

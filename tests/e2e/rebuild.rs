@@ -55,6 +55,21 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
         .unwrap();
     app.wait_until_read_model_is_exact(Duration::from_secs(30))
         .await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let read = app.read_pool();
+    e2e::eventually(Duration::from_secs(30), "the notifier to catch up", || async {
+        let applied: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(last_sequence)::bigint FROM projector_positions WHERE projector = 'notifier'",
+        )
+        .fetch_one(&read)
+        .await
+        .ok()?;
+        (applied == Some(stored)).then_some(())
+    })
+    .await;
     let live = snapshot(&app.read_pool()).await;
 
     // Act

@@ -1,0 +1,162 @@
+//! The projector guard, exercised directly on a read-model database.
+
+use e2e::TestDatabase;
+use projection_service::projections::devices::Devices;
+use projection_service::projections::{self, Outcome, ProjectionError};
+use proto::v1::event_envelope::Event;
+use proto::v1::{self, EventEnvelope};
+
+const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+
+fn envelope(sequence: i64, event: Event) -> EventEnvelope {
+    EventEnvelope {
+        event_id: format!("device/{DEVICE}/{sequence}"),
+        global_position: sequence,
+        aggregate_type: "device".into(),
+        aggregate_id: DEVICE.into(),
+        sequence,
+        event_type: "Test".into(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_800_000_000,
+            nanos: 0,
+        }),
+        account_id: "anna".into(),
+        actor: "test".into(),
+        request_id: "test".into(),
+        event: Some(event),
+    }
+}
+
+fn linked() -> EventEnvelope {
+    envelope(
+        1,
+        Event::DeviceLinked(v1::DeviceLinked {
+            link_id: "6f1d2e3c-4b5a-4c6d-8e7f-9a0b1c2d3e4f".into(),
+            device_name: "Anna's phone".into(),
+            method: v1::LinkMethod::Qr.into(),
+            product: None,
+            platform: v1::Platform::Ios.into(),
+            app_version: "1.0".into(),
+            at: stamp(),
+        }),
+    )
+}
+
+fn stamp() -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: 1_800_000_100,
+        nanos: 0,
+    })
+}
+
+async fn read_model() -> (TestDatabase, sqlx::PgPool) {
+    let database = TestDatabase::create("linkd_e2e_read").await.unwrap();
+    let pool = projection_service::startup::connect_and_migrate(&database.url)
+        .await
+        .unwrap();
+    (database, pool)
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_the_same_events_never_move_the_guard_back() {
+    // Arrange: three events of one device; twelve workers deliver all three, in order, at once
+    // (as redeliveries and several instances can).
+    let (_database, pool) = read_model().await;
+    let events = vec![
+        linked(),
+        envelope(
+            2,
+            Event::BiometricsEnabled(v1::BiometricsEnabled { at: stamp() }),
+        ),
+        envelope(
+            3,
+            Event::SecretCodeVerified(v1::SecretCodeVerified { at: stamp() }),
+        ),
+    ];
+
+    // Act
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (pool, events) = (pool.clone(), events.clone());
+        workers.spawn(async move {
+            for event in &events {
+                loop {
+                    match projections::apply(&pool, &Devices, event).await {
+                        Ok(_) => break,
+                        Err(ProjectionError::Gap { .. } | ProjectionError::Transient(_)) => {
+                            tokio::task::yield_now().await;
+                        }
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+
+    // Assert: every effect is there and the guard is at 3.
+    let (biometrics, last_used): (bool, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT biometrics_enabled, last_used_at FROM devices")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        biometrics,
+        "BiometricsEnabled survived the duplicate DeviceLinked"
+    );
+    assert!(last_used.is_some());
+    let guard: i64 = sqlx::query_scalar("SELECT last_sequence FROM projector_positions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(guard, 3);
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_apply_is_parked_and_does_not_block_its_aggregate() {
+    let (_database, pool) = read_model().await;
+    let broken = envelope(
+        2,
+        Event::DeviceUnlinked(v1::DeviceUnlinked {
+            link_id: String::new(),
+            reason: 99,
+            at: stamp(),
+        }),
+    );
+    let next = envelope(
+        3,
+        Event::BiometricsEnabled(v1::BiometricsEnabled { at: stamp() }),
+    );
+
+    assert_eq!(
+        projections::apply(&pool, &Devices, &linked())
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        projections::apply(&pool, &Devices, &broken).await.unwrap(),
+        Outcome::Parked
+    );
+    assert_eq!(
+        projections::apply(&pool, &Devices, &next).await.unwrap(),
+        Outcome::Applied
+    );
+
+    let parked: Vec<(String, String)> = sqlx::query_as("SELECT event_id, reason FROM dead_letters")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, broken.event_id);
+    assert!(parked[0].1.contains("unlink reason"), "{parked:?}");
+    let (status, biometrics): (String, bool) =
+        sqlx::query_as("SELECT status, biometrics_enabled FROM devices")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "linked", "the parked event changed nothing");
+    assert!(biometrics, "the event after it applied");
+}
