@@ -13,6 +13,7 @@
 //! NATS JetStream and `bus` shapes them.
 
 pub mod bus;
+pub mod chain;
 pub mod config;
 pub mod credentials;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The `command-service` binary. `command-service` serves; `command-service republish --from N`
-//! makes the relay publish every event again from global position N (0: all).
+//! makes the relay publish every event again from global position N (0: all);
+//! `command-service verify --account ID` checks the tamper-evidence chain of an account's history.
 
 use anyhow::Context as _;
 use command_service::startup::{Application, connect_and_migrate, shutdown_signal};
@@ -32,6 +33,32 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        _ => anyhow::bail!("usage: command-service [republish --from <global position>]"),
+        ["verify", "--account", account_id] => {
+            let pool = connect_and_migrate(&settings).await?;
+            match command_service::chain::verify_account(&pool, account_id).await? {
+                command_service::chain::Verdict::Intact {
+                    events,
+                    up_to_position,
+                } => {
+                    tracing::info!(
+                        events,
+                        "history of {account_id} intact up to position {up_to_position}"
+                    );
+                    Ok(())
+                }
+                command_service::chain::Verdict::Broken {
+                    global_position,
+                    event_id,
+                    reason,
+                } => {
+                    anyhow::bail!(
+                        "history of {account_id} broken at position {global_position} ({event_id}): {reason}"
+                    )
+                }
+            }
+        }
+        _ => anyhow::bail!(
+            "usage: command-service [republish --from <global position> | verify --account <id>]"
+        ),
     }
 }

@@ -18,4 +18,5 @@ mod read_side;
 mod rebuild;
 mod secret_code;
 mod serving;
+mod tamper;
 mod unlinking;
