@@ -64,18 +64,7 @@ async fn a_retried_qr_request_returns_the_same_qr_code() {
 async fn a_retried_secret_code_returns_the_same_credential() {
     let mut app = spawn_app().await;
     app.register("anna").await;
-    let qr = app.issue_qr("anna").await;
-    let start = app
-        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
-        .await;
-    app.device
-        .scan_qr(proto::v1::ScanQrRequest {
-            link_token: start.link_token.clone(),
-            qr_payload: qr.qr_payload,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    let start = app.authenticated_qr_attempt("anna").await;
     let request = SetSecretCodeRequest {
         link_token: start.link_token,
         secret_code: e2e::CODE.into(),

@@ -617,6 +617,24 @@ impl TestApp {
             .into_inner()
     }
 
+    /// A new device's link attempt, authenticated by scanning a fresh QR code of `account_id`
+    /// (ready for `SetSecretCode`).
+    pub async fn authenticated_qr_attempt(&mut self, account_id: &str) -> StartLinkResponse {
+        let qr = self.issue_qr(account_id).await;
+        let start = self
+            .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+            .await;
+        self.device
+            .scan_qr(ScanQrRequest {
+                link_token: start.link_token.clone(),
+                qr_payload: qr.qr_payload,
+                request_id: String::new(),
+            })
+            .await
+            .expect("scanning the QR code");
+        start
+    }
+
     /// Sets the secret code of a started, authenticated attempt.
     pub async fn set_code(&mut self, link_token: &str) -> Result<Linked, tonic::Status> {
         let linked = self.clone_clients().set_code(link_token).await?;

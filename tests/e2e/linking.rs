@@ -217,18 +217,7 @@ async fn a_secret_code_submitted_twice_at_once_yields_one_working_credential() {
     // Arrange: an authenticated attempt.
     let mut app = spawn_app().await;
     app.register("anna").await;
-    let qr = app.issue_qr("anna").await;
-    let start = app
-        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
-        .await;
-    app.device
-        .scan_qr(proto::v1::ScanQrRequest {
-            link_token: start.link_token.clone(),
-            qr_payload: qr.qr_payload,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    let start = app.authenticated_qr_attempt("anna").await;
 
     // Act: the app double-submits (no request_id), then retries once more afterwards.
     let (first, second) = tokio::join!(
@@ -249,18 +238,7 @@ async fn a_secret_code_submitted_twice_at_once_yields_one_working_credential() {
 async fn a_completed_attempt_does_not_reveal_its_credential_for_another_code() {
     let mut app = spawn_app().await;
     app.register("anna").await;
-    let qr = app.issue_qr("anna").await;
-    let start = app
-        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
-        .await;
-    app.device
-        .scan_qr(proto::v1::ScanQrRequest {
-            link_token: start.link_token.clone(),
-            qr_payload: qr.qr_payload,
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    let start = app.authenticated_qr_attempt("anna").await;
     app.set_code(&start.link_token).await.unwrap();
 
     let other_code = proto::v1::SetSecretCodeRequest {

@@ -94,18 +94,7 @@ async fn malformed_secret_codes_and_tokens_are_invalid_and_write_no_event() {
     // Arrange: an authenticated attempt, so that only the field under test is wrong.
     let mut app = spawn_app().await;
     app.register("anna").await;
-    let qr = app.issue_qr("anna").await;
-    let begun = app
-        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
-        .await;
-    app.device
-        .scan_qr(ScanQrRequest {
-            link_token: begun.link_token.clone(),
-            qr_payload: qr.qr_payload.clone(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    let begun = app.authenticated_qr_attempt("anna").await;
     let events_before = app.event_count().await;
     let code = |secret_code: &str| SetSecretCodeRequest {
         link_token: begun.link_token.clone(),
