@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "linking/v1/device.proto",
         "linking/v1/events.proto",
         "linking/v1/queries.proto",
+        "linking/v1/audit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

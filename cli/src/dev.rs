@@ -141,6 +141,22 @@ impl DevKeys {
         )
     }
 
+    /// An auditor's JWT (role `auditor`: may read any account's history).
+    pub fn auditor_token(&self) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        sign(
+            &self.idp,
+            &PortalClaims {
+                sub: "auditor-1",
+                aud: PORTAL_AUDIENCE,
+                iat: now,
+                exp: now + 600,
+                auth_time: now,
+                roles: vec!["auditor"],
+            },
+        )
+    }
+
     /// A LuxTrust assertion: `account_id` authenticated with product (`mobile`/`scan`, serial),
     /// bound to a link attempt's `nonce`.
     pub fn luxtrust_assertion(

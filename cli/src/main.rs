@@ -234,6 +234,8 @@ enum TokenKind {
     },
     /// The portal back end's JWT (role portal-system).
     System,
+    /// An auditor's JWT (role auditor).
+    Auditor,
     /// A LuxTrust assertion bound to a link attempt's nonce.
     Luxtrust {
         #[arg(long)]
@@ -288,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     auth_age,
                 } => keys.citizen_token(&account_id, auth_age)?,
                 TokenKind::System => keys.system_token()?,
+                TokenKind::Auditor => keys.auditor_token()?,
                 TokenKind::Luxtrust {
                     account_id,
                     kind,

@@ -13,7 +13,6 @@
 //! NATS JetStream and `bus` shapes them.
 
 pub mod bus;
-pub mod chain;
 pub mod config;
 pub mod credentials;
 pub mod error;

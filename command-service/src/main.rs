@@ -35,8 +35,8 @@ async fn main() -> anyhow::Result<()> {
         }
         ["verify", "--account", account_id] => {
             let pool = connect_and_migrate(&settings).await?;
-            match command_service::chain::verify_account(&pool, account_id).await? {
-                command_service::chain::Verdict::Intact {
+            match history::verify_account(&pool, account_id).await? {
+                history::Verdict::Intact {
                     events,
                     up_to_position,
                 } => {
@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                     Ok(())
                 }
-                command_service::chain::Verdict::Broken {
+                history::Verdict::Broken {
                     global_position,
                     event_id,
                     reason,

@@ -48,6 +48,9 @@ pub struct Settings {
     pub reauth_max_age: Duration,
     /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
     pub email: EmailSettings,
+    /// Read access to the event store, for `AuditService.VerifyHistory`
+    /// (`LINKD_EVENT_STORE_URL`, optional; a read-only role is enough).
+    pub event_store_url: Option<String>,
     /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
     /// notifier queues them either way.
     pub email_enabled: bool,
@@ -178,6 +181,7 @@ impl Settings {
             }
         };
         Ok(Self {
+            event_store_url: get("LINKD_EVENT_STORE_URL"),
             email,
             email_enabled,
             grpc_addr,

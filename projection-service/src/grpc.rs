@@ -142,20 +142,7 @@ fn deadline<T>(request: &Request<T>) -> Duration {
 
 impl Queries {
     fn citizen<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "missing credentials: send `authorization: Bearer <JWT from the identity provider>`",
-                )
-            })?;
-        let claims: PortalClaims = self
-            .idp
-            .verify(token.trim())
-            .map_err(|error| Status::unauthenticated(format!("the portal token {error}")))?;
+        let claims = portal_claims(&self.idp, request)?;
         let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);
         claims
             .reauthenticated_citizen(Utc::now().timestamp(), max_age)
@@ -197,6 +184,22 @@ impl Queries {
         }
         Ok(())
     }
+}
+
+/// The verified claims of the call's `authorization: Bearer <JWT>`.
+pub(crate) fn portal_claims<T>(idp: &KeySet, request: &Request<T>) -> Result<PortalClaims, Status> {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "missing credentials: send `authorization: Bearer <JWT from the identity provider>`",
+            )
+        })?;
+    idp.verify(token.trim())
+        .map_err(|error| Status::unauthenticated(format!("the portal token {error}")))
 }
 
 fn page_token(account_id: &str, row: &DeviceRow) -> String {

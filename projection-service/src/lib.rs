@@ -5,6 +5,7 @@
 //! It must never write to the event store, and never trust delivery order or uniqueness:
 //! JetStream delivers at least once.
 
+pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod email;

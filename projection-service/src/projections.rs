@@ -2,6 +2,7 @@
 //! with its per-aggregate guard (the last sequence it applied), so a redelivered event is
 //! skipped and an event that arrives before its predecessor is refused until it comes.
 
+pub mod audit;
 pub mod devices;
 pub mod notifier;
 

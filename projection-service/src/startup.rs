@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use identity::KeySet;
+use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -12,10 +13,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
+use crate::audit::Audits;
 use crate::config::Settings;
 use crate::consumer;
 use crate::email::{self, Templates};
 use crate::grpc::Queries;
+use crate::projections::audit::AuditLog;
 use crate::projections::devices::Devices;
 use crate::projections::notifier::Notifier;
 
@@ -30,6 +33,7 @@ pub struct Application {
     worker_pool: PgPool,
     settings: Settings,
     queries: Queries,
+    audits: Audits,
 }
 
 /// Connects to the read-model database and applies the migrations.
@@ -68,6 +72,20 @@ impl Application {
             idp,
             reauth_max_age: settings.reauth_max_age,
         };
+        let event_store = match &settings.event_store_url {
+            Some(url) => Some(
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(std::time::Duration::from_secs(5))
+                    .connect_lazy(url)
+                    .context("LINKD_EVENT_STORE_URL is not a PostgreSQL URL")?,
+            ),
+            None => None,
+        };
+        let audits = Audits {
+            queries: queries.clone(),
+            event_store,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
@@ -79,6 +97,7 @@ impl Application {
             worker_pool,
             settings,
             queries,
+            audits,
         })
     }
 
@@ -108,6 +127,14 @@ impl Application {
             default_language: self.settings.email.default_language.clone(),
             max_event_age: self.settings.email.max_event_age,
         };
+        let audit_log = tokio::spawn(
+            consumer::run(
+                self.worker_pool.clone(),
+                consumer_settings.clone(),
+                AuditLog,
+            )
+            .instrument(tracing::info_span!("consumer", projector = "audit")),
+        );
         let notifications = tokio::spawn(
             consumer::run(self.worker_pool.clone(), consumer_settings, notifier)
                 .instrument(tracing::info_span!("consumer", projector = "notifier")),
@@ -122,6 +149,7 @@ impl Application {
         health
             .set_serving::<DeviceQueryServiceServer<Queries>>()
             .await;
+        health.set_serving::<AuditServiceServer<Audits>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -134,11 +162,13 @@ impl Application {
             .add_service(
                 DeviceQueryServiceServer::new(self.queries).max_decoding_message_size(64 * 1024),
             )
+            .add_service(AuditServiceServer::new(self.audits).max_decoding_message_size(64 * 1024))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .context("serving gRPC");
         devices.abort();
         notifications.abort();
+        audit_log.abort();
         if let Some(sender) = sender {
             sender.abort();
         }

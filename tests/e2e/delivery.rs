@@ -299,7 +299,7 @@ async fn a_poison_message_is_parked_with_its_reason_and_the_rest_goes_on() {
         .collect();
     assert_eq!(
         projectors,
-        ["devices", "notifier"],
+        ["audit", "devices", "notifier"],
         "each projector parks it once"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! Tamper evidence: the event store's hash chain (docs/audit.md).
 
-use command_service::chain::{Verdict, verify_account};
 use e2e::{TestApp, bearer, spawn_app};
+use history::{Verdict, verify_account};
 
 async fn scripted_history(app: &mut TestApp) {
     app.register("anna").await;

@@ -1,5 +1,7 @@
-//! Verifies the tamper-evidence chain (migration 0005, docs/audit.md): each event's
-//! `chain_hash` = SHA-256(previous event's `chain_hash` || canonical bytes), per aggregate.
+//! Verifies the tamper-evidence chain of linkd's event store (command-service migration 0005,
+//! docs/audit.md): each event's `chain_hash` = SHA-256(previous event's `chain_hash` ||
+//! canonical bytes), per aggregate. Read-only: used by `command-service verify` and by the
+//! projection service's `AuditService.VerifyHistory`.
 
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
@@ -33,9 +35,20 @@ struct Link {
     chain_hash: Vec<u8>,
 }
 
-/// Verifies every aggregate that holds an event of `account_id` (the account itself and every
+/// An aggregate to verify, and what an independent record (the audit log) says it held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Aggregate type.
+    pub aggregate_type: String,
+    /// Aggregate id.
+    pub aggregate_id: String,
+    /// Its last sequence and that event's global position, as recorded elsewhere, if known.
+    pub last: Option<(i64, i64)>,
+}
+
+/// The aggregates of `account_id` according to the event store itself (the account, and every
 /// QR code, link attempt and device whose events name it).
-pub async fn verify_account(pool: &PgPool, account_id: &str) -> Result<Verdict, sqlx::Error> {
+pub async fn aggregates_of(pool: &PgPool, account_id: &str) -> Result<Vec<Known>, sqlx::Error> {
     let aggregates: Vec<(String, String)> = sqlx::query_as(
         "SELECT DISTINCT aggregate_type, aggregate_id FROM events \
          WHERE (aggregate_type = 'account' AND aggregate_id = $1) \
@@ -45,11 +58,47 @@ pub async fn verify_account(pool: &PgPool, account_id: &str) -> Result<Verdict, 
     .bind(account_id)
     .fetch_all(pool)
     .await?;
+    Ok(aggregates
+        .into_iter()
+        .map(|(aggregate_type, aggregate_id)| Known {
+            aggregate_type,
+            aggregate_id,
+            last: None,
+        })
+        .collect())
+}
+
+/// Verifies every aggregate the event store attributes to `account_id`.
+pub async fn verify_account(pool: &PgPool, account_id: &str) -> Result<Verdict, sqlx::Error> {
+    verify_all(pool, &aggregates_of(pool, account_id).await?).await
+}
+
+/// Verifies `aggregates`; for those with a known last event, also that none is missing at the
+/// end (truncation), which the chain alone cannot show.
+pub async fn verify_all(pool: &PgPool, aggregates: &[Known]) -> Result<Verdict, sqlx::Error> {
     let mut events = 0;
     let mut up_to_position = 0;
     let mut first_break: Option<Verdict> = None;
-    for (aggregate_type, aggregate_id) in aggregates {
-        match verify_aggregate(pool, &aggregate_type, &aggregate_id).await? {
+    for known in aggregates {
+        let verdict = verify_aggregate(pool, &known.aggregate_type, &known.aggregate_id).await?;
+        let verdict = match (verdict, known.last) {
+            (Verdict::Intact { events: n, .. }, Some((last_sequence, last_position)))
+                if i64::try_from(n).unwrap_or(i64::MAX) < last_sequence =>
+            {
+                Verdict::Broken {
+                    global_position: last_position,
+                    event_id: format!(
+                        "{}/{}/{last_sequence}",
+                        known.aggregate_type, known.aggregate_id
+                    ),
+                    reason: format!(
+                        "the event store holds {n} events of this aggregate; {last_sequence} were recorded"
+                    ),
+                }
+            }
+            (verdict, _) => verdict,
+        };
+        match verdict {
             Verdict::Intact {
                 events: n,
                 up_to_position: position,

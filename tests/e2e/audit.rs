@@ -1,0 +1,346 @@
+//! AuditService over the audit log and the event store.
+
+use std::time::Duration;
+
+use e2e::{TestApp, bearer, eventually, spawn_system};
+use proto::v1::audit_service_client::AuditServiceClient;
+use proto::v1::{DevicesAtRequest, ExportHistoryRequest, ListEventsRequest, VerifyHistoryRequest};
+use tonic::Code;
+
+fn audits(app: &TestApp) -> AuditServiceClient<tonic::transport::Channel> {
+    AuditServiceClient::new(app.read.as_ref().unwrap().channel.clone())
+}
+
+fn list(account: &str) -> ListEventsRequest {
+    ListEventsRequest {
+        account_id: account.into(),
+        ..Default::default()
+    }
+}
+
+fn at(instant: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap(),
+    })
+}
+
+/// Waits until the audit log holds every event of the store.
+async fn caught_up(app: &TestApp) {
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let read = app.read_pool();
+    eventually(
+        Duration::from_secs(30),
+        "the audit log to catch up",
+        || async {
+            let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+                .fetch_one(&read)
+                .await
+                .ok()?;
+            (logged == stored).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_log_lists_a_scripted_history_in_order_with_its_actors() {
+    // Arrange: register, login, QR link, LuxTrust link, wrong codes to lock-out, remote unlink.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.record_login("anna", "MOBILE-1").await;
+    let phone = app.link_by_qr("anna").await;
+    let tablet = app.link_by_luxtrust("anna", "MOBILE-1").await;
+    for _ in 0..5 {
+        let request = proto::v1::VerifySecretCodeRequest {
+            secret_code: "000001".into(),
+            request_id: String::new(),
+        };
+        app.device
+            .verify_secret_code(bearer(request, &tablet.credential))
+            .await
+            .unwrap();
+    }
+    let request = proto::v1::UnlinkDevicesRequest {
+        device_ids: vec![phone.device_id.clone()],
+        request_id: String::new(),
+    };
+    app.portal
+        .unlink_devices(bearer(request, &app.citizen("anna")))
+        .await
+        .unwrap();
+    caught_up(&app).await;
+
+    // Act
+    let auditor = app.keys.auditor_token().unwrap();
+    let events = audits(&app)
+        .list_events(bearer(list("anna"), &auditor))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+
+    // Assert: exactly the store's events, in global order, with their actors.
+    let expected: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT global_position, event_type, metadata::jsonb ->> 'actor' FROM events \
+         ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let listed: Vec<(i64, String, String)> = events
+        .iter()
+        .map(|e| (e.global_position, e.event_type.clone(), e.actor.clone()))
+        .collect();
+    assert_eq!(listed, expected);
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types.first(), Some(&"AccountRegistered"));
+    assert_eq!(
+        types.iter().filter(|t| **t == "SecretCodeFailed").count(),
+        5
+    );
+    assert_eq!(types.last(), Some(&"DeviceUnlinked"));
+    let link_requested = events
+        .iter()
+        .find(|e| e.event_type == "LinkRequested")
+        .unwrap();
+    assert_eq!(
+        link_requested.account_id, "anna",
+        "attributed once the attempt knew its account"
+    );
+    assert_eq!(link_requested.device_id, phone.device_id);
+    assert!(events.iter().all(|e| !e.details_json.contains("482913")));
+}
+
+#[tokio::test]
+async fn filters_and_pages_return_each_event_once() {
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let phone = app.link_by_qr("anna").await;
+    app.link_by_qr("anna").await;
+    caught_up(&app).await;
+    let token = app.citizen("anna");
+    let mut client = audits(&app);
+
+    // Pages of three through the whole history.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListEventsRequest {
+            page_size: 3,
+            page_token,
+            ..list("")
+        };
+        let page = client
+            .list_events(bearer(request, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.events.iter().map(|e| e.global_position));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len());
+    assert_eq!(i64::try_from(seen.len()).unwrap(), stored);
+
+    // Filters: one device, one event type.
+    let request = ListEventsRequest {
+        device_id: phone.device_id.clone(),
+        event_types: vec!["DeviceLinked".into()],
+        ..list("")
+    };
+    let filtered = client
+        .list_events(bearer(request, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(filtered.events.len(), 1);
+    assert_eq!(filtered.events[0].device_id, phone.device_id);
+
+    // A page token belongs to its filter.
+    let first = client
+        .list_events(bearer(
+            ListEventsRequest {
+                page_size: 1,
+                ..list("")
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mismatched = ListEventsRequest {
+        page_size: 1,
+        page_token: first.next_page_token,
+        event_types: vec!["QrIssued".into()],
+        ..list("")
+    };
+    let refused = client
+        .list_events(bearer(mismatched, &token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // The export streams the same history.
+    let mut exported = client
+        .export_history(bearer(ExportHistoryRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(event) = exported.message().await.unwrap() {
+        assert!(event.global_position > 0);
+        count += 1;
+    }
+    assert_eq!(count, stored);
+}
+
+#[tokio::test]
+async fn devices_at_answers_before_between_and_after_link_and_unlink() {
+    // Arrange: link, wait, unlink.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let before = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let phone = app.link_by_qr("anna").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.device
+        .unlink_this_device(bearer(Default::default(), &phone.credential))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = chrono::Utc::now();
+    caught_up(&app).await;
+    let auditor = app.keys.auditor_token().unwrap();
+    let mut client = audits(&app);
+
+    // Act + Assert
+    let mut devices_at = async |instant| {
+        let request = DevicesAtRequest {
+            account_id: "anna".into(),
+            at: at(instant),
+        };
+        client
+            .devices_at(bearer(request, &auditor))
+            .await
+            .unwrap()
+            .into_inner()
+            .devices
+    };
+    assert!(devices_at(before).await.is_empty());
+    let linked = devices_at(between).await;
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].device_id, phone.device_id);
+    assert_eq!(linked[0].name, "Anna's phone");
+    assert_eq!(linked[0].method, i32::from(proto::v1::LinkMethod::Qr));
+    assert!(devices_at(after).await.is_empty());
+}
+
+#[tokio::test]
+async fn verify_history_reports_the_position_of_an_edited_event() {
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    caught_up(&app).await;
+    let token = app.citizen("anna");
+    let mut client = audits(&app);
+
+    let intact = client
+        .verify_history(bearer(VerifyHistoryRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(intact.intact, "{intact:?}");
+    assert!(intact.events_checked >= 7);
+
+    let edited: i64 = sqlx::query_scalar(
+        "UPDATE events SET metadata = '{\"actor\":\"someone else\"}'::json \
+         WHERE event_type = 'DeviceLinked' RETURNING global_position",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let broken = client
+        .verify_history(bearer(VerifyHistoryRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!broken.intact);
+    assert_eq!(broken.broken_at_position, edited);
+}
+
+#[tokio::test]
+async fn verify_history_notices_a_history_cut_short() {
+    // The chain alone cannot see the last events of an aggregate deleted; the audit log can.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let phone = app.link_by_qr("anna").await;
+    app.device
+        .unlink_this_device(bearer(Default::default(), &phone.credential))
+        .await
+        .unwrap();
+    caught_up(&app).await;
+    let deleted: i64 = sqlx::query_scalar(
+        "DELETE FROM events WHERE event_type = 'DeviceUnlinked' RETURNING global_position",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    let verdict = audits(&app)
+        .verify_history(bearer(
+            VerifyHistoryRequest::default(),
+            &app.citizen("anna"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert!(!verdict.intact);
+    assert_eq!(verdict.broken_at_position, deleted);
+}
+
+#[tokio::test]
+async fn a_citizen_cannot_read_another_accounts_history() {
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.register("mallory").await;
+    let mallory = app.citizen("mallory");
+    let mut client = audits(&app);
+
+    let listing = client
+        .list_events(bearer(list("anna"), &mallory))
+        .await
+        .unwrap_err();
+    let verify = client
+        .verify_history(bearer(
+            VerifyHistoryRequest {
+                account_id: "anna".into(),
+            },
+            &mallory,
+        ))
+        .await
+        .unwrap_err();
+    let stale = app.keys.citizen_token("anna", 400).unwrap();
+    let not_fresh = client
+        .list_events(bearer(list(""), &stale))
+        .await
+        .unwrap_err();
+
+    assert_eq!(listing.code(), Code::PermissionDenied);
+    assert_eq!(verify.code(), Code::PermissionDenied);
+    assert_eq!(not_fresh.code(), Code::PermissionDenied);
+}
