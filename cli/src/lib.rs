@@ -2,6 +2,7 @@
 //! for the identity provider and LuxTrust (`dev`). The end-to-end tests use `dev` too.
 
 pub mod admin;
+pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod dev;

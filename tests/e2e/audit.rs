@@ -344,3 +344,50 @@ async fn a_citizen_cannot_read_another_accounts_history() {
     assert_eq!(verify.code(), Code::PermissionDenied);
     assert_eq!(not_fresh.code(), Code::PermissionDenied);
 }
+
+#[tokio::test]
+async fn every_linkctl_audit_subcommand_runs_against_the_service() {
+    use linkctl::audit::{Command, run};
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    caught_up(&app).await;
+    let channel = app.read.as_ref().unwrap().channel.clone();
+    let auditor = app.keys.auditor_token().unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+
+    for json in [false, true] {
+        let account_id = "anna".to_owned();
+        let commands = [
+            Command::List {
+                account_id: account_id.clone(),
+                device_id: String::new(),
+                event_types: vec!["DeviceLinked".into()],
+                from: Some("2020-01-01T00:00:00Z".into()),
+                to: Some(now.clone()),
+                page_size: 2,
+                page_token: String::new(),
+                json,
+            },
+            Command::Export {
+                account_id: account_id.clone(),
+                json,
+            },
+            Command::DevicesAt {
+                account_id: account_id.clone(),
+                at: now.clone(),
+                json,
+            },
+            Command::Verify { account_id, json },
+        ];
+        for command in commands {
+            run(channel.clone(), command, &auditor).await.unwrap();
+        }
+    }
+    let bad_time = Command::DevicesAt {
+        account_id: "anna".into(),
+        at: "yesterday".into(),
+        json: false,
+    };
+    assert!(run(channel, bad_time, &auditor).await.is_err());
+}

@@ -1,0 +1,213 @@
+//! `linkctl audit …`: AuditService for people (a table) and scripts (`--json`: one JSON object
+//! per line).
+#![allow(
+    clippy::print_stdout,
+    reason = "a command-line client prints its results"
+)]
+
+use anyhow::Context as _;
+use proto::v1::audit_service_client::AuditServiceClient;
+use proto::v1::{self, AuditEvent};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::client::{bearer, format_time};
+
+/// An audit subcommand.
+#[derive(Debug)]
+pub enum Command {
+    /// ListEvents.
+    List {
+        /// Account (auditors) or empty.
+        account_id: String,
+        /// Device filter or empty.
+        device_id: String,
+        /// Event type filter.
+        event_types: Vec<String>,
+        /// RFC 3339 start.
+        from: Option<String>,
+        /// RFC 3339 end.
+        to: Option<String>,
+        /// Page size.
+        page_size: i32,
+        /// Page token.
+        page_token: String,
+        /// JSON lines.
+        json: bool,
+    },
+    /// ExportHistory.
+    Export {
+        /// Account or empty.
+        account_id: String,
+        /// JSON lines.
+        json: bool,
+    },
+    /// DevicesAt.
+    DevicesAt {
+        /// Account or empty.
+        account_id: String,
+        /// RFC 3339 instant.
+        at: String,
+        /// JSON lines.
+        json: bool,
+    },
+    /// VerifyHistory.
+    Verify {
+        /// Account or empty.
+        account_id: String,
+        /// JSON lines.
+        json: bool,
+    },
+}
+
+fn timestamp(field: &str, raw: &str) -> anyhow::Result<prost_types::Timestamp> {
+    let at = chrono::DateTime::parse_from_rfc3339(raw).with_context(|| {
+        format!("--{field} must be an RFC 3339 time, e.g. 2026-03-03T18:00:00+01:00")
+    })?;
+    Ok(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    })
+}
+
+fn print_event(event: &AuditEvent, as_json: bool) {
+    if as_json {
+        let details: serde_json::Value =
+            serde_json::from_str(&event.details_json).unwrap_or(serde_json::Value::Null);
+        let line = json!({
+            "global_position": event.global_position,
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "occurred_at": format_time(event.occurred_at.as_ref()),
+            "actor": event.actor,
+            "request_id": event.request_id,
+            "account_id": event.account_id,
+            "device_id": event.device_id,
+            "details": details,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{:>8}  {}  {:<22} {:<40} {}",
+            event.global_position,
+            format_time(event.occurred_at.as_ref()),
+            event.event_type,
+            event.actor,
+            event.details_json
+        );
+    }
+}
+
+/// Runs `command` against the AuditService on `channel` with `token`.
+pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Result<()> {
+    let mut client = AuditServiceClient::new(channel);
+    match command {
+        Command::List {
+            account_id,
+            device_id,
+            event_types,
+            from,
+            to,
+            page_size,
+            page_token,
+            json,
+        } => {
+            let request = v1::ListEventsRequest {
+                account_id,
+                device_id,
+                event_types,
+                from: from.as_deref().map(|t| timestamp("from", t)).transpose()?,
+                to: to.as_deref().map(|t| timestamp("to", t)).transpose()?,
+                page_size,
+                page_token,
+            };
+            let reply = client
+                .list_events(bearer(request, token)?)
+                .await?
+                .into_inner();
+            for event in &reply.events {
+                print_event(event, json);
+            }
+            if !reply.next_page_token.is_empty() {
+                if json {
+                    println!("{}", json!({ "next_page_token": reply.next_page_token }));
+                } else {
+                    println!("next_page_token: {}", reply.next_page_token);
+                }
+            }
+        }
+        Command::Export { account_id, json } => {
+            let request = v1::ExportHistoryRequest { account_id };
+            let mut stream = client
+                .export_history(bearer(request, token)?)
+                .await?
+                .into_inner();
+            while let Some(event) = stream.message().await? {
+                print_event(&event, json);
+            }
+        }
+        Command::DevicesAt {
+            account_id,
+            at,
+            json,
+        } => {
+            let request = v1::DevicesAtRequest {
+                account_id,
+                at: Some(timestamp("at", &at)?),
+            };
+            let reply = client
+                .devices_at(bearer(request, token)?)
+                .await?
+                .into_inner();
+            for device in &reply.devices {
+                let method = match v1::LinkMethod::try_from(device.method) {
+                    Ok(v1::LinkMethod::Qr) => "qr",
+                    Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
+                    Ok(v1::LinkMethod::Unspecified) | Err(_) => "?",
+                };
+                if json {
+                    let line = json!({
+                        "device_id": device.device_id, "name": device.name, "method": method,
+                        "linked_at": format_time(device.linked_at.as_ref()),
+                        "linked_by_event_id": device.linked_by_event_id,
+                    });
+                    println!("{line}");
+                } else {
+                    println!(
+                        "{}  {:<24} via {method:<8} linked {}",
+                        device.device_id,
+                        device.name,
+                        format_time(device.linked_at.as_ref())
+                    );
+                }
+            }
+        }
+        Command::Verify { account_id, json } => {
+            let request = v1::VerifyHistoryRequest { account_id };
+            let reply = client
+                .verify_history(bearer(request, token)?)
+                .await?
+                .into_inner();
+            if json {
+                let line = json!({
+                    "intact": reply.intact, "events_checked": reply.events_checked,
+                    "intact_up_to_position": reply.intact_up_to_position,
+                    "broken_at_position": reply.broken_at_position,
+                    "broken_event_id": reply.broken_event_id, "reason": reply.reason,
+                });
+                println!("{line}");
+            } else if reply.intact {
+                println!(
+                    "intact up to position {} ({} events checked)",
+                    reply.intact_up_to_position, reply.events_checked
+                );
+            } else {
+                println!(
+                    "BROKEN at position {} ({}): {}",
+                    reply.broken_at_position, reply.broken_event_id, reply.reason
+                );
+            }
+        }
+    }
+    Ok(())
+}
