@@ -16,8 +16,19 @@ use proto::v1;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-/// Drives complete link flows through linkd and prints figures.
+mod audit;
+
+/// Load and scale benchmarks for linkd; each prints its figures.
 #[derive(Debug, Parser)]
+enum Bench {
+    /// Complete QR link flows against running services (`./scripts/run.sh`).
+    Flows(Args),
+    /// The audit log at 1,000,000 events: ListEvents latency, ExportHistory throughput.
+    Audit(audit::AuditArgs),
+}
+
+/// Drives complete link flows through linkd and prints figures.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Link flows to run.
     #[arg(long, default_value_t = 1000)]
@@ -56,7 +67,7 @@ struct Flow {
     lag: Duration,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -126,7 +137,13 @@ async fn flow(mut clients: Clients, keys: &DevKeys, account: &str) -> anyhow::Re
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    match Bench::parse() {
+        Bench::Flows(args) => flows(args).await,
+        Bench::Audit(args) => audit::run(args).await,
+    }
+}
+
+async fn flows(args: Args) -> anyhow::Result<()> {
     let keys = Arc::new(DevKeys::load(&args.keys)?);
     let clients = Clients::connect(&args.addr, &args.query_addr).await?;
     let accounts: Vec<String> = (0..args.flows.div_ceil(args.devices_per_account))

@@ -163,7 +163,7 @@ impl Application {
                 DeviceQueryServiceServer::new(self.queries).max_decoding_message_size(64 * 1024),
             )
             .add_service(AuditServiceServer::new(self.audits).max_decoding_message_size(64 * 1024))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
             .await
             .context("serving gRPC");
         devices.abort();
@@ -174,4 +174,17 @@ impl Application {
         }
         served
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: gRPC answers are small, and without this a
+/// reply can wait for the peer's delayed acknowledgement (about 40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
