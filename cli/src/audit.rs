@@ -13,49 +13,64 @@ use tonic::transport::Channel;
 
 use crate::client::{bearer, format_time};
 
-/// An audit subcommand.
-#[derive(Debug)]
+/// An audit subcommand (also the `linkctl audit` command line).
+#[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// ListEvents.
+    /// AuditService.ListEvents.
     List {
-        /// Account (auditors) or empty.
+        /// The account (auditors); empty for your own.
+        #[arg(long, default_value = "")]
         account_id: String,
-        /// Device filter or empty.
+        /// Only events about this device.
+        #[arg(long, default_value = "")]
         device_id: String,
-        /// Event type filter.
+        /// Event types, e.g. --event-type DeviceLinked (repeatable).
+        #[arg(long = "event-type")]
         event_types: Vec<String>,
-        /// RFC 3339 start.
+        /// RFC 3339 start (inclusive).
+        #[arg(long)]
         from: Option<String>,
-        /// RFC 3339 end.
+        /// RFC 3339 end (exclusive).
+        #[arg(long)]
         to: Option<String>,
-        /// Page size.
+        /// Events per page (0: the service's default).
+        #[arg(long, default_value_t = 0)]
         page_size: i32,
-        /// Page token.
+        /// From a previous page.
+        #[arg(long, default_value = "")]
         page_token: String,
-        /// JSON lines.
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
         json: bool,
     },
-    /// ExportHistory.
+    /// AuditService.ExportHistory.
     Export {
-        /// Account or empty.
+        /// The account (auditors); empty for your own.
+        #[arg(long, default_value = "")]
         account_id: String,
-        /// JSON lines.
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
         json: bool,
     },
-    /// DevicesAt.
+    /// AuditService.DevicesAt.
     DevicesAt {
-        /// Account or empty.
+        /// The account (auditors); empty for your own.
+        #[arg(long, default_value = "")]
         account_id: String,
         /// RFC 3339 instant.
+        #[arg(long)]
         at: String,
-        /// JSON lines.
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
         json: bool,
     },
-    /// VerifyHistory.
+    /// AuditService.VerifyHistory.
     Verify {
-        /// Account or empty.
+        /// The account (auditors); empty for your own.
+        #[arg(long, default_value = "")]
         account_id: String,
-        /// JSON lines.
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
         json: bool,
     },
 }

@@ -76,61 +76,9 @@ enum Command {
     Admin(AdminCommand),
     /// AuditService: an account's history (with an auditor's or the holder's token).
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(linkctl::audit::Command),
     #[command(flatten)]
     Rpc(Rpc),
-}
-
-#[derive(Debug, Subcommand)]
-enum AuditCommand {
-    /// AuditService.ListEvents.
-    List {
-        /// The account (auditors); empty for your own.
-        #[arg(long, default_value = "")]
-        account_id: String,
-        #[arg(long, default_value = "")]
-        device_id: String,
-        /// Event types, e.g. --event-type DeviceLinked (repeatable).
-        #[arg(long = "event-type")]
-        event_types: Vec<String>,
-        /// RFC 3339 start (inclusive).
-        #[arg(long)]
-        from: Option<String>,
-        /// RFC 3339 end (exclusive).
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        page_size: i32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// One JSON object per line instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// AuditService.ExportHistory.
-    Export {
-        #[arg(long, default_value = "")]
-        account_id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// AuditService.DevicesAt.
-    DevicesAt {
-        #[arg(long, default_value = "")]
-        account_id: String,
-        /// RFC 3339 instant.
-        #[arg(long)]
-        at: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// AuditService.VerifyHistory.
-    Verify {
-        #[arg(long, default_value = "")]
-        account_id: String,
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -395,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", cli.query_addr))?;
-            linkctl::audit::run(channel, command.into(), &token).await?;
+            linkctl::audit::run(channel, command, &token).await?;
         }
         Command::Rpc(rpc) => {
             call(
@@ -649,41 +597,4 @@ async fn call(
         }
     }
     Ok(())
-}
-
-impl From<AuditCommand> for linkctl::audit::Command {
-    fn from(command: AuditCommand) -> Self {
-        match command {
-            AuditCommand::List {
-                account_id,
-                device_id,
-                event_types,
-                from,
-                to,
-                page_size,
-                page_token,
-                json,
-            } => Self::List {
-                account_id,
-                device_id,
-                event_types,
-                from,
-                to,
-                page_size,
-                page_token,
-                json,
-            },
-            AuditCommand::Export { account_id, json } => Self::Export { account_id, json },
-            AuditCommand::DevicesAt {
-                account_id,
-                at,
-                json,
-            } => Self::DevicesAt {
-                account_id,
-                at,
-                json,
-            },
-            AuditCommand::Verify { account_id, json } => Self::Verify { account_id, json },
-        }
-    }
 }

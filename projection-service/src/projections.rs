@@ -62,6 +62,15 @@ pub trait Projector: Send + Sync {
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
 }
 
+/// An event's timestamp as a time, or poison (every event carries valid times).
+pub fn event_time(
+    timestamp: Option<&prost_types::Timestamp>,
+) -> Result<chrono::DateTime<chrono::Utc>, ProjectionError> {
+    timestamp
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
+}
+
 /// Decodes a bus message.
 pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
     let envelope = EventEnvelope::decode(payload)

@@ -6,7 +6,7 @@ use proto::v1::{self, EventEnvelope};
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
 
-use super::{ProjectionError, Projector};
+use super::{ProjectionError, Projector, event_time};
 
 /// The projector's name.
 pub const NAME: &str = "audit";
@@ -121,13 +121,7 @@ impl Projector for AuditLog {
             .unwrap_or_default(),
             None => String::new(),
         };
-        let occurred_at = event
-            .occurred_at
-            .as_ref()
-            .and_then(|t| {
-                chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-            })
-            .ok_or_else(|| ProjectionError::Poison("an event without a time".into()))?;
+        let occurred_at = event_time(event.occurred_at.as_ref())?;
         let account = if event.account_id.is_empty() && event.aggregate_type == "account" {
             event.aggregate_id.clone()
         } else {

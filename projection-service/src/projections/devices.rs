@@ -1,13 +1,12 @@
 //! The device read model: every device with its current (or last) link, for the holder's list
 //! and for "is this device linked, and to which account".
 
-use chrono::{DateTime, Utc};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{ProjectionError, Projector};
+use super::{ProjectionError, Projector, event_time};
 
 /// Projects `device` events into `devices`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,12 +14,6 @@ pub struct Devices;
 
 /// The projector's name (guard key, consumer suffix).
 pub const NAME: &str = "devices";
-
-fn at(timestamp: Option<&prost_types::Timestamp>) -> Result<DateTime<Utc>, ProjectionError> {
-    timestamp
-        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
-        .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
-}
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, ProjectionError> {
     Uuid::try_parse(raw).map_err(|_| ProjectionError::Poison(format!("{field} is not a UUID")))
@@ -94,7 +87,7 @@ impl Projector for Devices {
                 .bind(linked.product.as_ref().map(|p| p.serial.as_str()))
                 .bind(platform)
                 .bind(&linked.app_version)
-                .bind(at(linked.at.as_ref())?)
+                .bind(event_time(linked.at.as_ref())?)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -110,7 +103,7 @@ impl Projector for Devices {
             }
             Event::SecretCodeVerified(verified) => {
                 update("UPDATE devices SET last_used_at = $2 WHERE device_id = $1")
-                    .bind(at(verified.at.as_ref())?)
+                    .bind(event_time(verified.at.as_ref())?)
                     .execute(&mut **tx)
                     .await?;
             }
@@ -127,7 +120,7 @@ impl Projector for Devices {
                     "UPDATE devices SET status = 'unlinked', unlinked_at = $2, unlink_reason = $3 \
                      WHERE device_id = $1",
                 )
-                .bind(at(unlinked.at.as_ref())?)
+                .bind(event_time(unlinked.at.as_ref())?)
                 .bind(reason)
                 .execute(&mut **tx)
                 .await?;

@@ -6,7 +6,7 @@ use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{Postgres, Transaction};
 
-use super::{ProjectionError, Projector};
+use super::{ProjectionError, Projector, event_time};
 use crate::email::{Templates, luxembourg_time, message_id};
 
 /// The projector's name.
@@ -34,12 +34,7 @@ struct Queued<'a> {
 }
 
 fn at(timestamp: Option<&prost_types::Timestamp>) -> Result<String, ProjectionError> {
-    timestamp
-        .and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        })
-        .map(luxembourg_time)
-        .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
+    event_time(timestamp).map(luxembourg_time)
 }
 
 impl Notifier {
@@ -48,9 +43,7 @@ impl Notifier {
         tx: &mut Transaction<'static, Postgres>,
         email: Queued<'_>,
     ) -> Result<(), ProjectionError> {
-        let occurred = email.event.occurred_at.as_ref().and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        });
+        let occurred = event_time(email.event.occurred_at.as_ref()).ok();
         let too_old = occurred.is_some_and(|at| {
             chrono::Utc::now()
                 .signed_duration_since(at)
