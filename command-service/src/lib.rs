@@ -1,6 +1,7 @@
 //! linkd's command side: it records. gRPC calls (`PortalService`, `DeviceService`) are validated
 //! at the edge, turned into domain commands, decided by the `domain` aggregates and stored as
-//! events in PostgreSQL through cqrs-es/postgres-es.
+//! events in PostgreSQL through cqrs-es (with linkd's own `EventStore`, ADR 0008, over
+//! postgres-es's table layout).
 //!
 //! It owns the event store schema and the tables that hold hashes of secrets. It must not
 //! publish from cqrs-es queries (they run after commit and are lost on a crash), must not put a

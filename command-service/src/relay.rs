@@ -19,6 +19,7 @@ use async_nats::jetstream::{self, stream};
 use prost::Message as _;
 use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection as _, PgPool};
+use tokio::sync::watch;
 
 use crate::bus::StoredEvent;
 
@@ -26,6 +27,11 @@ use crate::bus::StoredEvent;
 const LEADER_LOCK: i64 = 0x6c69_6e6b_6452_6c79;
 /// Events read and published per round.
 const BATCH: i64 = 256;
+/// The notification channel that wakes the leader when another process commits.
+const CHANNEL: &str = "linkd_events";
+/// After a round that published, the next look comes this soon even without a wake-up: an
+/// event below a transaction still open at the last read is published as soon as it closes.
+const BUSY_POLL: Duration = Duration::from_millis(5);
 
 /// Where and how the relay publishes.
 #[derive(Debug, Clone)]
@@ -38,6 +44,10 @@ pub struct RelaySettings {
     pub subject_prefix: String,
     /// How long to wait for new events when notifications are quiet.
     pub poll_interval: Duration,
+    /// Changes when this process commits events (see [`announce`] for the other processes').
+    pub wake: watch::Receiver<u64>,
+    /// Whether this process leads the relay (so [`announce`] need not tell the database).
+    pub leading: Arc<AtomicBool>,
     /// Test-only crash point: when set, the relay stops after publishing a batch and before
     /// saving its checkpoint, once.
     pub crash_after_publish: Option<Arc<AtomicBool>>,
@@ -108,13 +118,15 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         return Ok(());
     }
     tracing::info!("relay leading");
+    let _leading = Leading::start(&settings.leading);
+    let mut wake = settings.wake.clone();
     let client = async_nats::connect(&settings.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, settings).await?;
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("linkd_events").await?;
+    listener.listen(CHANNEL).await?;
 
     let checkpoint = load_checkpoint(pool).await?;
     let mut cursor = match stream_last_cursor(&mut stream).await? {
@@ -142,6 +154,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .state
         .last_sequence;
     let mut last_tail_check = tokio::time::Instant::now();
+    let mut busy = false;
     loop {
         // Did NATS lose messages it had acknowledged (a restart without fsync)? Then start
         // over: the lead resumes from what the stream still holds.
@@ -167,9 +180,20 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
             .context("the lock connection died")?;
         let batch = read_batch(pool, cursor).await?;
         let Some(last) = batch.last() else {
-            let _ = tokio::time::timeout(settings.poll_interval, listener.recv()).await;
+            let quiet = if busy {
+                BUSY_POLL
+            } else {
+                settings.poll_interval
+            };
+            busy = false;
+            tokio::select! {
+                _ = listener.recv() => {}
+                () = changed(&mut wake) => {}
+                () = tokio::time::sleep(quiet) => {}
+            }
             continue;
         };
+        busy = true;
         let next = Cursor {
             tx_id: last.tx_id,
             global_position: last.global_position,
@@ -335,4 +359,47 @@ pub async fn republish_from(pool: &PgPool, position: i64) -> anyhow::Result<Curs
     .execute(pool)
     .await?;
     Ok(cursor)
+}
+
+/// Sets the leading flag for as long as it lives.
+struct Leading(Arc<AtomicBool>);
+
+impl Leading {
+    fn start(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Self(flag.clone())
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Completes when `wake` changes (never, if its sender is gone).
+async fn changed(wake: &mut watch::Receiver<u64>) {
+    if wake.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Tells the relay leader in another process that this one committed events, with one
+/// `NOTIFY` per burst of commits (waking on every change of `wake`, so commits made while a
+/// notification is sent are covered by the next one). The notification is sent outside the
+/// commands' transactions: inside them it would serialise their commits (docs/adr/0008).
+/// Nothing is sent while this process leads: its relay wakes on `wake` directly.
+pub async fn announce(pool: PgPool, mut wake: watch::Receiver<u64>, leading: Arc<AtomicBool>) {
+    while wake.changed().await.is_ok() {
+        if leading.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "could not notify the relay leader; it will poll");
+        }
+    }
 }

@@ -137,12 +137,20 @@ impl Application {
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
         let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
+        let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let announcer = tokio::spawn(crate::relay::announce(
+            self.pool.clone(),
+            self.commands.store.commits(),
+            leading.clone(),
+        ));
         let relay = self.settings.relay_enabled.then(|| {
             let settings = RelaySettings {
                 nats_url: self.settings.nats_url.clone(),
                 stream: self.settings.stream.clone(),
                 subject_prefix: self.settings.subject_prefix.clone(),
                 poll_interval: std::time::Duration::from_millis(100),
+                wake: self.commands.store.commits(),
+                leading,
                 crash_after_publish: self.relay_crash_point.clone(),
             };
             let database_url = self.settings.database_url.0.clone();
@@ -164,6 +172,7 @@ impl Application {
             .await
             .context("serving gRPC");
         sweeper.abort();
+        announcer.abort();
         if let Some(relay) = relay {
             relay.abort();
         }

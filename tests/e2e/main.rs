@@ -10,6 +10,7 @@ mod authorization;
 mod delivery;
 mod demo;
 mod emails;
+mod event_store;
 mod idempotency;
 mod linking;
 mod malformed_input;

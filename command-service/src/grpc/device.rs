@@ -1,7 +1,6 @@
 //! `DeviceService`: the mobile app, before and after linking.
 
 use chrono::Utc;
-use cqrs_es::Aggregate as _;
 use domain::{
     Account, Device, DeviceCommand, DeviceId, LinkAttempt, LinkAttemptCommand, LinkAttemptId,
     LinkQr, LinkQrCommand, LuxTrustProduct, MAX_SECRET_CODE_FAILURES, ProductKind, QrId,
@@ -20,7 +19,7 @@ use super::{CallMeta, Commands, Shared, timestamp};
 use crate::credentials::StoredCredential;
 use crate::error::CommandError;
 use crate::secrets::{self, CodeHasher, PresentedToken, TokenKind};
-use crate::store::{Metadata, retry_on_conflict};
+use crate::store::{self, Metadata, retry_on_conflict};
 use crate::validate;
 use identity::{LuxTrustClaims, TokenError};
 
@@ -165,13 +164,11 @@ impl Commands {
             request_id: meta.call_id.clone(),
             account_id: None,
         };
-        self.store
+        let executed = self
+            .store
             .execute::<LinkAttempt>(&attempt_id.to_string(), command, &metadata)
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(LinkAttempt::TYPE, attempt_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(StartLinkResponse {
             link_token: token.text,
             luxtrust_nonce: nonce,
@@ -221,19 +218,15 @@ impl Commands {
             device_id,
             at: now,
         };
-        self.store
+        let consumed = self
+            .store
             .execute::<LinkQr>(&qr_id.to_string(), consume, &metadata)
             .await?;
-        self.store
+        let accepted = self
+            .store
             .execute::<LinkAttempt>(&attempt_id.to_string(), accept, &metadata)
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[
-                (LinkQr::TYPE, qr_id.to_string()),
-                (LinkAttempt::TYPE, attempt_id.to_string()),
-            ])
-            .await?;
+        let consistency_token = store::token([&consumed.position, &accepted.position]);
         Ok(ScanQrResponse { consistency_token })
     }
 
@@ -280,7 +273,7 @@ impl Commands {
         };
         let metadata = metadata.for_account(&account_id.0);
         let now = Utc::now();
-        retry_on_conflict(|| async {
+        let executed = retry_on_conflict(|| async {
             let account: Account = self.store.load(&account_id.0).await?;
             if !account.is_registered() {
                 return Err(CommandError::FailedPrecondition(
@@ -301,10 +294,7 @@ impl Commands {
                 .await
         })
         .await?;
-        let consistency_token = self
-            .store
-            .token(&[(LinkAttempt::TYPE, attempt_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(AuthenticateWithLuxTrustResponse { consistency_token })
     }
 
@@ -357,33 +347,36 @@ impl Commands {
             app_version: ready.app_version.clone(),
             at: now,
         };
-        if let Err(refusal) = self
+        let linked = match self
             .store
             .execute::<Device>(&ready.device_id.to_string(), link, &metadata)
             .await
         {
-            self.credentials.delete_link(attempt_id.0).await?;
-            return Err(refusal);
-        }
+            Ok(linked) => linked,
+            Err(refusal) => {
+                self.credentials.delete_link(attempt_id.0).await?;
+                return Err(refusal);
+            }
+        };
         let complete = LinkAttemptCommand::Complete { at: now };
-        match self
+        let completed = match self
             .store
             .execute::<LinkAttempt>(&attempt_id.to_string(), complete, &metadata)
             .await
         {
+            Ok(completed) => completed.position,
             // A concurrent call for the same attempt completed it: same link, same credential.
-            Ok(()) | Err(CommandError::Attempt(domain::LinkAttemptError::AlreadyCompleted)) => {}
+            Err(CommandError::Attempt(domain::LinkAttemptError::AlreadyCompleted)) => {
+                self.store
+                    .load_with_position::<LinkAttempt>(&attempt_id.to_string())
+                    .await?
+                    .1
+            }
             Err(other) => return Err(other),
-        }
-        let linked: Device = self.store.load(&ready.device_id.to_string()).await?;
+        };
         tracing::info!(method = ?ready.method, "device linked");
-        let consistency_token = self
-            .store
-            .token(&[
-                (Device::TYPE, ready.device_id.to_string()),
-                (LinkAttempt::TYPE, attempt_id.to_string()),
-            ])
-            .await?;
+        let consistency_token = store::token([&linked.position, &completed]);
+        let linked = linked.state;
         Ok(SetSecretCodeResponse {
             device_credential: credential.text,
             device_id: ready.device_id.to_string(),
@@ -403,7 +396,10 @@ impl Commands {
     ) -> Result<SetSecretCodeResponse, CommandError> {
         let completed = || CommandError::Attempt(domain::LinkAttemptError::AlreadyCompleted);
         let device_id = attempt.device_id().ok_or_else(completed)?;
-        let device: Device = self.store.load(&device_id.to_string()).await?;
+        let (device, position) = self
+            .store
+            .load_with_position::<Device>(&device_id.to_string())
+            .await?;
         let stored = self.credentials.device_credential(attempt_id.0).await?;
         let (Some(linked_at), Some(stored)) = (device.linked_at(), stored) else {
             return Err(completed());
@@ -416,10 +412,7 @@ impl Commands {
         if !blocking(&self.hasher, move |hasher| hasher.verify(&code, &verifier)).await? {
             return Err(completed());
         }
-        let consistency_token = self
-            .store
-            .token(&[(Device::TYPE, device_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&position]);
         Ok(SetSecretCodeResponse {
             device_credential: credential.text,
             device_id: device_id.to_string(),
@@ -441,13 +434,11 @@ impl Commands {
             enabled: body.enabled,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(Device::TYPE, device.device_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(SetBiometricsResponse {
             biometrics_enabled: body.enabled,
             consistency_token,
@@ -475,15 +466,16 @@ impl Commands {
             matches,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Device>(&device_key, command, &device.metadata)
             .await?;
-        let after: Device = self.store.load(&device_key).await?;
+        let after = executed.state;
         let still_linked = after.link_id() == Some(device.link_id);
         if !still_linked {
             self.credentials.delete_link(device.link_id.0).await?;
         }
-        let consistency_token = self.store.token(&[(Device::TYPE, device_key)]).await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(VerifySecretCodeResponse {
             consistency_token,
             verified: matches,
@@ -508,14 +500,12 @@ impl Commands {
             link_id: device.link_id,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
             .await?;
         self.credentials.delete_link(device.link_id.0).await?;
-        let consistency_token = self
-            .store
-            .token(&[(Device::TYPE, device.device_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(UnlinkThisDeviceResponse { consistency_token })
     }
 }

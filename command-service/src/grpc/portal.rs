@@ -1,7 +1,6 @@
 //! `PortalService`: the browser side of the portal and the portal back end.
 
 use chrono::Utc;
-use cqrs_es::Aggregate as _;
 use domain::{
     Account, AccountCommand, AccountId, Device, DeviceCommand, DeviceError, LinkQrCommand, QrId,
 };
@@ -17,7 +16,7 @@ use uuid::Uuid;
 use super::{CallMeta, Commands, Shared, timestamp};
 use crate::error::CommandError;
 use crate::secrets::{self, TokenKind};
-use crate::store::Metadata;
+use crate::store::{self, Metadata};
 use crate::validate;
 use identity::{PortalClaims, TokenError};
 
@@ -90,13 +89,11 @@ impl Commands {
             language: validate::language(&body.language)?,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(Account::TYPE, account_id.0.clone())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(RegisterAccountResponse {
             account_id: account_id.0,
             consistency_token,
@@ -115,13 +112,11 @@ impl Commands {
             email: validate::email(&body.email)?,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(Account::TYPE, account_id.0.clone())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(ChangeAccountEmailResponse { consistency_token })
     }
 
@@ -138,13 +133,11 @@ impl Commands {
             product,
             at: Utc::now(),
         };
-        self.store
+        let executed = self
+            .store
             .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(Account::TYPE, account_id.0.clone())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(RecordPortalLoginResponse { consistency_token })
     }
 
@@ -178,13 +171,11 @@ impl Commands {
             at: now,
             expires_at,
         };
-        self.store
+        let executed = self
+            .store
             .execute::<domain::LinkQr>(&qr_id.to_string(), command, &metadata)
             .await?;
-        let consistency_token = self
-            .store
-            .token(&[(domain::LinkQr::TYPE, qr_id.to_string())])
-            .await?;
+        let consistency_token = store::token([&executed.position]);
         Ok(IssueLinkQrResponse {
             consistency_token,
             qr_id: qr_id.to_string(),
@@ -220,14 +211,18 @@ impl Commands {
         // Check every device first, so that an unknown id unlinks nothing. A device this account
         // already unlinked counts as done, so a retry after a partial failure finishes the job.
         let mut links = Vec::with_capacity(device_ids.len());
+        let mut positions = Vec::with_capacity(device_ids.len());
         for device_id in &device_ids {
-            let device: Device = self.store.load(&device_id.to_string()).await?;
+            let (device, position) = self
+                .store
+                .load_with_position::<Device>(&device_id.to_string())
+                .await?;
             match device
                 .link_id()
                 .filter(|_| device.linked_account() == Some(&account_id))
             {
                 Some(link_id) => links.push((*device_id, link_id)),
-                None if device.was_unlinked_from(&account_id) => {}
+                None if device.was_unlinked_from(&account_id) => positions.push(position),
                 None => {
                     return Err(CommandError::NotFound(format!(
                         "no device {device_id} is linked to your account; no device was unlinked"
@@ -242,22 +237,18 @@ impl Commands {
                 link_id,
                 at: now,
             };
-            match self
-                .store
-                .execute::<Device>(&device_id.to_string(), command, &metadata)
-                .await
-            {
+            let key = device_id.to_string();
+            match self.store.execute::<Device>(&key, command, &metadata).await {
+                Ok(executed) => positions.push(executed.position),
                 // Unlinked concurrently (by the device itself, say): the goal is reached.
-                Ok(()) | Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {}
+                Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {
+                    positions.push(self.store.load_with_position::<Device>(&key).await?.1);
+                }
                 Err(other) => return Err(other),
             }
             self.credentials.delete_link(link_id.0).await?;
         }
-        let written: Vec<(&'static str, String)> = device_ids
-            .iter()
-            .map(|id| (Device::TYPE, id.to_string()))
-            .collect();
-        let consistency_token = self.store.token(&written).await?;
+        let consistency_token = store::token(&positions);
         Ok(UnlinkDevicesResponse {
             unlinked_device_ids: device_ids.iter().map(ToString::to_string).collect(),
             consistency_token,

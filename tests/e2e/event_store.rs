@@ -1,0 +1,185 @@
+//! The event store's snapshots and format: a state loaded from a snapshot is the state a full
+//! replay gives, counters stay right across a snapshot, a snapshot that does not fit is ignored,
+//! and postgres-es reads what linkd writes.
+use std::time::Duration;
+
+use command_service::store::{EventStore, SNAPSHOT_EVERY};
+use cqrs_es::EventStore as _;
+use cqrs_es::persist::PersistedEventStore;
+use domain::Device;
+use e2e::{Linked, TestApp, bearer, eventually, spawn_app};
+use postgres_es::PostgresEventRepository;
+use proto::v1::{SetBiometricsRequest, VerifySecretCodeRequest};
+
+async fn device_sequence(app: &TestApp, device_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(sequence), 0) FROM events \
+         WHERE aggregate_type = 'device' AND aggregate_id = $1",
+    )
+    .bind(device_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+/// Toggles biometrics until the device's history holds `events` events.
+async fn grow_history(app: &mut TestApp, linked: &Linked, events: i64) {
+    let mut enabled = false;
+    while device_sequence(app, &linked.device_id).await < events {
+        enabled = !enabled;
+        let request = SetBiometricsRequest {
+            enabled,
+            request_id: String::new(),
+        };
+        app.device
+            .set_biometrics(bearer(request, &linked.credential))
+            .await
+            .unwrap();
+    }
+}
+
+async fn snapshot_sequence(app: &TestApp, device_id: &str) -> Option<i64> {
+    sqlx::query_scalar(
+        "SELECT last_sequence FROM aggregate_snapshots \
+         WHERE aggregate_type = 'device' AND aggregate_id = $1",
+    )
+    .bind(device_id)
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+}
+
+async fn wrong_code(app: &mut TestApp, linked: &Linked) -> (u32, bool) {
+    let request = VerifySecretCodeRequest {
+        secret_code: "000001".into(),
+        request_id: String::new(),
+    };
+    let reply = app
+        .device
+        .verify_secret_code(bearer(request, &linked.credential))
+        .await
+        .unwrap()
+        .into_inner();
+    (reply.attempts_remaining, reply.device_unlinked)
+}
+
+#[tokio::test]
+async fn the_failure_count_stays_right_across_a_snapshot() {
+    // Arrange: two events short of the first snapshot.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+    grow_history(&mut app, &linked, SNAPSHOT_EVERY - 2).await;
+    assert_eq!(
+        device_sequence(&app, &linked.device_id).await,
+        SNAPSHOT_EVERY - 2
+    );
+
+    // Act: two wrong codes reach the snapshot; three more load from it.
+    assert_eq!(wrong_code(&mut app, &linked).await, (4, false));
+    assert_eq!(wrong_code(&mut app, &linked).await, (3, false));
+    let device_id = linked.device_id.clone();
+    eventually(Duration::from_secs(10), "the snapshot", || async {
+        snapshot_sequence(&app, &device_id)
+            .await
+            .filter(|sequence| *sequence == SNAPSHOT_EVERY)
+    })
+    .await;
+    assert_eq!(wrong_code(&mut app, &linked).await, (2, false));
+    assert_eq!(wrong_code(&mut app, &linked).await, (1, false));
+
+    // Assert: the fifth wrong code in a row, not the fourth or sixth, unlinks the device.
+    assert_eq!(wrong_code(&mut app, &linked).await, (0, true));
+    let store = EventStore::new(app.pool.clone());
+    let loaded: Device = store.load(&linked.device_id).await.unwrap();
+    let replayed: Device = store.replay(&linked.device_id).await.unwrap();
+    assert_eq!(loaded, replayed);
+    assert!(loaded.linked_account().is_none());
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_fit_is_ignored() {
+    // Arrange: a history long enough for a snapshot.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+    grow_history(&mut app, &linked, SNAPSHOT_EVERY + 3).await;
+    let device_id = linked.device_id.clone();
+    eventually(Duration::from_secs(10), "the snapshot", || async {
+        snapshot_sequence(&app, &device_id).await
+    })
+    .await;
+    let store = EventStore::new(app.pool.clone());
+    let truth: Device = store.replay(&linked.device_id).await.unwrap();
+    assert_eq!(
+        store.load::<Device>(&linked.device_id).await.unwrap(),
+        truth
+    );
+
+    // Act + Assert: a snapshot that no longer deserialises is replaced by a full replay.
+    sqlx::query("UPDATE aggregate_snapshots SET payload = '\"garbage\"'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load::<Device>(&linked.device_id).await.unwrap(),
+        truth
+    );
+
+    // A readable snapshot of another shape (an older build's) is not used either.
+    let unlinked = serde_json::to_string(&Device::default()).unwrap();
+    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json, schema = 'v0:0000'")
+        .bind(unlinked)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load::<Device>(&linked.device_id).await.unwrap(),
+        truth
+    );
+
+    // And the device still works: its next command is decided on the true state.
+    let request = VerifySecretCodeRequest {
+        secret_code: e2e::CODE.into(),
+        request_id: String::new(),
+    };
+    let reply = app
+        .device
+        .verify_secret_code(bearer(request, &linked.credential))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.verified);
+}
+
+#[tokio::test]
+async fn postgres_es_reads_what_linkd_writes() {
+    // Arrange
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let linked = app.link_by_qr("anna").await;
+    grow_history(&mut app, &linked, 5).await;
+
+    // Act
+    let ours = EventStore::new(app.pool.clone());
+    let theirs: PersistedEventStore<PostgresEventRepository, Device> =
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(app.pool.clone()));
+    let their_state = theirs.load_aggregate(&linked.device_id).await.unwrap();
+    let their_events = theirs.load_events(&linked.device_id).await.unwrap();
+    let our_events = cqrs_es::EventStore::<Device>::load_events(&ours, &linked.device_id)
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        their_state.aggregate,
+        ours.load::<Device>(&linked.device_id).await.unwrap()
+    );
+    assert_eq!(their_events.len(), 5);
+    for (theirs, ours) in their_events.iter().zip(&our_events) {
+        assert_eq!(theirs.sequence, ours.sequence);
+        assert_eq!(theirs.payload, ours.payload);
+        assert_eq!(theirs.metadata, ours.metadata);
+        assert!(theirs.metadata.contains_key("actor"));
+    }
+}
