@@ -11,7 +11,7 @@ use proto::v1;
 use proto::v1::audit_service_client::AuditServiceClient;
 use sqlx::Connection as _;
 
-use crate::percentile;
+use crate::stats::percentile;
 
 /// What to measure.
 #[derive(Debug, clap::Args)]

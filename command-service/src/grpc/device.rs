@@ -41,10 +41,15 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce(&CodeHasher) -> Result<T, argon2::password_hash::Error> + Send + 'static,
 ) -> Result<T, CommandError> {
     let hasher = hasher.clone();
-    tokio::task::spawn_blocking(move || work(&hasher))
-        .await
-        .map_err(|e| CommandError::Internal(format!("hashing task failed: {e}")))?
-        .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
+    let permit = hasher.permit().await;
+    tokio::task::spawn_blocking(move || {
+        let outcome = work(&hasher);
+        drop(permit);
+        outcome
+    })
+    .await
+    .map_err(|e| CommandError::Internal(format!("hashing task failed: {e}")))?
+    .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
 }
 
 impl Commands {

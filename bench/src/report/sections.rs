@@ -1,0 +1,240 @@
+//! The report's sections: one per concurrency level, the paced phase, growth and rebuild.
+
+use super::{MEANINGFUL_REBUILD, duration, errors, rate, thousands, times};
+use crate::config::Sizing;
+use crate::growth::Growth;
+use crate::load::Level;
+use crate::open_loop::OpenLoop;
+use crate::rebuild::Rebuild;
+use crate::stats::{Lags, OpStats};
+
+pub(super) fn lag_line(lags: &Lags) -> String {
+    if lags.samples.is_empty() && lags.timeouts == 0 {
+        return "no samples".to_owned();
+    }
+    let (p50, p99, max) = lags.quantiles();
+    let mut line = format!(
+        "p50 {}, p99 {}, max {} ({} samples",
+        duration(p50),
+        duration(p99),
+        duration(max),
+        lags.samples.len()
+    );
+    if lags.timeouts > 0 {
+        line.push_str(&format!("; {} never seen within 30 s", lags.timeouts));
+    }
+    line.push(')');
+    line
+}
+
+/// Error messages, one per operation and code, under a table.
+fn error_samples(out: &mut Vec<String>, ops: &[&OpStats]) {
+    let mut any = false;
+    for stats in ops {
+        for (code, (count, message)) in &stats.errors {
+            if !any {
+                out.push(String::new());
+                out.push("Errors (first message of each kind):".to_owned());
+                out.push(String::new());
+                any = true;
+            }
+            out.push(format!("- {} — {code} ×{count}: {message}", stats.name));
+        }
+    }
+}
+
+pub(super) fn level_section(out: &mut Vec<String>, level: &Level, sizing: &Sizing) {
+    let clients = if level.concurrency == 1 {
+        "1 client".to_owned()
+    } else {
+        format!("{} clients", level.concurrency)
+    };
+    let ceiling = level.ceiling.ops_per_second();
+    out.push(format!("### {clients}"));
+    out.push(String::new());
+    out.push(format!(
+        "Ceiling (BEGIN; INSERT one small row; COMMIT through sqlx, pool of {}): **{} transactions/s** \
+         (p50 {}, p99 {}). {} accounts, {} devices linked and unlinked.",
+        level.concurrency,
+        rate(ceiling),
+        duration(level.ceiling.p50),
+        duration(level.ceiling.p99),
+        level.accounts,
+        level.linked
+    ));
+    out.push(String::new());
+    out.push(
+        "| operation | count | ops/s | ratio to ceiling | p50 | p99 | max | errors |".to_owned(),
+    );
+    out.push("|---|--:|--:|--:|--:|--:|--:|---|".to_owned());
+    let row = |stats: &OpStats, bold: bool| {
+        let name = if bold {
+            format!("**{}**", stats.name)
+        } else {
+            stats.name.clone()
+        };
+        format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            stats.count,
+            rate(stats.ops_per_second()),
+            times(stats.ops_per_second() / ceiling.max(1e-9)),
+            duration(stats.p50),
+            duration(stats.p99),
+            duration(stats.max),
+            errors(stats)
+        )
+    };
+    for stats in &level.ops {
+        out.push(row(stats, false));
+    }
+    out.push(row(&level.non_hashing, true));
+    out.push(String::new());
+    out.push(format!(
+        "Projection lag, sampled (1 in {} links/unlinks; GetDevice without consistency token, \
+         polled every {} ms): link → device visible: {}; unlink → device shown unlinked: {}.",
+        sizing.lag_sample_every,
+        sizing.lag_poll.as_millis(),
+        lag_line(&level.link_lag),
+        lag_line(&level.unlink_lag)
+    ));
+    let all: Vec<&OpStats> = level.ops.iter().collect();
+    error_samples(out, &all);
+    out.push(String::new());
+}
+
+pub(super) fn open_loop_section(out: &mut Vec<String>, paced: &OpenLoop) {
+    out.push("### Projection lag at half the maximum command throughput (paced)".to_owned());
+    out.push(String::new());
+    out.push(format!(
+        "Pace: half the non-hashing command throughput measured at {} clients ({}/s) = \
+         **{} commands/s**, IssueLinkQr, StartLink, ScanQr and UnlinkDevices in turn, sent on a \
+         schedule whatever the answers take, for {:.1} s. Sent {} ({}/s achieved), {} succeeded \
+         ({}/s){}. {} devices were linked beforehand (in {:.1} s) for the unlinks.",
+        paced.based_on.0,
+        rate(paced.based_on.1),
+        rate(paced.target_rate),
+        paced.send_elapsed.as_secs_f64(),
+        paced.sent,
+        rate(paced.achieved_rate()),
+        paced.succeeded,
+        rate(paced.succeeded as f64 / paced.send_elapsed.as_secs_f64().max(1e-9)),
+        if paced.skipped > 0 {
+            format!(
+                ", {} scans skipped (their QR code or attempt failed)",
+                paced.skipped
+            )
+        } else {
+            String::new()
+        },
+        paced.prelinked.0,
+        paced.prelinked.1.as_secs_f64()
+    ));
+    out.push(String::new());
+    out.push(format!(
+        "**Unlink acknowledged → GetDevice (no consistency token, polled every {} ms) shows it \
+         unlinked: {}.**",
+        paced.poll.as_millis(),
+        lag_line(&paced.lag)
+    ));
+    out.push(String::new());
+    out.push("| operation | count | ops/s | p50 | p99 | max | errors |".to_owned());
+    out.push("|---|--:|--:|--:|--:|--:|---|".to_owned());
+    for stats in &paced.ops {
+        out.push(format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            stats.name,
+            stats.count,
+            rate(stats.ops_per_second()),
+            duration(stats.p50),
+            duration(stats.p99),
+            duration(stats.max),
+            errors(stats)
+        ));
+    }
+    let all: Vec<&OpStats> = paced.ops.iter().collect();
+    error_samples(out, &all);
+    out.push(String::new());
+}
+
+pub(super) fn growth_section(out: &mut Vec<String>, growth: &Growth) {
+    out.push("### Command latency against history length".to_owned());
+    out.push(String::new());
+    out.push(format!(
+        "Sequential SetBiometrics toggles (1 client) on devices whose history was lengthened by \
+         inserting copies of their own BiometricsEnabled/BiometricsDisabled events ({} inserted; \
+         the relay and projectors took {:.1} s to take them in before timing started). \
+         \"First call\" is each device's first timed toggle (median over the devices).",
+        growth.inserted,
+        growth.settle.as_secs_f64()
+    ));
+    out.push(String::new());
+    out.push(
+        "| history (events) | devices | history at the end | toggles | p50 | p99 | max | first call | errors |"
+            .to_owned(),
+    );
+    out.push("|--:|--:|--:|--:|--:|--:|--:|--:|---|".to_owned());
+    for row in &growth.rows {
+        out.push(format!(
+            "| {} | {} | ≤ {} | {} | {} | {} | {} | {} | {} |",
+            row.size,
+            row.devices,
+            row.grown_to,
+            row.stats.count,
+            duration(row.stats.p50),
+            duration(row.stats.p99),
+            duration(row.stats.max),
+            duration(row.first),
+            errors(&row.stats)
+        ));
+    }
+    if let (Some((p50, p99)), Some(small), Some(large)) =
+        (growth.ratios(), growth.rows.first(), growth.rows.last())
+    {
+        out.push(String::new());
+        out.push(format!(
+            "{} events / {} events: p50 **{p50:.2}×**, p99 {p99:.2}×.",
+            large.size, small.size
+        ));
+    }
+    let all: Vec<&OpStats> = growth.rows.iter().map(|row| &row.stats).collect();
+    error_samples(out, &all);
+    out.push(String::new());
+}
+
+pub(super) fn rebuild_section(out: &mut Vec<String>, rebuild: &Rebuild) {
+    out.push("### Rebuild".to_owned());
+    out.push(String::new());
+    let figure = match (rebuild.events, rebuild.events_per_second()) {
+        (Some(events), Some(per_second)) => format!(
+            "replayed **{events} events in {:.2} s = {} events/s**",
+            rebuild.tool_elapsed.unwrap_or(rebuild.wall).as_secs_f64(),
+            rate(per_second)
+        ),
+        _ => "did not report an event count".to_owned(),
+    };
+    out.push(format!(
+        "`projection-service rebuild` (release) {figure} by its own figures; {:.2} s wall clock \
+         with start-up. The stream held {} events, {} of them device events{}.",
+        rebuild.wall.as_secs_f64(),
+        rebuild.stream_messages,
+        rebuild.device_events,
+        if rebuild.padded > 0 {
+            format!(
+                " ({} of those added for the rebuild: copies of BiometricsEnabled/Disabled \
+                 events lengthening a few devices' histories)",
+                rebuild.padded
+            )
+        } else {
+            String::new()
+        }
+    ));
+    if rebuild.device_events < MEANINGFUL_REBUILD {
+        out.push(String::new());
+        out.push(format!(
+            "**Note:** fewer than {} device events in the stream; the figure is indicative \
+             only (start-up and the final switch weigh more).",
+            thousands(MEANINGFUL_REBUILD)
+        ));
+    }
+    out.push(String::new());
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command. Starts PostgreSQL and NATS if they are down, builds linkd in
+# release mode, creates scratch databases (linkd_bench_command, linkd_bench_projection), a scratch
+# stream and subject prefix, fresh development keys and pepper, a local SMTP sink on a free port,
+# starts both services on 127.0.0.1:50061 / :50062 (so ./scripts/run.sh can keep running), runs
+# `linkd-bench suite`, which writes its report into docs/performance.md, and always tears down
+# (processes, databases, stream, scratch folder), even on failure or Ctrl-C.
+#
+#   ./scripts/bench.sh            # the full suite (about 12 minutes on 2 cores)
+#   ./scripts/bench.sh --quick    # a smoke run of about a minute; figures are not meaningful
+#
+# Extra arguments go to `linkd-bench suite` (see `target/release/linkd-bench suite --help`).
+# The services' logs stay in .dev/logs/bench/ for inspection.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+
+PG_ADMIN=${LINKD_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PG_SERVER=${PG_ADMIN%/*}
+NATS_URL=${LINKD_NATS_URL:-nats://127.0.0.1:4222}
+COMMAND_DB=linkd_bench_command
+PROJECTION_DB=linkd_bench_projection
+STREAM=LINKD_BENCH_EVENTS
+PREFIX=linkdbench.events
+CONSUMERS=linkd-bench
+COMMAND_ADDR=127.0.0.1:${LINKD_BENCH_COMMAND_PORT:-50061}
+PROJECTION_ADDR=127.0.0.1:${LINKD_BENCH_PROJECTION_PORT:-50062}
+BIN=target/release
+LOGS=.dev/logs/bench
+export PGOPTIONS="${PGOPTIONS:-} --client-min-messages=warning"
+
+for addr in "$COMMAND_ADDR" "$PROJECTION_ADDR"; do
+  if port_open "${addr##*:}"; then
+    echo "error: $addr is already in use (is a benchmark already running?)" >&2
+    exit 1
+  fi
+done
+
+echo "building linkd (release; the first build takes a few minutes)…" >&2
+cargo build --locked --release -q -p command-service -p projection-service -p linkctl -p bench
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/linkd-bench.XXXXXX")
+pids=()
+teardown() {
+  local status=$?
+  trap - EXIT INT TERM
+  echo "tearing down…" >&2
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for db in "$COMMAND_DB" "$PROJECTION_DB"; do
+    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 ||
+      echo "warning: could not drop database $db" >&2
+  done
+  "$BIN/linkd-bench" drop-stream --nats-url "$NATS_URL" --stream "$STREAM" ||
+    echo "warning: could not delete stream $STREAM" >&2
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+# Fresh scratch state (a previous run that was killed may have left some behind).
+for db in "$COMMAND_DB" "$PROJECTION_DB"; do
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  psql "$PG_ADMIN" -qc "CREATE DATABASE $db"
+done
+"$BIN/linkd-bench" drop-stream --nats-url "$NATS_URL" --stream "$STREAM"
+"$BIN/linkctl" dev keys --dir "$WORK/keys" >/dev/null
+PEPPER=$(head -c 48 /dev/urandom | base64 -w0)
+mkdir -p "$LOGS"
+: >"$LOGS/command-service.log"
+: >"$LOGS/projection-service.log"
+: >"$LOGS/smtp-sink.log"
+
+# The email worker runs as in production, against a local SMTP sink on a free port.
+SMTP_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 scripts/smtp-sink.py --port "$SMTP_PORT" --dir "$WORK/mail" >>"$LOGS/smtp-sink.log" 2>&1 &
+pids+=($!)
+wait_for_port "SMTP sink (log: $LOGS/smtp-sink.log)" "$SMTP_PORT"
+
+COMMON=(
+  LINKD_NATS_URL="$NATS_URL"
+  LINKD_STREAM="$STREAM"
+  LINKD_SUBJECT_PREFIX="$PREFIX"
+  LINKD_IDP_PUBLIC_KEYS_FILE="$WORK/keys/idp.pub.pem"
+  RUST_LOG="${RUST_LOG:-info}"
+)
+env "${COMMON[@]}" \
+  LINKD_COMMAND_DATABASE_URL="$PG_SERVER/$COMMAND_DB" \
+  LINKD_COMMAND_GRPC_ADDR="$COMMAND_ADDR" \
+  LINKD_LUXTRUST_PUBLIC_KEYS_FILE="$WORK/keys/luxtrust.pub.pem" \
+  LINKD_SECRET_CODE_PEPPER="$PEPPER" \
+  "$BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
+pids+=($!)
+env "${COMMON[@]}" \
+  LINKD_PROJECTION_DATABASE_URL="$PG_SERVER/$PROJECTION_DB" \
+  LINKD_PROJECTION_GRPC_ADDR="$PROJECTION_ADDR" \
+  LINKD_CONSUMER_PREFIX="$CONSUMERS" \
+  LINKD_EVENT_STORE_URL="$PG_SERVER/$COMMAND_DB" \
+  LINKD_SMTP_HOST=127.0.0.1 LINKD_SMTP_PORT="$SMTP_PORT" LINKD_SMTP_TLS=none \
+  "$BIN/projection-service" >>"$LOGS/projection-service.log" 2>&1 &
+pids+=($!)
+wait_for_port "command service (log: $LOGS/command-service.log)" "${COMMAND_ADDR##*:}"
+wait_for_port "projection service (log: $LOGS/projection-service.log)" "${PROJECTION_ADDR##*:}"
+
+echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running the suite…" >&2
+"$BIN/linkd-bench" suite \
+  --addr "http://$COMMAND_ADDR" \
+  --query-addr "http://$PROJECTION_ADDR" \
+  --keys "$WORK/keys" \
+  --command-db "$PG_SERVER/$COMMAND_DB" \
+  --read-db "$PG_SERVER/$PROJECTION_DB" \
+  --nats-url "$NATS_URL" \
+  --stream "$STREAM" \
+  --subject-prefix "$PREFIX" \
+  --consumer-prefix "$CONSUMERS" \
+  --projection-bin "$BIN/projection-service" \
+  --report docs/performance.md \
+  --invocation "scripts/bench.sh${*:+ $*}" \
+  "$@"
