@@ -1,13 +1,19 @@
 //! Pull loop: one durable JetStream consumer per projector, explicit acknowledgements.
-//! decode -> apply in a transaction -> ack; a gap or a database failure -> NAK with a delay
-//! (redelivered later); a message that can never apply -> dead-letter table, then TERM.
+//! decode -> apply (the messages already received, in one transaction: [`batch`]) -> ack; a gap
+//! or a database failure -> NAK with a delay (redelivered later); a message that can never
+//! apply -> dead-letter table, then TERM.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::PgPool;
+
+pub mod batch;
+
+/// The most messages applied in one transaction.
+const MAX_BATCH: usize = 256;
 
 use crate::projections::{self, Outcome, ProjectionError, Projector};
 
@@ -124,38 +130,88 @@ async fn consume<P: Projector>(
         let Some(message) = message else {
             anyhow::bail!("the message stream ended");
         };
-        let message = message.context("receiving a message")?;
-        let outcome = match projections::decode(&message.payload) {
-            Ok(event) => projections::apply(pool, projector, &event).await,
-            Err(poison) => Err(poison),
-        };
-        match outcome {
-            Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => {
-                message
-                    .ack()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
-            }
-            Err(error) => {
-                if let ProjectionError::Poison(reason) = &error {
-                    tracing::error!(subject = %message.subject, %reason, "parking a poison message");
-                    park(
-                        pool,
-                        projector.name(),
-                        &message.subject,
-                        reason,
-                        &message.payload,
-                    )
-                    .await?;
-                } else {
-                    tracing::debug!(subject = %message.subject, %error, "retrying later");
+        let mut batch = vec![message.context("receiving a message")?];
+        // Whatever else has already arrived joins the batch (never waiting for more).
+        let mut failed = None;
+        while batch.len() < MAX_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => batch.push(message),
+                Some(Some(Err(error))) => {
+                    failed = Some(error);
+                    break;
                 }
-                let delivered = message.info().map_or(1, |info| info.delivered);
-                message
-                    .ack_with(error.ack_kind(delivered))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+                Some(None) | None => break,
             }
+        }
+        handle(pool, projector, batch).await?;
+        if let Some(error) = failed {
+            return Err(anyhow::anyhow!(error).context("receiving a message"));
+        }
+    }
+}
+
+/// Applies a batch of messages and acknowledges each: applied, already applied or parked →
+/// ACK; a gap or a failure → NAK with backoff; undecodable → dead letter, then TERM.
+async fn handle<P: Projector>(
+    pool: &PgPool,
+    projector: &P,
+    batch: Vec<jetstream::Message>,
+) -> anyhow::Result<()> {
+    let mut decoded = Vec::with_capacity(batch.len());
+    for message in batch {
+        match projections::decode(&message.payload) {
+            Ok(event) => decoded.push((message, event)),
+            Err(poison) => settle(pool, projector, &message, Err(poison)).await?,
+        }
+    }
+    let (messages, events): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let verdicts = match batch::apply(pool, projector, &events).await {
+        Ok(verdicts) => verdicts,
+        Err(error) => {
+            tracing::debug!(%error, events = events.len(), "batch rolled back; one by one");
+            batch::one_by_one(pool, projector, &events).await
+        }
+    };
+    for (message, verdict) in messages.iter().zip(verdicts) {
+        settle(pool, projector, message, verdict).await?;
+    }
+    Ok(())
+}
+
+/// Acknowledges one message according to what became of its event.
+async fn settle<P: Projector>(
+    pool: &PgPool,
+    projector: &P,
+    message: &jetstream::Message,
+    verdict: Result<Outcome, ProjectionError>,
+) -> anyhow::Result<()> {
+    match verdict {
+        Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => message
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("acknowledging: {e}")),
+        Err(error) => {
+            if let ProjectionError::Poison(reason) = &error {
+                tracing::error!(subject = %message.subject, %reason, "parking a poison message");
+                park(
+                    pool,
+                    projector.name(),
+                    &message.subject,
+                    reason,
+                    &message.payload,
+                )
+                .await?;
+            } else {
+                tracing::debug!(subject = %message.subject, %error, "retrying later");
+            }
+            let delivered = message.info().map_or(1, |info| info.delivered);
+            message
+                .ack_with(error.ack_kind(delivered))
+                .await
+                .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))
         }
     }
 }

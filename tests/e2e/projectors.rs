@@ -1,6 +1,7 @@
 //! The projector guard, exercised directly on a read-model database.
 
 use e2e::TestDatabase;
+use projection_service::consumer::batch;
 use projection_service::projections::devices::Devices;
 use projection_service::projections::{self, Outcome, ProjectionError};
 use proto::v1::event_envelope::Event;
@@ -159,4 +160,114 @@ async fn an_event_that_cannot_apply_is_parked_and_does_not_block_its_aggregate()
             .unwrap();
     assert_eq!(status, "linked", "the parked event changed nothing");
     assert!(biometrics, "the event after it applied");
+}
+
+fn biometrics(sequence: i64) -> EventEnvelope {
+    envelope(
+        sequence,
+        Event::BiometricsEnabled(v1::BiometricsEnabled { at: stamp() }),
+    )
+}
+
+async fn guard(pool: &sqlx::PgPool) -> Option<i64> {
+    sqlx::query_scalar("SELECT last_sequence FROM projector_positions")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
+    // Arrange: a redelivered first event, and the third before the second.
+    let (_database, pool) = read_model().await;
+    let events = [linked(), linked(), biometrics(3), biometrics(2)];
+
+    // Act
+    let verdicts = batch::apply(&pool, &Devices, &events).await.unwrap();
+
+    // Assert
+    assert!(matches!(verdicts[0], Ok(Outcome::Applied)));
+    assert!(matches!(verdicts[1], Ok(Outcome::AlreadyApplied)));
+    assert!(
+        matches!(
+            verdicts[2],
+            Err(ProjectionError::Gap {
+                expected: 2,
+                got: 3,
+                ..
+            })
+        ),
+        "{:?}",
+        verdicts[2]
+    );
+    assert!(matches!(verdicts[3], Ok(Outcome::Applied)));
+    assert_eq!(guard(&pool).await, Some(2));
+    // The held-back event applies when it is delivered again.
+    let again = batch::apply(&pool, &Devices, &[biometrics(3)])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], Ok(Outcome::Applied)));
+    assert_eq!(guard(&pool).await, Some(3));
+}
+
+#[tokio::test]
+async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
+    let (_database, pool) = read_model().await;
+    let broken = envelope(
+        2,
+        Event::DeviceUnlinked(v1::DeviceUnlinked {
+            link_id: String::new(),
+            reason: 99,
+            at: stamp(),
+        }),
+    );
+    let events = [linked(), broken, biometrics(3)];
+
+    let refused = batch::apply(&pool, &Devices, &events).await;
+    assert!(matches!(refused, Err(ProjectionError::Poison(_))));
+    assert_eq!(
+        guard(&pool).await.unwrap_or(0),
+        0,
+        "nothing of the batch committed"
+    );
+    let verdicts = batch::one_by_one(&pool, &Devices, &events).await;
+
+    let outcomes: Vec<Outcome> = verdicts.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Applied, Outcome::Parked, Outcome::Applied]
+    );
+    assert_eq!(guard(&pool).await, Some(3));
+}
+
+#[tokio::test]
+async fn concurrent_batches_of_the_same_events_apply_each_once() {
+    // Twelve workers deliver the same batch at once (redeliveries, several instances).
+    let (_database, pool) = read_model().await;
+    let events = vec![linked(), biometrics(2), biometrics(3)];
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (pool, events) = (pool.clone(), events.clone());
+        workers.spawn(async move {
+            loop {
+                match batch::apply(&pool, &Devices, &events).await {
+                    Ok(verdicts) => {
+                        assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+                        break;
+                    }
+                    Err(ProjectionError::Transient(_)) => tokio::task::yield_now().await,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(guard(&pool).await, Some(3));
+    let biometrics: bool = sqlx::query_scalar("SELECT biometrics_enabled FROM devices")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(biometrics);
 }

@@ -60,15 +60,21 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
         .await
         .unwrap();
     let read = app.read_pool();
-    e2e::eventually(Duration::from_secs(30), "the notifier to catch up", || async {
-        let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT sum(last_sequence)::bigint FROM projector_positions WHERE projector = 'notifier'",
-        )
-        .fetch_one(&read)
-        .await
-        .ok()?;
-        (applied == Some(stored)).then_some(())
-    })
+    // The other projectors' guards are carried over at the switch: wait until they are still.
+    e2e::eventually(
+        Duration::from_secs(30),
+        "the notifier and the audit log to catch up",
+        || async {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(last_sequence)::bigint FROM projector_positions \
+                 WHERE projector IN ('notifier', 'audit')",
+            )
+            .fetch_one(&read)
+            .await
+            .ok()?;
+            (applied == Some(2 * stored)).then_some(())
+        },
+    )
     .await;
     let live = snapshot(&app.read_pool()).await;
 
