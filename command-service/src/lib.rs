@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod error;
 pub mod grpc;
 pub mod idempotency;
+pub mod qr;
 pub mod relay;
 pub mod secrets;
 pub mod startup;

@@ -158,11 +158,8 @@ impl Commands {
         let qr_id = QrId(Uuid::new_v4());
         tracing::Span::current().record("qr_id", tracing::field::display(&qr_id));
         let token = secrets::mint(TokenKind::Qr, qr_id.0);
-        let svg = qrcode::QrCode::new(token.text.as_bytes())
-            .map_err(|e| CommandError::Internal(format!("rendering the QR code: {e}")))?
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(256, 256)
-            .build();
+        let svg = crate::qr::svg(&token.text)
+            .map_err(|e| CommandError::Internal(format!("rendering the QR code: {e}")))?;
         self.credentials
             .insert_bearer(TokenKind::Qr, qr_id.0, &token.hash, expires_at)
             .await?;
