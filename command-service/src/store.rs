@@ -113,6 +113,11 @@ impl<A: Aggregate> AggregateContext<A> for Loaded<A> {
 }
 
 impl<A: Aggregate> Loaded<A> {
+    /// The state as loaded.
+    pub fn state(&self) -> &A {
+        &self.aggregate
+    }
+
     /// The aggregate's last event, for a consistency token.
     pub fn position(&self) -> Written {
         Written {
@@ -219,6 +224,25 @@ impl EventStore {
         let loaded = self.load_context::<A>(id).await?;
         let position = loaded.position();
         Ok((loaded.aggregate, position))
+    }
+
+    /// Aggregate `id` loaded for a command: check its state, then pass it to
+    /// [`EventStore::execute_loaded`] (one load instead of two).
+    pub async fn load_for_command<A: Stored>(&self, id: &str) -> Result<Loaded<A>, CommandError> {
+        Ok(self.load_context::<A>(id).await?)
+    }
+
+    /// A new aggregate with a fresh id (a random UUID): known to have no events, so it is not
+    /// read. Should it exist after all, the commit conflicts and the command is decided again on
+    /// what the store holds.
+    pub fn fresh<A: Stored>(&self, id: &str) -> Loaded<A> {
+        Loaded {
+            aggregate_id: id.to_owned(),
+            aggregate: A::default(),
+            sequence: 0,
+            global_position: 0,
+            snapshot_sequence: 0,
+        }
     }
 
     /// The state of aggregate `id` replayed from its first event, ignoring snapshots (to check
@@ -427,6 +451,27 @@ impl EventStore {
         retry_on_conflict(|| self.execute_once::<A>(id, command.clone(), metadata)).await
     }
 
+    /// Executes `command` on an aggregate already loaded (see [`EventStore::load_for_command`]).
+    /// If another writer appended since the load, the command is decided again on a fresh load,
+    /// as [`EventStore::execute`] does.
+    pub async fn execute_loaded<A>(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Stored,
+        A::Command: Clone,
+        CommandError: From<AggregateError<A::Error>>,
+    {
+        let id = loaded.aggregate_id.clone();
+        match self.decide(loaded, command.clone(), metadata).await {
+            Err(CommandError::Conflict) => self.execute::<A>(&id, command, metadata).await,
+            other => other,
+        }
+    }
+
     /// Executes `command` once; a conflict is returned to the caller, who decides again (use
     /// inside [`retry_on_conflict`] when the command depends on other aggregates' state).
     pub async fn execute_once<A>(
@@ -439,7 +484,21 @@ impl EventStore {
         A: Stored,
         CommandError: From<AggregateError<A::Error>>,
     {
-        let mut loaded = self.load_context::<A>(id).await?;
+        let loaded = self.load_context::<A>(id).await?;
+        self.decide(loaded, command, metadata).await
+    }
+
+    /// Lets the aggregate decide `command` and commits what it decided.
+    async fn decide<A>(
+        &self,
+        mut loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Stored,
+        CommandError: From<AggregateError<A::Error>>,
+    {
         let sink = EventSink::default();
         loaded
             .aggregate

@@ -19,7 +19,7 @@ use super::{CallMeta, Commands, Shared, timestamp};
 use crate::credentials::StoredCredential;
 use crate::error::CommandError;
 use crate::secrets::{self, CodeHasher, PresentedToken, TokenKind};
-use crate::store::{self, Metadata, retry_on_conflict};
+use crate::store::{self, Loaded, Metadata, retry_on_conflict};
 use crate::validate;
 use identity::{LuxTrustClaims, TokenError};
 
@@ -33,6 +33,8 @@ struct LinkedDevice {
     device_id: DeviceId,
     credential: StoredCredential,
     metadata: Metadata,
+    /// The device as loaded to check the credential, for the command that follows.
+    loaded: Loaded<Device>,
 }
 
 /// Runs Argon2id off the async runtime's worker threads.
@@ -105,7 +107,11 @@ impl Commands {
             })?;
         let device_id = DeviceId(credential.device_id);
         let link_id = LinkAttemptId(token.id);
-        let device: Device = self.store.load(&device_id.to_string()).await?;
+        let loaded = self
+            .store
+            .load_for_command::<Device>(&device_id.to_string())
+            .await?;
+        let device = loaded.state();
         let Some(account_id) = device
             .linked_account()
             .filter(|_| device.link_id() == Some(link_id))
@@ -122,6 +128,7 @@ impl Commands {
             device_id,
             credential,
             metadata,
+            loaded,
         })
     }
 
@@ -169,9 +176,10 @@ impl Commands {
             request_id: meta.call_id.clone(),
             account_id: None,
         };
+        let attempt = self.store.fresh::<LinkAttempt>(&attempt_id.to_string());
         let executed = self
             .store
-            .execute::<LinkAttempt>(&attempt_id.to_string(), command, &metadata)
+            .execute_loaded(attempt, command, &metadata)
             .await?;
         let consistency_token = store::token([&executed.position]);
         Ok(StartLinkResponse {
@@ -203,10 +211,17 @@ impl Commands {
         if !stored.is_some_and(|hash| qr_token.matches(&hash)) {
             return Err(unknown_qr());
         }
-        let qr: LinkQr = self.store.load(&qr_id.to_string()).await?;
-        let account_id = qr.account_id().cloned().ok_or_else(unknown_qr)?;
-        let attempt: LinkAttempt = self.store.load(&attempt_id.to_string()).await?;
+        let qr = self
+            .store
+            .load_for_command::<LinkQr>(&qr_id.to_string())
+            .await?;
+        let account_id = qr.state().account_id().cloned().ok_or_else(unknown_qr)?;
+        let attempt = self
+            .store
+            .load_for_command::<LinkAttempt>(&attempt_id.to_string())
+            .await?;
         let device_id = attempt
+            .state()
             .device_id()
             .ok_or(domain::LinkAttemptError::NotStarted)?;
         let now = Utc::now();
@@ -216,20 +231,17 @@ impl Commands {
             at: now,
         };
         // Refuse before consuming the QR code if the attempt cannot use it.
-        attempt.decide(accept.clone())?;
+        attempt.state().decide(accept.clone())?;
         let metadata = metadata.for_account(&account_id.0);
         let consume = LinkQrCommand::Consume {
             attempt_id,
             device_id,
             at: now,
         };
-        let consumed = self
-            .store
-            .execute::<LinkQr>(&qr_id.to_string(), consume, &metadata)
-            .await?;
+        let consumed = self.store.execute_loaded(qr, consume, &metadata).await?;
         let accepted = self
             .store
-            .execute::<LinkAttempt>(&attempt_id.to_string(), accept, &metadata)
+            .execute_loaded(attempt, accept, &metadata)
             .await?;
         let consistency_token = store::token([&consumed.position, &accepted.position]);
         Ok(ScanQrResponse { consistency_token })
@@ -319,19 +331,26 @@ impl Commands {
         // retry, or a double submit racing the first) returns the same credential.
         let credential = link_token.derive(TokenKind::DeviceCredential, attempt_id.0);
         let now = Utc::now();
-        let attempt: LinkAttempt = self.store.load(&attempt_id.to_string()).await?;
-        let ready = match attempt.ready_to_link(now) {
+        let attempt = self
+            .store
+            .load_for_command::<LinkAttempt>(&attempt_id.to_string())
+            .await?;
+        let ready = match attempt.state().ready_to_link(now) {
             Ok(ready) => ready,
             Err(domain::LinkAttemptError::AlreadyCompleted) => {
                 return self
-                    .repeat_completed_link(attempt_id, &attempt, credential, body)
+                    .repeat_completed_link(attempt_id, attempt.state(), credential, body)
                     .await;
             }
             Err(refusal) => return Err(refusal.into()),
         };
         span.record("device_id", tracing::field::display(ready.device_id));
-        let device: Device = self.store.load(&ready.device_id.to_string()).await?;
-        if device.linked_account().is_some() && device.link_id() != Some(attempt_id) {
+        let device = self
+            .store
+            .load_for_command::<Device>(&ready.device_id.to_string())
+            .await?;
+        let state = device.state();
+        if state.linked_account().is_some() && state.link_id() != Some(attempt_id) {
             return Err(domain::DeviceError::DeviceAlreadyLinked.into());
         }
         let code = body.secret_code.clone();
@@ -352,11 +371,7 @@ impl Commands {
             app_version: ready.app_version.clone(),
             at: now,
         };
-        let linked = match self
-            .store
-            .execute::<Device>(&ready.device_id.to_string(), link, &metadata)
-            .await
-        {
+        let linked = match self.store.execute_loaded(device, link, &metadata).await {
             Ok(linked) => linked,
             Err(refusal) => {
                 self.credentials.delete_link(attempt_id.0).await?;
@@ -366,7 +381,7 @@ impl Commands {
         let complete = LinkAttemptCommand::Complete { at: now };
         let completed = match self
             .store
-            .execute::<LinkAttempt>(&attempt_id.to_string(), complete, &metadata)
+            .execute_loaded(attempt, complete, &metadata)
             .await
         {
             Ok(completed) => completed.position,
@@ -441,7 +456,7 @@ impl Commands {
         };
         let executed = self
             .store
-            .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
+            .execute_loaded(device.loaded, command, &device.metadata)
             .await?;
         let consistency_token = store::token([&executed.position]);
         Ok(SetBiometricsResponse {
@@ -459,7 +474,6 @@ impl Commands {
         secrets::check_code_format(&body.secret_code)
             .map_err(|refusal| CommandError::InvalidArgument(refusal.to_string()))?;
         let device = self.linked_device(meta).await?;
-        let device_key = device.device_id.to_string();
         tracing::Span::current().record("device_id", tracing::field::display(device.device_id));
         let code = body.secret_code.clone();
         let verifier = device.credential.code_verifier.clone();
@@ -473,7 +487,7 @@ impl Commands {
         };
         let executed = self
             .store
-            .execute::<Device>(&device_key, command, &device.metadata)
+            .execute_loaded(device.loaded, command, &device.metadata)
             .await?;
         let after = executed.state;
         let still_linked = after.link_id() == Some(device.link_id);
@@ -507,7 +521,7 @@ impl Commands {
         };
         let executed = self
             .store
-            .execute::<Device>(&device.device_id.to_string(), command, &device.metadata)
+            .execute_loaded(device.loaded, command, &device.metadata)
             .await?;
         self.credentials.delete_link(device.link_id.0).await?;
         let consistency_token = store::token([&executed.position]);

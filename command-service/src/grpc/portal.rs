@@ -168,10 +168,8 @@ impl Commands {
             at: now,
             expires_at,
         };
-        let executed = self
-            .store
-            .execute::<domain::LinkQr>(&qr_id.to_string(), command, &metadata)
-            .await?;
+        let qr = self.store.fresh::<domain::LinkQr>(&qr_id.to_string());
+        let executed = self.store.execute_loaded(qr, command, &metadata).await?;
         let consistency_token = store::token([&executed.position]);
         Ok(IssueLinkQrResponse {
             consistency_token,
@@ -210,16 +208,17 @@ impl Commands {
         let mut links = Vec::with_capacity(device_ids.len());
         let mut positions = Vec::with_capacity(device_ids.len());
         for device_id in &device_ids {
-            let (device, position) = self
+            let device = self
                 .store
-                .load_with_position::<Device>(&device_id.to_string())
+                .load_for_command::<Device>(&device_id.to_string())
                 .await?;
-            match device
+            let state = device.state();
+            match state
                 .link_id()
-                .filter(|_| device.linked_account() == Some(&account_id))
+                .filter(|_| state.linked_account() == Some(&account_id))
             {
-                Some(link_id) => links.push((*device_id, link_id)),
-                None if device.was_unlinked_from(&account_id) => positions.push(position),
+                Some(link_id) => links.push((*device_id, link_id, device)),
+                None if state.was_unlinked_from(&account_id) => positions.push(device.position()),
                 None => {
                     return Err(CommandError::NotFound(format!(
                         "no device {device_id} is linked to your account; no device was unlinked"
@@ -228,14 +227,14 @@ impl Commands {
             }
         }
         let now = Utc::now();
-        for (device_id, link_id) in links {
+        for (device_id, link_id, device) in links {
             let command = DeviceCommand::UnlinkFromPortal {
                 account_id: account_id.clone(),
                 link_id,
                 at: now,
             };
             let key = device_id.to_string();
-            match self.store.execute::<Device>(&key, command, &metadata).await {
+            match self.store.execute_loaded(device, command, &metadata).await {
                 Ok(executed) => positions.push(executed.position),
                 // Unlinked concurrently (by the device itself, say): the goal is reached.
                 Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {
