@@ -1,14 +1,18 @@
 //! Projectors: each applies one event to its read model in one PostgreSQL transaction, together
 //! with its per-aggregate guard (the last sequence it applied), so a redelivered event is
 //! skipped and an event that arrives before its predecessor is refused until it comes.
+//!
+//! The rebuild applies many events per transaction instead ([`replay`]), with the same guard
+//! rules, through projectors that can fold events in memory ([`BatchProjector`]).
 
 pub mod audit;
 pub mod devices;
 pub mod notifier;
+pub mod replay;
 
 use prost::Message as _;
 use proto::v1::EventEnvelope;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// What became of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,33 @@ pub trait Projector: Send + Sync {
         &'a self,
         tx: &'a mut Transaction<'static, Postgres>,
         event: &'a EventEnvelope,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
+}
+
+/// A projector that can also apply a batch of events in one transaction (the rebuild's path):
+/// it loads the state of the batch's aggregates once, folds the events into it in memory, and
+/// writes the result back with a few bulk statements. The guard is handled by
+/// [`replay::apply_batch`].
+pub trait BatchProjector: Projector {
+    /// What one batch holds in memory.
+    type State: Send;
+
+    /// Loads the state of `aggregates` (type, id) as stored.
+    fn load<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        aggregates: &'a [(&'a str, &'a str)],
+    ) -> impl Future<Output = Result<Self::State, ProjectionError>> + Send + 'a;
+
+    /// Applies `event` to `state` exactly as [`Projector::apply`] applies it to the tables, and
+    /// refuses the same events for the same reasons; `state` is unchanged when it fails.
+    fn fold(&self, state: &mut Self::State, event: &EventEnvelope) -> Result<(), ProjectionError>;
+
+    /// Writes what `fold` changed.
+    fn store<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        state: Self::State,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
 }
 

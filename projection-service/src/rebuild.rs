@@ -3,24 +3,30 @@
 //!
 //! 1. Fresh `devices` and `projector_positions` tables in a schema of their own (the guards of
 //!    other projectors, such as the notifier, are carried over unchanged at the switch).
-//! 2. An ephemeral consumer from the stream's start applies every event to them, through the
-//!    same projector code and guard as the live consumer.
+//! 2. An ephemeral consumer from the stream's start is read in large pulls; each pull is
+//!    decoded and applied in one transaction (ADR 0007) with the live path's rules: the same
+//!    per-event decision ([`crate::projections::devices::change`]), the same guard (skip what
+//!    was applied, hold back what comes after a gap, park what cannot apply), one guard write per
+//!    aggregate per batch. The next pull is read while the previous one is written.
 //! 3. Under an exclusive lock on the live tables (the live consumer waits), the last events are
-//!    applied, the live tables move aside, the fresh ones take their place, and the lock is
-//!    released; the live consumer resumes on the fresh tables, its guard skipping what the
-//!    rebuild already applied.
+//!    applied, the fresh guards are checked not to be behind the live ones, the live tables move
+//!    aside, the fresh ones take their place, and the lock is released; the live consumer
+//!    resumes on the fresh tables, its guard skipping what the rebuild already applied.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Executor as _, PgPool};
+use proto::v1::EventEnvelope;
+use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::consumer::ConsumerSettings;
-use crate::projections::{self, Projector, devices::Devices};
+use crate::projections::replay::{self, BatchOutcome, Replayed};
+use crate::projections::{self, BatchProjector, Projector, devices::Devices};
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +44,38 @@ impl Rebuilt {
     }
 }
 
+/// How a rebuild reads and writes.
+#[derive(Debug, Clone)]
+pub struct RebuildOptions {
+    /// Messages per pull from the stream, and events per transaction.
+    pub batch_size: usize,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self { batch_size: 10_000 }
+    }
+}
+
 const TABLES: [&str; 2] = ["devices", "projector_positions"];
+
+/// Guards written per statement at the end of a replay phase.
+const GUARDS_PER_STATEMENT: usize = 10_000;
+
+/// How long a pull may go without a message before the rebuild gives up.
+const SILENCE: Duration = Duration::from_secs(30);
 
 /// Rebuilds the read models in the database at `database_url` from the stream.
 pub async fn rebuild(database_url: &str, settings: &ConsumerSettings) -> anyhow::Result<Rebuilt> {
+    rebuild_with(database_url, settings, &RebuildOptions::default()).await
+}
+
+/// [`rebuild`] with `options`.
+pub async fn rebuild_with(
+    database_url: &str,
+    settings: &ConsumerSettings,
+    options: &RebuildOptions,
+) -> anyhow::Result<Rebuilt> {
     let started = Instant::now();
     let pool = crate::startup::connect_and_migrate(database_url).await?;
     let fresh = format!("rebuild_{}", Uuid::new_v4().simple());
@@ -54,7 +88,7 @@ pub async fn rebuild(database_url: &str, settings: &ConsumerSettings) -> anyhow:
         )
         .await?;
     }
-    let outcome = replay_and_switch(&pool, database_url, settings, &fresh, &retired).await;
+    let outcome = replay_and_switch(&pool, database_url, settings, options, &fresh, &retired).await;
     if outcome.is_err() {
         let _ = pool
             .execute(format!("DROP SCHEMA IF EXISTS {fresh} CASCADE").as_str())
@@ -75,23 +109,23 @@ async fn replay_and_switch(
     pool: &PgPool,
     database_url: &str,
     settings: &ConsumerSettings,
+    options: &RebuildOptions,
     fresh: &str,
     retired: &str,
 ) -> anyhow::Result<u64> {
-    // Connections that see the fresh tables under the usual names.
-    // Fresh tables first; dead_letters (parked events) stays the live one.
-    let search_path = format!("SET search_path TO {fresh}, public");
-    let shadow = PgPoolOptions::new()
-        .max_connections(2)
-        .after_connect(move |connection, _| {
-            let search_path = search_path.clone();
-            Box::pin(async move {
-                connection.execute(search_path.as_str()).await?;
-                Ok(())
-            })
-        })
-        .connect(database_url)
+    // One connection that sees the fresh tables under the usual names (dead_letters, for parked
+    // events, stays the live one), and writes them in order, one batch after the other.
+    let mut shadow = PgConnection::connect(database_url)
+        .await
+        .context("connecting the rebuild's writer")?;
+    shadow
+        .execute(format!("SET search_path TO {fresh}, public").as_str())
         .await?;
+    // The batches commit without waiting for their WAL to reach the disk. Nothing reads the
+    // fresh tables before the switch, and the switch commits synchronously (on `pool`): WAL is
+    // flushed in order, so once the switch is durable every batch before it is too. A crash
+    // before that loses only the fresh schema, which is never switched in (ADR 0007).
+    shadow.execute("SET synchronous_commit TO off").await?;
     let client = async_nats::connect(&settings.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
@@ -100,24 +134,70 @@ async fn replay_and_switch(
         .await
         .with_context(|| format!("opening stream {}", settings.stream))?;
     let projector = Devices;
-    let mut replay: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await
-        .context("creating the replay consumer")?;
-    let mut events = drain(&mut replay, &shadow, &projector).await?;
+    let mut replay = Replay {
+        consumer: stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .context("creating the replay consumer")?,
+        batch_size: options.batch_size.max(1),
+        replayed: Replayed::default(),
+        read: 0,
+        outcome: BatchOutcome::default(),
+    };
+    replay.drain(&mut shadow, &projector).await?;
+    tracing::info!(
+        read = replay.read,
+        applied = replay.outcome.applied,
+        "replayed the stream; switching over"
+    );
 
     let mut tx = pool.begin().await?;
+    let locking = Instant::now();
     // The live consumer locks projector_positions first, then devices: same order, no deadlock.
     sqlx::query("LOCK TABLE public.projector_positions, public.devices IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
-    events += drain(&mut replay, &shadow, &projector).await?;
+    // Pulls issued now see every message the live consumer has applied: it took each from the
+    // stream before committing, and it committed before this lock was granted.
+    replay.drain(&mut shadow, &projector).await?;
+    if !replay.replayed.held.is_empty() {
+        // The live consumer cannot have applied these either (it waits for the same gaps, and
+        // the check below proves it): it will apply them on the fresh tables when the gap fills.
+        let waiting: Vec<String> = replay
+            .replayed
+            .held
+            .waiting()
+            .take(10)
+            .map(|((kind, id), sequence)| format!("{kind}/{id}/{sequence}.."))
+            .collect();
+        tracing::warn!(
+            events = replay.replayed.held.len(),
+            ?waiting,
+            "events after a gap in the stream stay unapplied"
+        );
+    }
+    // Never switch to read models behind what readers have seen: that would mean the stream
+    // lost events the live consumer applied (republish from 0, then rebuild).
+    let behind: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM public.projector_positions l \
+         LEFT JOIN {fresh}.projector_positions f USING (projector, aggregate_type, aggregate_id) \
+         WHERE l.projector = $1 AND l.last_sequence > coalesce(f.last_sequence, 0)"
+    ))
+    .bind(projector.name())
+    .fetch_one(&mut *tx)
+    .await?;
+    if behind > 0 {
+        anyhow::bail!(
+            "the stream lacks events the live read model applied ({behind} aggregates would go \
+             back); republish the event store (command-service republish --from 0) and rebuild"
+        );
+    }
     // Other projectors' guards are not rebuilt here: carry them over unchanged.
     sqlx::query(&format!(
         "INSERT INTO {fresh}.projector_positions SELECT * FROM public.projector_positions \
@@ -135,49 +215,131 @@ async fn replay_and_switch(
             .await?;
     }
     tx.commit().await?;
-    shadow.close().await;
-    Ok(events)
+    let locked = locking.elapsed();
+    shadow.close().await?;
+    let BatchOutcome {
+        applied,
+        already_applied,
+        parked,
+        held_back,
+    } = replay.outcome;
+    tracing::info!(
+        read = replay.read,
+        applied,
+        already_applied,
+        parked,
+        held_back,
+        aggregates = replay.replayed.aggregates(),
+        locked_ms = locked.as_millis(),
+        "switched over"
+    );
+    Ok(replay.read)
 }
 
-/// Applies messages until the consumer has nothing pending.
-async fn drain<P: Projector>(
-    replay: &mut consumer::PullConsumer,
-    shadow: &PgPool,
-    projector: &P,
+/// The replay consumer and what came of its messages so far.
+struct Replay {
+    consumer: consumer::PullConsumer,
+    batch_size: usize,
+    replayed: Replayed,
+    read: u64,
+    outcome: BatchOutcome,
+}
+
+impl Replay {
+    /// Applies messages until the consumer has nothing pending: pulls are read and decoded while
+    /// the previous batch is written.
+    async fn drain<P: BatchProjector>(
+        &mut self,
+        shadow: &mut PgConnection,
+        projector: &P,
+    ) -> anyhow::Result<()> {
+        let (batches, mut received) = mpsc::channel::<Vec<EventEnvelope>>(2);
+        // A task of its own, so that decoding runs beside the writer on another worker.
+        let reader =
+            tokio::spawn(pull(self.consumer.clone(), self.batch_size, batches).in_current_span());
+        let replayed = &mut self.replayed;
+        let written = async {
+            let mut outcome = BatchOutcome::default();
+            while let Some(events) = received.recv().await {
+                let mut tx = shadow.begin().await?;
+                outcome += replay::apply_batch(&mut tx, projector, events, replayed)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
+                tx.commit().await?;
+            }
+            anyhow::Ok(outcome)
+        }
+        .await;
+        let outcome = match written {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                reader.abort();
+                return Err(error);
+            }
+        };
+        // The channel closes when the reader has finished (or failed).
+        self.read += reader.await.context("the stream reader stopped")??;
+        self.outcome += outcome;
+        // Nothing reads the fresh guards before the switch, so they are written once here
+        // rather than with every batch.
+        let mut tx = shadow.begin().await?;
+        self.replayed
+            .store_guards(&mut tx, projector.name(), GUARDS_PER_STATEMENT)
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the guards: {e}"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Pulls `batch_size` messages at a time and sends them on, decoded, until the consumer has
+/// nothing pending; returns how many messages it read.
+async fn pull(
+    mut consumer: consumer::PullConsumer,
+    batch_size: usize,
+    batches: mpsc::Sender<Vec<EventEnvelope>>,
 ) -> anyhow::Result<u64> {
-    let mut applied = 0;
+    let mut read = 0;
     loop {
-        let mut batch = replay
+        let mut messages = consumer
             .fetch()
-            .max_messages(500)
-            .expires(Duration::from_millis(250))
+            .max_messages(batch_size)
             .messages()
             .await
             .map_err(|e| anyhow::anyhow!("fetching: {e}"))?;
+        let mut events = Vec::with_capacity(batch_size);
         let mut got = 0;
-        while let Some(message) = batch.next().await {
+        // A no-wait pull: the server answers at once with what it has, and ends the pull.
+        while let Some(message) = tokio::time::timeout(SILENCE, messages.next())
+            .await
+            .context("the stream stopped answering a pull")?
+        {
             let message = message.map_err(|e| anyhow::anyhow!("receiving: {e}"))?;
-            let Ok(event) = projections::decode(&message.payload) else {
-                // Not an event at all: the live consumer parked it already.
-                tracing::warn!(subject = %message.subject, "skipping an undecodable message");
-                got += 1;
-                continue;
-            };
-            projections::apply(shadow, projector, &event)
-                .await
-                .map_err(|e| anyhow::anyhow!("replaying {}: {e}", event.event_id))?;
             got += 1;
+            match projections::decode(&message.payload) {
+                Ok(event) => events.push(event),
+                // Not an event at all: the live consumer parked it already.
+                Err(_) => {
+                    tracing::warn!(subject = %message.subject, "skipping an undecodable message");
+                }
+            }
         }
-        applied += got;
-        if got == 0
-            && replay
+        read += got;
+        if !events.is_empty() {
+            batches
+                .send(events)
+                .await
+                .map_err(|_| anyhow::anyhow!("the writer stopped"))?;
+        }
+        if got < batch_size as u64
+            && consumer
                 .info()
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map_err(|e| anyhow::anyhow!("reading the replay consumer: {e}"))?
                 .num_pending
                 == 0
         {
-            return Ok(applied);
+            return Ok(read);
         }
     }
 }

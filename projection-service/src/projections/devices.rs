@@ -1,12 +1,19 @@
 //! The device read model: every device with its current (or last) link, for the holder's list
 //! and for "is this device linked, and to which account".
+//!
+//! What an event does to its row is decided once, by [`change`]; the live path turns that into
+//! one statement per event ([`Projector::apply`]), the rebuild folds many events into rows in
+//! memory and writes them back in bulk ([`BatchProjector`]).
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{ProjectionError, Projector, event_time};
+use super::{BatchProjector, ProjectionError, Projector, event_time};
 
 /// Projects `device` events into `devices`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -17,6 +24,174 @@ pub const NAME: &str = "devices";
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, ProjectionError> {
     Uuid::try_parse(raw).map_err(|_| ProjectionError::Poison(format!("{field} is not a UUID")))
+}
+
+/// A row of `devices`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceRow {
+    /// The device (aggregate id).
+    pub device_id: Uuid,
+    /// The account it is (or was last) linked to.
+    pub account_id: String,
+    /// Its current (or last) link.
+    pub link_id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// `qr` or `luxtrust`.
+    pub method: String,
+    /// `mobile` or `scan`, for LuxTrust links.
+    pub product_kind: Option<String>,
+    /// The LuxTrust product's serial.
+    pub product_serial: Option<String>,
+    /// `ios` or `android`.
+    pub platform: String,
+    /// The app's version when linked.
+    pub app_version: String,
+    /// When the link completed.
+    pub linked_at: DateTime<Utc>,
+    /// The last correct secret code.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Biometric unlocking on.
+    pub biometrics_enabled: bool,
+    /// `linked` or `unlinked`.
+    pub status: String,
+    /// When it was unlinked.
+    pub unlinked_at: Option<DateTime<Utc>>,
+    /// `from_device`, `from_portal` or `locked_out`.
+    pub unlink_reason: Option<String>,
+}
+
+/// What one event does to its device's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// (Re)linked: the row becomes this one, whatever it was.
+    Linked(Box<DeviceRow>),
+    /// Biometrics turned on (`true`) or off; no row, no change.
+    Biometrics(bool),
+    /// A correct secret code; no row, no change.
+    Used(DateTime<Utc>),
+    /// Unlinked; no row, no change.
+    Unlinked {
+        /// When.
+        at: DateTime<Utc>,
+        /// Why (`from_device`, `from_portal`, `locked_out`).
+        reason: &'static str,
+    },
+    /// An event this read model does not show.
+    Nothing,
+}
+
+/// The device `event` is about and what it does to the device's row (`None`: an event of another
+/// aggregate type), or poison if it can never apply.
+pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
+    if event.aggregate_type != "device" {
+        return Ok(None);
+    }
+    let device_id = uuid("aggregate_id", &event.aggregate_id)?;
+    let Some(payload) = &event.event else {
+        return Err(ProjectionError::Poison("no event".into()));
+    };
+    let change = match payload {
+        Event::DeviceLinked(linked) => {
+            let method = match v1::LinkMethod::try_from(linked.method) {
+                Ok(v1::LinkMethod::Qr) => "qr",
+                Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
+                Ok(v1::LinkMethod::Unspecified) | Err(_) => {
+                    return Err(ProjectionError::Poison("unknown link method".into()));
+                }
+            };
+            let platform = match v1::Platform::try_from(linked.platform) {
+                Ok(v1::Platform::Ios) => "ios",
+                Ok(v1::Platform::Android) => "android",
+                Ok(v1::Platform::Unspecified) | Err(_) => {
+                    return Err(ProjectionError::Poison("unknown platform".into()));
+                }
+            };
+            let kind = linked
+                .product
+                .as_ref()
+                .map(|p| match v1::ProductKind::try_from(p.kind) {
+                    Ok(v1::ProductKind::LuxtrustScan) => "scan",
+                    Ok(v1::ProductKind::LuxtrustMobile | v1::ProductKind::Unspecified) | Err(_) => {
+                        "mobile"
+                    }
+                });
+            Change::Linked(Box::new(DeviceRow {
+                device_id,
+                account_id: event.account_id.clone(),
+                link_id: uuid("link_id", &linked.link_id)?,
+                name: linked.device_name.clone(),
+                method: method.into(),
+                product_kind: kind.map(Into::into),
+                product_serial: linked.product.as_ref().map(|p| p.serial.clone()),
+                platform: platform.into(),
+                app_version: linked.app_version.clone(),
+                linked_at: event_time(linked.at.as_ref())?,
+                last_used_at: None,
+                biometrics_enabled: false,
+                status: "linked".into(),
+                unlinked_at: None,
+                unlink_reason: None,
+            }))
+        }
+        Event::BiometricsEnabled(_) => Change::Biometrics(true),
+        Event::BiometricsSkipped(_) | Event::BiometricsDisabled(_) => Change::Biometrics(false),
+        Event::SecretCodeVerified(verified) => Change::Used(event_time(verified.at.as_ref())?),
+        Event::DeviceUnlinked(unlinked) => {
+            let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
+                Ok(v1::UnlinkReason::FromDevice) => "from_device",
+                Ok(v1::UnlinkReason::FromPortal) => "from_portal",
+                Ok(v1::UnlinkReason::LockedOut) => "locked_out",
+                Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
+                    return Err(ProjectionError::Poison("unknown unlink reason".into()));
+                }
+            };
+            Change::Unlinked {
+                at: event_time(unlinked.at.as_ref())?,
+                reason,
+            }
+        }
+        Event::SecretCodeFailed(_)
+        | Event::AccountRegistered(_)
+        | Event::AccountEmailChanged(_)
+        | Event::PortalLoginRecorded(_)
+        | Event::QrIssued(_)
+        | Event::QrConsumed(_)
+        | Event::LinkRequested(_)
+        | Event::QrAccepted(_)
+        | Event::LuxtrustAuthenticated(_)
+        | Event::LinkCompleted(_) => Change::Nothing,
+    };
+    Ok(Some((device_id, change)))
+}
+
+impl Change {
+    /// Applies the change to a row in memory, as the statements of [`Devices::apply`] do to the
+    /// table (an `UPDATE` of a missing row changes nothing). Returns whether the row changed.
+    pub fn apply_to(self, row: &mut Option<DeviceRow>) -> bool {
+        match (self, row.as_mut()) {
+            (Self::Linked(linked), _) => {
+                *row = Some(*linked);
+                true
+            }
+            (Self::Biometrics(enabled), Some(row)) => {
+                row.biometrics_enabled = enabled;
+                true
+            }
+            (Self::Used(at), Some(row)) => {
+                row.last_used_at = Some(at);
+                true
+            }
+            (Self::Unlinked { at, reason }, Some(row)) => {
+                row.status = "unlinked".into();
+                row.unlinked_at = Some(at);
+                row.unlink_reason = Some(reason.into());
+                true
+            }
+            (Self::Biometrics(_) | Self::Used(_) | Self::Unlinked { .. }, None)
+            | (Self::Nothing, _) => false,
+        }
+    }
 }
 
 impl Projector for Devices {
@@ -33,39 +208,12 @@ impl Projector for Devices {
         tx: &'a mut Transaction<'static, Postgres>,
         event: &'a EventEnvelope,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "device" {
+        let Some((device_id, change)) = change(event)? else {
             return Ok(());
-        }
-        let device_id = uuid("aggregate_id", &event.aggregate_id)?;
-        let Some(payload) = &event.event else {
-            return Err(ProjectionError::Poison("no event".into()));
         };
         let update = |sql: &'static str| sqlx::query(sql).bind(device_id);
-        match payload {
-            Event::DeviceLinked(linked) => {
-                let method = match v1::LinkMethod::try_from(linked.method) {
-                    Ok(v1::LinkMethod::Qr) => "qr",
-                    Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
-                    Ok(v1::LinkMethod::Unspecified) | Err(_) => {
-                        return Err(ProjectionError::Poison("unknown link method".into()));
-                    }
-                };
-                let platform = match v1::Platform::try_from(linked.platform) {
-                    Ok(v1::Platform::Ios) => "ios",
-                    Ok(v1::Platform::Android) => "android",
-                    Ok(v1::Platform::Unspecified) | Err(_) => {
-                        return Err(ProjectionError::Poison("unknown platform".into()));
-                    }
-                };
-                let kind =
-                    linked
-                        .product
-                        .as_ref()
-                        .map(|p| match v1::ProductKind::try_from(p.kind) {
-                            Ok(v1::ProductKind::LuxtrustScan) => "scan",
-                            Ok(v1::ProductKind::LuxtrustMobile | v1::ProductKind::Unspecified)
-                            | Err(_) => "mobile",
-                        });
+        match change {
+            Change::Linked(row) => {
                 sqlx::query(
                     "INSERT INTO devices (device_id, account_id, link_id, name, method, \
                      product_kind, product_serial, platform, app_version, linked_at, status) \
@@ -79,63 +227,145 @@ impl Projector for Devices {
                      unlinked_at = NULL, unlink_reason = NULL",
                 )
                 .bind(device_id)
-                .bind(&event.account_id)
-                .bind(uuid("link_id", &linked.link_id)?)
-                .bind(&linked.device_name)
-                .bind(method)
-                .bind(kind)
-                .bind(linked.product.as_ref().map(|p| p.serial.as_str()))
-                .bind(platform)
-                .bind(&linked.app_version)
-                .bind(event_time(linked.at.as_ref())?)
+                .bind(&row.account_id)
+                .bind(row.link_id)
+                .bind(&row.name)
+                .bind(&row.method)
+                .bind(&row.product_kind)
+                .bind(&row.product_serial)
+                .bind(&row.platform)
+                .bind(&row.app_version)
+                .bind(row.linked_at)
                 .execute(&mut **tx)
                 .await?;
             }
-            Event::BiometricsEnabled(_) => {
+            Change::Biometrics(true) => {
                 update("UPDATE devices SET biometrics_enabled = true WHERE device_id = $1")
                     .execute(&mut **tx)
                     .await?;
             }
-            Event::BiometricsSkipped(_) | Event::BiometricsDisabled(_) => {
+            Change::Biometrics(false) => {
                 update("UPDATE devices SET biometrics_enabled = false WHERE device_id = $1")
                     .execute(&mut **tx)
                     .await?;
             }
-            Event::SecretCodeVerified(verified) => {
+            Change::Used(at) => {
                 update("UPDATE devices SET last_used_at = $2 WHERE device_id = $1")
-                    .bind(event_time(verified.at.as_ref())?)
+                    .bind(at)
                     .execute(&mut **tx)
                     .await?;
             }
-            Event::DeviceUnlinked(unlinked) => {
-                let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
-                    Ok(v1::UnlinkReason::FromDevice) => "from_device",
-                    Ok(v1::UnlinkReason::FromPortal) => "from_portal",
-                    Ok(v1::UnlinkReason::LockedOut) => "locked_out",
-                    Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
-                        return Err(ProjectionError::Poison("unknown unlink reason".into()));
-                    }
-                };
+            Change::Unlinked { at, reason } => {
                 update(
                     "UPDATE devices SET status = 'unlinked', unlinked_at = $2, unlink_reason = $3 \
                      WHERE device_id = $1",
                 )
-                .bind(event_time(unlinked.at.as_ref())?)
+                .bind(at)
                 .bind(reason)
                 .execute(&mut **tx)
                 .await?;
             }
-            Event::SecretCodeFailed(_)
-            | Event::AccountRegistered(_)
-            | Event::AccountEmailChanged(_)
-            | Event::PortalLoginRecorded(_)
-            | Event::QrIssued(_)
-            | Event::QrConsumed(_)
-            | Event::LinkRequested(_)
-            | Event::QrAccepted(_)
-            | Event::LuxtrustAuthenticated(_)
-            | Event::LinkCompleted(_) => {}
+            Change::Nothing => {}
         }
+        Ok(())
+    }
+}
+
+/// The rows of one batch's devices, as loaded (`None`: no row yet) and folded.
+#[derive(Debug, Default)]
+pub struct DeviceRows {
+    rows: HashMap<Uuid, (Option<DeviceRow>, bool)>,
+}
+
+impl BatchProjector for Devices {
+    type State = DeviceRows;
+
+    async fn load<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        aggregates: &'a [(&'a str, &'a str)],
+    ) -> Result<DeviceRows, ProjectionError> {
+        let ids: Vec<Uuid> = aggregates
+            .iter()
+            .filter(|(aggregate_type, _)| *aggregate_type == "device")
+            .filter_map(|(_, id)| Uuid::try_parse(id).ok())
+            .collect();
+        let rows: Vec<DeviceRow> = sqlx::query_as(
+            "SELECT device_id, account_id, link_id, name, method, product_kind, product_serial, \
+             platform, app_version, linked_at, last_used_at, biometrics_enabled, status, \
+             unlinked_at, unlink_reason FROM devices WHERE device_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(connection)
+        .await?;
+        let mut state = DeviceRows {
+            rows: HashMap::with_capacity(ids.len()),
+        };
+        for row in rows {
+            state.rows.insert(row.device_id, (Some(row), false));
+        }
+        Ok(state)
+    }
+
+    fn fold(&self, state: &mut DeviceRows, event: &EventEnvelope) -> Result<(), ProjectionError> {
+        if let Some((device_id, change)) = change(event)? {
+            let (row, changed) = state.rows.entry(device_id).or_default();
+            *changed |= change.apply_to(row);
+        }
+        Ok(())
+    }
+
+    async fn store<'a>(
+        &'a self,
+        connection: &'a mut PgConnection,
+        state: DeviceRows,
+    ) -> Result<(), ProjectionError> {
+        let rows: Vec<DeviceRow> = state
+            .rows
+            .into_values()
+            .filter_map(|(row, changed)| row.filter(|_| changed))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&DeviceRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
+        let optional = |f: fn(&DeviceRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO devices (device_id, account_id, link_id, name, method, product_kind, \
+             product_serial, platform, app_version, linked_at, last_used_at, biometrics_enabled, \
+             status, unlinked_at, unlink_reason) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
+             $11::timestamptz[], $12::bool[], $13::text[], $14::timestamptz[], $15::text[]) \
+             ON CONFLICT (device_id) DO UPDATE SET account_id = EXCLUDED.account_id, \
+             link_id = EXCLUDED.link_id, name = EXCLUDED.name, method = EXCLUDED.method, \
+             product_kind = EXCLUDED.product_kind, product_serial = EXCLUDED.product_serial, \
+             platform = EXCLUDED.platform, app_version = EXCLUDED.app_version, \
+             linked_at = EXCLUDED.linked_at, last_used_at = EXCLUDED.last_used_at, \
+             biometrics_enabled = EXCLUDED.biometrics_enabled, status = EXCLUDED.status, \
+             unlinked_at = EXCLUDED.unlinked_at, unlink_reason = EXCLUDED.unlink_reason",
+        )
+        .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
+        .bind(column(|r| &r.account_id))
+        .bind(rows.iter().map(|r| r.link_id).collect::<Vec<_>>())
+        .bind(column(|r| &r.name))
+        .bind(column(|r| &r.method))
+        .bind(optional(|r| r.product_kind.as_deref()))
+        .bind(optional(|r| r.product_serial.as_deref()))
+        .bind(column(|r| &r.platform))
+        .bind(column(|r| &r.app_version))
+        .bind(rows.iter().map(|r| r.linked_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_used_at).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.biometrics_enabled)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| &r.status))
+        .bind(rows.iter().map(|r| r.unlinked_at).collect::<Vec<_>>())
+        .bind(optional(|r| r.unlink_reason.as_deref()))
+        .execute(connection)
+        .await?;
         Ok(())
     }
 }
