@@ -206,6 +206,22 @@ async fn replay_and_switch(
     .bind(projector.name())
     .execute(&mut *tx)
     .await?;
+    // `LIKE … INCLUDING ALL` gave the fresh indexes generated names: match them with the live
+    // ones by definition, to give them the live names once the live tables have moved aside
+    // (migrations refer to indexes by name).
+    let renames: Vec<(String, String)> = sqlx::query_as(
+        "SELECT f.indexname, l.indexname FROM pg_indexes l JOIN pg_indexes f \
+           ON f.tablename = l.tablename \
+          AND regexp_replace(f.indexdef, '^.* USING ', '') \
+            = regexp_replace(l.indexdef, '^.* USING ', '') \
+          AND (f.indexdef LIKE 'CREATE UNIQUE %') = (l.indexdef LIKE 'CREATE UNIQUE %') \
+         WHERE l.schemaname = 'public' AND f.schemaname = $1 AND l.tablename = ANY($2) \
+           AND f.indexname <> l.indexname",
+    )
+    .bind(fresh)
+    .bind(&TABLES[..])
+    .fetch_all(&mut *tx)
+    .await?;
     tx.execute(format!("CREATE SCHEMA {retired}").as_str())
         .await?;
     for table in TABLES {
@@ -213,6 +229,18 @@ async fn replay_and_switch(
             .await?;
         tx.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA public").as_str())
             .await?;
+    }
+    for (generated, live) in &renames {
+        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        tx.execute(
+            format!(
+                "ALTER INDEX public.{} RENAME TO {}",
+                quote(generated),
+                quote(live)
+            )
+            .as_str(),
+        )
+        .await?;
     }
     tx.commit().await?;
     let locked = locking.elapsed();

@@ -77,6 +77,17 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     )
     .await;
     let live = snapshot(&app.read_pool()).await;
+    let indexes = |pool: sqlx::PgPool| async move {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' \
+             AND tablename IN ('devices', 'projector_positions') ORDER BY 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        names
+    };
+    let live_indexes = indexes(app.read_pool()).await;
 
     // Act
     let stream = app.stream.as_ref().unwrap();
@@ -89,6 +100,11 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     // Assert: the same rows, and the live consumer carries on with the new tables.
     assert!(rebuilt.events >= 12, "{rebuilt:?}");
     assert_eq!(snapshot(&app.read_pool()).await, live);
+    assert_eq!(
+        indexes(app.read_pool()).await,
+        live_indexes,
+        "the rebuilt tables' indexes keep their names (migrations name them)"
+    );
     app.link_by_qr("anna").await;
     app.wait_until_read_model_is_exact(Duration::from_secs(30))
         .await;
