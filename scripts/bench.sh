@@ -10,6 +10,7 @@
 #   ./scripts/bench.sh --quick    # a smoke run of about a minute; figures are not meaningful
 #
 # Extra arguments go to `linkd-bench suite` (see `target/release/linkd-bench suite --help`).
+# LINKD_BENCH_REPORT=path writes the report elsewhere than docs/performance.md.
 # The services' logs stay in .dev/logs/bench/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,6 +117,6 @@ echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running the s
   --subject-prefix "$PREFIX" \
   --consumer-prefix "$CONSUMERS" \
   --projection-bin "$BIN/projection-service" \
-  --report docs/performance.md \
+  --report "${LINKD_BENCH_REPORT:-docs/performance.md}" \
   --invocation "scripts/bench.sh${*:+ $*}" \
   "$@"

@@ -29,9 +29,13 @@ const LEADER_LOCK: i64 = 0x6c69_6e6b_6452_6c79;
 const BATCH: i64 = 256;
 /// The notification channel that wakes the leader when another process commits.
 const CHANNEL: &str = "linkd_events";
-/// After a round that published, the next look comes this soon even without a wake-up: an
-/// event below a transaction still open at the last read is published as soon as it closes.
+/// After a wake-up or a round that published, the relay looks again this soon, up to
+/// [`EAGER_ROUNDS`] times, even without another wake-up: an event committed after a transaction
+/// that is still open (in any database of the cluster: transaction ids are cluster-wide) is
+/// below the horizon only once that transaction ends, and nothing wakes the relay then.
 const BUSY_POLL: Duration = Duration::from_millis(5);
+/// How many quick looks follow a wake-up or a publishing round (100 ms in all).
+const EAGER_ROUNDS: u32 = 20;
 
 /// Where and how the relay publishes.
 #[derive(Debug, Clone)]
@@ -154,7 +158,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .state
         .last_sequence;
     let mut last_tail_check = tokio::time::Instant::now();
-    let mut busy = false;
+    let mut eager = 0;
     loop {
         // Did NATS lose messages it had acknowledged (a restart without fsync)? Then start
         // over: the lead resumes from what the stream still holds.
@@ -180,20 +184,20 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
             .context("the lock connection died")?;
         let batch = read_batch(pool, cursor).await?;
         let Some(last) = batch.last() else {
-            let quiet = if busy {
+            let quiet = if eager > 0 {
+                eager -= 1;
                 BUSY_POLL
             } else {
                 settings.poll_interval
             };
-            busy = false;
             tokio::select! {
-                _ = listener.recv() => {}
-                () = changed(&mut wake) => {}
+                _ = listener.recv() => eager = EAGER_ROUNDS,
+                () = changed(&mut wake) => eager = EAGER_ROUNDS,
                 () = tokio::time::sleep(quiet) => {}
             }
             continue;
         };
-        busy = true;
+        eager = EAGER_ROUNDS;
         let next = Cursor {
             tx_id: last.tx_id,
             global_position: last.global_position,

@@ -1,8 +1,9 @@
 //! Emails: templates (files under `templates/`, one per language, plus an HTML layout) and the
 //! outbox worker that sends them through SMTP with `lettre`.
 //!
-//! The worker claims one due row at a time (`FOR UPDATE SKIP LOCKED`, so several instances share
-//! the work), sends it, and marks it sent in the same transaction. A crash after sending and
+//! The worker claims one due row at a time (a transaction-scoped advisory lock on its id, so
+//! several instances share the work without a row lock; see `send_one`), sends it, and marks it
+//! sent in the same transaction. A crash after sending and
 //! before the commit sends it again with the same `Message-ID`; a failure is retried with
 //! exponential backoff, and after the configured number of attempts the row is marked `failed`
 //! with the last error, for operators (`linkctl admin emails`). Nothing is dropped silently.
@@ -273,16 +274,33 @@ async fn send_one(
     settings: &EmailSettings,
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
+    // Claimed with a transaction-scoped advisory lock, not `FOR UPDATE`: a row lock gives the
+    // transaction an id for the whole SMTP conversation, and every open transaction id in the
+    // cluster holds back the relay's horizon, so every event waited for every email being sent.
+    // The lock is tried on the first due rows in order until one is free.
     let due: Option<Due> = sqlx::query_as(
-        "SELECT id, recipient, message_id, subject, text_body, html_body, attempts \
-         FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
-         ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "SELECT * FROM ( \
+             SELECT id, recipient, message_id, subject, text_body, html_body, attempts \
+             FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
+             ORDER BY next_attempt_at, id LIMIT 16) AS due \
+         WHERE pg_try_advisory_xact_lock(id) LIMIT 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
     let Some(due) = due else {
         return Ok(false);
     };
+    // Another worker may have sent it and released its lock since this statement's snapshot;
+    // a new statement sees its commit.
+    let still_pending: bool = sqlx::query_scalar(
+        "SELECT status = 'pending' AND next_attempt_at <= now() FROM email_outbox WHERE id = $1",
+    )
+    .bind(due.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !still_pending {
+        return Ok(true);
+    }
     let outcome = match message(settings, &due) {
         Ok(email) => transport
             .send(email)

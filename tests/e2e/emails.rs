@@ -278,3 +278,45 @@ async fn a_changed_email_address_is_announced_to_the_old_and_the_new_one() {
         "the confirmation goes to the current address"
     );
 }
+
+#[tokio::test]
+async fn three_workers_at_once_send_each_email_exactly_once() {
+    // Arrange: the service's own worker and two more on the same outbox (several instances).
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(tokio::spawn(projection_service::email::run(
+            app.read_pool(),
+            sink.settings(),
+        )));
+    }
+    app.register("anna").await;
+
+    // Act: eight links, eight confirmations.
+    for _ in 0..8 {
+        app.link_by_qr("anna").await;
+    }
+
+    // Assert
+    sink.wait_for(8, WITHIN).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut ids: Vec<String> = sink
+        .messages()
+        .iter()
+        .filter_map(|mail| mail.header("Message-ID"))
+        .collect();
+    ids.sort();
+    let sent = ids.len();
+    ids.dedup();
+    assert_eq!((sent, ids.len()), (8, 8), "each email once: {ids:?}");
+    assert!(
+        outbox(&app)
+            .await
+            .iter()
+            .all(|(_, _, status, attempts)| status == "sent" && *attempts == 1)
+    );
+    for worker in workers {
+        worker.abort();
+    }
+}
