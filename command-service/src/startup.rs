@@ -74,7 +74,10 @@ impl Application {
         )
         .context("loading the LuxTrust keys (LINKD_LUXTRUST_PUBLIC_KEYS_FILE)")?;
         let commands = Arc::new(Commands {
-            store: EventStore::new(pool.clone()),
+            store: EventStore::new(
+                pool.clone(),
+                crate::store::snapshot_key(&settings.secret_code_pepper.0),
+            ),
             requests: RequestLog::new(pool.clone()),
             credentials: Credentials::new(pool.clone()),
             idp,

@@ -182,6 +182,50 @@ fn is_conflict(error: &sqlx::Error) -> bool {
 pub struct EventStore {
     pool: PgPool,
     committed: watch::Sender<u64>,
+    /// Authenticates snapshots (see [`snapshot_key`]).
+    snapshot_key: std::sync::Arc<Vec<u8>>,
+}
+
+/// The key that authenticates snapshots, derived from the server's secret-code pepper: a
+/// snapshot decides commands (a device's failure count, say) without leaving a trace in the
+/// hash-chained history, so one edited in the database must not be used.
+pub fn snapshot_key(pepper: &[u8]) -> Vec<u8> {
+    mac(pepper, &[b"linkd/snapshot-key/v1"])
+}
+
+/// HMAC-SHA-256 of length-prefixed `parts` under `key`.
+fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let Ok(mut hmac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        // HMAC takes keys of any length; this branch is unreachable.
+        return Vec::new();
+    };
+    for part in parts {
+        hmac.update(&(part.len() as u64).to_be_bytes());
+        hmac.update(part);
+    }
+    hmac.finalize().into_bytes().to_vec()
+}
+
+/// The MAC a snapshot row must carry (public for tests and tools that check snapshots).
+pub fn snapshot_mac(
+    key: &[u8],
+    (aggregate_type, aggregate_id, schema): (&str, &str, &str),
+    last_sequence: i64,
+    chain_hash: &[u8],
+    payload: &str,
+) -> Vec<u8> {
+    mac(
+        key,
+        &[
+            aggregate_type.as_bytes(),
+            aggregate_id.as_bytes(),
+            schema.as_bytes(),
+            &last_sequence.to_be_bytes(),
+            chain_hash,
+            payload.as_bytes(),
+        ],
+    )
 }
 
 impl std::fmt::Debug for EventStore {
@@ -190,14 +234,18 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
-type Row = (bool, i64, i64, String);
+/// (is the snapshot, sequence, global position, payload, chain hash, MAC): the last two for the
+/// snapshot row only.
+type Row = (bool, i64, i64, String, Option<Vec<u8>>, Option<Vec<u8>>);
 
 impl EventStore {
-    /// An event store over `pool` (migrated with this crate's migrations).
-    pub fn new(pool: PgPool) -> Self {
+    /// An event store over `pool` (migrated with this crate's migrations); snapshots are
+    /// authenticated with `snapshot_key` ([`snapshot_key`]).
+    pub fn new(pool: PgPool, snapshot_key: Vec<u8>) -> Self {
         Self {
             pool,
             committed: watch::Sender::new(0),
+            snapshot_key: std::sync::Arc::new(snapshot_key),
         }
     }
 
@@ -252,20 +300,26 @@ impl EventStore {
     }
 
     async fn load_context<A: Stored>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
+        let schema = snapshot_schema::<A>();
         let rows: Vec<Row> = sqlx::query_as(
             "WITH snapshot AS ( \
-                 SELECT last_sequence, last_global_position, payload FROM aggregate_snapshots \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND schema = $3) \
-             SELECT true, last_sequence, last_global_position, payload::text FROM snapshot \
+                 SELECT s.last_sequence, s.last_global_position, s.payload, s.chain_hash, s.mac \
+                 FROM aggregate_snapshots s JOIN events e \
+                   ON e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id \
+                  AND e.sequence = s.last_sequence AND e.chain_hash = s.chain_hash \
+                 WHERE s.aggregate_type = $1 AND s.aggregate_id = $2 AND s.schema = $3) \
+             SELECT true, last_sequence, last_global_position, payload::text, chain_hash, mac \
+             FROM snapshot \
              UNION ALL \
-             SELECT false, sequence, global_position, payload::text FROM events \
+             SELECT false, sequence, global_position, payload::text, NULL::bytea, NULL::bytea \
+             FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 \
                AND sequence > coalesce((SELECT last_sequence FROM snapshot), 0) \
              ORDER BY 1 DESC, 2",
         )
         .bind(A::TYPE)
         .bind(id)
-        .bind(snapshot_schema::<A>())
+        .bind(&schema)
         .fetch_all(&self.pool)
         .await?;
         let mut rows = rows.into_iter().peekable();
@@ -276,9 +330,24 @@ impl EventStore {
             global_position: 0,
             snapshot_sequence: 0,
         };
-        if let Some((_, sequence, global_position, payload)) =
+        if let Some((_, sequence, global_position, payload, chain_hash, mac)) =
             rows.next_if(|(is_snapshot, ..)| *is_snapshot)
         {
+            let expected = snapshot_mac(
+                &self.snapshot_key,
+                (A::TYPE, id, &schema),
+                sequence,
+                chain_hash.as_deref().unwrap_or_default(),
+                &payload,
+            );
+            if mac.as_deref() != Some(expected.as_slice()) {
+                tracing::warn!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id = id,
+                    "a snapshot whose MAC does not verify; replaying the whole history"
+                );
+                return self.replay_after::<A>(id, 0, None).await;
+            }
             match serde_json::from_str::<A>(&payload) {
                 Ok(state) => {
                     loaded.aggregate = state;
@@ -309,7 +378,8 @@ impl EventStore {
         base: Option<Loaded<A>>,
     ) -> Result<Loaded<A>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT false, sequence, global_position, payload::text FROM events \
+            "SELECT false, sequence, global_position, payload::text, NULL::bytea, NULL::bytea \
+             FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
         )
         .bind(A::TYPE)
@@ -355,7 +425,7 @@ impl EventStore {
         }
         let metadata = serde_json::to_string(metadata)
             .map_err(|e| StoreError::Corrupt(format!("serialising metadata: {e}")))?;
-        let written: Result<Vec<(i64, i64)>, sqlx::Error> = sqlx::query_as(
+        let written: Result<Vec<(i64, i64, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
             "INSERT INTO events \
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
                   metadata) \
@@ -363,7 +433,7 @@ impl EventStore {
              FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY \
                   AS e (sequence, event_type, event_version, payload, n) \
              ORDER BY e.n \
-             RETURNING sequence, global_position",
+             RETURNING sequence, global_position, chain_hash",
         )
         .bind(A::TYPE)
         .bind(&loaded.aggregate_id)
@@ -380,19 +450,21 @@ impl EventStore {
             Err(error) => return Err(error.into()),
         };
         self.committed.send_modify(|n| *n = n.wrapping_add(1));
-        if let Some(&(sequence, global_position)) = written.iter().max() {
+        if let Some((sequence, global_position, chain_hash)) =
+            written.into_iter().max_by_key(|(sequence, ..)| *sequence)
+        {
             loaded.sequence = sequence;
             loaded.global_position = global_position;
-        }
-        if loaded.sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
-            self.save_snapshot(&loaded);
+            if loaded.sequence - loaded.snapshot_sequence >= SNAPSHOT_EVERY {
+                self.save_snapshot(&loaded, chain_hash);
+            }
         }
         Ok(loaded)
     }
 
     /// Writes a snapshot of `loaded` in the background: it is a cache, so a failure only costs
     /// later loads a longer replay, and the command does not wait for it.
-    fn save_snapshot<A: Stored>(&self, loaded: &Loaded<A>) {
+    fn save_snapshot<A: Stored>(&self, loaded: &Loaded<A>, chain_hash: Vec<u8>) {
         let payload = match serde_json::to_string(&loaded.aggregate) {
             Ok(payload) => payload,
             Err(error) => {
@@ -407,16 +479,24 @@ impl EventStore {
             loaded.global_position,
         );
         let schema = snapshot_schema::<A>();
+        let mac = snapshot_mac(
+            &self.snapshot_key,
+            (A::TYPE, &id, &schema),
+            sequence,
+            &chain_hash,
+            &payload,
+        );
         tokio::spawn(async move {
             let saved = sqlx::query(
                 "INSERT INTO aggregate_snapshots \
                      (aggregate_type, aggregate_id, schema, last_sequence, last_global_position, \
-                      payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6::json) \
+                      payload, chain_hash, mac) \
+                 VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8) \
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
                  SET schema = EXCLUDED.schema, last_sequence = EXCLUDED.last_sequence, \
                      last_global_position = EXCLUDED.last_global_position, \
-                     payload = EXCLUDED.payload \
+                     payload = EXCLUDED.payload, chain_hash = EXCLUDED.chain_hash, \
+                     mac = EXCLUDED.mac \
                  WHERE aggregate_snapshots.last_sequence < EXCLUDED.last_sequence \
                     OR aggregate_snapshots.schema <> EXCLUDED.schema",
             )
@@ -426,6 +506,8 @@ impl EventStore {
             .bind(sequence)
             .bind(position)
             .bind(payload)
+            .bind(chain_hash)
+            .bind(mac)
             .execute(&pool)
             .await;
             if let Err(error) = saved {
@@ -561,7 +643,7 @@ fn apply_rows<A: Aggregate>(
     loaded: &mut Loaded<A>,
     rows: impl Iterator<Item = Row>,
 ) -> Result<(), StoreError> {
-    for (_, sequence, global_position, payload) in rows {
+    for (_, sequence, global_position, payload, ..) in rows {
         let event: A::Event = serde_json::from_str(&payload).map_err(|error| {
             StoreError::Corrupt(format!(
                 "event {sequence} of {} {} does not deserialise: {error}",

@@ -3,13 +3,21 @@
 //! and postgres-es reads what linkd writes.
 use std::time::Duration;
 
-use command_service::store::{EventStore, SNAPSHOT_EVERY};
+use command_service::store::{EventStore, SNAPSHOT_EVERY, snapshot_key, snapshot_mac};
 use cqrs_es::EventStore as _;
 use cqrs_es::persist::PersistedEventStore;
 use domain::Device;
 use e2e::{Linked, TestApp, bearer, eventually, spawn_app};
 use postgres_es::PostgresEventRepository;
 use proto::v1::{SetBiometricsRequest, VerifySecretCodeRequest};
+
+/// The event store as the service sees it (same snapshot key).
+fn store_of(app: &TestApp) -> EventStore {
+    EventStore::new(
+        app.pool.clone(),
+        snapshot_key(&app.settings.secret_code_pepper.0),
+    )
+}
 
 async fn device_sequence(app: &TestApp, device_id: &str) -> i64 {
     sqlx::query_scalar(
@@ -90,7 +98,7 @@ async fn the_failure_count_stays_right_across_a_snapshot() {
 
     // Assert: the fifth wrong code in a row, not the fourth or sixth, unlinks the device.
     assert_eq!(wrong_code(&mut app, &linked).await, (0, true));
-    let store = EventStore::new(app.pool.clone());
+    let store = store_of(&app);
     let loaded: Device = store.load(&linked.device_id).await.unwrap();
     let replayed: Device = store.replay(&linked.device_id).await.unwrap();
     assert_eq!(loaded, replayed);
@@ -109,14 +117,54 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
         snapshot_sequence(&app, &device_id).await
     })
     .await;
-    let store = EventStore::new(app.pool.clone());
+    let store = store_of(&app);
     let truth: Device = store.replay(&linked.device_id).await.unwrap();
     assert_eq!(
         store.load::<Device>(&linked.device_id).await.unwrap(),
         truth
     );
 
-    // Act + Assert: a snapshot that no longer deserialises is replaced by a full replay.
+    // Act + Assert: loads do use a snapshot that verifies (here one signed with the key).
+    let (sequence, chain_hash, schema): (i64, Vec<u8>, String) =
+        sqlx::query_as("SELECT last_sequence, chain_hash, schema FROM aggregate_snapshots")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let forged = serde_json::to_string(&Device::default()).unwrap();
+    let key = snapshot_key(&app.settings.secret_code_pepper.0);
+    let mac = snapshot_mac(
+        &key,
+        ("device", &linked.device_id, &schema),
+        sequence,
+        &chain_hash,
+        &forged,
+    );
+    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json, mac = $2")
+        .bind(&forged)
+        .bind(mac)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_ne!(
+        store.load::<Device>(&linked.device_id).await.unwrap(),
+        truth
+    );
+
+    // One edited without the key (a failure count reset, say) fails its MAC: not used.
+    let mut edited: serde_json::Value = serde_json::from_str(&forged).unwrap();
+    edited["unlinked_from"] = serde_json::Value::Null;
+    let edited = format!("{edited} ");
+    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json")
+        .bind(&edited)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load::<Device>(&linked.device_id).await.unwrap(),
+        truth
+    );
+
+    // One that no longer deserialises is replaced by a full replay.
     sqlx::query("UPDATE aggregate_snapshots SET payload = '\"garbage\"'")
         .execute(&app.pool)
         .await
@@ -127,9 +175,8 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
     );
 
     // A readable snapshot of another shape (an older build's) is not used either.
-    let unlinked = serde_json::to_string(&Device::default()).unwrap();
     sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json, schema = 'v0:0000'")
-        .bind(unlinked)
+        .bind(&forged)
         .execute(&app.pool)
         .await
         .unwrap();
@@ -161,7 +208,7 @@ async fn postgres_es_reads_what_linkd_writes() {
     grow_history(&mut app, &linked, 5).await;
 
     // Act
-    let ours = EventStore::new(app.pool.clone());
+    let ours = store_of(&app);
     let theirs: PersistedEventStore<PostgresEventRepository, Device> =
         PersistedEventStore::new_event_store(PostgresEventRepository::new(app.pool.clone()));
     let their_state = theirs.load_aggregate(&linked.device_id).await.unwrap();
