@@ -304,10 +304,11 @@ impl EventStore {
         let rows: Vec<Row> = sqlx::query_as(
             "WITH snapshot AS ( \
                  SELECT s.last_sequence, s.last_global_position, s.payload, s.chain_hash, s.mac \
-                 FROM aggregate_snapshots s JOIN events e \
-                   ON e.aggregate_type = s.aggregate_type AND e.aggregate_id = s.aggregate_id \
-                  AND e.sequence = s.last_sequence AND e.chain_hash = s.chain_hash \
-                 WHERE s.aggregate_type = $1 AND s.aggregate_id = $2 AND s.schema = $3) \
+                 FROM aggregate_snapshots s \
+                 WHERE s.aggregate_type = $1 AND s.aggregate_id = $2 AND s.schema = $3 \
+                   AND s.chain_hash = ( \
+                       SELECT e.chain_hash FROM events e WHERE e.aggregate_type = $1 \
+                          AND e.aggregate_id = $2 AND e.sequence = s.last_sequence)) \
              SELECT true, last_sequence, last_global_position, payload::text, chain_hash, mac \
              FROM snapshot \
              UNION ALL \
