@@ -139,51 +139,32 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
         &chain_hash,
         &forged,
     );
-    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json, mac = $2")
-        .bind(&forged)
-        .bind(mac)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_ne!(
-        store.load::<Device>(&linked.device_id).await.unwrap(),
-        truth
-    );
+    let mac: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    let loads = |set: String, payload: String| {
+        let (pool, store, id) = (app.pool.clone(), &store, linked.device_id.clone());
+        async move {
+            sqlx::query(&format!("UPDATE aggregate_snapshots SET {set}"))
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+            store.load::<Device>(&id).await.unwrap()
+        }
+    };
+    let signed = format!("payload = $1::json, mac = '\\x{mac}'");
+    assert_ne!(loads(signed, forged.clone()).await, truth);
 
     // One edited without the key (a failure count reset, say) fails its MAC: not used.
-    let mut edited: serde_json::Value = serde_json::from_str(&forged).unwrap();
-    edited["unlinked_from"] = serde_json::Value::Null;
-    let edited = format!("{edited} ");
-    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json")
-        .bind(&edited)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load::<Device>(&linked.device_id).await.unwrap(),
-        truth
-    );
+    let edited = format!("{forged} ");
+    assert_eq!(loads("payload = $1::json".into(), edited).await, truth);
 
     // One that no longer deserialises is replaced by a full replay.
-    sqlx::query("UPDATE aggregate_snapshots SET payload = '\"garbage\"'")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load::<Device>(&linked.device_id).await.unwrap(),
-        truth
-    );
+    let garbage = "\"garbage\"".to_owned();
+    assert_eq!(loads("payload = $1::json".into(), garbage).await, truth);
 
     // A readable snapshot of another shape (an older build's) is not used either.
-    sqlx::query("UPDATE aggregate_snapshots SET payload = $1::json, schema = 'v0:0000'")
-        .bind(&forged)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.load::<Device>(&linked.device_id).await.unwrap(),
-        truth
-    );
+    let other_shape = "payload = $1::json, schema = 'v0:0000'".to_owned();
+    assert_eq!(loads(other_shape, forged).await, truth);
 
     // And the device still works: its next command is decided on the true state.
     let request = VerifySecretCodeRequest {
