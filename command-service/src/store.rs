@@ -280,9 +280,9 @@ impl EventStore {
         Ok(self.load_context::<A>(id).await?)
     }
 
-    /// A new aggregate with a fresh id (a random UUID): known to have no events, so it is not
-    /// read. Should it exist after all, the commit conflicts and the command is decided again on
-    /// what the store holds.
+    /// Aggregate `id` before its first event, without reading the store: for a new aggregate
+    /// with a fresh id (a random UUID). Should it exist after all, the commit conflicts and the
+    /// command is decided again on what the store holds. Also the start of every replay.
     pub fn fresh<A: Stored>(&self, id: &str) -> Loaded<A> {
         Loaded {
             aggregate_id: id.to_owned(),
@@ -296,7 +296,7 @@ impl EventStore {
     /// The state of aggregate `id` replayed from its first event, ignoring snapshots (to check
     /// them).
     pub async fn replay<A: Stored>(&self, id: &str) -> Result<A, CommandError> {
-        Ok(self.replay_after::<A>(id, 0, None).await?.aggregate)
+        Ok(self.replay_all::<A>(id).await?.aggregate)
     }
 
     async fn load_context<A: Stored>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
@@ -324,13 +324,7 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await?;
         let mut rows = rows.into_iter().peekable();
-        let mut loaded = Loaded {
-            aggregate_id: id.to_owned(),
-            aggregate: A::default(),
-            sequence: 0,
-            global_position: 0,
-            snapshot_sequence: 0,
-        };
+        let mut loaded = self.fresh::<A>(id);
         if let Some((_, sequence, global_position, payload, chain_hash, mac)) =
             rows.next_if(|(is_snapshot, ..)| *is_snapshot)
         {
@@ -347,7 +341,7 @@ impl EventStore {
                     aggregate_id = id,
                     "a snapshot whose MAC does not verify; replaying the whole history"
                 );
-                return self.replay_after::<A>(id, 0, None).await;
+                return self.replay_all::<A>(id).await;
             }
             match serde_json::from_str::<A>(&payload) {
                 Ok(state) => {
@@ -363,7 +357,7 @@ impl EventStore {
                         %error,
                         "unreadable snapshot; replaying the whole history"
                     );
-                    return self.replay_after::<A>(id, 0, None).await;
+                    return self.replay_all::<A>(id).await;
                 }
             }
         }
@@ -371,30 +365,18 @@ impl EventStore {
         Ok(loaded)
     }
 
-    /// The aggregate from `base` (or its default state) and the events after `after`.
-    async fn replay_after<A: Stored>(
-        &self,
-        id: &str,
-        after: i64,
-        base: Option<Loaded<A>>,
-    ) -> Result<Loaded<A>, StoreError> {
+    /// The aggregate replayed from its first event, ignoring snapshots.
+    async fn replay_all<A: Stored>(&self, id: &str) -> Result<Loaded<A>, StoreError> {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT false, sequence, global_position, payload::text, NULL::bytea, NULL::bytea \
              FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence",
+             WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
         )
         .bind(A::TYPE)
         .bind(id)
-        .bind(after)
         .fetch_all(&self.pool)
         .await?;
-        let mut loaded = base.unwrap_or_else(|| Loaded {
-            aggregate_id: id.to_owned(),
-            aggregate: A::default(),
-            sequence: 0,
-            global_position: 0,
-            snapshot_sequence: 0,
-        });
+        let mut loaded = self.fresh::<A>(id);
         apply_rows(&mut loaded, rows.into_iter())?;
         Ok(loaded)
     }

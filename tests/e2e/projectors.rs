@@ -43,6 +43,18 @@ fn linked() -> EventEnvelope {
     )
 }
 
+/// Event 2, an unlink with an unknown reason: decodes, but the devices projector refuses it.
+fn broken() -> EventEnvelope {
+    envelope(
+        2,
+        Event::DeviceUnlinked(v1::DeviceUnlinked {
+            link_id: String::new(),
+            reason: 99,
+            at: stamp(),
+        }),
+    )
+}
+
 fn stamp() -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: 1_800_000_100,
@@ -118,14 +130,7 @@ async fn concurrent_deliveries_of_the_same_events_never_move_the_guard_back() {
 #[tokio::test]
 async fn an_event_that_cannot_apply_is_parked_and_does_not_block_its_aggregate() {
     let (_database, pool) = read_model().await;
-    let broken = envelope(
-        2,
-        Event::DeviceUnlinked(v1::DeviceUnlinked {
-            link_id: String::new(),
-            reason: 99,
-            at: stamp(),
-        }),
-    );
+    let broken = broken();
     let next = envelope(
         3,
         Event::BiometricsEnabled(v1::BiometricsEnabled { at: stamp() }),
@@ -213,14 +218,7 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
 #[tokio::test]
 async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
     let (_database, pool) = read_model().await;
-    let broken = envelope(
-        2,
-        Event::DeviceUnlinked(v1::DeviceUnlinked {
-            link_id: String::new(),
-            reason: 99,
-            at: stamp(),
-        }),
-    );
+    let broken = broken();
     let events = [linked(), broken, biometrics(3)];
 
     let refused = batch::apply(&pool, &Devices, &events).await;

@@ -76,6 +76,20 @@ impl Commands {
         Ok((account_id, metadata))
     }
 
+    /// Executes a portal back end's command on an account; returns the consistency token.
+    async fn account_command(
+        &self,
+        account_id: &AccountId,
+        command: AccountCommand,
+        metadata: &Metadata,
+    ) -> Result<String, CommandError> {
+        let executed = self
+            .store
+            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+            .await?;
+        Ok(store::token([&executed.position]))
+    }
+
     #[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
     async fn register_account(
         &self,
@@ -89,11 +103,9 @@ impl Commands {
             language: validate::language(&body.language)?,
             at: Utc::now(),
         };
-        let executed = self
-            .store
-            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+        let consistency_token = self
+            .account_command(&account_id, command, &metadata)
             .await?;
-        let consistency_token = store::token([&executed.position]);
         Ok(RegisterAccountResponse {
             account_id: account_id.0,
             consistency_token,
@@ -112,11 +124,9 @@ impl Commands {
             email: validate::email(&body.email)?,
             at: Utc::now(),
         };
-        let executed = self
-            .store
-            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+        let consistency_token = self
+            .account_command(&account_id, command, &metadata)
             .await?;
-        let consistency_token = store::token([&executed.position]);
         Ok(ChangeAccountEmailResponse { consistency_token })
     }
 
@@ -133,11 +143,9 @@ impl Commands {
             product,
             at: Utc::now(),
         };
-        let executed = self
-            .store
-            .execute::<Account>(&account_id.0, command, &metadata.for_account(&account_id.0))
+        let consistency_token = self
+            .account_command(&account_id, command, &metadata)
             .await?;
-        let consistency_token = store::token([&executed.position]);
         Ok(RecordPortalLoginResponse { consistency_token })
     }
 
