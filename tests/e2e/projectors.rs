@@ -269,3 +269,70 @@ async fn concurrent_batches_of_the_same_events_apply_each_once() {
         .unwrap();
     assert!(biometrics);
 }
+
+#[tokio::test]
+async fn batch_guards_are_reached_by_key_whatever_the_statistics() {
+    // Arrange: 5,000 guards of the projector. Without statistics (autovacuum off, or a table
+    // that grew since the last ANALYZE) PostgreSQL once joined a batch's keys to all of them.
+    let (_database, pool) = read_model().await;
+    sqlx::query(
+        "INSERT INTO projector_positions (projector, aggregate_type, aggregate_id, last_sequence) \
+         SELECT 'devices', 'device', 'device-' || n, n FROM generate_series(1, 5000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE lock_guards AS {}; PREPARE move_guards AS {};",
+        batch::LOCK_GUARDS,
+        batch::MOVE_GUARDS
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::query("ANALYZE projector_positions")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            // Act
+            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let plan = |statement: &str| format!("EXPLAIN EXECUTE {statement}");
+            let lock: Vec<String> = sqlx::query_scalar(&plan(
+                "lock_guards('devices', ARRAY['device', 'device'], ARRAY['device-7', 'device-9'])",
+            ))
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+            let moved: Vec<String> = sqlx::query_scalar(&plan(
+                "move_guards(ARRAY['(0,1)', '(0,2)']::tid[], ARRAY[8, 10]::bigint[])",
+            ))
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+
+            // Assert
+            let (lock, moved) = (lock.join("\n"), moved.join("\n"));
+            let context = format!("analyzed: {analyzed}, {mode}");
+            assert!(
+                lock.contains("Index Scan using projector_positions_pkey")
+                    && !lock.contains("Seq Scan on projector_positions")
+                    && !lock.contains("Bitmap Heap Scan"),
+                "{context}: locking guards does not probe by key:\n{lock}"
+            );
+            assert!(
+                moved.contains("Tid Scan on projector_positions")
+                    && !moved.contains("Seq Scan on projector_positions"),
+                "{context}: moving guards does not go by row address:\n{moved}"
+            );
+        }
+    }
+}

@@ -3,11 +3,18 @@
 //! docs/adr/0009):
 //!
 //! 1. The guards of the batch's aggregates are created if missing, then locked in a fixed order
-//!    (`FOR UPDATE`, ordered by key: two instances locking overlapping batches cannot deadlock).
+//!    (`FOR UPDATE`, one primary-key probe per key in key order: two instances locking
+//!    overlapping batches cannot deadlock).
 //! 2. Each event, in stream order, is compared with its aggregate's guard as the batch has moved
 //!    it so far: at or below → already applied; the next one → applied through the projector;
 //!    beyond → a gap, held back (NAKed after the commit and redelivered, as alone).
-//! 3. The guards the batch moved are written back, each only from the value it was locked at.
+//! 3. The guards the batch moved are written back through the row addresses (`ctid`) the lock
+//!    returned, and the keys written are checked against the keys moved.
+//!
+//! Both statements reach the guard table by key or by address, never by a join the planner
+//! could turn into a scan of every guard of the projector: without fresh statistics (autovacuum
+//! off, a table that grew fast) PostgreSQL chose a hash join over all of them, which made each
+//! batch's cost grow with the number of aggregates ever projected.
 //! 4. One commit; then every message is acknowledged.
 //!
 //! A projector that finds an event it cannot apply (poison) or any database error rolls the
@@ -23,6 +30,22 @@ use sqlx::PgPool;
 use crate::projections::{self, Outcome, ProjectionError, Projector};
 
 type Key = (String, String);
+
+/// Locks the guards of one projector (`$1`) for the keys `$2` (types) and `$3` (ids), in the
+/// arrays' order, one primary-key probe each; returns each key with its sequence and row address.
+pub const LOCK_GUARDS: &str = "SELECT k.t, k.i, p.last_sequence, p.ctid::text \
+     FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k (t, i, n) \
+     CROSS JOIN LATERAL ( \
+         SELECT last_sequence, ctid FROM projector_positions \
+         WHERE projector = $1 AND aggregate_type = k.t AND aggregate_id = k.i \
+         FOR UPDATE) AS p \
+     ORDER BY k.n";
+
+/// Moves the guards at the row addresses `$1` to the sequences `$2`; returns the keys moved.
+pub const MOVE_GUARDS: &str = "UPDATE projector_positions p SET last_sequence = m.to_sequence \
+     FROM unnest($1::tid[], $2::bigint[]) AS m (row, to_sequence) \
+     WHERE p.ctid = m.row \
+     RETURNING p.aggregate_type, p.aggregate_id, m.to_sequence";
 
 /// What became of each event of a batch that committed.
 pub type Verdicts = Vec<Result<Outcome, ProjectionError>>;
@@ -52,29 +75,22 @@ pub async fn apply<P: Projector>(
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
-    let locked: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT p.aggregate_type, p.aggregate_id, p.last_sequence \
-         FROM projector_positions p \
-         JOIN unnest($2::text[], $3::text[]) AS k (t, i) \
-           ON p.aggregate_type = k.t AND p.aggregate_id = k.i \
-         WHERE p.projector = $1 \
-         ORDER BY p.aggregate_type, p.aggregate_id FOR UPDATE OF p",
-    )
-    .bind(projector.name())
-    .bind(&types)
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    // (guard as locked, guard as the batch moved it)
-    let mut guards: BTreeMap<Key, (i64, i64)> = locked
+    let locked: Vec<(String, String, i64, String)> = sqlx::query_as(LOCK_GUARDS)
+        .bind(projector.name())
+        .bind(&types)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    // (guard as locked, guard as the batch moved it, row address)
+    let mut guards: BTreeMap<Key, (i64, i64, String)> = locked
         .into_iter()
-        .map(|(kind, id, last)| ((kind, id), (last, last)))
+        .map(|(kind, id, last, ctid)| ((kind, id), (last, last, ctid)))
         .collect();
 
     let mut verdicts = Vec::with_capacity(events.len());
     for event in events {
         let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-        let Some((_, last)) = guards.get_mut(&key) else {
+        let Some((_, last, _)) = guards.get_mut(&key) else {
             return Err(ProjectionError::Transient(sqlx::Error::Protocol(
                 "a guard the batch created is missing".into(),
             )));
@@ -94,31 +110,33 @@ pub async fn apply<P: Projector>(
         }
     }
 
-    let moved: Vec<(&Key, i64, i64)> = guards
+    // In key order, as `guards` is.
+    let moved: Vec<(&Key, i64, i64, &str)> = guards
         .iter()
-        .filter(|(_, (from, to))| to > from)
-        .map(|(key, (from, to))| (key, *from, *to))
+        .filter(|(_, (from, to, _))| to > from)
+        .map(|(key, (from, to, ctid))| (key, *from, *to, ctid.as_str()))
         .collect();
     if !moved.is_empty() {
-        let types: Vec<&str> = moved.iter().map(|(key, ..)| key.0.as_str()).collect();
-        let ids: Vec<&str> = moved.iter().map(|(key, ..)| key.1.as_str()).collect();
-        let from: Vec<i64> = moved.iter().map(|(_, from, _)| *from).collect();
-        let to: Vec<i64> = moved.iter().map(|(.., to)| *to).collect();
-        let updated = sqlx::query(
-            "UPDATE projector_positions p SET last_sequence = m.to_sequence \
-             FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
-                  AS m (t, i, from_sequence, to_sequence) \
-             WHERE p.projector = $1 AND p.aggregate_type = m.t AND p.aggregate_id = m.i \
-               AND p.last_sequence = m.from_sequence",
-        )
-        .bind(projector.name())
-        .bind(&types)
-        .bind(&ids)
-        .bind(&from)
-        .bind(&to)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != moved.len() as u64 {
+        let rows: Vec<&str> = moved.iter().map(|(.., ctid)| *ctid).collect();
+        let to: Vec<i64> = moved.iter().map(|(_, _, to, _)| *to).collect();
+        // The row addresses are those of the rows this transaction locked, so no one else can
+        // have moved them; the keys the update returns are checked all the same. (A join on the
+        // keys here is what the planner turned into a scan of every guard.)
+        let mut updated: Vec<(String, String, i64)> = sqlx::query_as(MOVE_GUARDS)
+            .bind(&rows)
+            .bind(&to)
+            .fetch_all(&mut *tx)
+            .await?;
+        updated.sort();
+        let expected = moved
+            .iter()
+            .map(|(key, _, to, _)| (key.0.as_str(), key.1.as_str(), *to));
+        if updated.len() != moved.len()
+            || !updated
+                .iter()
+                .map(|(kind, id, to)| (kind.as_str(), id.as_str(), *to))
+                .eq(expected)
+        {
             return Err(ProjectionError::Transient(sqlx::Error::Protocol(
                 "a guard moved under its lock".into(),
             )));
