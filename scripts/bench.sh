@@ -8,8 +8,11 @@
 #
 #   ./scripts/bench.sh            # the full suite (about 12 minutes on 2 cores)
 #   ./scripts/bench.sh --quick    # a smoke run of about a minute; figures are not meaningful
+#   ./scripts/bench.sh growth     # one part only (load, growth or rebuild), e.g. to profile it;
+#                                 # prints its tables and leaves docs/performance.md alone
 #
-# Extra arguments go to `linkd-bench suite` (see `target/release/linkd-bench suite --help`).
+# Extra arguments go to `linkd-bench suite` (see `target/release/linkd-bench suite --help`), or
+# to the part named first.
 # LINKD_BENCH_REPORT=path writes the report elsewhere than docs/performance.md.
 # The services' logs stay in .dev/logs/bench/ for inspection.
 set -euo pipefail
@@ -105,8 +108,16 @@ pids+=($!)
 wait_for_port "command service (log: $LOGS/command-service.log)" "${COMMAND_ADDR##*:}"
 wait_for_port "projection service (log: $LOGS/projection-service.log)" "${PROJECTION_ADDR##*:}"
 
-echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running the suite…" >&2
-"$BIN/linkd-bench" suite \
+PART=suite
+case "${1:-}" in
+  load | growth | rebuild) PART=$1 && shift ;;
+esac
+REPORT=()
+if [ "$PART" = suite ]; then
+  REPORT=(--report "${LINKD_BENCH_REPORT:-docs/performance.md}" --invocation "scripts/bench.sh${*:+ $*}")
+fi
+echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running $PART…" >&2
+"$BIN/linkd-bench" "$PART" \
   --addr "http://$COMMAND_ADDR" \
   --query-addr "http://$PROJECTION_ADDR" \
   --keys "$WORK/keys" \
@@ -117,6 +128,5 @@ echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running the s
   --subject-prefix "$PREFIX" \
   --consumer-prefix "$CONSUMERS" \
   --projection-bin "$BIN/projection-service" \
-  --report "${LINKD_BENCH_REPORT:-docs/performance.md}" \
-  --invocation "scripts/bench.sh${*:+ $*}" \
+  "${REPORT[@]}" \
   "$@"

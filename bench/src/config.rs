@@ -76,9 +76,12 @@ pub(crate) struct SizingArgs {
     /// Milliseconds between two GetDevice polls while waiting for an effect [default: 5].
     #[arg(long)]
     pub(crate) lag_poll_ms: Option<u64>,
-    /// Seconds of the paced (open-loop) lag phase [default: 10; quick: 3].
+    /// Seconds of the paced (open-loop) lag phase [default: 20; quick: 3].
     #[arg(long)]
     pub(crate) open_loop_seconds: Option<f64>,
+    /// In the paced phase, measure projection lag on one unlink in this many [default: 4].
+    #[arg(long)]
+    pub(crate) paced_lag_every: Option<usize>,
     /// History sizes (events) for `growth`, comma-separated [default: 10,1000,10000;
     /// quick: 10,100,1000].
     #[arg(long, value_delimiter = ',')]
@@ -113,6 +116,8 @@ pub(crate) struct Sizing {
     pub(crate) lag_poll: Duration,
     /// Duration of the open-loop phase.
     pub(crate) open_loop: Duration,
+    /// One paced unlink in this many is followed until visible.
+    pub(crate) paced_lag_every: usize,
     /// History sizes for growth.
     pub(crate) growth_sizes: Vec<i64>,
     /// Timed toggles per size.
@@ -159,7 +164,8 @@ impl SizingArgs {
             ceiling: pick(self.ceiling_seconds, 4.0, 1.0)?,
             lag_sample_every: self.lag_sample_every.unwrap_or(10).max(1),
             lag_poll: Duration::from_millis(self.lag_poll_ms.unwrap_or(5).max(1)),
-            open_loop: pick(self.open_loop_seconds, 10.0, 3.0)?,
+            open_loop: pick(self.open_loop_seconds, 20.0, 3.0)?,
+            paced_lag_every: self.paced_lag_every.unwrap_or(4).max(1),
             growth_toggles: self
                 .growth_toggles
                 .unwrap_or(if quick { 20 } else { 200 })

@@ -5,8 +5,8 @@
 //! 10,000 events by inserting copies of those two events straight into the `events` table
 //! (alternating, `sequence` incremented; the table's defaults and trigger fill in the rest).
 //! Once the relay and the projectors have caught up, sequential SetBiometrics toggles (one
-//! client) are timed per history size. A small history is spread over several devices, so that
-//! the toggles themselves do not lengthen it much.
+//! client) are timed, the sizes interleaved (one toggle of each size in turn). A small history is
+//! spread over several devices, so that the toggles themselves do not lengthen it much.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,10 +132,7 @@ pub(crate) async fn run(
         // Untimed: warms connections, caches and the service's code paths.
         let _ = session.set_biometrics(&warm_up.credential, enabled).await;
     }
-    let mut rows = Vec::with_capacity(sizes.len());
-    for (size, group) in sizes.iter().zip(groups) {
-        rows.push(measure(&mut session, *size, group, toggles).await);
-    }
+    let rows = measure(&mut session, &sizes, groups, toggles).await;
     Ok(Growth {
         rows,
         inserted,
@@ -143,40 +140,72 @@ pub(crate) async fn run(
     })
 }
 
-/// `toggles` timed toggles spread over `group`'s devices.
+/// One history size's devices while they are toggled.
+struct Timed {
+    size: i64,
+    subjects: Vec<Subject>,
+    /// Timed toggles per device so far.
+    calls: Vec<usize>,
+    firsts: Vec<Duration>,
+    recorder: Recorder,
+    busy: Duration,
+}
+
+/// `toggles` timed toggles per size, interleaved: one toggle of each size in turn, a size's
+/// devices taken round-robin. Whatever else the machine does meanwhile (autovacuum, a checkpoint,
+/// the projectors catching up) then falls on every size alike instead of on the size timed last.
 async fn measure(
     session: &mut Session,
-    size: i64,
-    group: Vec<Subject>,
+    sizes: &[i64],
+    groups: Vec<Vec<Subject>>,
     toggles: usize,
-) -> GrowthRow {
-    let devices = group.len().max(1);
-    let mut recorder = Recorder::default();
-    let mut firsts = Vec::with_capacity(devices);
-    let mut longest = 0;
-    let started = Instant::now();
-    for (index, mut subject) in group.into_iter().enumerate() {
-        let share = toggles / devices + usize::from(index < toggles % devices);
-        for n in 0..share {
+) -> Vec<GrowthRow> {
+    let mut timed: Vec<Timed> = sizes
+        .iter()
+        .zip(groups)
+        .filter(|(_, subjects)| !subjects.is_empty())
+        .map(|(&size, subjects)| Timed {
+            size,
+            calls: vec![0; subjects.len()],
+            firsts: Vec::with_capacity(subjects.len()),
+            subjects,
+            recorder: Recorder::default(),
+            busy: Duration::ZERO,
+        })
+        .collect();
+    for round in 0..toggles {
+        for size in &mut timed {
+            let index = round % size.subjects.len();
+            let subject = &mut size.subjects[index];
             subject.enabled = !subject.enabled;
             let call = session.set_biometrics(&subject.device.credential, subject.enabled);
             let begun = Instant::now();
             let outcome = call.await;
-            if n == 0 {
-                firsts.push(begun.elapsed());
+            let took = begun.elapsed();
+            if size.calls[index] == 0 {
+                size.firsts.push(took);
             }
-            recorder.record(begun.elapsed(), outcome);
+            size.calls[index] += 1;
+            size.busy += took;
+            size.recorder.record(took, outcome);
         }
-        longest = longest.max(share);
     }
-    firsts.sort();
-    GrowthRow {
-        size,
-        devices,
-        grown_to: size + i64::try_from(longest).unwrap_or(i64::MAX),
-        first: crate::stats::percentile(&firsts, 0.5),
-        stats: recorder.summary(&format!("SetBiometrics, {size} events"), started.elapsed()),
-    }
+    timed
+        .into_iter()
+        .map(|mut size| {
+            size.firsts.sort();
+            let longest = size.calls.iter().copied().max().unwrap_or(0);
+            GrowthRow {
+                size: size.size,
+                devices: size.subjects.len(),
+                grown_to: size.size + i64::try_from(longest).unwrap_or(i64::MAX),
+                first: crate::stats::percentile(&size.firsts, 0.5),
+                stats: size
+                    .recorder
+                    .summary(&format!("SetBiometrics, {} events", size.size), size.busy),
+            }
+        })
+        .collect()
 }
 
 /// Enables, then disables biometrics over gRPC: the real events `extend_history` copies.

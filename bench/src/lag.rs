@@ -10,7 +10,7 @@ use proto::v1::{DeviceStatus, GetDeviceRequest};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::stats::Lags;
+use crate::stats::{Lags, Probe};
 
 /// How long a probe waits for an effect before counting it as never seen.
 const GIVE_UP: Duration = Duration::from_secs(30);
@@ -24,35 +24,48 @@ pub(crate) enum Want {
     Unlinked,
 }
 
-/// Polls `GetDevice` every `poll` until the device shows `want`; the time since `acked`, or
-/// `None` if it never did within [`GIVE_UP`]. The figure is an upper bound by up to `poll` plus
-/// one query's round trip.
+/// Polls `GetDevice` every `poll` until the device shows `want`; the time since `acked` (`None`
+/// if it never did within [`GIVE_UP`]) and the queries it took. The figure is an upper bound by
+/// up to `poll` plus one query's round trip.
 pub(crate) async fn until_visible(
-    mut queries: DeviceQueryServiceClient<Channel>,
+    mut client: DeviceQueryServiceClient<Channel>,
     citizen_token: String,
     device_id: String,
     want: Want,
     acked: Instant,
     poll: Duration,
-) -> Option<Duration> {
+) -> Probe {
+    let mut queries = 0;
     loop {
         let request = GetDeviceRequest {
             device_id: device_id.clone(),
             consistency_token: String::new(),
         };
-        let request = bearer(request, &citizen_token).ok()?;
-        if let Ok(reply) = queries.get_device(request).await {
+        let Ok(request) = bearer(request, &citizen_token) else {
+            return Probe {
+                seen: None,
+                queries,
+            };
+        };
+        queries += 1;
+        if let Ok(reply) = client.get_device(request).await {
             let status = reply.into_inner().status;
             let seen = match want {
                 Want::Linked => status == i32::from(DeviceStatus::Linked),
                 Want::Unlinked => status == i32::from(DeviceStatus::Unlinked),
             };
             if seen {
-                return Some(acked.elapsed());
+                return Probe {
+                    seen: Some(acked.elapsed()),
+                    queries,
+                };
             }
         }
         if acked.elapsed() > GIVE_UP {
-            return None;
+            return Probe {
+                seen: None,
+                queries,
+            };
         }
         tokio::time::sleep(poll).await;
     }
@@ -63,7 +76,7 @@ pub(crate) async fn until_visible(
 #[derive(Debug)]
 pub(crate) struct Probes {
     poll: Duration,
-    running: Vec<JoinHandle<Option<Duration>>>,
+    running: Vec<JoinHandle<Probe>>,
 }
 
 impl Probes {
@@ -99,7 +112,10 @@ impl Probes {
     pub(crate) async fn collect(self) -> Lags {
         let mut lags = Lags::default();
         for probe in self.running {
-            lags.push(probe.await.ok().flatten());
+            lags.push(probe.await.unwrap_or(Probe {
+                seen: None,
+                queries: 0,
+            }));
         }
         lags
     }

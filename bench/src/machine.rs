@@ -13,6 +13,8 @@ pub(crate) struct Machine {
     pub(crate) memory: String,
     /// PostgreSQL's version.
     pub(crate) postgres: String,
+    /// PostgreSQL settings that move the figures (autovacuum, durability, memory).
+    pub(crate) postgres_settings: String,
     /// nats-server's version.
     pub(crate) nats: String,
     /// The date and time (UTC) the run started.
@@ -41,6 +43,16 @@ pub(crate) async fn describe(system: &System) -> Machine {
         .fetch_one(&system.command_db)
         .await
         .ok();
+    // Autovacuum matters beyond speed: without it no statistics are gathered, so the planner
+    // keeps its guesses for tables that grew during the run.
+    let settings: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(name || ' ' || current_setting(name), ', ' ORDER BY name) \
+         FROM pg_settings WHERE name IN ('autovacuum', 'synchronous_commit', 'fsync', \
+         'shared_buffers', 'max_connections')",
+    )
+    .fetch_one(&system.command_db)
+    .await
+    .ok();
     let date: Option<String> = sqlx::query_scalar(
         "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') || ' UTC'",
     )
@@ -53,6 +65,7 @@ pub(crate) async fn describe(system: &System) -> Machine {
         cpu_model,
         memory,
         postgres: postgres.unwrap_or_else(unknown),
+        postgres_settings: settings.unwrap_or_else(unknown),
         nats: if nats.is_empty() { unknown() } else { nats },
         date: date.unwrap_or_else(unknown),
         commit: commit().unwrap_or_else(unknown),

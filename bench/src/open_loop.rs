@@ -1,7 +1,8 @@
 //! The paced (open-loop) lag phase: commands are sent at a fixed rate whatever the answers
 //! take — IssueLinkQr, StartLink (QR), ScanQr pairing those two, and UnlinkDevices of a
-//! pre-linked device, in turn — and every unlink is followed by GetDevice polls (no
-//! consistency token) until the device shows as unlinked.
+//! pre-linked device, in turn — and one unlink in [`Pace::sample_every`] is followed by
+//! GetDevice polls (no consistency token) until the device shows as unlinked. Sampling keeps
+//! the observer's own queries a small part of the load it observes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use crate::config::Target;
 use crate::lag::{Want, until_visible};
 use crate::load::{QUIET, op};
 use crate::session::{self, Linked, Session};
-use crate::stats::{Failure, Lags, OpStats, Recorder};
+use crate::stats::{Failure, Lags, OpStats, Probe, Recorder};
 use crate::system::System;
 
 /// Connections the paced commands are spread over.
@@ -42,8 +43,10 @@ pub(crate) struct OpenLoop {
     pub(crate) skipped: u64,
     /// One row per command.
     pub(crate) ops: Vec<OpStats>,
-    /// Unlink acknowledged -> device shown as unlinked.
+    /// Unlink acknowledged -> device shown as unlinked, on the sampled unlinks.
     pub(crate) lag: Lags,
+    /// One unlink in this many was sampled.
+    pub(crate) sample_every: usize,
     /// Devices linked beforehand, and how long that took.
     pub(crate) prelinked: (usize, Duration),
     /// Interval between visibility polls.
@@ -58,13 +61,8 @@ impl OpenLoop {
 }
 
 /// One paced command's outcome: its kind (0 Issue, 1 Start, 2 Scan, 3 Unlink; `None`: a
-/// skipped scan), latency and outcome, and for an unlink its lag.
-type Done = (
-    Option<usize>,
-    Duration,
-    Result<(), Failure>,
-    Option<Option<Duration>>,
-);
+/// skipped scan), latency and outcome, and for a sampled unlink its lag probe.
+type Done = (Option<usize>, Duration, Result<(), Failure>, Option<Probe>);
 
 /// How the paced phase runs.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +73,8 @@ pub(crate) struct Pace {
     pub(crate) length: Duration,
     /// Interval between visibility polls.
     pub(crate) poll: Duration,
+    /// One unlink in this many is followed until it is visible.
+    pub(crate) sample_every: usize,
     /// The longest the bench spends linking devices for the unlinks beforehand.
     pub(crate) prelink_limit: Duration,
 }
@@ -91,8 +91,10 @@ pub(crate) async fn run(
         based_on,
         length,
         poll,
+        sample_every,
         prelink_limit,
     } = pace;
+    let sample_every = sample_every.max(1);
     let rate = (based_on.1 / 2.0).max(1.0);
     let accounts: Vec<String> = (0..ACCOUNTS)
         .map(|k| format!("bench-{run_id}-open-{k}"))
@@ -132,8 +134,8 @@ pub(crate) async fn run(
             }
             None => skipped += 1,
         }
-        if let Some(seen) = unlinked {
-            lag.push(seen);
+        if let Some(probe) = unlinked {
+            lag.push(probe);
         }
     };
     for k in 0_u32.. {
@@ -160,7 +162,8 @@ pub(crate) async fn run(
             }
             _ => match devices.next() {
                 Some(device) => {
-                    tasks.spawn(unlink(session, device, poll));
+                    let sampled = ((k / 4) as usize).is_multiple_of(sample_every);
+                    tasks.spawn(unlink(session, device, sampled.then_some(poll)));
                 }
                 None => {
                     tasks.spawn(issue(session, account, None));
@@ -191,6 +194,7 @@ pub(crate) async fn run(
         skipped,
         ops,
         lag,
+        sample_every,
         prelinked,
         poll,
     })
@@ -275,13 +279,14 @@ async fn scan(
     (Some(2), started.elapsed(), outcome, None)
 }
 
-async fn unlink(mut session: Session, device: Linked, poll: Duration) -> Done {
+/// Unlinks `device`; with a `poll` interval, then waits until a query shows it unlinked.
+async fn unlink(mut session: Session, device: Linked, poll: Option<Duration>) -> Done {
     let started = Instant::now();
     let outcome = session.unlink(&device.account, &device.device_id).await;
     let elapsed = started.elapsed();
     let acked = Instant::now();
-    let lag = match (&outcome, session.citizen(&device.account)) {
-        (Ok(()), Ok(token)) => Some(
+    let lag = match (&outcome, poll, session.citizen(&device.account)) {
+        (Ok(()), Some(poll), Ok(token)) => Some(
             until_visible(
                 session.grpc.queries.clone(),
                 token,

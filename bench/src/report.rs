@@ -113,8 +113,13 @@ pub(crate) fn markdown(results: &Results) -> String {
     out.push("## Latest results".to_owned());
     out.push(String::new());
     out.push(format!(
-        "- **Machine:** {} CPUs ({}), {} RAM; PostgreSQL {}; nats-server {}",
-        machine.cpus, machine.cpu_model, machine.memory, machine.postgres, machine.nats
+        "- **Machine:** {} CPUs ({}), {} RAM; PostgreSQL {} ({}); nats-server {}",
+        machine.cpus,
+        machine.cpu_model,
+        machine.memory,
+        machine.postgres,
+        machine.postgres_settings,
+        machine.nats
     ));
     out.push(format!("- **Date:** {}", machine.date));
     out.push(format!("- **Commit:** {}", machine.commit));

@@ -206,21 +206,34 @@ pub(crate) struct Lags {
     pub(crate) samples: Vec<Duration>,
     /// Effects not seen before the bench gave up.
     pub(crate) timeouts: u64,
+    /// GetDevice queries the probes sent: the load the observer added.
+    pub(crate) queries: u64,
+}
+
+/// One probe's outcome.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe {
+    /// The lag, or `None` if the effect was never seen.
+    pub(crate) seen: Option<Duration>,
+    /// GetDevice queries sent.
+    pub(crate) queries: u32,
 }
 
 impl Lags {
-    /// Adds one outcome (`None`: never seen).
-    pub(crate) fn push(&mut self, lag: Option<Duration>) {
-        match lag {
+    /// Adds one probe's outcome.
+    pub(crate) fn push(&mut self, probe: Probe) {
+        match probe.seen {
             Some(lag) => self.samples.push(lag),
             None => self.timeouts += 1,
         }
+        self.queries += u64::from(probe.queries);
     }
 
     /// Adds another set of samples.
     pub(crate) fn merge(&mut self, other: Self) {
         self.samples.extend(other.samples);
         self.timeouts += other.timeouts;
+        self.queries += other.queries;
     }
 
     /// (p50, p99, max) of the observed lags.

@@ -151,6 +151,7 @@ async fn run_load(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
         based_on: (base.concurrency, base.non_hashing.ops_per_second()),
         length: sizing.open_loop,
         poll: sizing.lag_poll,
+        sample_every: sizing.paced_lag_every,
         prelink_limit: sizing.open_loop * 4,
     };
     eprintln!("paced lag phase");

@@ -132,9 +132,14 @@ pub(super) fn open_loop_section(out: &mut Vec<String>, paced: &OpenLoop) {
     out.push(String::new());
     out.push(format!(
         "**Unlink acknowledged → GetDevice (no consistency token, polled every {} ms) shows it \
-         unlinked: {}.**",
+         unlinked: {}.** Measured on one unlink in {}; the probes sent {} GetDevice queries \
+         ({}/s, {:.0}% of the commands' rate).",
         paced.poll.as_millis(),
-        lag_line(&paced.lag)
+        lag_line(&paced.lag),
+        paced.sample_every,
+        paced.lag.queries,
+        rate(paced.lag.queries as f64 / paced.send_elapsed.as_secs_f64().max(1e-9)),
+        100.0 * paced.lag.queries as f64 / (paced.sent.max(1)) as f64
     ));
     out.push(String::new());
     out.push("| operation | count | ops/s | p50 | p99 | max | errors |".to_owned());
@@ -162,8 +167,10 @@ pub(super) fn growth_section(out: &mut Vec<String>, growth: &Growth) {
     out.push(format!(
         "Sequential SetBiometrics toggles (1 client) on devices whose history was lengthened by \
          inserting copies of their own BiometricsEnabled/BiometricsDisabled events ({} inserted; \
-         the relay and projectors took {:.1} s to take them in before timing started). \
-         \"First call\" is each device's first timed toggle (median over the devices).",
+         the relay and projectors took {:.1} s to take them in before timing started). The \
+         sizes are interleaved (one toggle of each size in turn, a size's devices round-robin), \
+         so background work falls on every size alike. \"First call\" is each device's first \
+         timed toggle (median over the devices).",
         growth.inserted,
         growth.settle.as_secs_f64()
     ));
