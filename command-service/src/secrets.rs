@@ -166,12 +166,12 @@ pub fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
     Ok(())
 }
 
-/// Hashes and verifies secret codes with Argon2id and the pepper. CPU-bound: call from
-/// `spawn_blocking`, holding one of [`CodeHasher::permit`]'s permits.
+/// Hashes and verifies secret codes with Argon2id and the pepper. CPU-bound: run the work
+/// through [`CodeHasher::run`], on the hasher's own threads.
 #[derive(Clone)]
 pub struct CodeHasher {
     pepper: std::sync::Arc<Vec<u8>>,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    threads: std::sync::Arc<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for CodeHasher {
@@ -181,20 +181,41 @@ impl std::fmt::Debug for CodeHasher {
 }
 
 impl CodeHasher {
-    /// A hasher using `pepper` as Argon2's secret input.
-    pub fn new(pepper: Vec<u8>) -> Self {
+    /// A hasher using `pepper` as Argon2's secret input, with one hashing thread per core.
+    pub fn new(pepper: Vec<u8>) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        Self {
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores)
+            .thread_name(|n| format!("argon2-{n}"))
+            // A panic drops the job's answer channel (the call fails with INTERNAL); without a
+            // handler rayon would abort the process.
+            .panic_handler(|_| tracing::error!("a hashing job panicked"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Self {
             pepper: std::sync::Arc::new(pepper),
-            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(cores)),
-        }
+            threads: std::sync::Arc::new(threads),
+        })
     }
 
-    /// Waits for a turn to hash: at most one hash per core runs at once. More would not finish
-    /// sooner, and each holds 19 MiB (without this bound, 32 parallel SetSecretCode calls left
-    /// the allocator holding 2 GB).
-    pub async fn permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.permits.clone().acquire_owned().await.ok()
+    /// Runs `work` on one of the hashing threads and waits for its result (`None` if it
+    /// panicked). At most one hash per core runs at once: more would not finish sooner. The
+    /// threads are always the same few, so the allocator reuses each one's 19 MiB buffer; on
+    /// tokio's blocking pool, with a semaphore as the only bound, the calls spread over many
+    /// threads and allocator arenas, and 32 clients' SetSecretCode phase left the service at
+    /// 800 MB. A job whose caller has gone (a cancelled call) is skipped.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Self) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (answer, result) = tokio::sync::oneshot::channel();
+        let hasher = self.clone();
+        self.threads.spawn(move || {
+            if !answer.is_closed() {
+                let _ = answer.send(work(&hasher));
+            }
+        });
+        result.await.ok()
     }
 
     fn argon2(&self) -> Result<Argon2<'_>, argon2::Error> {
@@ -301,12 +322,27 @@ mod tests {
 
     #[test]
     fn a_verifier_accepts_only_its_code_and_only_with_its_pepper() {
-        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec());
+        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec()).unwrap();
         let verifier = hasher.hash("482913").unwrap();
         assert!(!verifier.contains("482913"));
         assert!(hasher.verify("482913", &verifier).unwrap());
         assert!(!hasher.verify("482914", &verifier).unwrap());
-        let other = CodeHasher::new(b"pepper-pepper-pepper-pepper-0002".to_vec());
+        let other = CodeHasher::new(b"pepper-pepper-pepper-pepper-0002".to_vec()).unwrap();
         assert!(!other.verify("482913", &verifier).unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashing_threads_answer_and_survive_a_panicking_job() {
+        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec()).unwrap();
+
+        let verifier = hasher.run(|hasher| hasher.hash("482913")).await;
+        #[allow(clippy::panic, reason = "the panic is what is tested")]
+        let failed = hasher.run(|_| -> u8 { panic!("a job that panics") }).await;
+        let after = hasher
+            .run(move |hasher| hasher.verify("482913", &verifier.unwrap().unwrap()))
+            .await;
+
+        assert_eq!(failed, None, "a panicking job gives no answer");
+        assert_eq!(after, Some(Ok(true)), "and the threads keep working");
     }
 }

@@ -82,7 +82,8 @@ impl Application {
             credentials: Credentials::new(pool.clone()),
             idp,
             luxtrust,
-            hasher: CodeHasher::new(settings.secret_code_pepper.0.clone()),
+            hasher: CodeHasher::new(settings.secret_code_pepper.0.clone())
+                .context("starting the secret-code hashing threads")?,
             qr_ttl: duration(settings.qr_ttl)?,
             link_attempt_ttl: duration(settings.link_attempt_ttl)?,
             reauth_max_age: duration(settings.reauth_max_age)?,

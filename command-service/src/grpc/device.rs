@@ -42,16 +42,11 @@ async fn blocking<T: Send + 'static>(
     hasher: &CodeHasher,
     work: impl FnOnce(&CodeHasher) -> Result<T, argon2::password_hash::Error> + Send + 'static,
 ) -> Result<T, CommandError> {
-    let hasher = hasher.clone();
-    let permit = hasher.permit().await;
-    tokio::task::spawn_blocking(move || {
-        let outcome = work(&hasher);
-        drop(permit);
-        outcome
-    })
-    .await
-    .map_err(|e| CommandError::Internal(format!("hashing task failed: {e}")))?
-    .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
+    hasher
+        .run(work)
+        .await
+        .ok_or_else(|| CommandError::Internal("hashing task failed".into()))?
+        .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
 }
 
 impl Commands {
