@@ -42,10 +42,7 @@ pub(crate) async fn until_visible(
             consistency_token: String::new(),
         };
         let Ok(request) = bearer(request, &citizen_token) else {
-            return Probe {
-                seen: None,
-                queries,
-            };
+            return Probe::unseen(queries);
         };
         queries += 1;
         if let Ok(reply) = client.get_device(request).await {
@@ -62,10 +59,7 @@ pub(crate) async fn until_visible(
             }
         }
         if acked.elapsed() > GIVE_UP {
-            return Probe {
-                seen: None,
-                queries,
-            };
+            return Probe::unseen(queries);
         }
         tokio::time::sleep(poll).await;
     }
@@ -112,10 +106,7 @@ impl Probes {
     pub(crate) async fn collect(self) -> Lags {
         let mut lags = Lags::default();
         for probe in self.running {
-            lags.push(probe.await.unwrap_or(Probe {
-                seen: None,
-                queries: 0,
-            }));
+            lags.push(probe.await.unwrap_or(Probe::unseen(0)));
         }
         lags
     }

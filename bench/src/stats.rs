@@ -219,6 +219,16 @@ pub(crate) struct Probe {
     pub(crate) queries: u32,
 }
 
+impl Probe {
+    /// An effect not seen after `queries` queries.
+    pub(crate) fn unseen(queries: u32) -> Self {
+        Self {
+            seen: None,
+            queries,
+        }
+    }
+}
+
 impl Lags {
     /// Adds one probe's outcome.
     pub(crate) fn push(&mut self, probe: Probe) {
