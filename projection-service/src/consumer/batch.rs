@@ -41,11 +41,13 @@ pub const LOCK_GUARDS: &str = "SELECT k.t, k.i, p.last_sequence, p.ctid::text \
          FOR UPDATE) AS p \
      ORDER BY k.n";
 
-/// Moves the guards at the row addresses `$1` to the sequences `$2`; returns the keys moved.
+/// Moves the guards at the row addresses `$1` to the sequences `$2`; returns the guards moved
+/// (projector and key). The join is on the address alone: any other join condition lets the
+/// planner scan the projector's guards again when statistics are missing.
 pub const MOVE_GUARDS: &str = "UPDATE projector_positions p SET last_sequence = m.to_sequence \
      FROM unnest($1::tid[], $2::bigint[]) AS m (row, to_sequence) \
      WHERE p.ctid = m.row \
-     RETURNING p.aggregate_type, p.aggregate_id, m.to_sequence";
+     RETURNING p.projector, p.aggregate_type, p.aggregate_id, m.to_sequence";
 
 /// What became of each event of a batch that committed.
 pub type Verdicts = Vec<Result<Outcome, ProjectionError>>;
@@ -120,9 +122,8 @@ pub async fn apply<P: Projector>(
         let rows: Vec<&str> = moved.iter().map(|(.., ctid)| *ctid).collect();
         let to: Vec<i64> = moved.iter().map(|(_, _, to, _)| *to).collect();
         // The row addresses are those of the rows this transaction locked, so no one else can
-        // have moved them; the keys the update returns are checked all the same. (A join on the
-        // keys here is what the planner turned into a scan of every guard.)
-        let mut updated: Vec<(String, String, i64)> = sqlx::query_as(MOVE_GUARDS)
+        // have moved them; the projector and keys the update returns are checked all the same.
+        let mut updated: Vec<(String, String, String, i64)> = sqlx::query_as(MOVE_GUARDS)
             .bind(&rows)
             .bind(&to)
             .fetch_all(&mut *tx)
@@ -130,11 +131,11 @@ pub async fn apply<P: Projector>(
         updated.sort();
         let expected = moved
             .iter()
-            .map(|(key, _, to, _)| (key.0.as_str(), key.1.as_str(), *to));
+            .map(|(key, _, to, _)| (projector.name(), key.0.as_str(), key.1.as_str(), *to));
         if updated.len() != moved.len()
             || !updated
                 .iter()
-                .map(|(kind, id, to)| (kind.as_str(), id.as_str(), *to))
+                .map(|(name, kind, id, to)| (name.as_str(), kind.as_str(), id.as_str(), *to))
                 .eq(expected)
         {
             return Err(ProjectionError::Transient(sqlx::Error::Protocol(
