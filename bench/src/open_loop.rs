@@ -162,8 +162,15 @@ pub(crate) async fn run(
             }
             _ => match devices.next() {
                 Some(device) => {
-                    let sampled = ((k / 4) as usize).is_multiple_of(sample_every);
-                    tasks.spawn(unlink(session, device, sampled.then_some(poll)));
+                    let unlinks = (k / 4) as usize;
+                    if unlinks.is_multiple_of(sample_every) {
+                        // The sampled unlinks (and their polls) take the connections in turn;
+                        // by `k` alone they would all fall on the same one.
+                        let turn = sessions[unlinks / sample_every % CONNECTIONS].clone();
+                        tasks.spawn(unlink(turn, device, Some(poll)));
+                    } else {
+                        tasks.spawn(unlink(session, device, None));
+                    }
                 }
                 None => {
                     tasks.spawn(issue(session, account, None));
