@@ -459,6 +459,14 @@ async fn snapshot(pool: &PgPool) -> Snapshot {
     (devices, guards, parked)
 }
 
+/// A [`history`] as published messages, [`poison`]ed.
+fn poisoned_history(rng: &mut Rng, device_events: usize, spread: bool) -> Vec<Published> {
+    let events = history(rng, device_events, spread);
+    let mut messages: Vec<Published> = events.iter().map(Published::event).collect();
+    poison(rng, &mut messages, &events);
+    messages
+}
+
 /// Events the live path must park, and messages that are not events at all.
 fn poison(rng: &mut Rng, messages: &mut Vec<Published>, events: &[EventEnvelope]) {
     let corrupt = |messages: &mut Vec<Published>, wanted: &str, change: &dyn Fn(&mut Event)| {
@@ -596,9 +604,7 @@ async fn a_rebuild_in_small_batches_equals_the_event_by_event_path() {
     // Arrange: the same messages applied one by one through the live path.
     let scratch = Scratch::new().await;
     let mut rng = Rng(7);
-    let events = history(&mut rng, 3_000, false);
-    let mut messages: Vec<Published> = events.iter().map(Published::event).collect();
-    poison(&mut rng, &mut messages, &events);
+    let mut messages = poisoned_history(&mut rng, 3_000, false);
     disorder(&mut rng, &mut messages);
     scratch.publish(&messages).await;
     let pool = projection_service::startup::connect_and_migrate(&scratch.url)
@@ -631,9 +637,7 @@ async fn a_second_rebuild_changes_nothing() {
     // Arrange
     let scratch = Scratch::new().await;
     let mut rng = Rng(11);
-    let events = history(&mut rng, 1_000, true);
-    let mut messages: Vec<Published> = events.iter().map(Published::event).collect();
-    poison(&mut rng, &mut messages, &events);
+    let messages = poisoned_history(&mut rng, 1_000, true);
     scratch.publish(&messages).await;
     rebuild::rebuild(&scratch.url, &scratch.settings())
         .await
