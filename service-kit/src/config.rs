@@ -1,0 +1,205 @@
+//! Settings come from environment variables, read once at start; tests pass any lookup instead
+//! (a `HashMap`), so nothing touches the process environment. A value that is set but blank
+//! counts as unset. Secrets are wrapped in [`Redacted`] and print as `***`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Why the settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set.
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    /// A variable is set to something unusable.
+    #[error("{key} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// `key` is set to something unusable, for `reason`.
+    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Typed reads over a lookup (`std::env::var` in production, a map in tests).
+#[derive(Debug)]
+pub struct Env<F> {
+    lookup: F,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment.
+    pub fn process() -> Self {
+        Self::new(|key| std::env::var(key).ok())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// Reads through `lookup`.
+    pub fn new(lookup: F) -> Self {
+        Self { lookup }
+    }
+
+    /// The value of `key`, if set and not blank.
+    pub fn get(&self, key: &str) -> Option<String> {
+        (self.lookup)(key).filter(|value| !value.trim().is_empty())
+    }
+
+    /// The value of `key`, or `default`.
+    pub fn or(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// The value of `key`, which must be set.
+    pub fn required(&self, key: &'static str) -> Result<String, ConfigError> {
+        self.get(key).ok_or(ConfigError::Missing(key))
+    }
+
+    /// A whole number, or `default`.
+    pub fn number(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
+        self.get(key).map_or(Ok(default), |raw| {
+            raw.trim().parse().map_err(|_| {
+                ConfigError::invalid(key, format!("expected a whole number, got {raw:?}"))
+            })
+        })
+    }
+
+    /// A whole number of seconds, at least 1, or `default`.
+    pub fn seconds(&self, key: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        match self.number(key, default)? {
+            0 => Err(ConfigError::invalid(key, "must be at least 1")),
+            n => Ok(Duration::from_secs(n)),
+        }
+    }
+
+    /// `on` or `off`, or `default`.
+    pub fn switch(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key).as_deref() {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => Err(ConfigError::invalid(
+                key,
+                format!("expected on or off, got {other:?}"),
+            )),
+        }
+    }
+
+    /// A listen address such as `127.0.0.1:50051`, or `default`.
+    pub fn socket_addr(&self, key: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+        self.or(key, default)
+            .parse()
+            .map_err(|e| ConfigError::invalid(key, format!("{e}")))
+    }
+
+    /// A JetStream stream or consumer name: letters, digits, `-` and `_`, or `default`.
+    pub fn nats_name(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let name = self.or(key, default);
+        if !is_nats_token(&name) {
+            return Err(ConfigError::invalid(
+                key,
+                "use letters, digits, - and _ only",
+            ));
+        }
+        Ok(name)
+    }
+
+    /// A subject prefix: dot-separated tokens of letters, digits, `-` and `_` (no wildcards), or
+    /// `default`.
+    pub fn subject_prefix(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let prefix = self.or(key, default);
+        if !prefix.split('.').all(is_nats_token) {
+            return Err(ConfigError::invalid(
+                key,
+                "use dot-separated tokens of letters, digits, - and _ (no wildcards)",
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+fn is_nats_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Env::new(move |key| map.get(key).cloned())
+    }
+
+    #[test]
+    fn a_blank_value_counts_as_unset() {
+        let env = env(&[("A", "  ")]);
+        assert_eq!(env.get("A"), None);
+        assert!(matches!(env.required("A"), Err(ConfigError::Missing("A"))));
+        assert_eq!(env.number("A", 7).ok(), Some(7));
+    }
+
+    #[test]
+    fn numbers_durations_and_switches_are_checked() {
+        let env = env(&[("N", "x"), ("S", "0"), ("T", "12"), ("W", "yes")]);
+        assert!(
+            env.number("N", 1)
+                .unwrap_err()
+                .to_string()
+                .contains("N is invalid")
+        );
+        assert!(env.seconds("S", 1).is_err());
+        assert_eq!(env.seconds("T", 1).ok(), Some(Duration::from_secs(12)));
+        assert!(env.switch("W", true).is_err());
+        assert_eq!(env.switch("unset", false).ok(), Some(false));
+    }
+
+    #[test]
+    fn nats_names_and_prefixes_refuse_wildcards_and_dots_where_they_do_not_belong() {
+        let env = env(&[("S", "a.b"), ("P", "linkd.*"), ("Q", "linkd.events")]);
+        assert!(env.nats_name("S", "x").is_err());
+        assert!(env.subject_prefix("P", "x").is_err());
+        assert_eq!(
+            env.subject_prefix("Q", "x").ok().as_deref(),
+            Some("linkd.events")
+        );
+        assert_eq!(
+            env.nats_name("unset", "LINKD_EVENTS").ok().as_deref(),
+            Some("LINKD_EVENTS")
+        );
+    }
+
+    #[test]
+    fn a_redacted_value_never_prints() {
+        assert_eq!(format!("{:?}", Redacted("secret")), "***");
+    }
+}

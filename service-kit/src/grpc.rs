@@ -1,0 +1,143 @@
+//! The gRPC server both services run, and the one rule for reading the caller's bearer token.
+//!
+//! [`GrpcServer`] adds, beside the services it is given: `grpc.health.v1` (each service
+//! reported serving) and server reflection (linkd's and health's descriptors); a limit of
+//! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit
+//! ([`limit`]); and TCP_NODELAY on every accepted connection.
+
+mod limit;
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+/// Requests larger than this are refused before they are decoded. Set it on each generated
+/// server with `.max_decoding_message_size(MAX_MESSAGE_BYTES)`; [`GrpcServer`] turns tonic's
+/// `OUT_OF_RANGE` for it into `INVALID_ARGUMENT`.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The token of `authorization: Bearer <token>`, if the call carries one. The scheme is matched
+/// without regard to case (RFC 7235 §2.1, which RFC 6750 follows) and surrounding white space
+/// is ignored; anything else (no header, another scheme, an empty token, bytes that are not
+/// visible ASCII) is no bearer token at all.
+pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
+    let value = metadata.get("authorization")?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The services of one gRPC server, to be served with health and reflection.
+#[derive(Debug, Default)]
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    serving: Vec<&'static str>,
+}
+
+impl GrpcServer {
+    /// A server with no service yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `service` (a tonic-generated server), reported `SERVING` by the health service.
+    #[must_use]
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.serving.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in &self.serving {
+            health
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        self.routes
+            .add_service(health_service)
+            .add_service(reflection);
+        tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                limit::oversized_is_invalid_argument,
+            ))
+            .add_routes(self.routes.routes())
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .await
+            .context("serving gRPC")
+    }
+}
+
+/// Accepted connections with Nagle's algorithm off: gRPC answers are small, and without this a
+/// reply can wait for the peer's delayed acknowledgement (about 40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> MetadataMap {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("authorization", value.parse().unwrap());
+        metadata
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for value in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "  Bearer   abc  ",
+            "bEaReR\tabc",
+        ] {
+            assert_eq!(bearer(&with_authorization(value)), Some("abc"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_no_bearer_token() {
+        for value in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer(&with_authorization(value)), None, "{value:?}");
+        }
+        assert_eq!(bearer(&MetadataMap::new()), None);
+    }
+}
