@@ -1,35 +1,11 @@
 //! Settings, read once from the environment (or any lookup, in tests). Secrets print as `***`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A value that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Redacted<T>(pub T);
-
-impl<T> fmt::Debug for Redacted<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Why the settings could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required variable is not set.
-    #[error("{0} is required but not set")]
-    Missing(&'static str),
-    /// A variable is set to something unusable.
-    #[error("{key} is invalid: {reason}")]
-    Invalid {
-        /// The variable.
-        key: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+use service_kit::config::Env;
+pub use service_kit::config::{ConfigError, Redacted};
 
 /// Everything the command service needs to start.
 #[derive(Debug, Clone)]
@@ -79,119 +55,51 @@ impl Settings {
 
     /// Reads the settings through `get`, so tests need not touch the environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |key: &str| get(key).filter(|value| !value.trim().is_empty());
-        let required = |key: &'static str| get(key).ok_or(ConfigError::Missing(key));
-        let parsed = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
-            get(key).map_or(Ok(default), |raw| {
-                raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                    key,
-                    reason: format!("expected a whole number, got {raw:?}"),
-                })
-            })
-        };
-        let seconds = |key: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            match parsed(key, default)? {
-                0 => Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be at least 1".into(),
-                }),
-                n => Ok(Duration::from_secs(n)),
-            }
-        };
-        let grpc_addr_key = "LINKD_COMMAND_GRPC_ADDR";
-        let grpc_addr = get(grpc_addr_key)
-            .unwrap_or_else(|| "127.0.0.1:50051".into())
-            .parse()
-            .map_err(|e| ConfigError::Invalid {
-                key: grpc_addr_key,
-                reason: format!("{e}"),
-            })?;
-        let pepper = required("LINKD_SECRET_CODE_PEPPER")?.into_bytes();
+        let env = Env::new(get);
+        let pepper = env.required("LINKD_SECRET_CODE_PEPPER")?.into_bytes();
         if pepper.len() < 32 {
-            return Err(ConfigError::Invalid {
-                key: "LINKD_SECRET_CODE_PEPPER",
-                reason: "must be at least 32 bytes of random text".into(),
-            });
+            return Err(ConfigError::invalid(
+                "LINKD_SECRET_CODE_PEPPER",
+                "must be at least 32 bytes of random text",
+            ));
         }
-        let db_max_connections = u32::try_from(parsed("LINKD_COMMAND_DB_MAX_CONNECTIONS", 10)?)
+        let db_max_connections = u32::try_from(env.number("LINKD_COMMAND_DB_MAX_CONNECTIONS", 10)?)
             .ok()
             .filter(|n| *n > 0)
-            .ok_or(ConfigError::Invalid {
-                key: "LINKD_COMMAND_DB_MAX_CONNECTIONS",
-                reason: "must be between 1 and 4294967295".into(),
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "LINKD_COMMAND_DB_MAX_CONNECTIONS",
+                    "must be between 1 and 4294967295",
+                )
             })?;
-        let idp_audience = get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd-portal".into());
-        let luxtrust_audience =
-            get("LINKD_LUXTRUST_AUDIENCE").unwrap_or_else(|| "linkd-luxtrust".into());
+        let idp_audience = env.or("LINKD_IDP_AUDIENCE", "linkd-portal");
+        let luxtrust_audience = env.or("LINKD_LUXTRUST_AUDIENCE", "linkd-luxtrust");
         if idp_audience == luxtrust_audience {
-            return Err(ConfigError::Invalid {
-                key: "LINKD_LUXTRUST_AUDIENCE",
-                reason: "must differ from LINKD_IDP_AUDIENCE, or a LuxTrust assertion could pass \
-                         for a portal token"
-                    .into(),
-            });
+            return Err(ConfigError::invalid(
+                "LINKD_LUXTRUST_AUDIENCE",
+                "must differ from LINKD_IDP_AUDIENCE, or a LuxTrust assertion could pass for a \
+                 portal token",
+            ));
         }
         Ok(Self {
-            grpc_addr,
-            database_url: Redacted(required("LINKD_COMMAND_DATABASE_URL")?),
+            grpc_addr: env.socket_addr("LINKD_COMMAND_GRPC_ADDR", "127.0.0.1:50051")?,
+            database_url: Redacted(env.required("LINKD_COMMAND_DATABASE_URL")?),
             db_max_connections,
-            idp_public_keys_file: required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
+            idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
             idp_audience,
-            idp_issuer: get("LINKD_IDP_ISSUER"),
-            luxtrust_public_keys_file: required("LINKD_LUXTRUST_PUBLIC_KEYS_FILE")?.into(),
+            idp_issuer: env.get("LINKD_IDP_ISSUER"),
+            luxtrust_public_keys_file: env.required("LINKD_LUXTRUST_PUBLIC_KEYS_FILE")?.into(),
             luxtrust_audience,
             secret_code_pepper: Redacted(pepper),
-            qr_ttl: seconds("LINKD_QR_TTL_SECONDS", 120)?,
-            link_attempt_ttl: seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
-            reauth_max_age: seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
-            nats_url: get("LINKD_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-            stream: stream_name(get("LINKD_STREAM"))?,
-            subject_prefix: subject_prefix(get("LINKD_SUBJECT_PREFIX"))?,
-            relay_enabled: match get("LINKD_RELAY").as_deref() {
-                None | Some("on") => true,
-                Some("off") => false,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        key: "LINKD_RELAY",
-                        reason: format!("expected on or off, got {other:?}"),
-                    });
-                }
-            },
+            qr_ttl: env.seconds("LINKD_QR_TTL_SECONDS", 120)?,
+            link_attempt_ttl: env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
+            reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
+            nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
+            stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
+            subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
+            relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
     }
-}
-
-/// A JetStream stream name: letters, digits, `-` and `_`.
-pub fn stream_name(raw: Option<String>) -> Result<String, ConfigError> {
-    let name = raw.unwrap_or_else(|| "LINKD_EVENTS".into());
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-    {
-        return Err(ConfigError::Invalid {
-            key: "LINKD_STREAM",
-            reason: "use letters, digits, - and _ only".into(),
-        });
-    }
-    Ok(name)
-}
-
-/// A subject prefix: dot-separated tokens of letters, digits, `-` and `_`.
-pub fn subject_prefix(raw: Option<String>) -> Result<String, ConfigError> {
-    let prefix = raw.unwrap_or_else(|| "linkd.events".into());
-    let token_ok = |t: &str| {
-        !t.is_empty()
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-    };
-    if !prefix.split('.').all(token_ok) {
-        return Err(ConfigError::Invalid {
-            key: "LINKD_SUBJECT_PREFIX",
-            reason: "use dot-separated tokens of letters, digits, - and _ (no wildcards)".into(),
-        });
-    }
-    Ok(prefix)
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use crate::error::CommandError;
 use crate::secrets::TokenKind;
 
 /// A device credential's stored hashes.
-pub struct StoredCredential {
+pub(crate) struct StoredCredential {
     /// The device it belongs to.
-    pub device_id: Uuid,
+    pub(crate) device_id: Uuid,
     /// SHA-256 of the credential's random part.
-    pub credential_hash: Vec<u8>,
+    pub(crate) credential_hash: Vec<u8>,
     /// Argon2id verifier of the secret code.
-    pub code_verifier: String,
+    pub(crate) code_verifier: String,
 }
 
 impl std::fmt::Debug for StoredCredential {
@@ -25,18 +25,18 @@ impl std::fmt::Debug for StoredCredential {
 
 /// Access to the secret tables.
 #[derive(Debug, Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pool: PgPool,
 }
 
 impl Credentials {
     /// Over `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    pub(crate) fn new(pool: PgPool) -> Self {
         Self { pool }
     }
 
     /// Stores the hash of a bearer token (link attempt or QR).
-    pub async fn insert_bearer(
+    pub(crate) async fn insert_bearer(
         &self,
         kind: TokenKind,
         id: Uuid,
@@ -56,7 +56,7 @@ impl Credentials {
     }
 
     /// The stored hash of bearer token `id`, if any.
-    pub async fn bearer_hash(
+    pub(crate) async fn bearer_hash(
         &self,
         kind: TokenKind,
         id: Uuid,
@@ -71,7 +71,7 @@ impl Credentials {
     }
 
     /// Stores (or replaces, for a retried link) the credential and verifier of link `link_id`.
-    pub async fn put_device_credential(
+    pub(crate) async fn put_device_credential(
         &self,
         link_id: Uuid,
         device_id: Uuid,
@@ -93,7 +93,7 @@ impl Credentials {
     }
 
     /// The credential of link `link_id`, if any.
-    pub async fn device_credential(
+    pub(crate) async fn device_credential(
         &self,
         link_id: Uuid,
     ) -> Result<Option<StoredCredential>, CommandError> {
@@ -114,7 +114,7 @@ impl Credentials {
     }
 
     /// Deletes the credential of one link (a link that ended, or that did not happen).
-    pub async fn delete_link(&self, link_id: Uuid) -> Result<(), CommandError> {
+    pub(crate) async fn delete_link(&self, link_id: Uuid) -> Result<(), CommandError> {
         sqlx::query("DELETE FROM device_credentials WHERE link_id = $1")
             .bind(link_id)
             .execute(&self.pool)

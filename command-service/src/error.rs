@@ -33,9 +33,6 @@ pub enum CommandError {
     /// The thing named does not exist (for this caller).
     #[error("{0}")]
     NotFound(String),
-    /// The state does not allow this step.
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// Another call with the same idempotency key is still running.
     #[error("{0}")]
     InProgress(String),

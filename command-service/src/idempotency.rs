@@ -22,7 +22,7 @@ const KEEP_SECONDS: f64 = 24.0 * 3600.0;
 
 /// The request log.
 #[derive(Debug, Clone)]
-pub struct RequestLog {
+pub(crate) struct RequestLog {
     pool: PgPool,
 }
 
@@ -52,14 +52,14 @@ fn derive(label: &str, parts: &[&[u8]]) -> Vec<u8> {
 
 impl RequestLog {
     /// A request log over `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    pub(crate) fn new(pool: PgPool) -> Self {
         Self { pool }
     }
 
     /// Runs `call` once per (`method`, `request_id`): a repeat returns the first answer. An empty
     /// `request_id` runs `call` without any of this. `credentials` is the caller's authorization
     /// (or empty); a repeat must present the same credentials and the same request.
-    pub async fn run<Req, Resp, F, Fut>(
+    pub(crate) async fn run<Req, Resp, F, Fut>(
         &self,
         method: &str,
         request_id: &str,

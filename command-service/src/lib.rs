@@ -1,33 +1,39 @@
-//! linkd's command side: it records. gRPC calls (`PortalService`, `DeviceService`) are validated
-//! at the edge, turned into domain commands, decided by the `domain` aggregates and stored as
-//! events in PostgreSQL through cqrs-es (with linkd's own `EventStore`, ADR 0008, over
-//! postgres-es's table layout).
+//! linkd's command side: it records. gRPC calls (`PortalService`, `DeviceService`) are checked
+//! at the edge, turned into use cases over the `domain` aggregates, and the events they decide
+//! stored in PostgreSQL (linkd's own event store over postgres-es's table layout, ADR 0008); the
+//! relay publishes them, in commit order, to NATS JetStream.
 //!
 //! It owns the event store schema and the tables that hold hashes of secrets. It must not
 //! publish from cqrs-es queries (they run after commit and are lost on a crash), must not put a
 //! secret in an event or a log, and must not decide anything the domain should decide.
 //!
-//! Layout: `startup` builds the server; `grpc` serves the two services; `validate` checks
-//! fields; `secrets` mints and hashes tokens and
-//! secret codes; `credentials` stores their hashes; `store` runs commands with bounded conflict
-//! retries; `idempotency` replays answers to retried calls; `status` maps errors to gRPC codes; `sweeper` removes expired secrets; `relay` publishes committed events to
-//! NATS JetStream and `bus` shapes them.
+//! Layout:
+//! - `grpc` translates: proto request → domain inputs (`validate`), caller → `app::auth`, use
+//!   case output → proto response, error → status (`status`, `error`), under the request log
+//!   (`idempotency`);
+//! - `app` holds the use cases (accounts, linking, the secret-code ceremony, devices);
+//! - `store` loads and commits aggregates (snapshots, the one retry path);
+//! - `secrets` mints and hashes tokens and secret codes, `credentials` stores their hashes, `qr`
+//!   renders QR codes, `sweeper` removes expired secrets;
+//! - `relay` publishes committed events to NATS JetStream, `bus` shapes them;
+//! - `config` and `startup` build the service (with `service-kit`).
 
+pub(crate) mod app;
 pub mod bus;
 pub mod config;
-pub mod credentials;
+pub(crate) mod credentials;
 pub mod error;
-pub mod grpc;
-pub mod idempotency;
+pub(crate) mod grpc;
+pub(crate) mod idempotency;
 pub mod qr;
 pub mod relay;
-pub mod secrets;
+pub(crate) mod secrets;
 pub mod startup;
-pub mod status;
+pub(crate) mod status;
 pub mod store;
 pub mod sweeper;
-pub mod telemetry;
-pub mod validate;
+pub(crate) mod validate;
 
 pub use config::Settings;
+pub use service_kit::telemetry;
 pub use startup::Application;

@@ -3,8 +3,9 @@
 //! `command-service verify --account ID` checks the tamper-evidence chain of an account's history.
 
 use anyhow::Context as _;
-use command_service::startup::{Application, connect_and_migrate, shutdown_signal};
-use command_service::{Settings, relay, telemetry};
+use command_service::startup::{Application, connect_and_migrate};
+use command_service::{Settings, relay};
+use service_kit::{shutdown_signal, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 /// The kinds of bearer token, each with its own prefix so one can never pass for another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
+pub(crate) enum TokenKind {
     /// Carries a link attempt through its steps (`lt1.`).
     LinkAttempt,
     /// Encoded in a link QR code (`linkd-qr1.`).
@@ -33,7 +33,7 @@ impl TokenKind {
     }
 
     /// The `bearer_tokens.kind` value for the kinds stored there.
-    pub fn table_kind(self) -> &'static str {
+    pub(crate) fn table_kind(self) -> &'static str {
         match self {
             Self::LinkAttempt => "link_attempt",
             Self::Qr => "qr",
@@ -43,11 +43,11 @@ impl TokenKind {
 }
 
 /// A freshly minted token: the text for the client and the hash to store.
-pub struct MintedToken {
+pub(crate) struct MintedToken {
     /// What the client receives (never stored, never logged).
-    pub text: String,
+    pub(crate) text: String,
     /// SHA-256 of the random part.
-    pub hash: Vec<u8>,
+    pub(crate) hash: Vec<u8>,
 }
 
 impl std::fmt::Debug for MintedToken {
@@ -57,9 +57,9 @@ impl std::fmt::Debug for MintedToken {
 }
 
 /// A token parsed from client input; its secret part is only ever hashed.
-pub struct PresentedToken {
+pub(crate) struct PresentedToken {
     /// The row it names.
-    pub id: Uuid,
+    pub(crate) id: Uuid,
     secret: Vec<u8>,
 }
 
@@ -73,7 +73,7 @@ impl PresentedToken {
     /// A token of `kind` naming `id` whose secret is derived from this token's secret: the same
     /// presented token always yields the same derived token (so a retried call can return the
     /// same credential), and the derived secret reveals nothing about this one.
-    pub fn derive(&self, kind: TokenKind, id: Uuid) -> MintedToken {
+    pub(crate) fn derive(&self, kind: TokenKind, id: Uuid) -> MintedToken {
         let mut input = format!("linkd/derive/{}/v1", kind.prefix()).into_bytes();
         input.push(0);
         input.extend_from_slice(&self.secret);
@@ -85,7 +85,7 @@ impl PresentedToken {
     }
 
     /// Whether the token's secret hashes to `stored_hash` (constant time).
-    pub fn matches(&self, stored_hash: &[u8]) -> bool {
+    pub(crate) fn matches(&self, stored_hash: &[u8]) -> bool {
         bool::from(sha256(&self.secret).as_slice().ct_eq(stored_hash))
     }
 }
@@ -100,17 +100,17 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// Random text for values that are not secrets but must not be guessable (the LuxTrust nonce).
-pub fn random_nonce() -> String {
+pub(crate) fn random_nonce() -> String {
     URL_SAFE_NO_PAD.encode(random_bytes::<16>())
 }
 
 /// SHA-256.
-pub fn sha256(data: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
 }
 
 /// Mints a token of `kind` naming `id`.
-pub fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
+pub(crate) fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
     let secret = random_bytes::<32>();
     MintedToken {
         text: format!("{}.{id}.{}", kind.prefix(), URL_SAFE_NO_PAD.encode(secret)),
@@ -119,7 +119,7 @@ pub fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
 }
 
 /// Parses a token of `kind`; `None` if it is not one (wrong prefix, id or length).
-pub fn parse(kind: TokenKind, text: &str) -> Option<PresentedToken> {
+pub(crate) fn parse(kind: TokenKind, text: &str) -> Option<PresentedToken> {
     let rest = text.strip_prefix(kind.prefix())?.strip_prefix('.')?;
     let (id, secret) = rest.split_once('.')?;
     let id = Uuid::try_parse(id).ok()?;
@@ -132,7 +132,7 @@ pub fn parse(kind: TokenKind, text: &str) -> Option<PresentedToken> {
 
 /// Why a secret code was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SecretCodeError {
+pub(crate) enum SecretCodeError {
     /// Not exactly 6 ASCII digits.
     #[error("secret_code must be exactly 6 digits (0-9)")]
     NotSixDigits,
@@ -143,8 +143,37 @@ pub enum SecretCodeError {
     TooWeak,
 }
 
+/// A secret code as the holder typed it, its format checked; it never prints.
+#[derive(Clone)]
+pub(crate) struct SecretCode(String);
+
+impl SecretCode {
+    /// A new code to set: 6 digits, not a repeated digit or a straight run.
+    pub(crate) fn new_code(raw: &str) -> Result<Self, SecretCodeError> {
+        check_new_code(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// A code typed to unlock the app: 6 digits.
+    pub(crate) fn typed(raw: &str) -> Result<Self, SecretCodeError> {
+        check_code_format(raw)?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The digits.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretCode(***)")
+    }
+}
+
 /// Checks the format of a code typed to unlock the app: exactly 6 ASCII digits.
-pub fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
+pub(crate) fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
     if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
         Ok(())
     } else {
@@ -153,7 +182,7 @@ pub fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
 }
 
 /// Checks a new secret code: 6 digits, not all equal, not an ascending or descending run.
-pub fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
+pub(crate) fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
     check_code_format(code)?;
     let digits: Vec<i16> = code.bytes().map(|b| i16::from(b - b'0')).collect();
     let steps: Vec<i16> = digits.windows(2).map(|pair| pair[1] - pair[0]).collect();
@@ -169,7 +198,7 @@ pub fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
 /// Hashes and verifies secret codes with Argon2id and the pepper. CPU-bound: run the work
 /// through [`CodeHasher::run`], on the hasher's own threads.
 #[derive(Clone)]
-pub struct CodeHasher {
+pub(crate) struct CodeHasher {
     pepper: std::sync::Arc<Vec<u8>>,
     threads: std::sync::Arc<rayon::ThreadPool>,
 }
@@ -182,7 +211,7 @@ impl std::fmt::Debug for CodeHasher {
 
 impl CodeHasher {
     /// A hasher using `pepper` as Argon2's secret input, with one hashing thread per core.
-    pub fn new(pepper: Vec<u8>) -> std::io::Result<Self> {
+    pub(crate) fn new(pepper: Vec<u8>) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(cores)
@@ -204,7 +233,7 @@ impl CodeHasher {
     /// tokio's blocking pool, with a semaphore as the only bound, the calls spread over many
     /// threads and allocator arenas, and 32 clients' SetSecretCode phase left the service at
     /// 800 MB. A job whose caller has gone (a cancelled call) is skipped.
-    pub async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Self) -> T + Send + 'static,
     ) -> Option<T> {
@@ -225,7 +254,7 @@ impl CodeHasher {
     }
 
     /// The verifier (a PHC string) for `code`.
-    pub fn hash(&self, code: &str) -> Result<String, argon2::password_hash::Error> {
+    pub(crate) fn hash(&self, code: &str) -> Result<String, argon2::password_hash::Error> {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let argon2 = self
             .argon2()
@@ -234,7 +263,11 @@ impl CodeHasher {
     }
 
     /// Whether `code` matches `verifier`.
-    pub fn verify(&self, code: &str, verifier: &str) -> Result<bool, argon2::password_hash::Error> {
+    pub(crate) fn verify(
+        &self,
+        code: &str,
+        verifier: &str,
+    ) -> Result<bool, argon2::password_hash::Error> {
         let parsed = PasswordHash::new(verifier)?;
         let argon2 = self
             .argon2()

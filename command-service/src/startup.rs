@@ -5,34 +5,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use http_body_util::BodyExt as _;
 use proto::v1::device_service_server::DeviceServiceServer;
 use proto::v1::portal_service_server::PortalServiceServer;
+use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::codegen::http;
 use tracing::Instrument as _;
 
+use crate::app::{App, Lifetimes};
 use crate::config::Settings;
 use crate::credentials::Credentials;
-use crate::grpc::{Commands, DeviceApi, PortalApi};
+use crate::grpc::Api;
 use crate::idempotency::RequestLog;
 use crate::relay::RelaySettings;
 use crate::secrets::CodeHasher;
-use crate::store::EventStore;
+use crate::store::{EventStore, snapshot};
 use identity::KeySet;
-
-/// Requests larger than this are refused before they are decoded.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// A built, not yet running, command service.
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    commands: Arc<Commands>,
+    api: Api,
     pool: PgPool,
     settings: Settings,
     relay_crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -73,21 +69,23 @@ impl Application {
             None,
         )
         .context("loading the LuxTrust keys (LINKD_LUXTRUST_PUBLIC_KEYS_FILE)")?;
-        let commands = Arc::new(Commands {
-            store: EventStore::new(
-                pool.clone(),
-                crate::store::snapshot_key(&settings.secret_code_pepper.0),
-            ),
-            requests: RequestLog::new(pool.clone()),
+        let app = Arc::new(App {
+            store: EventStore::new(pool.clone(), snapshot::key(&settings.secret_code_pepper.0)),
             credentials: Credentials::new(pool.clone()),
             idp,
             luxtrust,
             hasher: CodeHasher::new(settings.secret_code_pepper.0.clone())
                 .context("starting the secret-code hashing threads")?,
-            qr_ttl: duration(settings.qr_ttl)?,
-            link_attempt_ttl: duration(settings.link_attempt_ttl)?,
-            reauth_max_age: duration(settings.reauth_max_age)?,
+            lifetimes: Lifetimes {
+                qr: duration(settings.qr_ttl)?,
+                link_attempt: duration(settings.link_attempt_ttl)?,
+                reauth_max_age: duration(settings.reauth_max_age)?,
+            },
         });
+        let api = Api {
+            app,
+            requests: RequestLog::new(pool.clone()),
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
@@ -95,7 +93,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            commands,
+            api,
             pool,
             settings,
             relay_crash_point: None,
@@ -127,24 +125,12 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<PortalServiceServer<PortalApi>>().await;
-        health.set_serving::<DeviceServiceServer<DeviceApi>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the reflection service")?;
-        let portal = PortalServiceServer::new(PortalApi(self.commands.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let device = DeviceServiceServer::new(DeviceApi(self.commands.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
         let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let announcer = tokio::spawn(crate::relay::announce(
             self.pool.clone(),
-            self.commands.store.commits(),
+            self.api.app.store.commits(),
             leading.clone(),
         ));
         let relay = self.settings.relay_enabled.then(|| {
@@ -153,7 +139,7 @@ impl Application {
                 stream: self.settings.stream.clone(),
                 subject_prefix: self.settings.subject_prefix.clone(),
                 poll_interval: std::time::Duration::from_millis(100),
-                wake: self.commands.store.commits(),
+                wake: self.api.app.store.commits(),
                 leading,
                 crash_after_publish: self.relay_crash_point.clone(),
             };
@@ -164,17 +150,16 @@ impl Application {
             )
         });
         tracing::info!(addr = %self.local_addr, "command service listening");
-        let served = tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(
-                oversized_is_invalid_argument,
-            ))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(portal)
-            .add_service(device)
-            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
-            .await
-            .context("serving gRPC");
+        let served = GrpcServer::new()
+            .service(
+                PortalServiceServer::new(self.api.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .service(
+                DeviceServiceServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve(self.listener, shutdown)
+            .await;
         sweeper.abort();
         announcer.abort();
         if let Some(relay) = relay {
@@ -182,80 +167,4 @@ impl Application {
         }
         served
     }
-}
-
-/// tonic refuses a request over the decoding limit with `OUT_OF_RANGE`; for a client that is a
-/// malformed request, so it is answered `INVALID_ARGUMENT` with the limit named. The status may
-/// travel in the headers (trailers-only reply) or in the trailers, so both are rewritten.
-fn oversized_is_invalid_argument(
-    mut response: http::Response<tonic::body::Body>,
-) -> http::Response<tonic::body::Body> {
-    rewrite_limit_status(response.headers_mut());
-    response.map(|body| {
-        tonic::body::Body::new(body.map_frame(|frame| match frame.into_trailers() {
-            Ok(mut trailers) => {
-                rewrite_limit_status(&mut trailers);
-                http_body::Frame::trailers(trailers)
-            }
-            Err(frame) => frame,
-        }))
-    })
-}
-
-fn rewrite_limit_status(headers: &mut http::HeaderMap) {
-    let over_limit = headers
-        .get("grpc-status")
-        .is_some_and(|status| status == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|message| message.to_str().ok())
-            // The message is percent-encoded on the wire.
-            .is_some_and(|message| message.contains("message%20length%20too%20large"));
-    if over_limit {
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static(
-                "the%20request%20message%20exceeds%20the%2064%20KiB%20limit",
-            ),
-        );
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM (compose and systemd stop services with SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
-}
-
-/// Accepted connections with Nagle's algorithm off: gRPC answers are small, and without this a
-/// reply can wait for the peer's delayed acknowledgement (about 40 ms).
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }

@@ -7,7 +7,7 @@ use tonic::Status;
 use crate::error::CommandError;
 
 /// The status a client receives for `error`.
-pub fn to_status(error: CommandError) -> Status {
+pub(crate) fn to_status(error: CommandError) -> Status {
     let message = error.to_string();
     match error {
         CommandError::Account(refusal) => match refusal {
@@ -16,7 +16,9 @@ pub fn to_status(error: CommandError) -> Status {
         },
         CommandError::Qr(refusal) => match refusal {
             LinkQrError::AlreadyIssued => Status::already_exists(message),
-            LinkQrError::NotIssued => Status::not_found(message),
+            LinkQrError::AccountNotRegistered | LinkQrError::NotIssued => {
+                Status::not_found(message)
+            }
             LinkQrError::QrAlreadyConsumed | LinkQrError::QrExpired { .. } => {
                 Status::failed_precondition(message)
             }
@@ -26,6 +28,8 @@ pub fn to_status(error: CommandError) -> Status {
             LinkAttemptError::NotStarted => Status::not_found(message),
             LinkAttemptError::NonceMismatch => Status::permission_denied(message),
             LinkAttemptError::Expired { .. }
+            | LinkAttemptError::DeviceAlreadyLinked
+            | LinkAttemptError::AccountNotRegistered
             | LinkAttemptError::WrongMethod { .. }
             | LinkAttemptError::AlreadyAuthenticated
             | LinkAttemptError::ProductNeverUsedForLogin
@@ -44,7 +48,6 @@ pub fn to_status(error: CommandError) -> Status {
         CommandError::Unauthenticated(_) => Status::unauthenticated(message),
         CommandError::PermissionDenied(_) => Status::permission_denied(message),
         CommandError::NotFound(_) => Status::not_found(message),
-        CommandError::FailedPrecondition(_) => Status::failed_precondition(message),
         CommandError::InProgress(_) => Status::aborted(message),
         CommandError::Unavailable(detail) => {
             tracing::error!(error = %detail, "event store unavailable");

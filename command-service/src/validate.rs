@@ -15,7 +15,7 @@ fn is_token_char(c: char, extra: &str) -> bool {
 }
 
 /// An account id: 1–64 characters from `A-Z a-z 0-9 . _ - @ :`.
-pub fn account_id(raw: &str) -> Result<AccountId, CommandError> {
+pub(crate) fn account_id(raw: &str) -> Result<AccountId, CommandError> {
     if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| is_token_char(c, "._-@:")) {
         return Err(invalid(
             "account_id must be 1 to 64 characters from A-Z a-z 0-9 . _ - @ :",
@@ -25,7 +25,7 @@ pub fn account_id(raw: &str) -> Result<AccountId, CommandError> {
 }
 
 /// An email address: one `@` with text on both sides, no spaces or control characters.
-pub fn email(raw: &str) -> Result<String, CommandError> {
+pub(crate) fn email(raw: &str) -> Result<String, CommandError> {
     let valid = raw.len() <= 254
         && !raw.chars().any(|c| c.is_whitespace() || c.is_control())
         && matches!(raw.split_once('@'), Some((local, domain))
@@ -40,7 +40,7 @@ pub fn email(raw: &str) -> Result<String, CommandError> {
 }
 
 /// A language for emails: `en`, `fr` or `de`; empty means `en`.
-pub fn language(raw: &str) -> Result<String, CommandError> {
+pub(crate) fn language(raw: &str) -> Result<String, CommandError> {
     match raw {
         "" => Ok("en".into()),
         "en" | "fr" | "de" => Ok(raw.to_owned()),
@@ -49,7 +49,7 @@ pub fn language(raw: &str) -> Result<String, CommandError> {
 }
 
 /// A LuxTrust product: a known kind and a serial of 1–64 characters from `A-Z a-z 0-9 . _ -`.
-pub fn product(raw: Option<&v1::LuxTrustProduct>) -> Result<LuxTrustProduct, CommandError> {
+pub(crate) fn product(raw: Option<&v1::LuxTrustProduct>) -> Result<LuxTrustProduct, CommandError> {
     let raw = raw.ok_or_else(|| invalid("product is required"))?;
     let kind = match v1::ProductKind::try_from(raw.kind) {
         Ok(v1::ProductKind::LuxtrustMobile) => ProductKind::Mobile,
@@ -68,7 +68,7 @@ pub fn product(raw: Option<&v1::LuxTrustProduct>) -> Result<LuxTrustProduct, Com
 }
 
 /// A LuxTrust serial number.
-pub fn serial(raw: &str) -> Result<String, CommandError> {
+pub(crate) fn serial(raw: &str) -> Result<String, CommandError> {
     if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| is_token_char(c, "._-")) {
         return Err(invalid(
             "product serial must be 1 to 64 characters from A-Z a-z 0-9 . _ -",
@@ -78,19 +78,19 @@ pub fn serial(raw: &str) -> Result<String, CommandError> {
 }
 
 /// A device id: a UUID.
-pub fn device_id(field: &str, raw: &str) -> Result<DeviceId, CommandError> {
+pub(crate) fn device_id(field: &str, raw: &str) -> Result<DeviceId, CommandError> {
     Uuid::try_parse(raw)
         .map(DeviceId)
         .map_err(|_| invalid(format!("{field} must be a UUID, got {:?}", truncate(raw))))
 }
 
 /// A device name (trimmed, 1–64 characters, no control characters).
-pub fn device_name(raw: &str) -> Result<DeviceName, CommandError> {
+pub(crate) fn device_name(raw: &str) -> Result<DeviceName, CommandError> {
     DeviceName::parse(raw).map_err(|refusal| invalid(refusal.to_string()))
 }
 
 /// A link method other than unspecified.
-pub fn method(raw: i32) -> Result<LinkMethod, CommandError> {
+pub(crate) fn method(raw: i32) -> Result<LinkMethod, CommandError> {
     match v1::LinkMethod::try_from(raw) {
         Ok(v1::LinkMethod::Qr) => Ok(LinkMethod::Qr),
         Ok(v1::LinkMethod::Luxtrust) => Ok(LinkMethod::LuxTrust),
@@ -101,7 +101,7 @@ pub fn method(raw: i32) -> Result<LinkMethod, CommandError> {
 }
 
 /// A platform other than unspecified.
-pub fn platform(raw: i32) -> Result<Platform, CommandError> {
+pub(crate) fn platform(raw: i32) -> Result<Platform, CommandError> {
     match v1::Platform::try_from(raw) {
         Ok(v1::Platform::Ios) => Ok(Platform::Ios),
         Ok(v1::Platform::Android) => Ok(Platform::Android),
@@ -112,7 +112,7 @@ pub fn platform(raw: i32) -> Result<Platform, CommandError> {
 }
 
 /// An app version: 1–32 characters from `A-Z a-z 0-9 . + -`.
-pub fn app_version(raw: &str) -> Result<String, CommandError> {
+pub(crate) fn app_version(raw: &str) -> Result<String, CommandError> {
     if raw.is_empty() || raw.len() > 32 || !raw.chars().all(|c| is_token_char(c, ".+-")) {
         return Err(invalid(
             "app_version must be 1 to 32 characters from A-Z a-z 0-9 . + -",
@@ -122,7 +122,7 @@ pub fn app_version(raw: &str) -> Result<String, CommandError> {
 }
 
 /// A required field, present.
-pub fn required<'a>(field: &str, raw: &'a str) -> Result<&'a str, CommandError> {
+pub(crate) fn required<'a>(field: &str, raw: &'a str) -> Result<&'a str, CommandError> {
     if raw.is_empty() {
         return Err(invalid(format!("{field} is required")));
     }

@@ -196,6 +196,34 @@ impl Device {
             .map_or(0, |link| link.consecutive_failures)
     }
 
+    /// The account of link `link_id`, if that is the device's current link: a credential issued
+    /// for a link that has ended is refused.
+    pub fn account_of_link(&self, link_id: LinkAttemptId) -> Result<&AccountId, DeviceError> {
+        self.current(link_id).map(|link| &link.account_id)
+    }
+
+    /// The link the holder of `account_id` would end by unlinking the device from the portal:
+    /// `Some(link)` while it is linked to that account, `None` if that account's link has
+    /// already ended (a repeated unlink has nothing left to do), refused otherwise.
+    pub fn portal_unlink_target(
+        &self,
+        account_id: &AccountId,
+    ) -> Result<Option<LinkAttemptId>, DeviceError> {
+        match &self.link {
+            Some(link) if link.account_id == *account_id => Ok(Some(link.link_id)),
+            Some(_) | None if self.was_unlinked_from(account_id) => Ok(None),
+            Some(_) | None => Err(DeviceError::NotLinkedToAccount),
+        }
+    }
+
+    /// Wrong secret codes the current link may still take before it is locked out (0 when the
+    /// device is not linked).
+    pub fn secret_code_attempts_left(&self) -> u32 {
+        self.link.as_ref().map_or(0, |link| {
+            MAX_SECRET_CODE_FAILURES.saturating_sub(link.consecutive_failures)
+        })
+    }
+
     fn current(&self, link_id: LinkAttemptId) -> Result<&CurrentLink, DeviceError> {
         match &self.link {
             Some(link) if link.link_id == link_id => Ok(link),

@@ -23,6 +23,8 @@ pub enum LinkAttemptCommand {
         platform: Platform,
         /// The app's version string.
         app_version: String,
+        /// Whether the device is linked to an account already (R5: it must be unlinked first).
+        device_already_linked: bool,
         /// The value a LuxTrust assertion must carry to count for this attempt.
         nonce: String,
         /// When the attempt started.
@@ -43,6 +45,8 @@ pub enum LinkAttemptCommand {
     AcceptLuxTrust {
         /// The account named by the assertion.
         account_id: AccountId,
+        /// Whether the portal registered that account (R1).
+        account_registered: bool,
         /// The product named by the assertion.
         product: LuxTrustProduct,
         /// Whether the account has ever logged in to the portal with that product (R2).
@@ -112,6 +116,14 @@ pub enum LinkAttemptError {
     /// The attempt id is already taken.
     #[error("this link attempt was already started")]
     AlreadyStarted,
+    /// R5: the device is linked to an account already (which one is not disclosed).
+    #[error("this device is already linked to an account; unlink it first")]
+    DeviceAlreadyLinked,
+    /// R1: the LuxTrust assertion names an account the portal never registered.
+    #[error(
+        "the LuxTrust assertion names an account that is not registered on the portal; register in the browser first"
+    )]
+    AccountNotRegistered,
     /// No attempt with this id.
     #[error("unknown link attempt; start again with StartLink")]
     NotStarted,
@@ -259,12 +271,16 @@ impl LinkAttempt {
                 method,
                 platform,
                 app_version,
+                device_already_linked,
                 nonce,
                 at,
                 expires_at,
             } => {
                 if self.request.is_some() {
                     return Err(LinkAttemptError::AlreadyStarted);
+                }
+                if device_already_linked {
+                    return Err(LinkAttemptError::DeviceAlreadyLinked);
                 }
                 Ok(vec![LinkAttemptEvent::LinkRequested {
                     device_id,
@@ -295,11 +311,15 @@ impl LinkAttempt {
             }
             LinkAttemptCommand::AcceptLuxTrust {
                 account_id,
+                account_registered,
                 product,
                 product_used_for_login,
                 nonce,
                 at,
             } => {
+                if !account_registered {
+                    return Err(LinkAttemptError::AccountNotRegistered);
+                }
                 let request = self.open_for_authentication(LinkMethod::LuxTrust, at)?;
                 if request.nonce != nonce {
                     return Err(LinkAttemptError::NonceMismatch);

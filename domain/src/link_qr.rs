@@ -15,6 +15,8 @@ pub enum LinkQrCommand {
     Issue {
         /// The account the QR links to.
         account_id: AccountId,
+        /// Whether the portal registered that account (R1): only a registered account gets a QR.
+        account_registered: bool,
         /// When it was issued.
         at: DateTime<Utc>,
         /// From this instant on, it is refused.
@@ -57,6 +59,9 @@ pub enum LinkQrEvent {
 /// Why a QR command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkQrError {
+    /// R1: the account asking for a QR was never registered by the portal.
+    #[error("the account is not registered; accounts are created by registering on the portal")]
+    AccountNotRegistered,
     /// The QR id is already taken (ids must be fresh).
     #[error("this QR code was already issued")]
     AlreadyIssued,
@@ -95,9 +100,13 @@ impl LinkQr {
         match command {
             LinkQrCommand::Issue {
                 account_id,
+                account_registered,
                 at,
                 expires_at,
             } => {
+                if !account_registered {
+                    return Err(LinkQrError::AccountNotRegistered);
+                }
                 if self.account_id.is_some() {
                     return Err(LinkQrError::AlreadyIssued);
                 }

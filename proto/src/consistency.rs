@@ -21,6 +21,19 @@ pub struct Written {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsistencyToken(pub Vec<Written>);
 
+impl ConsistencyToken {
+    /// The token naming these positions; aggregates without events (sequence 0) are left out.
+    pub fn of<'a>(positions: impl IntoIterator<Item = &'a Written>) -> Self {
+        Self(
+            positions
+                .into_iter()
+                .filter(|position| position.sequence > 0)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 /// A token that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedToken;
@@ -113,6 +126,21 @@ mod tests {
             },
         ]);
         assert_eq!(token.to_string().parse::<ConsistencyToken>(), Ok(token));
+    }
+
+    #[test]
+    fn a_token_of_positions_leaves_out_aggregates_without_events() {
+        let written = |id: &str, sequence| Written {
+            aggregate_type: "device".into(),
+            aggregate_id: id.into(),
+            sequence,
+            global_position: sequence * 10,
+        };
+        let positions = [written("a", 2), written("b", 0), written("c", 1)];
+
+        let token = ConsistencyToken::of(&positions);
+
+        assert_eq!(token.0, vec![written("a", 2), written("c", 1)]);
     }
 
     #[test]

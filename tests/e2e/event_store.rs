@@ -3,7 +3,8 @@
 //! and postgres-es reads what linkd writes.
 use std::time::Duration;
 
-use command_service::store::{EventStore, SNAPSHOT_EVERY, snapshot_key, snapshot_mac};
+use command_service::store::EventStore;
+use command_service::store::snapshot::{self, SNAPSHOT_EVERY};
 use cqrs_es::EventStore as _;
 use cqrs_es::persist::PersistedEventStore;
 use domain::Device;
@@ -15,7 +16,7 @@ use proto::v1::{SetBiometricsRequest, VerifySecretCodeRequest};
 fn store_of(app: &TestApp) -> EventStore {
     EventStore::new(
         app.pool.clone(),
-        snapshot_key(&app.settings.secret_code_pepper.0),
+        snapshot::key(&app.settings.secret_code_pepper.0),
     )
 }
 
@@ -99,7 +100,7 @@ async fn the_failure_count_stays_right_across_a_snapshot() {
     // Assert: the fifth wrong code in a row, not the fourth or sixth, unlinks the device.
     assert_eq!(wrong_code(&mut app, &linked).await, (0, true));
     let store = store_of(&app);
-    let loaded: Device = store.load(&linked.device_id).await.unwrap();
+    let loaded: Device = store.load(&linked.device_id).await.unwrap().into_state();
     let replayed: Device = store.replay(&linked.device_id).await.unwrap();
     assert_eq!(loaded, replayed);
     assert!(loaded.linked_account().is_none());
@@ -120,7 +121,11 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
     let store = store_of(&app);
     let truth: Device = store.replay(&linked.device_id).await.unwrap();
     assert_eq!(
-        store.load::<Device>(&linked.device_id).await.unwrap(),
+        store
+            .load::<Device>(&linked.device_id)
+            .await
+            .unwrap()
+            .into_state(),
         truth
     );
 
@@ -131,14 +136,15 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
             .await
             .unwrap();
     let forged = serde_json::to_string(&Device::default()).unwrap();
-    let key = snapshot_key(&app.settings.secret_code_pepper.0);
-    let mac = snapshot_mac(
-        &key,
-        ("device", &linked.device_id, &schema),
-        sequence,
-        &chain_hash,
-        &forged,
-    );
+    let key = snapshot::key(&app.settings.secret_code_pepper.0);
+    let header = snapshot::Header {
+        aggregate_type: "device",
+        aggregate_id: &linked.device_id,
+        schema: &schema,
+        last_sequence: sequence,
+        chain_hash: &chain_hash,
+    };
+    let mac = snapshot::mac(&key, header, &forged);
     let mac: String = mac.iter().map(|b| format!("{b:02x}")).collect();
     let loads = |set: String, payload: String| {
         let (pool, store, id) = (app.pool.clone(), &store, linked.device_id.clone());
@@ -148,7 +154,7 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
                 .execute(&pool)
                 .await
                 .unwrap();
-            store.load::<Device>(&id).await.unwrap()
+            store.load::<Device>(&id).await.unwrap().into_state()
         }
     };
     let signed = format!("payload = $1::json, mac = '\\x{mac}'");
@@ -194,20 +200,43 @@ async fn postgres_es_reads_what_linkd_writes() {
         PersistedEventStore::new_event_store(PostgresEventRepository::new(app.pool.clone()));
     let their_state = theirs.load_aggregate(&linked.device_id).await.unwrap();
     let their_events = theirs.load_events(&linked.device_id).await.unwrap();
-    let our_events = cqrs_es::EventStore::<Device>::load_events(&ours, &linked.device_id)
-        .await
-        .unwrap();
+    let rows: Vec<(i64, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+        "SELECT sequence, payload, metadata FROM events \
+         WHERE aggregate_type = 'device' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&linked.device_id)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let our_events: Vec<(
+        usize,
+        domain::DeviceEvent,
+        std::collections::HashMap<String, String>,
+    )> = rows
+        .into_iter()
+        .map(|(sequence, payload, metadata)| {
+            (
+                usize::try_from(sequence).unwrap(),
+                serde_json::from_value(payload).unwrap(),
+                serde_json::from_value(metadata).unwrap(),
+            )
+        })
+        .collect();
 
     // Assert
     assert_eq!(
         their_state.aggregate,
-        ours.load::<Device>(&linked.device_id).await.unwrap()
+        ours.load::<Device>(&linked.device_id)
+            .await
+            .unwrap()
+            .into_state()
     );
     assert_eq!(their_events.len(), 5);
+    assert_eq!(our_events.len(), 5);
     for (theirs, ours) in their_events.iter().zip(&our_events) {
-        assert_eq!(theirs.sequence, ours.sequence);
-        assert_eq!(theirs.payload, ours.payload);
-        assert_eq!(theirs.metadata, ours.metadata);
+        assert_eq!(theirs.sequence, ours.0);
+        assert_eq!(theirs.payload, ours.1);
+        assert_eq!(theirs.metadata, ours.2);
         assert!(theirs.metadata.contains_key("actor"));
     }
 }

@@ -273,3 +273,92 @@ fn a_device_remembers_which_account_it_was_unlinked_from() {
     assert!(device.was_unlinked_from(&account("anna")));
     assert!(!device.was_unlinked_from(&account("bob")));
 }
+
+fn device_with(events: Vec<DeviceEvent>) -> Device {
+    let mut device = Device::default();
+    for event in events {
+        device.apply(event);
+    }
+    device
+}
+
+fn unlinked_from_portal(n: u128, account_name: &str) -> DeviceEvent {
+    DeviceEvent::DeviceUnlinked {
+        link_id: link(n),
+        account_id: account(account_name),
+        reason: UnlinkReason::FromPortal,
+        at: t(5),
+    }
+}
+
+#[test]
+fn a_credential_speaks_for_the_account_only_while_its_link_is_current() {
+    let linked_now = device_with(vec![linked(1, "anna")]);
+    let relinked = device_with(vec![
+        linked(1, "anna"),
+        unlinked_from_portal(1, "anna"),
+        linked(2, "anna"),
+    ]);
+
+    assert_eq!(linked_now.account_of_link(link(1)), Ok(&account("anna")));
+    assert_eq!(
+        linked_now.account_of_link(link(2)),
+        Err(DeviceError::CredentialRevoked)
+    );
+    assert_eq!(
+        relinked.account_of_link(link(1)),
+        Err(DeviceError::CredentialRevoked)
+    );
+    assert_eq!(
+        Device::default().account_of_link(link(1)),
+        Err(DeviceError::CredentialRevoked)
+    );
+}
+
+#[test]
+fn the_holder_unlinks_from_the_portal_only_a_device_linked_to_their_account() {
+    let anna_s = device_with(vec![linked(1, "anna")]);
+    let already_unlinked = device_with(vec![linked(1, "anna"), unlinked_from_portal(1, "anna")]);
+
+    assert_eq!(
+        anna_s.portal_unlink_target(&account("anna")),
+        Ok(Some(link(1)))
+    );
+    assert_eq!(
+        anna_s.portal_unlink_target(&account("bob")),
+        Err(DeviceError::NotLinkedToAccount)
+    );
+    assert_eq!(
+        already_unlinked.portal_unlink_target(&account("anna")),
+        Ok(None),
+        "a repeated unlink has nothing left to do"
+    );
+    assert_eq!(
+        already_unlinked.portal_unlink_target(&account("bob")),
+        Err(DeviceError::NotLinkedToAccount)
+    );
+    assert_eq!(
+        Device::default().portal_unlink_target(&account("anna")),
+        Err(DeviceError::NotLinkedToAccount)
+    );
+}
+
+#[test]
+fn secret_code_attempts_count_down_to_the_lock_out() {
+    let fresh = device_with(vec![linked(1, "anna")]);
+    let after_two = device_with(vec![linked(1, "anna"), failed(1), failed(2)]);
+    let mut locked = device_with(vec![linked(1, "anna")]);
+    for n in 1..=MAX_SECRET_CODE_FAILURES {
+        for event in locked.decide(wrong_code(t(i64::from(n)))).unwrap() {
+            locked.apply(event);
+        }
+    }
+
+    assert_eq!(fresh.secret_code_attempts_left(), MAX_SECRET_CODE_FAILURES);
+    assert_eq!(
+        after_two.secret_code_attempts_left(),
+        MAX_SECRET_CODE_FAILURES - 2
+    );
+    assert_eq!(locked.secret_code_attempts_left(), 0);
+    assert_eq!(locked.linked_account(), None, "locked out means unlinked");
+}

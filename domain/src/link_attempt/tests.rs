@@ -44,6 +44,7 @@ fn qr_accepted() -> LinkAttemptEvent {
 fn luxtrust(used: bool, nonce: &str, at: DateTime<Utc>) -> LinkAttemptCommand {
     LinkAttemptCommand::AcceptLuxTrust {
         account_id: account(),
+        account_registered: true,
         product: mobile(),
         product_used_for_login: used,
         nonce: nonce.into(),
@@ -51,21 +52,60 @@ fn luxtrust(used: bool, nonce: &str, at: DateTime<Utc>) -> LinkAttemptCommand {
     }
 }
 
+fn start(device_already_linked: bool) -> LinkAttemptCommand {
+    LinkAttemptCommand::Start {
+        device_id: DeviceId(Uuid::from_u128(7)),
+        device_name: DeviceName::parse("Anna's phone").unwrap(),
+        method: LinkMethod::Qr,
+        platform: Platform::Android,
+        app_version: "2.4.1".into(),
+        device_already_linked,
+        nonce: "nonce-1".into(),
+        at: t(0),
+        expires_at: t(600),
+    }
+}
+
 #[test]
 fn linking_starts_with_a_device_name_and_a_method() {
     TestFramework::<LinkAttempt>::with(())
         .given_no_previous_events()
-        .when(LinkAttemptCommand::Start {
-            device_id: DeviceId(Uuid::from_u128(7)),
-            device_name: DeviceName::parse("Anna's phone").unwrap(),
-            method: LinkMethod::Qr,
-            platform: Platform::Android,
-            app_version: "2.4.1".into(),
-            nonce: "nonce-1".into(),
-            at: t(0),
-            expires_at: t(600),
-        })
+        .when(start(false))
         .then_expect_events(vec![requested(LinkMethod::Qr)]);
+}
+
+#[test]
+fn a_device_linked_to_an_account_cannot_start_linking_again() {
+    TestFramework::<LinkAttempt>::with(())
+        .given_no_previous_events()
+        .when(start(true))
+        .then_expect_error(LinkAttemptError::DeviceAlreadyLinked);
+}
+
+#[test]
+fn luxtrust_cannot_link_to_an_account_the_portal_never_registered() {
+    let LinkAttemptCommand::AcceptLuxTrust {
+        account_id,
+        product,
+        product_used_for_login,
+        nonce,
+        at,
+        ..
+    } = luxtrust(true, "nonce-1", t(5))
+    else {
+        unreachable!("luxtrust() builds AcceptLuxTrust");
+    };
+    TestFramework::<LinkAttempt>::with(())
+        .given(vec![requested(LinkMethod::LuxTrust)])
+        .when(LinkAttemptCommand::AcceptLuxTrust {
+            account_id,
+            account_registered: false,
+            product,
+            product_used_for_login,
+            nonce,
+            at,
+        })
+        .then_expect_error(LinkAttemptError::AccountNotRegistered);
 }
 
 #[test]

@@ -46,6 +46,7 @@ fn a_qr_code_is_issued_to_an_account_with_an_expiry() {
         .given_no_previous_events()
         .when(LinkQrCommand::Issue {
             account_id: AccountId("acc-1".into()),
+            account_registered: true,
             at: t(0),
             expires_at: t(120),
         })
@@ -98,8 +99,22 @@ fn a_qr_id_is_issued_only_once() {
         .given(vec![issued()])
         .when(LinkQrCommand::Issue {
             account_id: AccountId("acc-2".into()),
+            account_registered: true,
             at: t(1),
             expires_at: t(121),
         })
         .then_expect_error(LinkQrError::AlreadyIssued);
+}
+
+#[test]
+fn only_an_account_the_portal_registered_gets_a_qr_code() {
+    TestFramework::<LinkQr>::with(())
+        .given_no_previous_events()
+        .when(LinkQrCommand::Issue {
+            account_id: AccountId("acc-1".into()),
+            account_registered: false,
+            at: t(0),
+            expires_at: t(120),
+        })
+        .then_expect_error(LinkQrError::AccountNotRegistered);
 }

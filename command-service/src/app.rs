@@ -1,0 +1,98 @@
+//! The use cases: what linkd does, in the words of the help page. Each function takes a caller
+//! who has been authenticated ([`auth`]) and inputs already validated into domain types, loads
+//! the aggregates it needs, lets them decide, commits, and returns domain outputs with the
+//! consistency token of what it wrote. No protobuf message, no gRPC status here: `grpc`
+//! translates both ways.
+//!
+//! - [`auth`]: who is calling (portal back end, re-authenticated citizen, link attempt, linked
+//!   device).
+//! - [`accounts`]: registering an account, changing its email, recording portal logins.
+//! - [`linking`]: the QR code, starting a link attempt, scanning the QR or authenticating with
+//!   LuxTrust.
+//! - [`ceremony`]: setting the secret code, which links the device.
+//! - [`devices`]: using and unlinking linked devices.
+
+pub(crate) mod accounts;
+pub(crate) mod auth;
+pub(crate) mod ceremony;
+pub(crate) mod devices;
+pub(crate) mod linking;
+
+use crate::credentials::Credentials;
+use crate::error::CommandError;
+use crate::secrets::{CodeHasher, SecretCode};
+use crate::store::EventStore;
+use identity::KeySet;
+
+/// Everything the use cases share.
+#[derive(Debug)]
+pub(crate) struct App {
+    /// The event store.
+    pub(crate) store: EventStore,
+    /// Hashes of secrets.
+    pub(crate) credentials: Credentials,
+    /// The identity provider's keys (portal JWTs).
+    pub(crate) idp: KeySet,
+    /// The keys that sign LuxTrust assertions.
+    pub(crate) luxtrust: KeySet,
+    /// Argon2id with the pepper.
+    pub(crate) hasher: CodeHasher,
+    /// How long things live.
+    pub(crate) lifetimes: Lifetimes,
+}
+
+/// How long tokens and sessions live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lifetimes {
+    /// A link QR code.
+    pub(crate) qr: chrono::Duration,
+    /// A link attempt.
+    pub(crate) link_attempt: chrono::Duration,
+    /// The most `auth_time` may lie in the past for calls that need re-authentication.
+    pub(crate) reauth_max_age: chrono::Duration,
+}
+
+/// What a call carries besides its message, as the transport read it.
+#[derive(Clone)]
+pub(crate) struct Call {
+    /// The bearer token (`authorization: Bearer …`), if any.
+    pub(crate) bearer: Option<String>,
+    /// The server-side id of this call (from `x-request-id`, or generated), stored with every
+    /// event it writes.
+    pub(crate) call_id: String,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("call_id", &self.call_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// The Argon2id verifier of `code`, computed on the hashing threads.
+    async fn hash_code(&self, code: &SecretCode) -> Result<String, CommandError> {
+        let code = code.clone();
+        self.hashing(move |hasher| hasher.hash(code.as_str())).await
+    }
+
+    /// Whether `code` matches `verifier`, checked on the hashing threads.
+    async fn code_matches(&self, code: &SecretCode, verifier: &str) -> Result<bool, CommandError> {
+        let (code, verifier) = (code.clone(), verifier.to_owned());
+        self.hashing(move |hasher| hasher.verify(code.as_str(), &verifier))
+            .await
+    }
+
+    /// Runs Argon2id off the async runtime's worker threads.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&CodeHasher) -> Result<T, argon2::password_hash::Error> + Send + 'static,
+    ) -> Result<T, CommandError> {
+        self.hasher
+            .run(work)
+            .await
+            .ok_or_else(|| CommandError::Internal("hashing task failed".into()))?
+            .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
+    }
+}

@@ -1,0 +1,194 @@
+//! Who is calling. Each caller type can only be made here, by checking the call's credentials,
+//! so a use case that takes one cannot run for anyone else:
+//!
+//! - [`System`]: the portal back end (a portal JWT with the `portal-system` role);
+//! - [`Citizen`]: an account holder who re-authenticated within the configured age;
+//! - [`AttemptHolder`]: the app holding a link attempt's `link_token`;
+//! - [`LinkedDevice`]: a linked device presenting the credential of its current link.
+
+use chrono::Utc;
+use domain::{AccountId, Device, DeviceId, LinkAttemptId};
+use identity::{LuxTrustClaims, PortalClaims, TokenError};
+
+use super::{App, Call};
+use crate::credentials::StoredCredential;
+use crate::error::CommandError;
+use crate::secrets::{self, PresentedToken, TokenKind};
+use crate::store::{Loaded, Metadata};
+use crate::validate;
+
+/// The portal back end.
+#[derive(Debug)]
+pub(crate) struct System {
+    pub(crate) metadata: Metadata,
+}
+
+/// An account holder who re-authenticated recently.
+#[derive(Debug)]
+pub(crate) struct Citizen {
+    pub(crate) account_id: AccountId,
+    pub(crate) metadata: Metadata,
+}
+
+/// The app, holding the `link_token` of a link attempt.
+#[derive(Debug)]
+pub(crate) struct AttemptHolder {
+    pub(crate) attempt_id: LinkAttemptId,
+    /// The token as presented (the device credential is derived from it).
+    pub(crate) token: PresentedToken,
+    pub(crate) metadata: Metadata,
+}
+
+/// A linked device, authenticated by the credential of its current link (no `Debug`: it holds
+/// the verifier).
+pub(crate) struct LinkedDevice {
+    pub(crate) link_id: LinkAttemptId,
+    pub(crate) device_id: DeviceId,
+    pub(crate) credential: StoredCredential,
+    pub(crate) metadata: Metadata,
+    /// The device as loaded to check the credential, for the command that follows.
+    pub(crate) loaded: Loaded<Device>,
+}
+
+impl App {
+    fn portal_claims(&self, call: &Call) -> Result<PortalClaims, CommandError> {
+        let token = call.bearer.as_deref().ok_or_else(|| {
+            CommandError::Unauthenticated(
+                "missing credentials: send `authorization: Bearer <JWT from the identity provider>`"
+                    .into(),
+            )
+        })?;
+        self.idp.verify(token).map_err(|error| match error {
+            TokenError::Malformed | TokenError::Rejected(_) => {
+                CommandError::Unauthenticated(format!("the portal token {error}"))
+            }
+        })
+    }
+
+    /// The portal back end, or a refusal.
+    pub(crate) fn system(&self, call: &Call) -> Result<System, CommandError> {
+        let claims = self.portal_claims(call)?;
+        if !claims.is_system() {
+            return Err(CommandError::PermissionDenied(
+                "this call is reserved to the portal back end (role portal-system)".into(),
+            ));
+        }
+        Ok(System {
+            metadata: Metadata {
+                actor: format!("system:{}", claims.sub),
+                request_id: call.call_id.clone(),
+                account_id: None,
+            },
+        })
+    }
+
+    /// The citizen calling, who must have re-authenticated recently.
+    pub(crate) fn reauthenticated_citizen(&self, call: &Call) -> Result<Citizen, CommandError> {
+        let claims = self.portal_claims(call)?;
+        let sub = claims
+            .reauthenticated_citizen(
+                Utc::now().timestamp(),
+                self.lifetimes.reauth_max_age.num_seconds(),
+            )
+            .map_err(|refusal| CommandError::PermissionDenied(refusal.to_string()))?;
+        let account_id = validate::account_id(sub).map_err(|_| {
+            CommandError::Unauthenticated("the portal token's sub is not an account id".into())
+        })?;
+        let metadata = Metadata {
+            actor: format!("citizen:{account_id}"),
+            request_id: call.call_id.clone(),
+            account_id: Some(account_id.0.clone()),
+        };
+        Ok(Citizen {
+            account_id,
+            metadata,
+        })
+    }
+
+    /// The link attempt named by `link_token`, once its secret is checked.
+    pub(crate) async fn link_attempt(
+        &self,
+        call: &Call,
+        link_token: &str,
+    ) -> Result<AttemptHolder, CommandError> {
+        validate::required("link_token", link_token)?;
+        let token = secrets::parse(TokenKind::LinkAttempt, link_token).ok_or_else(|| {
+            CommandError::InvalidArgument(
+                "link_token is malformed; pass the link_token StartLink returned, unchanged".into(),
+            )
+        })?;
+        let stored = self
+            .credentials
+            .bearer_hash(TokenKind::LinkAttempt, token.id)
+            .await?;
+        if !stored.is_some_and(|hash| token.matches(&hash)) {
+            return Err(CommandError::Unauthenticated(
+                "link_token is not valid".into(),
+            ));
+        }
+        Ok(AttemptHolder {
+            attempt_id: LinkAttemptId(token.id),
+            metadata: Metadata {
+                actor: format!("app:link_attempt:{}", token.id),
+                request_id: call.call_id.clone(),
+                account_id: None,
+            },
+            token,
+        })
+    }
+
+    /// The linked device whose credential the call carries.
+    pub(crate) async fn linked_device(&self, call: &Call) -> Result<LinkedDevice, CommandError> {
+        let text = call.bearer.as_deref().ok_or_else(|| {
+            CommandError::Unauthenticated(
+                "missing device credential: send `authorization: Bearer <device credential>`"
+                    .into(),
+            )
+        })?;
+        let token = secrets::parse(TokenKind::DeviceCredential, text).ok_or_else(|| {
+            CommandError::Unauthenticated("the device credential is malformed".into())
+        })?;
+        let credential = self
+            .credentials
+            .device_credential(token.id)
+            .await?
+            .filter(|stored| token.matches(&stored.credential_hash))
+            .ok_or_else(|| {
+                CommandError::Unauthenticated(
+                    "the device credential is not valid; the device may have been unlinked".into(),
+                )
+            })?;
+        let device_id = DeviceId(credential.device_id);
+        let link_id = LinkAttemptId(token.id);
+        let loaded = self.store.load::<Device>(&device_id.to_string()).await?;
+        let account_id = loaded.state().account_of_link(link_id)?;
+        let metadata = Metadata {
+            actor: format!("device:{device_id}"),
+            request_id: call.call_id.clone(),
+            account_id: Some(account_id.0.clone()),
+        };
+        Ok(LinkedDevice {
+            link_id,
+            device_id,
+            credential,
+            metadata,
+            loaded,
+        })
+    }
+
+    /// The claims of a LuxTrust assertion whose signature, audience and expiry verify.
+    pub(crate) fn luxtrust_assertion(
+        &self,
+        assertion: &str,
+    ) -> Result<LuxTrustClaims, CommandError> {
+        match self.luxtrust.verify(assertion) {
+            Ok(claims) => Ok(claims),
+            Err(TokenError::Malformed) => Err(CommandError::InvalidArgument(
+                "assertion is not a signed LuxTrust assertion (compact JWS)".into(),
+            )),
+            Err(rejected @ TokenError::Rejected(_)) => Err(CommandError::Unauthenticated(format!(
+                "the LuxTrust assertion {rejected}"
+            ))),
+        }
+    }
+}
