@@ -14,7 +14,6 @@ mod event_store;
 mod idempotency;
 mod linking;
 mod malformed_input;
-mod projectors;
 mod qr_codes;
 mod read_side;
 mod rebuild;

@@ -1,11 +1,17 @@
-//! The projector guard, exercised directly on a read-model database.
+//! The projector guard, exercised directly on a read-model database: each test migrates a
+//! scratch database of its own (`linkd_projectortest_<uuid>`, dropped afterwards) and feeds
+//! events to the projectors, without NATS.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed step should fail the test loudly"
+)]
 
-use e2e::TestDatabase;
 use projection_service::consumer::batch;
 use projection_service::projections::devices::Devices;
 use projection_service::projections::{self, Outcome, ProjectionError};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
+use testkit::TestDatabase;
 
 const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
 
@@ -63,7 +69,7 @@ fn stamp() -> Option<prost_types::Timestamp> {
 }
 
 async fn read_model() -> (TestDatabase, sqlx::PgPool) {
-    let database = TestDatabase::create("linkd_e2e_read").await.unwrap();
+    let database = TestDatabase::create("linkd_projectortest").await.unwrap();
     let pool = projection_service::startup::connect_and_migrate(&database.url)
         .await
         .unwrap();
