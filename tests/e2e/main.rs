@@ -10,7 +10,6 @@ mod authorization;
 mod delivery;
 mod demo;
 mod emails;
-mod event_store;
 mod idempotency;
 mod linking;
 mod malformed_input;
