@@ -381,7 +381,9 @@ async fn every_linkctl_audit_subcommand_runs_against_the_service() {
             Command::Verify { account_id, json },
         ];
         for command in commands {
-            run(channel.clone(), command, &auditor).await.unwrap();
+            run(channel.clone(), command, &auditor, &mut std::io::sink())
+                .await
+                .unwrap();
         }
     }
     let bad_time = Command::DevicesAt {
@@ -389,5 +391,9 @@ async fn every_linkctl_audit_subcommand_runs_against_the_service() {
         at: "yesterday".into(),
         json: false,
     };
-    assert!(run(channel, bad_time, &auditor).await.is_err());
+    assert!(
+        run(channel, bad_time, &auditor, &mut std::io::sink())
+            .await
+            .is_err()
+    );
 }
