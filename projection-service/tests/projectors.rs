@@ -197,8 +197,16 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     let verdicts = batch::apply(&pool, &Devices, &events).await.unwrap();
 
     // Assert
-    assert!(matches!(verdicts[0], Ok(Outcome::Applied)));
-    assert!(matches!(verdicts[1], Ok(Outcome::AlreadyApplied)));
+    assert!(
+        matches!(verdicts[0], Ok(Outcome::Applied)),
+        "{:?}",
+        verdicts[0]
+    );
+    assert!(
+        matches!(verdicts[1], Ok(Outcome::AlreadyApplied)),
+        "{:?}",
+        verdicts[1]
+    );
     assert!(
         matches!(
             verdicts[2],
@@ -211,13 +219,17 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
         "{:?}",
         verdicts[2]
     );
-    assert!(matches!(verdicts[3], Ok(Outcome::Applied)));
+    assert!(
+        matches!(verdicts[3], Ok(Outcome::Applied)),
+        "{:?}",
+        verdicts[3]
+    );
     assert_eq!(guard(&pool).await, Some(2));
     // The held-back event applies when it is delivered again.
     let again = batch::apply(&pool, &Devices, &[biometrics(3)])
         .await
         .unwrap();
-    assert!(matches!(again[0], Ok(Outcome::Applied)));
+    assert!(matches!(again[0], Ok(Outcome::Applied)), "{:?}", again[0]);
     assert_eq!(guard(&pool).await, Some(3));
 }
 
@@ -228,7 +240,10 @@ async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
     let events = [linked(), broken, biometrics(3)];
 
     let refused = batch::apply(&pool, &Devices, &events).await;
-    assert!(matches!(refused, Err(ProjectionError::Poison(_))));
+    assert!(
+        matches!(refused, Err(ProjectionError::Poison(_))),
+        "{refused:?}"
+    );
     assert_eq!(
         guard(&pool).await.unwrap_or(0),
         0,
