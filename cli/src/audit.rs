@@ -1,9 +1,7 @@
 //! `linkctl audit …`: AuditService for people (a table) and scripts (`--json`: one JSON object
-//! per line).
-#![allow(
-    clippy::print_stdout,
-    reason = "a command-line client prints its results"
-)]
+//! per line), written to the writer the caller passes (standard output, from `main`).
+
+use std::io::Write;
 
 use anyhow::Context as _;
 use proto::v1::audit_service_client::AuditServiceClient;
@@ -85,7 +83,7 @@ fn timestamp(field: &str, raw: &str) -> anyhow::Result<prost_types::Timestamp> {
     })
 }
 
-fn print_event(event: &AuditEvent, as_json: bool) {
+fn write_event(out: &mut impl Write, event: &AuditEvent, as_json: bool) -> std::io::Result<()> {
     if as_json {
         let details: serde_json::Value =
             serde_json::from_str(&event.details_json).unwrap_or(serde_json::Value::Null);
@@ -100,21 +98,28 @@ fn print_event(event: &AuditEvent, as_json: bool) {
             "device_id": event.device_id,
             "details": details,
         });
-        println!("{line}");
+        writeln!(out, "{line}")
     } else {
-        println!(
+        writeln!(
+            out,
             "{:>8}  {}  {:<22} {:<40} {}",
             event.global_position,
             format_time(event.occurred_at.as_ref()),
             event.event_type,
             event.actor,
             event.details_json
-        );
+        )
     }
 }
 
-/// Runs `command` against the AuditService on `channel` with `token`.
-pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Result<()> {
+/// Runs `command` against the AuditService on `channel` with `token`, writing what it answers
+/// to `out`.
+pub async fn run(
+    channel: Channel,
+    command: Command,
+    token: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let mut client = AuditServiceClient::new(channel);
     match command {
         Command::List {
@@ -141,13 +146,17 @@ pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Res
                 .await?
                 .into_inner();
             for event in &reply.events {
-                print_event(event, json);
+                write_event(out, event, json)?;
             }
             if !reply.next_page_token.is_empty() {
                 if json {
-                    println!("{}", json!({ "next_page_token": reply.next_page_token }));
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({ "next_page_token": reply.next_page_token })
+                    )?;
                 } else {
-                    println!("next_page_token: {}", reply.next_page_token);
+                    writeln!(out, "next_page_token: {}", reply.next_page_token)?;
                 }
             }
         }
@@ -158,7 +167,7 @@ pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Res
                 .await?
                 .into_inner();
             while let Some(event) = stream.message().await? {
-                print_event(&event, json);
+                write_event(out, &event, json)?;
             }
         }
         Command::DevicesAt {
@@ -186,14 +195,15 @@ pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Res
                         "linked_at": format_time(device.linked_at.as_ref()),
                         "linked_by_event_id": device.linked_by_event_id,
                     });
-                    println!("{line}");
+                    writeln!(out, "{line}")?;
                 } else {
-                    println!(
+                    writeln!(
+                        out,
                         "{}  {:<24} via {method:<8} linked {}",
                         device.device_id,
                         device.name,
                         format_time(device.linked_at.as_ref())
-                    );
+                    )?;
                 }
             }
         }
@@ -210,17 +220,19 @@ pub async fn run(channel: Channel, command: Command, token: &str) -> anyhow::Res
                     "broken_at_position": reply.broken_at_position,
                     "broken_event_id": reply.broken_event_id, "reason": reply.reason,
                 });
-                println!("{line}");
+                writeln!(out, "{line}")?;
             } else if reply.intact {
-                println!(
+                writeln!(
+                    out,
                     "intact up to position {} ({} events checked)",
                     reply.intact_up_to_position, reply.events_checked
-                );
+                )?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "BROKEN at position {} ({}): {}",
                     reply.broken_at_position, reply.broken_event_id, reply.reason
-                );
+                )?;
             }
         }
     }

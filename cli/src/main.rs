@@ -343,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", cli.query_addr))?;
-            linkctl::audit::run(channel, command, &token).await?;
+            linkctl::audit::run(channel, command, &token, &mut std::io::stdout()).await?;
         }
         Command::Rpc(rpc) => {
             call(

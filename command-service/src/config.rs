@@ -141,7 +141,8 @@ mod tests {
     fn a_short_pepper_is_refused() {
         let mut env = base();
         env.insert("LINKD_SECRET_CODE_PEPPER", "short".into());
-        assert!(read(&env).is_err());
+        let refused = read(&env);
+        assert!(refused.is_err(), "{refused:?}");
     }
 
     #[test]
@@ -149,7 +150,8 @@ mod tests {
         let mut env = base();
         env.insert("LINKD_IDP_AUDIENCE", "linkd".into());
         env.insert("LINKD_LUXTRUST_AUDIENCE", "linkd".into());
-        assert!(read(&env).is_err());
+        let same = read(&env);
+        assert!(same.is_err(), "{same:?}");
         assert_ne!(
             read(&base()).unwrap().idp_audience,
             read(&base()).unwrap().luxtrust_audience

@@ -35,5 +35,4 @@ pub mod sweeper;
 pub(crate) mod validate;
 
 pub use config::Settings;
-pub use service_kit::telemetry;
 pub use startup::Application;

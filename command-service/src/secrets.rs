@@ -310,7 +310,8 @@ mod tests {
     #[test]
     fn a_token_of_one_kind_does_not_parse_as_another() {
         let token = mint(TokenKind::LinkAttempt, Uuid::from_u128(1));
-        assert!(parse(TokenKind::DeviceCredential, &token.text).is_none());
+        let parsed = parse(TokenKind::DeviceCredential, &token.text);
+        assert!(parsed.is_none(), "{parsed:?}");
     }
 
     #[test]
@@ -322,7 +323,8 @@ mod tests {
             "lt1.not-a-uuid.AAAA",
             "lt1.00000000-0000-0000-0000-000000000001.short",
         ] {
-            assert!(parse(TokenKind::LinkAttempt, text).is_none(), "{text}");
+            let parsed = parse(TokenKind::LinkAttempt, text);
+            assert!(parsed.is_none(), "{text}: {parsed:?}");
         }
     }
 

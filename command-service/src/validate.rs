@@ -139,15 +139,18 @@ mod tests {
 
     #[test]
     fn account_ids_are_short_plain_tokens() {
-        assert!(account_id("anna.muller@guichet:42").is_ok());
-        assert!(account_id("").is_err());
-        assert!(account_id("has space").is_err());
-        assert!(account_id(&"a".repeat(65)).is_err());
+        let valid = account_id("anna.muller@guichet:42");
+        assert!(valid.is_ok(), "{valid:?}");
+        for bad in ["", "has space", &"a".repeat(65)] {
+            let parsed = account_id(bad);
+            assert!(parsed.is_err(), "{bad}: {parsed:?}");
+        }
     }
 
     #[test]
     fn emails_need_a_local_part_and_a_domain() {
-        assert!(email("anna@example.lu").is_ok());
+        let valid = email("anna@example.lu");
+        assert!(valid.is_ok(), "{valid:?}");
         for bad in [
             "",
             "anna",
@@ -157,15 +160,20 @@ mod tests {
             "an na@example.lu",
             "a@b@c.lu",
         ] {
-            assert!(email(bad).is_err(), "{bad}");
+            let parsed = email(bad);
+            assert!(parsed.is_err(), "{bad}: {parsed:?}");
         }
     }
 
     #[test]
     fn unknown_enum_values_are_invalid() {
-        assert!(method(0).is_err());
-        assert!(method(99).is_err());
-        assert!(platform(-1).is_err());
-        assert!(method(1).is_ok());
+        for raw in [0, 99] {
+            let parsed = method(raw);
+            assert!(parsed.is_err(), "{raw}: {parsed:?}");
+        }
+        let parsed = platform(-1);
+        assert!(parsed.is_err(), "{parsed:?}");
+        let parsed = method(1);
+        assert!(parsed.is_ok(), "{parsed:?}");
     }
 }

@@ -4,7 +4,7 @@
 //! throughput on a stream of realistic device histories.
 //!
 //! Each test uses a scratch database `linkd_rebuildtest_<uuid>` and a scratch stream
-//! `LINKD_REBUILDTEST_<uuid>` (prefix `rbt<uuid>.events`), both deleted afterwards.
+//! `LINKD_REBUILDTEST_<uuid>` (prefix `rebuildtest<uuid>.events`), both deleted afterwards.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,81 +12,51 @@
 )]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage};
 use projection_service::consumer::ConsumerSettings;
 use projection_service::projections::{self, ProjectionError, devices::Devices};
 use projection_service::rebuild::{self, RebuildOptions};
 use prost::Message as _;
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use testkit::{TestDatabase, TestStream, nats_url};
 use uuid::Uuid;
 
-fn admin_url() -> String {
-    std::env::var("LINKD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn nats_url() -> String {
-    std::env::var("LINKD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-/// A scratch read-model database and a scratch stream, deleted when dropped.
+/// A scratch read-model database and a scratch stream (created here, as the relay would create
+/// it), both removed when dropped.
 struct Scratch {
-    database: String,
-    url: String,
-    stream: String,
-    prefix: String,
+    database: TestDatabase,
+    stream: TestStream,
 }
 
 impl Scratch {
     async fn new() -> Self {
-        let id = Uuid::new_v4().simple().to_string();
-        let database = format!("linkd_rebuildtest_{id}");
-        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = match admin_url().rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{database}"),
-            None => format!("{}/{database}", admin_url()),
-        };
-        let scratch = Self {
-            database,
-            url,
-            stream: format!("LINKD_REBUILDTEST_{id}"),
-            prefix: format!("rbt{id}.events"),
-        };
-        let client = async_nats::connect(nats_url()).await.unwrap();
-        jetstream::new(client)
-            .create_stream(stream::Config {
-                name: scratch.stream.clone(),
-                subjects: vec![format!("{}.>", scratch.prefix)],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        scratch
+        let database = TestDatabase::create("linkd_rebuildtest").await.unwrap();
+        let stream = TestStream::tagged(nats_url(), "rebuildtest");
+        stream.create().await.unwrap();
+        Self { database, stream }
+    }
+
+    fn url(&self) -> &str {
+        &self.database.url
     }
 
     fn settings(&self) -> ConsumerSettings {
         ConsumerSettings {
-            nats_url: nats_url(),
-            stream: self.stream.clone(),
-            subject_prefix: self.prefix.clone(),
+            nats_url: self.stream.nats_url.clone(),
+            stream: self.stream.name.clone(),
+            subject_prefix: self.stream.prefix.clone(),
             consumer_prefix: "linkd-rebuildtest".into(),
         }
     }
 
     /// Publishes `messages` in order, awaiting every acknowledgement.
     async fn publish(&self, messages: &[Published]) {
-        let client = async_nats::connect(nats_url()).await.unwrap();
+        let client = async_nats::connect(&self.stream.nats_url).await.unwrap();
         let context = jetstream::new(client);
         for chunk in messages.chunks(4096) {
             let mut acks = Vec::with_capacity(chunk.len());
@@ -95,36 +65,13 @@ impl Scratch {
                 if let Some(id) = &message.id {
                     publish = publish.message_id(id);
                 }
-                let subject = format!("{}.{}", self.prefix, message.subject);
+                let subject = format!("{}.{}", self.stream.prefix, message.subject);
                 acks.push(context.send_publish(subject, publish).await.unwrap());
             }
             for ack in acks {
                 ack.await.unwrap();
             }
         }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let (database, stream) = (self.database.clone(), self.stream.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&admin_url()).await?;
-                sqlx::query(&format!(
-                    "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                ))
-                .execute(&mut admin)
-                .await?;
-                let client = async_nats::connect(nats_url()).await?;
-                let _ = jetstream::new(client).delete_stream(&stream).await;
-                anyhow::Ok(())
-            })
-        })
-        .join();
     }
 }
 
@@ -607,11 +554,11 @@ async fn a_rebuild_in_small_batches_equals_the_event_by_event_path() {
     let mut messages = poisoned_history(&mut rng, 3_000, false);
     disorder(&mut rng, &mut messages);
     scratch.publish(&messages).await;
-    let pool = projection_service::startup::connect_and_migrate(&scratch.url)
+    let pool = projection_service::startup::connect_and_migrate(scratch.url())
         .await
         .unwrap();
     // A scratch database: no need to wait for each of these commits to reach the disk.
-    let options: PgConnectOptions = scratch.url.parse().unwrap();
+    let options: PgConnectOptions = scratch.url().parse().unwrap();
     let live_path = PgPool::connect_with(options.options([("synchronous_commit", "off")]))
         .await
         .unwrap();
@@ -622,7 +569,7 @@ async fn a_rebuild_in_small_batches_equals_the_event_by_event_path() {
 
     // Act: batches of 97 cut aggregates, gaps and duplicates across batch boundaries.
     let options = RebuildOptions { batch_size: 97 };
-    let rebuilt = rebuild::rebuild_with(&scratch.url, &scratch.settings(), &options)
+    let rebuilt = rebuild::rebuild_with(scratch.url(), &scratch.settings(), &options)
         .await
         .unwrap();
 
@@ -639,14 +586,14 @@ async fn a_second_rebuild_changes_nothing() {
     let mut rng = Rng(11);
     let messages = poisoned_history(&mut rng, 1_000, true);
     scratch.publish(&messages).await;
-    rebuild::rebuild(&scratch.url, &scratch.settings())
+    rebuild::rebuild(scratch.url(), &scratch.settings())
         .await
         .unwrap();
-    let pool = PgPool::connect(&scratch.url).await.unwrap();
+    let pool = PgPool::connect(scratch.url()).await.unwrap();
     let first = snapshot(&pool).await;
 
     // Act
-    rebuild::rebuild(&scratch.url, &scratch.settings())
+    rebuild::rebuild(scratch.url(), &scratch.settings())
         .await
         .unwrap();
 
@@ -686,7 +633,7 @@ async fn rebuild_throughput() {
     {
         options.batch_size = batch_size;
     }
-    let rebuilt = rebuild::rebuild_with(&scratch.url, &scratch.settings(), &options)
+    let rebuilt = rebuild::rebuild_with(scratch.url(), &scratch.settings(), &options)
         .await
         .unwrap();
 
@@ -697,7 +644,7 @@ async fn rebuild_throughput() {
         rebuilt.elapsed.as_secs_f64(),
         rebuilt.events_per_second()
     );
-    let pool = PgPool::connect(&scratch.url).await.unwrap();
+    let pool = PgPool::connect(scratch.url()).await.unwrap();
     let applied: i64 = sqlx::query_scalar(
         "SELECT sum(last_sequence)::bigint FROM projector_positions WHERE projector = 'devices'",
     )

@@ -46,6 +46,33 @@ async fn caught_up(app: &TestApp) {
     .await;
 }
 
+/// What `linkctl audit` prints for `command`, as lines.
+async fn linkctl_audit(app: &TestApp, command: linkctl::audit::Command) -> Vec<String> {
+    let channel = app.read.as_ref().unwrap().channel.clone();
+    let auditor = app.keys.auditor_token().unwrap();
+    let mut out = Vec::new();
+    if let Err(error) = linkctl::audit::run(channel, command, &auditor, &mut out).await {
+        panic!("linkctl audit failed: {error:#}");
+    }
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Each line parsed as a JSON object.
+fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(value @ serde_json::Value::Object(_)) => value,
+            Ok(other) => panic!("not a JSON object: {other}"),
+            Err(error) => panic!("not JSON ({error}): {line}"),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_audit_log_lists_a_scripted_history_in_order_with_its_actors() {
     // Arrange: register, login, QR link, LuxTrust link, wrong codes to lock-out, remote unlink.
@@ -347,47 +374,133 @@ async fn a_citizen_cannot_read_another_accounts_history() {
 
 #[tokio::test]
 async fn every_linkctl_audit_subcommand_runs_against_the_service() {
-    use linkctl::audit::{Command, run};
+    use linkctl::audit::Command;
+    // Arrange: one account with one device linked by QR code.
     let mut app = spawn_system().await;
     app.register("anna").await;
-    app.link_by_qr("anna").await;
+    let phone = app.link_by_qr("anna").await;
     caught_up(&app).await;
-    let channel = app.read.as_ref().unwrap().channel.clone();
-    let auditor = app.keys.auditor_token().unwrap();
+    let stored: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT global_position, event_type, metadata::jsonb ->> 'actor' FROM events \
+         ORDER BY global_position",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let linked = stored
+        .iter()
+        .find(|(_, event_type, _)| event_type == "DeviceLinked")
+        .unwrap()
+        .clone();
     let now = chrono::Utc::now().to_rfc3339();
+    let list = |json| Command::List {
+        account_id: "anna".into(),
+        device_id: String::new(),
+        event_types: vec!["DeviceLinked".into()],
+        from: Some("2020-01-01T00:00:00Z".into()),
+        to: Some(now.clone()),
+        page_size: 2,
+        page_token: String::new(),
+        json,
+    };
+    let export = |json| Command::Export {
+        account_id: "anna".into(),
+        json,
+    };
+    let devices_at = |json| Command::DevicesAt {
+        account_id: "anna".into(),
+        at: now.clone(),
+        json,
+    };
+    let verify = |json| Command::Verify {
+        account_id: "anna".into(),
+        json,
+    };
 
-    for json in [false, true] {
-        let account_id = "anna".to_owned();
-        let commands = [
-            Command::List {
-                account_id: account_id.clone(),
-                device_id: String::new(),
-                event_types: vec!["DeviceLinked".into()],
-                from: Some("2020-01-01T00:00:00Z".into()),
-                to: Some(now.clone()),
-                page_size: 2,
-                page_token: String::new(),
-                json,
-            },
-            Command::Export {
-                account_id: account_id.clone(),
-                json,
-            },
-            Command::DevicesAt {
-                account_id: account_id.clone(),
-                at: now.clone(),
-                json,
-            },
-            Command::Verify { account_id, json },
-        ];
-        for command in commands {
-            run(channel.clone(), command, &auditor).await.unwrap();
-        }
-    }
+    // Act + Assert: list, as a table and as JSON lines: the one DeviceLinked event.
+    let table = linkctl_audit(&app, list(false)).await;
+    assert_eq!(table.len(), 1, "{table:#?}");
+    let columns: Vec<&str> = table[0].split_whitespace().collect();
+    assert_eq!(columns[0], linked.0.to_string(), "{table:#?}");
+    assert_eq!(columns[2], "DeviceLinked", "{table:#?}");
+    assert_eq!(columns[3], linked.2, "{table:#?}");
+    let json = json_lines(&linkctl_audit(&app, list(true)).await);
+    assert_eq!(json.len(), 1, "{json:#?}");
+    assert_eq!(json[0]["global_position"], linked.0, "{json:#?}");
+    assert_eq!(json[0]["event_type"], "DeviceLinked", "{json:#?}");
+    assert_eq!(json[0]["device_id"], phone.device_id, "{json:#?}");
+    assert_eq!(json[0]["account_id"], "anna", "{json:#?}");
+    assert_eq!(json[0]["actor"], linked.2, "{json:#?}");
+    assert!(json[0]["details"].is_object(), "{json:#?}");
+
+    // Export: every event of the store, in order, each with its type and actor.
+    let table = linkctl_audit(&app, export(false)).await;
+    let rows: Vec<(i64, String, String)> = table
+        .iter()
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            (
+                columns[0].parse().unwrap(),
+                columns[2].to_owned(),
+                columns[3].to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, stored);
+    let json = json_lines(&linkctl_audit(&app, export(true)).await);
+    let exported: Vec<(i64, String, String)> = json
+        .iter()
+        .map(|line| {
+            (
+                line["global_position"].as_i64().unwrap(),
+                line["event_type"].as_str().unwrap().to_owned(),
+                line["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(exported, stored);
+
+    // Devices at an instant: anna's phone, its name and how it was linked.
+    let table = linkctl_audit(&app, devices_at(false)).await;
+    assert_eq!(table.len(), 1, "{table:#?}");
+    assert!(table[0].starts_with(&phone.device_id), "{table:#?}");
+    assert!(table[0].contains("Anna's phone"), "{table:#?}");
+    assert!(table[0].contains("via qr"), "{table:#?}");
+    let json = json_lines(&linkctl_audit(&app, devices_at(true)).await);
+    assert_eq!(json.len(), 1, "{json:#?}");
+    assert_eq!(json[0]["device_id"], phone.device_id, "{json:#?}");
+    assert_eq!(json[0]["name"], "Anna's phone", "{json:#?}");
+    assert_eq!(json[0]["method"], "qr", "{json:#?}");
+
+    // Verify: intact, every event checked.
+    let last = stored.last().unwrap().0;
+    let table = linkctl_audit(&app, verify(false)).await;
+    assert_eq!(
+        table,
+        [format!(
+            "intact up to position {last} ({} events checked)",
+            stored.len()
+        )]
+    );
+    let json = json_lines(&linkctl_audit(&app, verify(true)).await);
+    assert_eq!(json.len(), 1, "{json:#?}");
+    assert_eq!(json[0]["intact"], true, "{json:#?}");
+    assert_eq!(json[0]["events_checked"], stored.len(), "{json:#?}");
+    assert_eq!(json[0]["intact_up_to_position"], last, "{json:#?}");
+
+    // A time that is not RFC 3339 is refused before anything is printed.
+    let mut out = Vec::new();
     let bad_time = Command::DevicesAt {
         account_id: "anna".into(),
         at: "yesterday".into(),
         json: false,
     };
-    assert!(run(channel, bad_time, &auditor).await.is_err());
+    let channel = app.read.as_ref().unwrap().channel.clone();
+    let auditor = app.keys.auditor_token().unwrap();
+    let refused = linkctl::audit::run(channel, bad_time, &auditor, &mut out).await;
+    match refused {
+        Err(error) => assert!(error.to_string().contains("RFC 3339"), "{error:#}"),
+        Ok(()) => panic!("a bad time was accepted: {}", String::from_utf8_lossy(&out)),
+    }
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
 }

@@ -1,11 +1,17 @@
-//! The projector guard, exercised directly on a read-model database.
+//! The projector guard, exercised directly on a read-model database: each test migrates a
+//! scratch database of its own (`linkd_projectortest_<uuid>`, dropped afterwards) and feeds
+//! events to the projectors, without NATS.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a failed step should fail the test loudly"
+)]
 
-use e2e::TestDatabase;
 use projection_service::consumer::batch;
 use projection_service::projections::devices::Devices;
 use projection_service::projections::{self, Outcome, ProjectionError};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
+use testkit::TestDatabase;
 
 const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
 
@@ -63,7 +69,7 @@ fn stamp() -> Option<prost_types::Timestamp> {
 }
 
 async fn read_model() -> (TestDatabase, sqlx::PgPool) {
-    let database = TestDatabase::create("linkd_e2e_read").await.unwrap();
+    let database = TestDatabase::create("linkd_projectortest").await.unwrap();
     let pool = projection_service::startup::connect_and_migrate(&database.url)
         .await
         .unwrap();
@@ -191,8 +197,16 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     let verdicts = batch::apply(&pool, &Devices, &events).await.unwrap();
 
     // Assert
-    assert!(matches!(verdicts[0], Ok(Outcome::Applied)));
-    assert!(matches!(verdicts[1], Ok(Outcome::AlreadyApplied)));
+    assert!(
+        matches!(verdicts[0], Ok(Outcome::Applied)),
+        "{:?}",
+        verdicts[0]
+    );
+    assert!(
+        matches!(verdicts[1], Ok(Outcome::AlreadyApplied)),
+        "{:?}",
+        verdicts[1]
+    );
     assert!(
         matches!(
             verdicts[2],
@@ -205,13 +219,17 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
         "{:?}",
         verdicts[2]
     );
-    assert!(matches!(verdicts[3], Ok(Outcome::Applied)));
+    assert!(
+        matches!(verdicts[3], Ok(Outcome::Applied)),
+        "{:?}",
+        verdicts[3]
+    );
     assert_eq!(guard(&pool).await, Some(2));
     // The held-back event applies when it is delivered again.
     let again = batch::apply(&pool, &Devices, &[biometrics(3)])
         .await
         .unwrap();
-    assert!(matches!(again[0], Ok(Outcome::Applied)));
+    assert!(matches!(again[0], Ok(Outcome::Applied)), "{:?}", again[0]);
     assert_eq!(guard(&pool).await, Some(3));
 }
 
@@ -222,7 +240,10 @@ async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
     let events = [linked(), broken, biometrics(3)];
 
     let refused = batch::apply(&pool, &Devices, &events).await;
-    assert!(matches!(refused, Err(ProjectionError::Poison(_))));
+    assert!(
+        matches!(refused, Err(ProjectionError::Poison(_))),
+        "{refused:?}"
+    );
     assert_eq!(
         guard(&pool).await.unwrap_or(0),
         0,

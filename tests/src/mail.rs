@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use uuid::Uuid;
 
-use crate::eventually;
+use testkit::eventually;
 
 /// The SMTP sink.
 #[derive(Debug)]

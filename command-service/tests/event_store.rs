@@ -1,0 +1,343 @@
+//! The event store, driven directly with domain commands on a scratch database: a state loaded
+//! from a snapshot is the state a full replay gives, counters stay right across a snapshot, a
+//! snapshot that does not fit is ignored, and postgres-es reads what linkd writes.
+//!
+//! Commands reach the store only through `Fixture::execute`, and states come out of it only
+//! through `Fixture::load_and_replay` (events are read back with plain SQL), so that a change of
+//! the store's API is a change here in one place.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step should fail the test loudly"
+)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use command_service::store::snapshot::{self, SNAPSHOT_EVERY};
+use command_service::store::{EventStore, Loaded, Metadata};
+use cqrs_es::persist::PersistedEventStore;
+use domain::{
+    AccountId, Device, DeviceCommand, DeviceEvent, DeviceName, LinkAttemptId, LinkMethod,
+    MAX_SECRET_CODE_FAILURES, Platform, UnlinkReason,
+};
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+use testkit::{TestDatabase, eventually};
+use uuid::Uuid;
+
+const PEPPER: &[u8] = b"store-test-pepper-store-test-pepper";
+
+/// A migrated scratch event store, and one device linked to `anna` in it.
+struct Fixture {
+    store: EventStore,
+    pool: PgPool,
+    device_id: String,
+    link_id: LinkAttemptId,
+    /// Commands executed so far (each at its own instant).
+    commands: i64,
+    // Dropped last: the database outlives the pool.
+    _database: TestDatabase,
+}
+
+impl Fixture {
+    async fn with_linked_device() -> Self {
+        let database = TestDatabase::create("linkd_store_test").await.unwrap();
+        let pool = database.connect().await.unwrap();
+        sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+        let mut fixture = Self {
+            store: EventStore::new(pool.clone(), snapshot::key(PEPPER)),
+            pool,
+            device_id: Uuid::new_v4().to_string(),
+            link_id: LinkAttemptId(Uuid::new_v4()),
+            commands: 0,
+            _database: database,
+        };
+        let link = DeviceCommand::Link {
+            link_id: fixture.link_id,
+            account_id: AccountId("anna".into()),
+            device_name: DeviceName::parse("Anna's phone").unwrap(),
+            method: LinkMethod::Qr,
+            product: None,
+            platform: Platform::Android,
+            app_version: "2.4.1".into(),
+            at: fixture.at(),
+        };
+        fixture.execute(link).await;
+        fixture
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A new instant for each command, one second after the last.
+    fn at(&mut self) -> DateTime<Utc> {
+        self.commands += 1;
+        DateTime::from_timestamp(1_800_000_000 + self.commands, 0).unwrap()
+    }
+
+    /// Executes `command` on the device, as the app's credential would; the state it left.
+    async fn execute(&self, command: DeviceCommand) -> Device {
+        let metadata = Metadata {
+            actor: format!("device:{}", self.device_id),
+            request_id: Uuid::new_v4().to_string(),
+            account_id: Some("anna".into()),
+        };
+        let executed = match self.store.load::<Device>(&self.device_id).await {
+            Ok(loaded) => self.store.execute(loaded, command.clone(), &metadata).await,
+            Err(error) => Err(error),
+        };
+        match executed {
+            Ok(executed) => executed.state,
+            Err(error) => panic!("{command:?} failed: {error:?}"),
+        }
+    }
+
+    /// The device as a command would see it (snapshot and the events after it), and as a full
+    /// replay of its history gives it.
+    async fn load_and_replay(&self) -> (Device, Device) {
+        let loaded = self
+            .store
+            .load::<Device>(&self.device_id)
+            .await
+            .map(Loaded::into_state);
+        let replayed = self.store.replay::<Device>(&self.device_id).await;
+        match (loaded, replayed) {
+            (Ok(loaded), Ok(replayed)) => (loaded, replayed),
+            (loaded, replayed) => panic!("loading failed: {loaded:?}, replaying: {replayed:?}"),
+        }
+    }
+
+    /// Toggles biometrics until the device's history holds `events` events.
+    async fn grow_history(&mut self, events: i64) {
+        let mut enabled = false;
+        while self.sequence().await < events {
+            enabled = !enabled;
+            let at = self.at();
+            let command = DeviceCommand::SetBiometrics {
+                link_id: self.link_id,
+                enabled,
+                at,
+            };
+            self.execute(command).await;
+        }
+    }
+
+    /// A secret code check that failed; the state it left.
+    async fn wrong_code(&mut self) -> Device {
+        let at = self.at();
+        let command = DeviceCommand::RecordSecretCodeCheck {
+            link_id: self.link_id,
+            matches: false,
+            at,
+        };
+        self.execute(command).await
+    }
+
+    async fn sequence(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT coalesce(max(sequence), 0) FROM events \
+             WHERE aggregate_type = 'device' AND aggregate_id = $1",
+        )
+        .bind(&self.device_id)
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+
+    async fn snapshot_sequence(&self) -> Option<i64> {
+        sqlx::query_scalar(
+            "SELECT last_sequence FROM aggregate_snapshots \
+             WHERE aggregate_type = 'device' AND aggregate_id = $1",
+        )
+        .bind(&self.device_id)
+        .fetch_optional(self.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Waits until the background snapshot write has left a snapshot `at_least` that recent.
+    async fn wait_for_snapshot(&self, at_least: i64) -> i64 {
+        eventually(Duration::from_secs(10), "the snapshot", || async {
+            self.snapshot_sequence()
+                .await
+                .filter(|sequence| *sequence >= at_least)
+        })
+        .await
+    }
+
+    /// The device's events as linkd stored them, read with plain SQL.
+    async fn stored_events(&self) -> Vec<(usize, DeviceEvent, HashMap<String, String>)> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT sequence, payload::text, metadata::text FROM events \
+             WHERE aggregate_type = 'device' AND aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(&self.device_id)
+        .fetch_all(self.pool())
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(sequence, payload, metadata)| {
+                (
+                    usize::try_from(sequence).unwrap(),
+                    serde_json::from_str(&payload).unwrap(),
+                    serde_json::from_str(&metadata).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_failure_count_stays_right_across_a_snapshot() {
+    // Arrange: two events short of the first snapshot.
+    let mut device = Fixture::with_linked_device().await;
+    device.grow_history(SNAPSHOT_EVERY - 2).await;
+    assert_eq!(device.sequence().await, SNAPSHOT_EVERY - 2);
+
+    // Act: two wrong codes reach the snapshot; three more load from it.
+    for failures in 1..=2 {
+        let state = device.wrong_code().await;
+        assert_eq!(state.consecutive_failures(), failures);
+        assert!(state.linked_account().is_some(), "{state:?}");
+    }
+    assert_eq!(
+        device.wait_for_snapshot(SNAPSHOT_EVERY).await,
+        SNAPSHOT_EVERY
+    );
+    for failures in 3..MAX_SECRET_CODE_FAILURES {
+        let state = device.wrong_code().await;
+        assert_eq!(state.consecutive_failures(), failures);
+        assert!(state.linked_account().is_some(), "{state:?}");
+    }
+
+    // Assert: the fifth wrong code in a row, not the fourth or sixth, unlinks the device.
+    let state = device.wrong_code().await;
+    assert_eq!(state.linked_account(), None, "{state:?}");
+    let events = device.stored_events().await;
+    let last: Vec<&DeviceEvent> = events.iter().rev().take(2).map(|(_, e, _)| e).collect();
+    assert!(
+        matches!(
+            last[..],
+            [
+                DeviceEvent::DeviceUnlinked {
+                    reason: UnlinkReason::LockedOut,
+                    ..
+                },
+                DeviceEvent::SecretCodeFailed {
+                    consecutive_failures: MAX_SECRET_CODE_FAILURES,
+                    ..
+                },
+            ]
+        ),
+        "{last:?}"
+    );
+    let (loaded, replayed) = device.load_and_replay().await;
+    assert_eq!(loaded, replayed);
+    assert_eq!(loaded.linked_account(), None, "{loaded:?}");
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_fit_is_ignored() {
+    // Arrange: a history long enough for a snapshot.
+    let mut device = Fixture::with_linked_device().await;
+    device.grow_history(SNAPSHOT_EVERY + 3).await;
+    device.wait_for_snapshot(SNAPSHOT_EVERY).await;
+    let (loaded, truth) = device.load_and_replay().await;
+    assert_eq!(loaded, truth);
+
+    // Act + Assert: loads do use a snapshot that verifies (here one signed with the key).
+    let (sequence, chain_hash, schema): (i64, Vec<u8>, String) =
+        sqlx::query_as("SELECT last_sequence, chain_hash, schema FROM aggregate_snapshots")
+            .fetch_one(device.pool())
+            .await
+            .unwrap();
+    let forged = serde_json::to_string(&Device::default()).unwrap();
+    let header = snapshot::Header {
+        aggregate_type: "device",
+        aggregate_id: &device.device_id,
+        schema: &schema,
+        last_sequence: sequence,
+        chain_hash: &chain_hash,
+    };
+    let mac = snapshot::mac(&snapshot::key(PEPPER), header, &forged);
+    let mac: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    let loads = |set: String, payload: String| {
+        let device = &device;
+        async move {
+            sqlx::query(&format!("UPDATE aggregate_snapshots SET {set}"))
+                .bind(payload)
+                .execute(device.pool())
+                .await
+                .unwrap();
+            device.load_and_replay().await.0
+        }
+    };
+    let signed = format!("payload = $1::json, mac = '\\x{mac}'");
+    assert_ne!(loads(signed, forged.clone()).await, truth);
+
+    // One edited without the key (a failure count reset, say) fails its MAC: not used.
+    let edited = format!("{forged} ");
+    assert_eq!(loads("payload = $1::json".into(), edited).await, truth);
+
+    // One that no longer deserialises is replaced by a full replay.
+    let garbage = "\"garbage\"".to_owned();
+    assert_eq!(loads("payload = $1::json".into(), garbage).await, truth);
+
+    // A readable snapshot of another shape (an older build's) is not used either.
+    let other_shape = "payload = $1::json, schema = 'v0:0000'".to_owned();
+    assert_eq!(loads(other_shape, forged).await, truth);
+
+    // And the device still works: its next command is decided on the true state (the forged,
+    // unlinked one would refuse it: credential revoked).
+    let at = device.at();
+    let command = DeviceCommand::RecordSecretCodeCheck {
+        link_id: device.link_id,
+        matches: true,
+        at,
+    };
+    let state = device.execute(command).await;
+    assert_eq!(state.link_id(), Some(device.link_id), "{state:?}");
+    let events = device.stored_events().await;
+    assert!(
+        matches!(
+            events.last(),
+            Some((_, DeviceEvent::SecretCodeVerified { .. }, _))
+        ),
+        "{:?}",
+        events.last()
+    );
+}
+
+#[tokio::test]
+async fn postgres_es_reads_what_linkd_writes() {
+    // Arrange
+    let mut device = Fixture::with_linked_device().await;
+    device.grow_history(5).await;
+
+    // Act
+    let theirs: PersistedEventStore<PostgresEventRepository, Device> =
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(device.pool().clone()));
+    let their_state = cqrs_es::EventStore::load_aggregate(&theirs, &device.device_id)
+        .await
+        .unwrap();
+    let their_events: Vec<(usize, DeviceEvent, HashMap<String, String>)> =
+        cqrs_es::EventStore::load_events(&theirs, &device.device_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|envelope| (envelope.sequence, envelope.payload, envelope.metadata))
+            .collect();
+    let our_events = device.stored_events().await;
+
+    // Assert: the same state, and the same five events, one by one.
+    assert_eq!(their_state.aggregate, device.load_and_replay().await.0);
+    assert_eq!(their_events.len(), 5, "{their_events:#?}");
+    assert_eq!(our_events.len(), 5, "{our_events:#?}");
+    assert_eq!(their_events, our_events);
+    for (_, _, metadata) in &our_events {
+        assert!(metadata.contains_key("actor"), "{metadata:?}");
+    }
+}

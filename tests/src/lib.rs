@@ -1,0 +1,34 @@
+//! The harness behind the end-to-end tests (`e2e/`): linkd's services in this process on port 0
+//! ([`spawn_app`]: the command service; [`spawn_system`]: both services and the relay between
+//! them), typed gRPC clients on [`TestApp`], development keys for the identity provider and
+//! LuxTrust, the flows most tests start from ([`TestApp::link_by_qr`] …), and a real SMTP server
+//! for the email tests ([`mail`]).
+//!
+//! Scratch databases, streams and nats-servers come from `testkit` (re-exported here, so that
+//! scenarios need only `e2e::…`); every test gets its own, removed when its [`TestApp`] drops.
+//! White-box tests of one service belong in that service's `tests/`, not here.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test harness: a broken environment should fail the test loudly"
+)]
+
+mod app;
+mod flows;
+mod inspect;
+mod keys;
+pub mod mail;
+mod servers;
+mod settings;
+
+pub use app::{
+    TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_with,
+    spawn_system_with_mail,
+};
+pub use flows::{CODE, Clients, Linked};
+pub use keys::bearer;
+pub use servers::{
+    CommandServer, ReadSide, run_command_service, spawn_read_side, spawn_read_side_with,
+};
+pub use settings::{projection_settings, test_settings};
+pub use testkit::{OwnNats, TestDatabase, TestStream, admin_url, eventually, nats_url};

@@ -1,0 +1,106 @@
+//! One service instance running in this process: the command service ([`CommandServer`]) or the
+//! projection service ([`ReadSide`]), each stopped when dropped.
+
+use command_service::Application;
+use command_service::Settings;
+use proto::v1::device_query_service_client::DeviceQueryServiceClient;
+use sqlx::PgPool;
+use testkit::TestStream;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use crate::settings::projection_settings;
+
+/// A command service instance running in this process.
+#[derive(Debug)]
+pub struct CommandServer {
+    /// A channel to it.
+    pub channel: Channel,
+    /// Its pool.
+    pub pool: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for CommandServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.server.abort();
+    }
+}
+
+/// Starts a command service instance with `settings` (and an optional relay crash point).
+pub async fn run_command_service(
+    settings: Settings,
+    crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> CommandServer {
+    let mut app = Application::build(settings)
+        .await
+        .expect("building the command service");
+    if let Some(flag) = crash_point {
+        app = app.with_relay_crash_point(flag);
+    }
+    let addr = app.local_addr();
+    let pool = app.pool();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a channel URL")
+        .connect()
+        .await
+        .expect("connecting to the command service");
+    CommandServer {
+        channel,
+        pool,
+        shutdown: Some(shutdown),
+        server,
+    }
+}
+
+/// A running projection service with its own database.
+#[derive(Debug)]
+pub struct ReadSide {
+    /// The query client.
+    pub queries: DeviceQueryServiceClient<Channel>,
+    /// The raw channel.
+    pub channel: Channel,
+    /// The read-model database.
+    pub pool: PgPool,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Starts a projection service on `database_url`, consuming `stream`.
+pub async fn spawn_read_side(database_url: String, stream: &TestStream) -> ReadSide {
+    spawn_read_side_with(projection_settings(database_url, stream)).await
+}
+
+/// Starts a projection service with `settings`.
+pub async fn spawn_read_side_with(settings: projection_service::Settings) -> ReadSide {
+    let app = projection_service::Application::build(settings)
+        .await
+        .expect("building the projection service");
+    let addr = app.local_addr();
+    let pool = app.pool();
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a channel URL")
+        .connect()
+        .await
+        .expect("connecting to the projection service");
+    ReadSide {
+        queries: DeviceQueryServiceClient::new(channel.clone()),
+        channel,
+        pool,
+        server,
+    }
+}

@@ -1,0 +1,67 @@
+//! The services' settings in tests: loopback port 0, development keys, short timeouts, and the
+//! test's own database and stream.
+
+use std::time::Duration;
+
+use command_service::Settings;
+use command_service::config::Redacted;
+use testkit::{TestStream, nats_url};
+
+use crate::keys::keys;
+
+/// The settings a test app starts with; tests may change them before `spawn_app_with`.
+pub fn test_settings(database_url: String) -> Settings {
+    let keys = keys();
+    Settings {
+        grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        database_url: Redacted(database_url),
+        db_max_connections: 10,
+        idp_public_keys_file: keys.idp_public.clone(),
+        idp_audience: linkctl::dev::PORTAL_AUDIENCE.into(),
+        idp_issuer: None,
+        luxtrust_public_keys_file: keys.luxtrust_public.clone(),
+        luxtrust_audience: linkctl::dev::LUXTRUST_AUDIENCE.into(),
+        secret_code_pepper: Redacted(b"e2e-pepper-e2e-pepper-e2e-pepper".to_vec()),
+        qr_ttl: Duration::from_secs(120),
+        link_attempt_ttl: Duration::from_secs(600),
+        reauth_max_age: Duration::from_secs(300),
+        nats_url: nats_url(),
+        stream: "UNUSED".into(),
+        subject_prefix: "unused".into(),
+        relay_enabled: false,
+    }
+}
+
+/// The projection service's settings for a test.
+pub fn projection_settings(
+    database_url: String,
+    stream: &TestStream,
+) -> projection_service::Settings {
+    let keys = keys();
+    projection_service::Settings {
+        grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        database_url,
+        nats_url: stream.nats_url.clone(),
+        stream: stream.name.clone(),
+        subject_prefix: stream.prefix.clone(),
+        consumer_prefix: "linkd-test".into(),
+        idp_public_keys_file: keys.idp_public.clone(),
+        idp_audience: linkctl::dev::PORTAL_AUDIENCE.into(),
+        idp_issuer: None,
+        reauth_max_age: Duration::from_secs(300),
+        email: projection_service::email::EmailSettings {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 1,
+            smtp_tls: projection_service::email::SmtpTls::None,
+            smtp_credentials: None,
+            sender: "usermanagement@security.public.lu".into(),
+            default_language: "en".into(),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(50),
+            max_event_age: Duration::from_secs(24 * 3600),
+            crash_after_send: None,
+        },
+        email_enabled: false,
+        event_store_url: None,
+    }
+}
