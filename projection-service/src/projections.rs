@@ -10,7 +10,11 @@ pub mod devices;
 pub mod notifier;
 pub mod replay;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
+
 use prost::Message as _;
+use proto::convert::{self, Unknown};
 use proto::v1::EventEnvelope;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -48,6 +52,13 @@ pub enum ProjectionError {
     /// The message can never be applied (undecodable or inconsistent): park it.
     #[error("poison: {0}")]
     Poison(String),
+}
+
+/// An event naming a value this build does not know cannot be applied (proto::convert's rule).
+impl From<Unknown> for ProjectionError {
+    fn from(unknown: Unknown) -> Self {
+        Self::Poison(unknown.to_string())
+    }
 }
 
 /// A read model fed by events.
@@ -98,7 +109,7 @@ pub fn event_time(
     timestamp: Option<&prost_types::Timestamp>,
 ) -> Result<chrono::DateTime<chrono::Utc>, ProjectionError> {
     timestamp
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .and_then(convert::datetime)
         .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
 }
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use proto::convert::{TextForm as _, aggregate, text};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -61,6 +62,9 @@ pub struct DeviceRow {
     pub unlink_reason: Option<String>,
 }
 
+#[cfg(test)]
+mod tests;
+
 /// What one event does to its device's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -84,7 +88,7 @@ pub enum Change {
 /// The device `event` is about and what it does to the device's row (`None`: an event of another
 /// aggregate type), or poison if it can never apply.
 pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
-    if event.aggregate_type != "device" {
+    if event.aggregate_type != aggregate::DEVICE {
         return Ok(None);
     }
     let device_id = uuid("aggregate_id", &event.aggregate_id)?;
@@ -93,43 +97,24 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
     };
     let change = match payload {
         Event::DeviceLinked(linked) => {
-            let method = match v1::LinkMethod::try_from(linked.method) {
-                Ok(v1::LinkMethod::Qr) => "qr",
-                Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
-                Ok(v1::LinkMethod::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown link method".into()));
-                }
+            let product_kind = match &linked.product {
+                Some(product) => Some(v1::ProductKind::text_of(product.kind)?),
+                None => None,
             };
-            let platform = match v1::Platform::try_from(linked.platform) {
-                Ok(v1::Platform::Ios) => "ios",
-                Ok(v1::Platform::Android) => "android",
-                Ok(v1::Platform::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown platform".into()));
-                }
-            };
-            let kind = linked
-                .product
-                .as_ref()
-                .map(|p| match v1::ProductKind::try_from(p.kind) {
-                    Ok(v1::ProductKind::LuxtrustScan) => "scan",
-                    Ok(v1::ProductKind::LuxtrustMobile | v1::ProductKind::Unspecified) | Err(_) => {
-                        "mobile"
-                    }
-                });
             Change::Linked(Box::new(DeviceRow {
                 device_id,
                 account_id: event.account_id.clone(),
                 link_id: uuid("link_id", &linked.link_id)?,
                 name: linked.device_name.clone(),
-                method: method.into(),
-                product_kind: kind.map(Into::into),
+                method: v1::LinkMethod::text_of(linked.method)?.into(),
+                product_kind: product_kind.map(Into::into),
                 product_serial: linked.product.as_ref().map(|p| p.serial.clone()),
-                platform: platform.into(),
+                platform: v1::Platform::text_of(linked.platform)?.into(),
                 app_version: linked.app_version.clone(),
                 linked_at: event_time(linked.at.as_ref())?,
                 last_used_at: None,
                 biometrics_enabled: false,
-                status: "linked".into(),
+                status: text::LINKED.into(),
                 unlinked_at: None,
                 unlink_reason: None,
             }))
@@ -137,20 +122,10 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
         Event::BiometricsEnabled(_) => Change::Biometrics(true),
         Event::BiometricsSkipped(_) | Event::BiometricsDisabled(_) => Change::Biometrics(false),
         Event::SecretCodeVerified(verified) => Change::Used(event_time(verified.at.as_ref())?),
-        Event::DeviceUnlinked(unlinked) => {
-            let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
-                Ok(v1::UnlinkReason::FromDevice) => "from_device",
-                Ok(v1::UnlinkReason::FromPortal) => "from_portal",
-                Ok(v1::UnlinkReason::LockedOut) => "locked_out",
-                Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown unlink reason".into()));
-                }
-            };
-            Change::Unlinked {
-                at: event_time(unlinked.at.as_ref())?,
-                reason,
-            }
-        }
+        Event::DeviceUnlinked(unlinked) => Change::Unlinked {
+            reason: v1::UnlinkReason::text_of(unlinked.reason)?,
+            at: event_time(unlinked.at.as_ref())?,
+        },
         Event::SecretCodeFailed(_)
         | Event::AccountRegistered(_)
         | Event::AccountEmailChanged(_)
@@ -183,7 +158,7 @@ impl Change {
                 true
             }
             (Self::Unlinked { at, reason }, Some(row)) => {
-                row.status = "unlinked".into();
+                row.status = text::UNLINKED.into();
                 row.unlinked_at = Some(at);
                 row.unlink_reason = Some(reason.into());
                 true
@@ -287,7 +262,7 @@ impl BatchProjector for Devices {
     ) -> Result<DeviceRows, ProjectionError> {
         let ids: Vec<Uuid> = aggregates
             .iter()
-            .filter(|(aggregate_type, _)| *aggregate_type == "device")
+            .filter(|(aggregate_type, _)| *aggregate_type == aggregate::DEVICE)
             .filter_map(|(_, id)| Uuid::try_parse(id).ok())
             .collect();
         let rows: Vec<DeviceRow> = sqlx::query_as(

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
+use proto::convert;
 use proto::v1::EventEnvelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -49,7 +50,7 @@ enum Key {
 
 impl Replayed {
     fn key(aggregate: &Aggregate) -> Key {
-        if aggregate.0 == "device"
+        if aggregate.0 == convert::aggregate::DEVICE
             && let Ok(id) = Uuid::try_parse(&aggregate.1)
             && *id.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == *aggregate.1
         {
@@ -93,7 +94,7 @@ impl Replayed {
         for (id, position) in &mut self.devices {
             if position.applied > position.stored {
                 let id = id.hyphenated().to_string();
-                pending.push(("device".to_owned(), id, position.applied));
+                pending.push((convert::aggregate::DEVICE.to_owned(), id, position.applied));
                 position.stored = position.applied;
             }
             if pending.len() == chunk {
