@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use proto::convert::{TextForm as _, datetime, timestamp};
 use proto::v1::audit_service_server::AuditService;
 use proto::v1::{
     self, AuditEvent, DeviceAt, DevicesAtRequest, DevicesAtResponse, ExportHistoryRequest,
@@ -43,20 +44,12 @@ struct Row {
     details: serde_json::Value,
 }
 
-fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 fn from_ts(
     field: &str,
     at: Option<&prost_types::Timestamp>,
 ) -> Result<Option<DateTime<Utc>>, Status> {
     at.map(|t| {
-        DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(u32::MAX))
-            .ok_or_else(|| Status::invalid_argument(format!("{field} is not a valid time")))
+        datetime(t).ok_or_else(|| Status::invalid_argument(format!("{field} is not a valid time")))
     })
     .transpose()
 }
@@ -70,7 +63,7 @@ impl From<Row> for AuditEvent {
             aggregate_id: row.aggregate_id,
             sequence: row.sequence,
             event_type: row.event_type,
-            occurred_at: Some(ts(row.occurred_at)),
+            occurred_at: Some(timestamp(row.occurred_at)),
             actor: row.actor,
             request_id: row.request_id,
             account_id: row.account_id,
@@ -293,11 +286,7 @@ impl AuditService for Audits {
         let devices = rows
             .into_iter()
             .map(|(device_id, _, linked_at, event_id, details)| {
-                let method = match details.get("method").and_then(serde_json::Value::as_str) {
-                    Some("qr") => v1::LinkMethod::Qr,
-                    Some("luxtrust") => v1::LinkMethod::Luxtrust,
-                    _ => v1::LinkMethod::Unspecified,
-                };
+                let method = details.get("method").and_then(serde_json::Value::as_str);
                 DeviceAt {
                     device_id,
                     name: details
@@ -305,8 +294,9 @@ impl AuditService for Audits {
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()
                         .to_owned(),
-                    method: method.into(),
-                    linked_at: Some(ts(linked_at)),
+                    method: method
+                        .map_or(v1::LinkMethod::Unspecified.into(), v1::LinkMethod::answer),
+                    linked_at: Some(timestamp(linked_at)),
                     linked_by_event_id: event_id,
                 }
             })

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use identity::{KeySet, PortalClaims};
 use proto::consistency::ConsistencyToken;
+use proto::convert::{TextForm as _, aggregate, timestamp};
 use proto::v1::device_query_service_server::DeviceQueryService;
 use proto::v1::{
     self, DeviceStatus, DeviceView, GetDeviceRequest, ListDevicesRequest, ListDevicesResponse,
@@ -53,57 +54,30 @@ struct DeviceRow {
 const COLUMNS: &str = "device_id, name, method, product_kind, product_serial, platform, \
     app_version, linked_at, last_used_at, biometrics_enabled, status, unlinked_at, unlink_reason";
 
-fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
+/// A stored row as the holder sees it. A stored text this build does not know answers
+/// `*_UNSPECIFIED` (proto::convert's rule), never a guess.
 impl From<DeviceRow> for DeviceView {
     fn from(row: DeviceRow) -> Self {
-        let method = match row.method.as_str() {
-            "qr" => v1::LinkMethod::Qr,
-            _ => v1::LinkMethod::Luxtrust,
-        };
         let product = row.product_kind.map(|kind| v1::LuxTrustProduct {
-            kind: if kind == "scan" {
-                v1::ProductKind::LuxtrustScan
-            } else {
-                v1::ProductKind::LuxtrustMobile
-            }
-            .into(),
+            kind: v1::ProductKind::answer(&kind),
             serial: row.product_serial.unwrap_or_default(),
         });
-        let platform = if row.platform == "ios" {
-            v1::Platform::Ios
-        } else {
-            v1::Platform::Android
-        };
-        let status = if row.status == "linked" {
-            DeviceStatus::Linked
-        } else {
-            DeviceStatus::Unlinked
-        };
-        let unlink_reason = match row.unlink_reason.as_deref() {
-            Some("from_device") => v1::UnlinkReason::FromDevice,
-            Some("from_portal") => v1::UnlinkReason::FromPortal,
-            Some("locked_out") => v1::UnlinkReason::LockedOut,
-            _ => v1::UnlinkReason::Unspecified,
-        };
         Self {
             device_id: row.device_id.to_string(),
             name: row.name,
-            method: method.into(),
+            method: v1::LinkMethod::answer(&row.method),
             product,
-            linked_at: Some(ts(row.linked_at)),
-            last_used_at: row.last_used_at.map(ts),
+            linked_at: Some(timestamp(row.linked_at)),
+            last_used_at: row.last_used_at.map(timestamp),
             biometrics_enabled: row.biometrics_enabled,
-            platform: platform.into(),
+            platform: v1::Platform::answer(&row.platform),
             app_version: row.app_version,
-            status: status.into(),
-            unlinked_at: row.unlinked_at.map(ts),
-            unlink_reason: unlink_reason.into(),
+            status: DeviceStatus::answer(&row.status),
+            unlinked_at: row.unlinked_at.map(timestamp),
+            unlink_reason: row.unlink_reason.as_deref().map_or(
+                v1::UnlinkReason::Unspecified.into(),
+                v1::UnlinkReason::answer,
+            ),
         }
     }
 }
@@ -163,12 +137,20 @@ impl Queries {
                     Status::invalid_argument(e.to_string())
                 })?;
         let started = tokio::time::Instant::now();
-        for written in token.0.iter().filter(|w| w.aggregate_type == "device") {
+        let devices = token
+            .0
+            .iter()
+            .filter(|w| w.aggregate_type == aggregate::DEVICE);
+        for written in devices {
             loop {
-                let applied =
-                    applied_sequence(&self.pool, devices::NAME, "device", &written.aggregate_id)
-                        .await
-                        .map_err(|e| internal(&e))?;
+                let applied = applied_sequence(
+                    &self.pool,
+                    devices::NAME,
+                    aggregate::DEVICE,
+                    &written.aggregate_id,
+                )
+                .await
+                .map_err(|e| internal(&e))?;
                 if applied >= written.sequence {
                     break;
                 }
@@ -302,5 +284,60 @@ impl DeviceQueryService for Queries {
                 "no device {device_id} was ever linked to your account"
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(edit: impl FnOnce(&mut DeviceRow)) -> DeviceRow {
+        let mut row = DeviceRow {
+            device_id: Uuid::nil(),
+            name: "Anna's phone".into(),
+            method: "luxtrust".into(),
+            product_kind: Some("scan".into()),
+            product_serial: Some("S-1".into()),
+            platform: "ios".into(),
+            app_version: "1.0".into(),
+            linked_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            last_used_at: None,
+            biometrics_enabled: false,
+            status: "unlinked".into(),
+            unlinked_at: DateTime::from_timestamp(1_800_000_100, 0),
+            unlink_reason: Some("locked_out".into()),
+        };
+        edit(&mut row);
+        row
+    }
+
+    #[test]
+    fn a_stored_row_answers_its_values() {
+        let view = DeviceView::from(row(|_| {}));
+        assert_eq!(view.method, i32::from(v1::LinkMethod::Luxtrust));
+        let product = view.product.unwrap();
+        assert_eq!(product.kind, i32::from(v1::ProductKind::LuxtrustScan));
+        assert_eq!(product.serial, "S-1");
+        assert_eq!(view.platform, i32::from(v1::Platform::Ios));
+        assert_eq!(view.status, i32::from(DeviceStatus::Unlinked));
+        assert_eq!(view.unlink_reason, i32::from(v1::UnlinkReason::LockedOut));
+    }
+
+    #[test]
+    fn a_stored_text_this_build_does_not_know_answers_unspecified() {
+        let view = DeviceView::from(row(|row| {
+            row.method = "bogus".into();
+            row.product_kind = Some("bogus".into());
+            row.platform = "bogus".into();
+            row.status = "bogus".into();
+            row.unlink_reason = Some("bogus".into());
+        }));
+        assert_eq!(view.method, i32::from(v1::LinkMethod::Unspecified));
+        let product = view.product.unwrap();
+        assert_eq!(product.kind, i32::from(v1::ProductKind::Unspecified));
+        assert_eq!(product.serial, "S-1");
+        assert_eq!(view.platform, i32::from(v1::Platform::Unspecified));
+        assert_eq!(view.status, i32::from(DeviceStatus::Unspecified));
+        assert_eq!(view.unlink_reason, i32::from(v1::UnlinkReason::Unspecified));
     }
 }
