@@ -62,10 +62,8 @@ pub fn bearer<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
 
 /// A protobuf timestamp as RFC 3339, or `-`.
 pub fn format_time(at: Option<&prost_types::Timestamp>) -> String {
-    at.and_then(|at| {
-        chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
-    })
-    .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+    at.and_then(proto::convert::datetime)
+        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
 }
 
 /// One line about a device, for people.
