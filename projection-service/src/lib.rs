@@ -5,14 +5,15 @@
 //! It must never write to the event store, and never trust delivery order or uniqueness:
 //! JetStream delivers at least once.
 
-pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod email;
-pub mod grpc;
+mod grpc;
 pub mod projections;
+mod read;
 pub mod rebuild;
 pub mod startup;
+mod status;
 
 pub use config::Settings;
 pub use startup::Application;
