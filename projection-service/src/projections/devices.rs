@@ -15,6 +15,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{BatchProjector, ProjectionError, Projector, event_time};
+use crate::read::devices::{COLUMNS, DeviceRow};
 
 /// Projects `device` events into `devices`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,47 +28,12 @@ fn uuid(field: &str, raw: &str) -> Result<Uuid, ProjectionError> {
     Uuid::try_parse(raw).map_err(|_| ProjectionError::Poison(format!("{field} is not a UUID")))
 }
 
-/// A row of `devices`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct DeviceRow {
-    /// The device (aggregate id).
-    pub device_id: Uuid,
-    /// The account it is (or was last) linked to.
-    pub account_id: String,
-    /// Its current (or last) link.
-    pub link_id: Uuid,
-    /// Its name.
-    pub name: String,
-    /// `qr` or `luxtrust`.
-    pub method: String,
-    /// `mobile` or `scan`, for LuxTrust links.
-    pub product_kind: Option<String>,
-    /// The LuxTrust product's serial.
-    pub product_serial: Option<String>,
-    /// `ios` or `android`.
-    pub platform: String,
-    /// The app's version when linked.
-    pub app_version: String,
-    /// When the link completed.
-    pub linked_at: DateTime<Utc>,
-    /// The last correct secret code.
-    pub last_used_at: Option<DateTime<Utc>>,
-    /// Biometric unlocking on.
-    pub biometrics_enabled: bool,
-    /// `linked` or `unlinked`.
-    pub status: String,
-    /// When it was unlinked.
-    pub unlinked_at: Option<DateTime<Utc>>,
-    /// `from_device`, `from_portal` or `locked_out`.
-    pub unlink_reason: Option<String>,
-}
-
 #[cfg(test)]
 mod tests;
 
 /// What one event does to its device's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// (Re)linked: the row becomes this one, whatever it was.
     Linked(Box<DeviceRow>),
     /// Biometrics turned on (`true`) or off; no row, no change.
@@ -87,7 +53,7 @@ pub enum Change {
 
 /// The device `event` is about and what it does to the device's row (`None`: an event of another
 /// aggregate type), or poison if it can never apply.
-pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
+pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
     if event.aggregate_type != aggregate::DEVICE {
         return Ok(None);
     }
@@ -143,7 +109,7 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
 impl Change {
     /// Applies the change to a row in memory, as the statements of [`Devices::apply`] do to the
     /// table (an `UPDATE` of a missing row changes nothing). Returns whether the row changed.
-    pub fn apply_to(self, row: &mut Option<DeviceRow>) -> bool {
+    pub(crate) fn apply_to(self, row: &mut Option<DeviceRow>) -> bool {
         match (self, row.as_mut()) {
             (Self::Linked(linked), _) => {
                 *row = Some(*linked);
@@ -265,11 +231,9 @@ impl BatchProjector for Devices {
             .filter(|(aggregate_type, _)| *aggregate_type == aggregate::DEVICE)
             .filter_map(|(_, id)| Uuid::try_parse(id).ok())
             .collect();
-        let rows: Vec<DeviceRow> = sqlx::query_as(
-            "SELECT device_id, account_id, link_id, name, method, product_kind, product_serial, \
-             platform, app_version, linked_at, last_used_at, biometrics_enabled, status, \
-             unlinked_at, unlink_reason FROM devices WHERE device_id = ANY($1)",
-        )
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM devices WHERE device_id = ANY($1)"
+        ))
         .bind(&ids)
         .fetch_all(connection)
         .await?;
@@ -305,10 +269,9 @@ impl BatchProjector for Devices {
         }
         let column = |f: fn(&DeviceRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
         let optional = |f: fn(&DeviceRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(
-            "INSERT INTO devices (device_id, account_id, link_id, name, method, product_kind, \
-             product_serial, platform, app_version, linked_at, last_used_at, biometrics_enabled, \
-             status, unlinked_at, unlink_reason) \
+        // The arrays bind in COLUMNS' order.
+        sqlx::query(&format!(
+            "INSERT INTO devices ({COLUMNS}) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::bool[], $13::text[], $14::timestamptz[], $15::text[]) \
@@ -318,8 +281,8 @@ impl BatchProjector for Devices {
              platform = EXCLUDED.platform, app_version = EXCLUDED.app_version, \
              linked_at = EXCLUDED.linked_at, last_used_at = EXCLUDED.last_used_at, \
              biometrics_enabled = EXCLUDED.biometrics_enabled, status = EXCLUDED.status, \
-             unlinked_at = EXCLUDED.unlinked_at, unlink_reason = EXCLUDED.unlink_reason",
-        )
+             unlinked_at = EXCLUDED.unlinked_at, unlink_reason = EXCLUDED.unlink_reason"
+        ))
         .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
         .bind(column(|r| &r.account_id))
         .bind(rows.iter().map(|r| r.link_id).collect::<Vec<_>>())
