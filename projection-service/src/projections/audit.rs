@@ -13,11 +13,11 @@ use super::{ProjectionError, Projector, event_time};
 mod tests;
 
 /// The projector's name.
-pub const NAME: &str = "audit";
+pub(crate) const NAME: &str = "audit";
 
 /// Projects every event into `audit_log`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AuditLog;
+pub(crate) struct AuditLog;
 
 fn product(product: Option<&v1::LuxTrustProduct>) -> Result<serde_json::Value, ProjectionError> {
     Ok(match product {

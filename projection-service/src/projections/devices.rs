@@ -1,9 +1,11 @@
 //! The device read model: every device with its current (or last) link, for the holder's list
 //! and for "is this device linked, and to which account".
 //!
-//! What an event does to its row is decided once, by [`change`]; the live path turns that into
+//! What an event does to its row is decided once, by `change`; the live path turns that into
 //! one statement per event ([`Projector::apply`]), the rebuild folds many events into rows in
-//! memory and writes them back in bulk ([`BatchProjector`]).
+//! memory and writes them back in bulk (`BatchProjector`). The row type and its columns are
+//! `read::devices`'s, which the queries read; an event naming a value this build does
+//! not know is poison (`proto::convert`'s rule).
 
 use std::collections::HashMap;
 
@@ -22,7 +24,7 @@ use crate::read::devices::{COLUMNS, DeviceRow};
 pub struct Devices;
 
 /// The projector's name (guard key, consumer suffix).
-pub const NAME: &str = "devices";
+pub(crate) const NAME: &str = "devices";
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, ProjectionError> {
     Uuid::try_parse(raw).map_err(|_| ProjectionError::Poison(format!("{field} is not a UUID")))
@@ -214,7 +216,7 @@ impl Projector for Devices {
 
 /// The rows of one batch's devices, as loaded (`None`: no row yet) and folded.
 #[derive(Debug, Default)]
-pub struct DeviceRows {
+pub(crate) struct DeviceRows {
     rows: HashMap<Uuid, (Option<DeviceRow>, bool)>,
 }
 

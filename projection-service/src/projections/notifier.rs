@@ -14,19 +14,19 @@ use crate::email::{Templates, luxembourg_time, message_id};
 mod tests;
 
 /// The projector's name.
-pub const NAME: &str = "notifier";
+pub(crate) const NAME: &str = "notifier";
 
 /// Queues the emails the help page promises.
 #[derive(Debug, Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     /// Email texts.
-    pub templates: Templates,
+    pub(crate) templates: Templates,
     /// The From address (the Message-ID's domain comes from it).
-    pub sender: String,
+    pub(crate) sender: String,
     /// Language for accounts registered without one of ours.
-    pub default_language: String,
+    pub(crate) default_language: String,
     /// Events older than this queue no email.
-    pub max_event_age: std::time::Duration,
+    pub(crate) max_event_age: std::time::Duration,
 }
 
 struct Queued<'a> {
