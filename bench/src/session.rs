@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use linkctl::client::{Clients, bearer};
 use linkctl::dev::DevKeys;
+use proto::convert::text;
 use proto::v1;
 use uuid::Uuid;
 
@@ -176,7 +177,7 @@ impl Session {
     ) -> Result<(), Failure> {
         let assertion = self.keys.luxtrust_assertion(
             account,
-            "mobile",
+            text::MOBILE,
             &serial_of(account),
             &start.luxtrust_nonce,
         )?;

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+use proto::convert::TextForm as _;
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::{self, AuditEvent};
 use serde_json::json;
@@ -77,10 +78,7 @@ fn timestamp(field: &str, raw: &str) -> anyhow::Result<prost_types::Timestamp> {
     let at = chrono::DateTime::parse_from_rfc3339(raw).with_context(|| {
         format!("--{field} must be an RFC 3339 time, e.g. 2026-03-03T18:00:00+01:00")
     })?;
-    Ok(prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    })
+    Ok(proto::convert::timestamp(at.with_timezone(&chrono::Utc)))
 }
 
 fn write_event(out: &mut impl Write, event: &AuditEvent, as_json: bool) -> std::io::Result<()> {
@@ -184,11 +182,7 @@ pub async fn run(
                 .await?
                 .into_inner();
             for device in &reply.devices {
-                let method = match v1::LinkMethod::try_from(device.method) {
-                    Ok(v1::LinkMethod::Qr) => "qr",
-                    Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
-                    Ok(v1::LinkMethod::Unspecified) | Err(_) => "?",
-                };
+                let method = v1::LinkMethod::text_of(device.method).unwrap_or("?");
                 if json {
                     let line = json!({
                         "device_id": device.device_id, "name": device.name, "method": method,

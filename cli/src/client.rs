@@ -62,14 +62,13 @@ pub fn bearer<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
 
 /// A protobuf timestamp as RFC 3339, or `-`.
 pub fn format_time(at: Option<&prost_types::Timestamp>) -> String {
-    at.and_then(|at| {
-        chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
-    })
-    .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+    at.and_then(proto::convert::datetime)
+        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
 }
 
 /// One line about a device, for people.
 pub fn describe(device: &proto::v1::DeviceView) -> String {
+    use proto::convert::TextForm as _;
     use proto::v1::{DeviceStatus, LinkMethod};
     let method = match LinkMethod::try_from(device.method) {
         Ok(LinkMethod::Qr) => "QR code".to_owned(),
@@ -83,11 +82,8 @@ pub fn describe(device: &proto::v1::DeviceView) -> String {
         ),
         Ok(LinkMethod::Unspecified) | Err(_) => "?".to_owned(),
     };
-    let status = match DeviceStatus::try_from(device.status) {
-        Ok(DeviceStatus::Linked) => "linked",
-        Ok(DeviceStatus::Unlinked) => "unlinked",
-        Ok(DeviceStatus::Unspecified) | Err(_) => "?",
-    };
+    // `linked` / `unlinked`; `?` for a status this build does not know.
+    let status = DeviceStatus::text_of(device.status).unwrap_or("?");
     format!(
         "{}  {:<20} {status:<8} via {method}, linked {}, biometrics {}, last used {}",
         device.device_id,

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, reason = "the demo narrates to the terminal")]
 
 use anyhow::Context as _;
+use proto::convert::text;
 use proto::v1;
 use uuid::Uuid;
 
@@ -139,7 +140,8 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         10,
         "The holder authenticates with LuxTrust Mobile (the assertion carries the attempt's nonce).",
     );
-    let assertion = keys.luxtrust_assertion(&account, "mobile", serial, &start.luxtrust_nonce)?;
+    let assertion =
+        keys.luxtrust_assertion(&account, text::MOBILE, serial, &start.luxtrust_nonce)?;
     let request = v1::AuthenticateWithLuxTrustRequest {
         link_token: start.link_token.clone(),
         assertion,

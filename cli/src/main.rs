@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use linkctl::client::{Clients, bearer};
 use linkctl::{demo, dev};
+use proto::convert::text;
 use proto::v1;
 
 /// A gRPC client for linkd.
@@ -252,10 +253,11 @@ enum TokenKind {
     },
 }
 
+/// The LuxTrust assertion's `product_kind` claim.
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
-        Kind::Mobile => "mobile",
-        Kind::Scan => "scan",
+        Kind::Mobile => text::MOBILE,
+        Kind::Scan => text::SCAN,
     }
 }
 

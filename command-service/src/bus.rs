@@ -5,13 +5,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use domain::{
-    AccountEvent, DeviceEvent, LinkAttemptEvent, LinkMethod, LinkQrEvent, LuxTrustProduct,
-    Platform, ProductKind, UnlinkReason,
-};
+use domain::{AccountEvent, DeviceEvent, LinkAttemptEvent, LinkQrEvent};
+use proto::convert::{aggregate, timestamp};
 use proto::v1::{self, event_envelope::Event};
-
-use crate::grpc::timestamp;
 
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -70,15 +66,15 @@ impl StoredEvent {
             .map_err(|e| unpublishable(format!("metadata: {e}")))?;
         let payload = self.payload.clone();
         let event = match self.aggregate_type.as_str() {
-            "account" => serde_json::from_value(payload).map(account_event),
-            "link_qr" => serde_json::from_value(payload).map(|event| qr_event(&event)),
-            "link_attempt" => serde_json::from_value(payload).map(attempt_event),
-            "device" => serde_json::from_value(payload).map(device_event),
+            aggregate::ACCOUNT => serde_json::from_value(payload).map(account_event),
+            aggregate::LINK_QR => serde_json::from_value(payload).map(|event| qr_event(&event)),
+            aggregate::LINK_ATTEMPT => serde_json::from_value(payload).map(attempt_event),
+            aggregate::DEVICE => serde_json::from_value(payload).map(device_event),
             other => return Err(unpublishable(format!("unknown aggregate type {other}"))),
         }
         .map_err(|e| unpublishable(format!("payload: {e}")))?;
         let account_id = metadata.get("account_id").cloned().unwrap_or_else(|| {
-            if self.aggregate_type == "account" {
+            if self.aggregate_type == aggregate::ACCOUNT {
                 self.aggregate_id.clone()
             } else {
                 String::new()
@@ -104,33 +100,6 @@ fn ts(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(timestamp(at))
 }
 
-fn product(product: LuxTrustProduct) -> v1::LuxTrustProduct {
-    let kind = match product.kind {
-        ProductKind::Mobile => v1::ProductKind::LuxtrustMobile,
-        ProductKind::Scan => v1::ProductKind::LuxtrustScan,
-    };
-    v1::LuxTrustProduct {
-        kind: kind.into(),
-        serial: product.serial,
-    }
-}
-
-fn method(method: LinkMethod) -> i32 {
-    match method {
-        LinkMethod::Qr => v1::LinkMethod::Qr,
-        LinkMethod::LuxTrust => v1::LinkMethod::Luxtrust,
-    }
-    .into()
-}
-
-fn platform(platform: Platform) -> i32 {
-    match platform {
-        Platform::Ios => v1::Platform::Ios,
-        Platform::Android => v1::Platform::Android,
-    }
-    .into()
-}
-
 fn account_event(event: AccountEvent) -> Event {
     match event {
         AccountEvent::AccountRegistered {
@@ -153,7 +122,7 @@ fn account_event(event: AccountEvent) -> Event {
         }),
         AccountEvent::PortalLoginRecorded { product: used, at } => {
             Event::PortalLoginRecorded(v1::PortalLoginRecorded {
-                product: Some(product(used)),
+                product: Some(used.into()),
                 at: ts(at),
             })
         }
@@ -192,8 +161,8 @@ fn attempt_event(event: LinkAttemptEvent) -> Event {
         } => Event::LinkRequested(v1::LinkRequested {
             device_id: device_id.to_string(),
             device_name: device_name.as_str().to_owned(),
-            method: method(chosen),
-            platform: platform(os),
+            method: v1::LinkMethod::from(chosen).into(),
+            platform: v1::Platform::from(os).into(),
             app_version,
             at: ts(at),
             expires_at: ts(expires_at),
@@ -205,7 +174,7 @@ fn attempt_event(event: LinkAttemptEvent) -> Event {
         LinkAttemptEvent::LuxTrustAuthenticated {
             product: used, at, ..
         } => Event::LuxtrustAuthenticated(v1::LuxTrustAuthenticated {
-            product: Some(product(used)),
+            product: Some(used.into()),
             at: ts(at),
         }),
         LinkAttemptEvent::LinkCompleted { at } => {
@@ -228,9 +197,9 @@ fn device_event(event: DeviceEvent) -> Event {
         } => Event::DeviceLinked(v1::DeviceLinked {
             link_id: link_id.to_string(),
             device_name: device_name.as_str().to_owned(),
-            method: method(chosen),
-            product: used.map(product),
-            platform: platform(os),
+            method: v1::LinkMethod::from(chosen).into(),
+            product: used.map(Into::into),
+            platform: v1::Platform::from(os).into(),
             app_version,
             at: ts(at),
         }),
@@ -258,17 +227,10 @@ fn device_event(event: DeviceEvent) -> Event {
             reason,
             at,
             account_id: _,
-        } => {
-            let reason = match reason {
-                UnlinkReason::FromDevice => v1::UnlinkReason::FromDevice,
-                UnlinkReason::FromPortal => v1::UnlinkReason::FromPortal,
-                UnlinkReason::LockedOut => v1::UnlinkReason::LockedOut,
-            };
-            Event::DeviceUnlinked(v1::DeviceUnlinked {
-                link_id: link_id.to_string(),
-                reason: reason.into(),
-                at: ts(at),
-            })
-        }
+        } => Event::DeviceUnlinked(v1::DeviceUnlinked {
+            link_id: link_id.to_string(),
+            reason: v1::UnlinkReason::from(reason).into(),
+            at: ts(at),
+        }),
     }
 }

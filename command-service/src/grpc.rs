@@ -60,11 +60,3 @@ fn call_of<T>(request: &Request<T>) -> Call {
         call_id,
     }
 }
-
-/// A protobuf timestamp.
-pub(crate) fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}

@@ -1,6 +1,7 @@
 //! Checks every request field at the edge, before anything is read or written.
 
 use domain::{AccountId, DeviceId, DeviceName, LinkMethod, LuxTrustProduct, Platform, ProductKind};
+use proto::convert::TextForm as _;
 use proto::v1;
 use uuid::Uuid;
 
@@ -51,16 +52,14 @@ pub(crate) fn language(raw: &str) -> Result<String, CommandError> {
 /// A LuxTrust product: a known kind and a serial of 1–64 characters from `A-Z a-z 0-9 . _ -`.
 pub(crate) fn product(raw: Option<&v1::LuxTrustProduct>) -> Result<LuxTrustProduct, CommandError> {
     let raw = raw.ok_or_else(|| invalid("product is required"))?;
-    let kind = match v1::ProductKind::try_from(raw.kind) {
-        Ok(v1::ProductKind::LuxtrustMobile) => ProductKind::Mobile,
-        Ok(v1::ProductKind::LuxtrustScan) => ProductKind::Scan,
-        Ok(v1::ProductKind::Unspecified) | Err(_) => {
-            return Err(invalid(format!(
+    let kind = v1::ProductKind::known(raw.kind)
+        .and_then(ProductKind::try_from)
+        .map_err(|_| {
+            invalid(format!(
                 "product.kind must be PRODUCT_KIND_LUXTRUST_MOBILE or PRODUCT_KIND_LUXTRUST_SCAN, got {}",
                 raw.kind
-            )));
-        }
-    };
+            ))
+        })?;
     Ok(LuxTrustProduct {
         kind,
         serial: serial(&raw.serial)?,
@@ -91,24 +90,24 @@ pub(crate) fn device_name(raw: &str) -> Result<DeviceName, CommandError> {
 
 /// A link method other than unspecified.
 pub(crate) fn method(raw: i32) -> Result<LinkMethod, CommandError> {
-    match v1::LinkMethod::try_from(raw) {
-        Ok(v1::LinkMethod::Qr) => Ok(LinkMethod::Qr),
-        Ok(v1::LinkMethod::Luxtrust) => Ok(LinkMethod::LuxTrust),
-        Ok(v1::LinkMethod::Unspecified) | Err(_) => Err(invalid(format!(
-            "method must be LINK_METHOD_QR or LINK_METHOD_LUXTRUST, got {raw}"
-        ))),
-    }
+    v1::LinkMethod::known(raw)
+        .and_then(LinkMethod::try_from)
+        .map_err(|_| {
+            invalid(format!(
+                "method must be LINK_METHOD_QR or LINK_METHOD_LUXTRUST, got {raw}"
+            ))
+        })
 }
 
 /// A platform other than unspecified.
 pub(crate) fn platform(raw: i32) -> Result<Platform, CommandError> {
-    match v1::Platform::try_from(raw) {
-        Ok(v1::Platform::Ios) => Ok(Platform::Ios),
-        Ok(v1::Platform::Android) => Ok(Platform::Android),
-        Ok(v1::Platform::Unspecified) | Err(_) => Err(invalid(format!(
-            "platform must be PLATFORM_IOS or PLATFORM_ANDROID, got {raw}"
-        ))),
-    }
+    v1::Platform::known(raw)
+        .and_then(Platform::try_from)
+        .map_err(|_| {
+            invalid(format!(
+                "platform must be PLATFORM_IOS or PLATFORM_ANDROID, got {raw}"
+            ))
+        })
 }
 
 /// An app version: 1–32 characters from `A-Z a-z 0-9 . + -`.
@@ -175,5 +174,28 @@ mod tests {
         assert!(parsed.is_err(), "{parsed:?}");
         let parsed = method(1);
         assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn an_unknown_enum_value_names_the_field_and_the_accepted_values() {
+        let message = |refused: CommandError| refused.to_string();
+        assert_eq!(
+            method(99).map_err(message),
+            Err("method must be LINK_METHOD_QR or LINK_METHOD_LUXTRUST, got 99".into())
+        );
+        assert_eq!(
+            platform(0).map_err(message),
+            Err("platform must be PLATFORM_IOS or PLATFORM_ANDROID, got 0".into())
+        );
+        let unspecified = v1::LuxTrustProduct {
+            kind: 0,
+            serial: "S-1".into(),
+        };
+        assert_eq!(
+            product(Some(&unspecified)).map_err(message),
+            Err("product.kind must be PRODUCT_KIND_LUXTRUST_MOBILE or \
+                 PRODUCT_KIND_LUXTRUST_SCAN, got 0"
+                .into())
+        );
     }
 }

@@ -50,7 +50,7 @@ impl ProjectionError {
 }
 
 /// Consumes for `projector` until the task is dropped, reconnecting after failures.
-pub async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, projector: P) {
+pub(crate) async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, projector: P) {
     let mut backoff = Duration::from_millis(200);
     loop {
         match consume(&pool, &settings, &projector).await {
@@ -65,7 +65,7 @@ pub async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, project
 }
 
 /// The durable consumer of `projector`, created if missing.
-pub async fn durable<P: Projector>(
+pub(crate) async fn durable<P: Projector>(
     context: &jetstream::Context,
     settings: &ConsumerSettings,
     projector: &P,

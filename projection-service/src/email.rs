@@ -68,24 +68,24 @@ pub enum SmtpTls {
 }
 
 /// The languages emails are written in.
-pub const LANGUAGES: [&str; 3] = ["en", "fr", "de"];
+pub(crate) const LANGUAGES: [&str; 3] = ["en", "fr", "de"];
 
 /// Every language's texts, parsed from the template files.
 #[derive(Debug, Clone)]
-pub struct Templates {
+pub(crate) struct Templates {
     texts: HashMap<&'static str, HashMap<String, String>>,
     layout: &'static str,
 }
 
 /// A rendered email.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     /// Subject line.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Plain-text body.
-    pub text: String,
+    pub(crate) text: String,
     /// HTML body.
-    pub html: String,
+    pub(crate) html: String,
 }
 
 fn sections(file: &str) -> HashMap<String, String> {
@@ -131,7 +131,7 @@ impl Default for Templates {
 
 impl Templates {
     /// A phrase (`method.qr`, `reason.locked_out` …) in `language` (English if unknown).
-    pub fn phrase(&self, language: &str, key: &str) -> String {
+    pub(crate) fn phrase(&self, language: &str, key: &str) -> String {
         self.texts
             .get(language)
             .or_else(|| self.texts.get("en"))
@@ -141,7 +141,7 @@ impl Templates {
     }
 
     /// Renders email `kind` in `language` with `values` for its `{placeholders}`.
-    pub fn render(&self, language: &str, kind: &str, values: &[(&str, String)]) -> Rendered {
+    pub(crate) fn render(&self, language: &str, kind: &str, values: &[(&str, String)]) -> Rendered {
         let fill = |template: String, html: bool| {
             values.iter().fold(template, |text, (name, value)| {
                 let value = if html {
@@ -173,14 +173,14 @@ impl Templates {
 }
 
 /// A date and time as people in Luxembourg read it.
-pub fn luxembourg_time(at: DateTime<Utc>) -> String {
+pub(crate) fn luxembourg_time(at: DateTime<Utc>) -> String {
     at.with_timezone(&chrono_tz::Europe::Luxembourg)
         .format("%d.%m.%Y %H:%M %Z")
         .to_string()
 }
 
 /// The deterministic `Message-ID` of the email for `event_id` to `recipient`.
-pub fn message_id(event_id: &str, recipient: &str, sender: &str) -> String {
+pub(crate) fn message_id(event_id: &str, recipient: &str, sender: &str) -> String {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(format!("{event_id}\n{recipient}").as_bytes());
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();

@@ -1,120 +1,72 @@
-//! `DeviceQueryService`: the holder's devices, from the read model, with read-your-writes.
+//! The query side's gRPC edge. The two services are translators only — request → read query,
+//! rows → answer, [`QueryError`] → `Status` ([`crate::status::to_status`]):
+//! [`devices`] (`DeviceQueryService`) and [`audit`] (`AuditService`). This module holds what
+//! they share: their state, who the caller is, the client's deadline, and the paging rules.
+
+pub(crate) mod audit;
+pub(crate) mod devices;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use identity::{KeySet, PortalClaims};
-use proto::consistency::ConsistencyToken;
-use proto::v1::device_query_service_server::DeviceQueryService;
-use proto::v1::{
-    self, DeviceStatus, DeviceView, GetDeviceRequest, ListDevicesRequest, ListDevicesResponse,
-};
 use sqlx::PgPool;
-use tonic::{Request, Response, Status};
-use uuid::Uuid;
+use tonic::Request;
 
-use crate::projections::{applied_sequence, devices};
+use crate::status::QueryError;
+
+#[cfg(test)]
+mod tests;
 
 /// The longest a query waits for the read model to reach a consistency token.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 /// Used when the client sets no deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
-/// The query API's shared state.
+/// What both query services need: the read-model pool and who may call.
 #[derive(Debug, Clone)]
-pub struct Queries {
+pub(crate) struct Queries {
     /// The read-model database.
-    pub pool: PgPool,
+    pub(crate) pool: PgPool,
     /// The identity provider's keys.
-    pub idp: KeySet,
+    pub(crate) idp: KeySet,
     /// Maximum age of `auth_time`.
-    pub reauth_max_age: Duration,
+    pub(crate) reauth_max_age: Duration,
 }
 
-#[derive(sqlx::FromRow)]
-struct DeviceRow {
-    device_id: Uuid,
-    name: String,
-    method: String,
-    product_kind: Option<String>,
-    product_serial: Option<String>,
-    platform: String,
-    app_version: String,
-    linked_at: DateTime<Utc>,
-    last_used_at: Option<DateTime<Utc>>,
-    biometrics_enabled: bool,
-    status: String,
-    unlinked_at: Option<DateTime<Utc>>,
-    unlink_reason: Option<String>,
-}
+impl Queries {
+    /// The verified claims of the call's `authorization: Bearer <JWT>`.
+    pub(crate) fn claims<T>(&self, request: &Request<T>) -> Result<PortalClaims, QueryError> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                QueryError::Unauthenticated(
+                    "missing credentials: send `authorization: Bearer <JWT from the identity \
+                     provider>`"
+                        .into(),
+                )
+            })?;
+        self.idp
+            .verify(token.trim())
+            .map_err(|error| QueryError::Unauthenticated(format!("the portal token {error}")))
+    }
 
-const COLUMNS: &str = "device_id, name, method, product_kind, product_serial, platform, \
-    app_version, linked_at, last_used_at, biometrics_enabled, status, unlinked_at, unlink_reason";
-
-fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    /// The account of a holder who authenticated recently enough (`reauth_max_age`).
+    pub(crate) fn reauthenticated(&self, claims: &PortalClaims) -> Result<String, QueryError> {
+        let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);
+        claims
+            .reauthenticated_citizen(Utc::now().timestamp(), max_age)
+            .map(str::to_owned)
+            .map_err(|refusal| QueryError::PermissionDenied(refusal.to_string()))
     }
 }
 
-impl From<DeviceRow> for DeviceView {
-    fn from(row: DeviceRow) -> Self {
-        let method = match row.method.as_str() {
-            "qr" => v1::LinkMethod::Qr,
-            _ => v1::LinkMethod::Luxtrust,
-        };
-        let product = row.product_kind.map(|kind| v1::LuxTrustProduct {
-            kind: if kind == "scan" {
-                v1::ProductKind::LuxtrustScan
-            } else {
-                v1::ProductKind::LuxtrustMobile
-            }
-            .into(),
-            serial: row.product_serial.unwrap_or_default(),
-        });
-        let platform = if row.platform == "ios" {
-            v1::Platform::Ios
-        } else {
-            v1::Platform::Android
-        };
-        let status = if row.status == "linked" {
-            DeviceStatus::Linked
-        } else {
-            DeviceStatus::Unlinked
-        };
-        let unlink_reason = match row.unlink_reason.as_deref() {
-            Some("from_device") => v1::UnlinkReason::FromDevice,
-            Some("from_portal") => v1::UnlinkReason::FromPortal,
-            Some("locked_out") => v1::UnlinkReason::LockedOut,
-            _ => v1::UnlinkReason::Unspecified,
-        };
-        Self {
-            device_id: row.device_id.to_string(),
-            name: row.name,
-            method: method.into(),
-            product,
-            linked_at: Some(ts(row.linked_at)),
-            last_used_at: row.last_used_at.map(ts),
-            biometrics_enabled: row.biometrics_enabled,
-            platform: platform.into(),
-            app_version: row.app_version,
-            status: status.into(),
-            unlinked_at: row.unlinked_at.map(ts),
-            unlink_reason: unlink_reason.into(),
-        }
-    }
-}
-
-fn internal(error: &sqlx::Error) -> Status {
-    tracing::error!(%error, "read model query failed");
-    Status::unavailable("the read model is unavailable; retry later")
-}
-
-/// The client's deadline from `grpc-timeout` (e.g. `5S`, `250m`), capped at [`MAX_WAIT`].
-fn deadline<T>(request: &Request<T>) -> Duration {
+/// How long the call may wait: the client's deadline from `grpc-timeout` (e.g. `5S`, `250m`)
+/// less a margin to answer in, at most [`MAX_WAIT`]; [`DEFAULT_WAIT`] without one.
+pub(crate) fn deadline<T>(request: &Request<T>) -> Duration {
     let parsed = request
         .metadata()
         .get("grpc-timeout")
@@ -140,167 +92,29 @@ fn deadline<T>(request: &Request<T>) -> Duration {
         .min(MAX_WAIT)
 }
 
-impl Queries {
-    fn citizen<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let claims = portal_claims(&self.idp, request)?;
-        let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);
-        claims
-            .reauthenticated_citizen(Utc::now().timestamp(), max_age)
-            .map(str::to_owned)
-            .map_err(|refusal| Status::permission_denied(refusal.to_string()))
-    }
-
-    /// Waits until the read model reflects `token` (device events only: no other aggregate
-    /// changes a device list), or the wait runs out.
-    async fn wait_for(&self, token: &str, wait: Duration) -> Result<(), Status> {
-        if token.is_empty() {
-            return Ok(());
-        }
-        let token: ConsistencyToken =
-            token
-                .parse()
-                .map_err(|e: proto::consistency::MalformedToken| {
-                    Status::invalid_argument(e.to_string())
-                })?;
-        let started = tokio::time::Instant::now();
-        for written in token.0.iter().filter(|w| w.aggregate_type == "device") {
-            loop {
-                let applied =
-                    applied_sequence(&self.pool, devices::NAME, "device", &written.aggregate_id)
-                        .await
-                        .map_err(|e| internal(&e))?;
-                if applied >= written.sequence {
-                    break;
-                }
-                if started.elapsed() >= wait {
-                    return Err(Status::unavailable(format!(
-                        "the read model has not caught up with your last command yet: device {} \
-                         is at event {applied} of {}; retry shortly",
-                        written.aggregate_id, written.sequence
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(())
+/// A page size (AIP-158): 0 means `default`, more than `max` means `max`, negative is refused.
+pub(crate) fn page_size(requested: i32, default: i64, max: i32) -> Result<i64, QueryError> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 => Err(QueryError::InvalidArgument(
+            "page_size must not be negative".into(),
+        )),
+        n => Ok(i64::from(n.min(max))),
     }
 }
 
-/// The verified claims of the call's `authorization: Bearer <JWT>`.
-pub(crate) fn portal_claims<T>(idp: &KeySet, request: &Request<T>) -> Result<PortalClaims, Status> {
-    let token = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "missing credentials: send `authorization: Bearer <JWT from the identity provider>`",
-            )
-        })?;
-    idp.verify(token.trim())
-        .map_err(|error| Status::unauthenticated(format!("the portal token {error}")))
-}
-
-fn page_token(account_id: &str, row: &DeviceRow) -> String {
-    let raw = format!(
-        "{}|{}|{account_id}",
-        row.linked_at.timestamp_micros(),
-        row.device_id
-    );
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn parse_page_token(account_id: &str, token: &str) -> Result<(DateTime<Utc>, Uuid), Status> {
-    let invalid = || Status::invalid_argument("page_token is not one this service gave you");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let mut parts = raw.splitn(3, '|');
-    let (Some(micros), Some(device), Some(owner)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid());
-    };
-    if owner != account_id {
-        return Err(invalid());
-    }
-    let linked_at = micros
-        .parse()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(invalid)?;
-    Ok((linked_at, Uuid::try_parse(device).map_err(|_| invalid())?))
-}
-
-#[tonic::async_trait]
-impl DeviceQueryService for Queries {
-    #[tracing::instrument(skip_all, err(level = "info"))]
-    async fn list_devices(
-        &self,
-        request: Request<ListDevicesRequest>,
-    ) -> Result<Response<ListDevicesResponse>, Status> {
-        let account_id = self.citizen(&request)?;
-        let wait = deadline(&request);
-        let body = request.into_inner();
-        let page_size: i64 = match body.page_size {
-            0 => 20,
-            n if n < 0 => return Err(Status::invalid_argument("page_size must not be negative")),
-            n => i64::from(n.min(100)),
-        };
-        let after = match body.page_token.as_str() {
-            "" => None,
-            token => Some(parse_page_token(&account_id, token)?),
-        };
-        self.wait_for(&body.consistency_token, wait).await?;
-        let (after_time, after_device) = after.unzip();
-        let mut rows: Vec<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM devices WHERE account_id = $1 AND status = 'linked' \
-             AND ($2::timestamptz IS NULL OR (linked_at, device_id) > ($2, $3)) \
-             ORDER BY linked_at, device_id LIMIT $4"
-        ))
-        .bind(&account_id)
-        .bind(after_time)
-        .bind(after_device)
-        .bind(page_size + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| internal(&e))?;
-        let next_page_token = if rows.len() > usize::try_from(page_size).unwrap_or(usize::MAX) {
-            rows.pop();
-            rows.last()
-                .map(|row| page_token(&account_id, row))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(ListDevicesResponse {
-            devices: rows.into_iter().map(DeviceView::from).collect(),
-            next_page_token,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, err(level = "info"))]
-    async fn get_device(
-        &self,
-        request: Request<GetDeviceRequest>,
-    ) -> Result<Response<DeviceView>, Status> {
-        let account_id = self.citizen(&request)?;
-        let wait = deadline(&request);
-        let body = request.into_inner();
-        let device_id = Uuid::try_parse(&body.device_id)
-            .map_err(|_| Status::invalid_argument("device_id must be a UUID"))?;
-        self.wait_for(&body.consistency_token, wait).await?;
-        let row: Option<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM devices WHERE device_id = $1 AND account_id = $2"
-        ))
-        .bind(device_id)
-        .bind(&account_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| internal(&e))?;
-        row.map(|row| Response::new(row.into())).ok_or_else(|| {
-            Status::not_found(format!(
-                "no device {device_id} was ever linked to your account"
-            ))
-        })
+/// Pages are read one row too long: if `rows` has more than `page_size`, the extra row is
+/// dropped and the token of the page's last row returned; otherwise the page is the last (an
+/// empty token).
+pub(crate) fn next_page_token<R>(
+    rows: &mut Vec<R>,
+    page_size: i64,
+    token: impl FnOnce(&R) -> String,
+) -> String {
+    if rows.len() > usize::try_from(page_size).unwrap_or(usize::MAX) {
+        rows.pop();
+        rows.last().map(token).unwrap_or_default()
+    } else {
+        String::new()
     }
 }

@@ -1,18 +1,36 @@
-//! linkd's read side: it reads. Durable JetStream pull consumers feed read models in the
-//! service's own PostgreSQL database (`projections`), each event applied in one transaction with
-//! its per-aggregate guard (`consumer`), and `DeviceQueryService` answers from them (`grpc`).
+//! linkd's read side: it reads and notifies. Durable JetStream pull consumers feed projectors
+//! that keep read models in the service's own PostgreSQL database — the devices of each account,
+//! the audit log, and the email outbox — each event applied in one transaction with its
+//! per-aggregate guard. `DeviceQueryService` (the holder's devices, read-your-writes) and
+//! `AuditService` (an account's history, devices at an instant, the tamper-evidence check)
+//! answer from them. A worker sends the outbox's emails; `projection-service rebuild` replays
+//! the stream into fresh tables and switches the device read model over.
 //!
-//! It must never write to the event store, and never trust delivery order or uniqueness:
-//! JetStream delivers at least once.
+//! It must never write to the event store (`VerifyHistory` only reads it), and never trust
+//! delivery order or uniqueness: JetStream delivers at least once.
+//!
+//! # Layout
+//!
+//! - `config`: `Settings`, read once from the environment.
+//! - `startup`: pool, migrations, consumers, email worker, gRPC server with health and reflection.
+//! - `consumer`: the pull loop (and `consumer::batch`, a pull applied in one transaction).
+//! - `projections`: the guard, and the projectors `devices`, `audit` and `notifier` (which
+//!   queues emails); `projections::replay` applies many events per transaction for a rebuild.
+//! - `email`: the outbox worker and the email templates.
+//! - `rebuild`: replay the stream into fresh tables, then switch over.
+//! - `read`: each read model's row type and the queries the services run over it.
+//! - `grpc`: the two services' shared edge; `grpc::devices` and `grpc::audit` translate.
+//! - `status`: the one `QueryError` → `tonic::Status` mapping.
 
-pub mod audit;
 pub mod config;
 pub mod consumer;
 pub mod email;
-pub mod grpc;
+mod grpc;
 pub mod projections;
+mod read;
 pub mod rebuild;
 pub mod startup;
+mod status;
 
 pub use config::Settings;
 pub use startup::Application;

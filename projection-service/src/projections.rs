@@ -2,15 +2,22 @@
 //! with its per-aggregate guard (the last sequence it applied), so a redelivered event is
 //! skipped and an event that arrives before its predecessor is refused until it comes.
 //!
-//! The rebuild applies many events per transaction instead ([`replay`]), with the same guard
-//! rules, through projectors that can fold events in memory ([`BatchProjector`]).
+//! The rebuild applies many events per transaction instead (`replay`), with the same guard
+//! rules, through projectors that can fold events in memory (`BatchProjector`).
+//!
+//! An event that names a value this build does not know can never apply: it is poison
+//! (`proto::convert`'s rule), parked in `dead_letters`.
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod devices;
-pub mod notifier;
-pub mod replay;
+pub(crate) mod notifier;
+pub(crate) mod replay;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use prost::Message as _;
+use proto::convert::{self, Unknown};
 use proto::v1::EventEnvelope;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
@@ -50,6 +57,13 @@ pub enum ProjectionError {
     Poison(String),
 }
 
+/// An event naming a value this build does not know cannot be applied (proto::convert's rule).
+impl From<Unknown> for ProjectionError {
+    fn from(unknown: Unknown) -> Self {
+        Self::Poison(unknown.to_string())
+    }
+}
+
 /// A read model fed by events.
 pub trait Projector: Send + Sync {
     /// Its name, also the guard's key and the durable consumer's suffix.
@@ -70,7 +84,7 @@ pub trait Projector: Send + Sync {
 /// it loads the state of the batch's aggregates once, folds the events into it in memory, and
 /// writes the result back with a few bulk statements. The guard is handled by
 /// [`replay::apply_batch`].
-pub trait BatchProjector: Projector {
+pub(crate) trait BatchProjector: Projector {
     /// What one batch holds in memory.
     type State: Send;
 
@@ -94,11 +108,11 @@ pub trait BatchProjector: Projector {
 }
 
 /// An event's timestamp as a time, or poison (every event carries valid times).
-pub fn event_time(
+pub(crate) fn event_time(
     timestamp: Option<&prost_types::Timestamp>,
 ) -> Result<chrono::DateTime<chrono::Utc>, ProjectionError> {
     timestamp
-        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .and_then(convert::datetime)
         .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
 }
 

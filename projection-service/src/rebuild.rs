@@ -5,7 +5,7 @@
 //!    other projectors, such as the notifier, are carried over unchanged at the switch).
 //! 2. An ephemeral consumer from the stream's start is read in large pulls; each pull is
 //!    decoded and applied in one transaction (ADR 0007) with the live path's rules: the same
-//!    per-event decision ([`crate::projections::devices::change`]), the same guard (skip what
+//!    per-event decision (`projections::devices::change`), the same guard (skip what
 //!    was applied, hold back what comes after a gap, park what cannot apply), one guard write per
 //!    aggregate per batch. The next pull is read while the previous one is written.
 //! 3. Under an exclusive lock on the live tables (the live consumer waits), the last events are

@@ -13,11 +13,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
-use crate::audit::Audits;
 use crate::config::Settings;
 use crate::consumer;
 use crate::email::{self, Templates};
 use crate::grpc::Queries;
+use crate::grpc::audit::Audits;
 use crate::projections::audit::AuditLog;
 use crate::projections::devices::Devices;
 use crate::projections::notifier::Notifier;

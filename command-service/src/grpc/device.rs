@@ -1,6 +1,7 @@
 //! `DeviceService`: the mobile app, before and after linking.
 
-use domain::{LuxTrustProduct, ProductKind};
+use domain::LuxTrustProduct;
+use proto::convert::{product_kind_from_claim, timestamp};
 use proto::v1::device_service_server::DeviceService;
 use proto::v1::{
     AuthenticateWithLuxTrustRequest, AuthenticateWithLuxTrustResponse, ScanQrRequest,
@@ -10,7 +11,7 @@ use proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Api, timestamp};
+use super::Api;
 use crate::app::linking::{LinkRequest, LuxTrustAssertion};
 use crate::app::{App, Call};
 use crate::error::CommandError;
@@ -73,15 +74,12 @@ async fn authenticate_with_luxtrust(
     let account_id = validate::account_id(&claims.sub).map_err(|_| {
         CommandError::InvalidArgument("the LuxTrust assertion's sub is not an account id".into())
     })?;
-    let kind = match claims.product_kind.as_str() {
-        "mobile" => ProductKind::Mobile,
-        "scan" => ProductKind::Scan,
-        other => {
-            return Err(CommandError::InvalidArgument(format!(
-                "the LuxTrust assertion's product_kind must be mobile or scan, got {other:?}"
-            )));
-        }
-    };
+    let kind = product_kind_from_claim(&claims.product_kind).map_err(|_| {
+        CommandError::InvalidArgument(format!(
+            "the LuxTrust assertion's product_kind must be mobile or scan, got {:?}",
+            claims.product_kind
+        ))
+    })?;
     let assertion = LuxTrustAssertion {
         account_id,
         product: LuxTrustProduct {

@@ -1,7 +1,7 @@
 //! `PortalService`: the browser side of the portal and the portal back end.
 
-use super::timestamp;
 use domain::DeviceId;
+use proto::convert::timestamp;
 use proto::v1::portal_service_server::PortalService;
 use proto::v1::{
     ChangeAccountEmailRequest, ChangeAccountEmailResponse, IssueLinkQrRequest, IssueLinkQrResponse,

@@ -209,9 +209,8 @@ fn reason(value: i32) -> String {
 
 /// The payload's `at`, in UTC.
 fn time(at: Option<&prost_types::Timestamp>) -> String {
-    at.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
-        .map_or_else(
-            || "(no time)".to_owned(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
+    at.and_then(proto::convert::datetime).map_or_else(
+        || "(no time)".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }

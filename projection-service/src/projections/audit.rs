@@ -1,6 +1,7 @@
 //! The audit log: one row per event (every aggregate), with its account and device resolved:
 //! a link attempt's events before authentication get the account once it is known.
 
+use proto::convert::{TextForm as _, aggregate};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use serde_json::json;
@@ -8,42 +9,36 @@ use sqlx::{Postgres, Transaction};
 
 use super::{ProjectionError, Projector, event_time};
 
+#[cfg(test)]
+mod tests;
+
 /// The projector's name.
-pub const NAME: &str = "audit";
+pub(crate) const NAME: &str = "audit";
 
 /// Projects every event into `audit_log`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AuditLog;
+pub(crate) struct AuditLog;
 
-fn method(raw: i32) -> &'static str {
-    match v1::LinkMethod::try_from(raw) {
-        Ok(v1::LinkMethod::Qr) => "qr",
-        Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
-        Ok(v1::LinkMethod::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-fn product(product: Option<&v1::LuxTrustProduct>) -> serde_json::Value {
-    product.map_or(serde_json::Value::Null, |p| {
-        let kind = match v1::ProductKind::try_from(p.kind) {
-            Ok(v1::ProductKind::LuxtrustScan) => "scan",
-            Ok(v1::ProductKind::LuxtrustMobile | v1::ProductKind::Unspecified) | Err(_) => "mobile",
-        };
-        json!({ "kind": kind, "serial": p.serial })
+fn product(product: Option<&v1::LuxTrustProduct>) -> Result<serde_json::Value, ProjectionError> {
+    Ok(match product {
+        Some(p) => json!({ "kind": v1::ProductKind::text_of(p.kind)?, "serial": p.serial }),
+        None => serde_json::Value::Null,
     })
 }
 
-/// The device an event is about (if any) and its facts, as JSON.
+/// The device an event is about (if any) and its facts, as JSON; poison if it names a value this
+/// build does not know.
 fn device_and_details(
     event: &EventEnvelope,
     payload: &Event,
-) -> (Option<String>, serde_json::Value) {
-    let own_device = (event.aggregate_type == "device").then(|| event.aggregate_id.clone());
-    match payload {
+) -> Result<(Option<String>, serde_json::Value), ProjectionError> {
+    let own_device =
+        (event.aggregate_type == aggregate::DEVICE).then(|| event.aggregate_id.clone());
+    Ok(match payload {
         Event::AccountRegistered(registered) => (None, json!({ "language": registered.language })),
         Event::AccountEmailChanged(_) => (None, json!({})),
         Event::PortalLoginRecorded(login) => {
-            (None, json!({ "product": product(login.product.as_ref()) }))
+            (None, json!({ "product": product(login.product.as_ref())? }))
         }
         Event::QrIssued(_) => (None, json!({})),
         Event::QrConsumed(consumed) => (
@@ -52,19 +47,21 @@ fn device_and_details(
         ),
         Event::LinkRequested(requested) => (
             Some(requested.device_id.clone()),
-            json!({ "device_name": requested.device_name, "method": method(requested.method),
+            json!({ "device_name": requested.device_name,
+                    "method": v1::LinkMethod::text_of(requested.method)?,
                     "app_version": requested.app_version }),
         ),
         Event::QrAccepted(accepted) => (None, json!({ "qr_id": accepted.qr_id })),
         Event::LuxtrustAuthenticated(authenticated) => (
             None,
-            json!({ "product": product(authenticated.product.as_ref()) }),
+            json!({ "product": product(authenticated.product.as_ref())? }),
         ),
         Event::LinkCompleted(_) => (None, json!({})),
         Event::DeviceLinked(linked) => (
             own_device,
             json!({ "link_id": linked.link_id, "device_name": linked.device_name,
-                    "method": method(linked.method), "product": product(linked.product.as_ref()),
+                    "method": v1::LinkMethod::text_of(linked.method)?,
+                    "product": product(linked.product.as_ref())?,
                     "app_version": linked.app_version }),
         ),
         Event::BiometricsEnabled(_)
@@ -75,19 +72,12 @@ fn device_and_details(
             own_device,
             json!({ "consecutive_failures": failed.consecutive_failures }),
         ),
-        Event::DeviceUnlinked(unlinked) => {
-            let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
-                Ok(v1::UnlinkReason::FromDevice) => "from_device",
-                Ok(v1::UnlinkReason::FromPortal) => "from_portal",
-                Ok(v1::UnlinkReason::LockedOut) => "locked_out",
-                Ok(v1::UnlinkReason::Unspecified) | Err(_) => "unknown",
-            };
-            (
-                own_device,
-                json!({ "link_id": unlinked.link_id, "reason": reason }),
-            )
-        }
-    }
+        Event::DeviceUnlinked(unlinked) => (
+            own_device,
+            json!({ "link_id": unlinked.link_id,
+                    "reason": v1::UnlinkReason::text_of(unlinked.reason)? }),
+        ),
+    })
 }
 
 impl Projector for AuditLog {
@@ -107,11 +97,11 @@ impl Projector for AuditLog {
         let Some(payload) = &event.event else {
             return Err(ProjectionError::Poison("no event".into()));
         };
-        let (device, details) = device_and_details(event, payload);
+        let (device, details) = device_and_details(event, payload)?;
         // A link attempt's later events name its device through its first one.
         let device = match device {
             Some(device) => device,
-            None if event.aggregate_type == "link_attempt" => sqlx::query_scalar(
+            None if event.aggregate_type == aggregate::LINK_ATTEMPT => sqlx::query_scalar(
                 "SELECT device_id FROM audit_log WHERE aggregate_type = 'link_attempt' \
                  AND aggregate_id = $1 AND sequence = 1",
             )
@@ -122,7 +112,7 @@ impl Projector for AuditLog {
             None => String::new(),
         };
         let occurred_at = event_time(event.occurred_at.as_ref())?;
-        let account = if event.account_id.is_empty() && event.aggregate_type == "account" {
+        let account = if event.account_id.is_empty() && event.aggregate_type == aggregate::ACCOUNT {
             event.aggregate_id.clone()
         } else {
             event.account_id.clone()
@@ -148,7 +138,7 @@ impl Projector for AuditLog {
         .execute(&mut **tx)
         .await?;
         // Once a link attempt knows its account, its earlier events belong to it too.
-        if event.aggregate_type == "link_attempt" && !account.is_empty() {
+        if event.aggregate_type == aggregate::LINK_ATTEMPT && !account.is_empty() {
             sqlx::query(
                 "UPDATE audit_log SET account_id = $2 WHERE aggregate_type = 'link_attempt' \
                  AND aggregate_id = $1 AND account_id = ''",

@@ -1,69 +1,41 @@
 //! The device read model: every device with its current (or last) link, for the holder's list
 //! and for "is this device linked, and to which account".
 //!
-//! What an event does to its row is decided once, by [`change`]; the live path turns that into
+//! What an event does to its row is decided once, by `change`; the live path turns that into
 //! one statement per event ([`Projector::apply`]), the rebuild folds many events into rows in
-//! memory and writes them back in bulk ([`BatchProjector`]).
+//! memory and writes them back in bulk (`BatchProjector`). The row type and its columns are
+//! `read::devices`'s, which the queries read; an event naming a value this build does
+//! not know is poison (`proto::convert`'s rule).
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use proto::convert::{TextForm as _, aggregate, text};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{BatchProjector, ProjectionError, Projector, event_time};
+use crate::read::devices::{COLUMNS, DeviceRow};
 
 /// Projects `device` events into `devices`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Devices;
 
 /// The projector's name (guard key, consumer suffix).
-pub const NAME: &str = "devices";
+pub(crate) const NAME: &str = "devices";
 
 fn uuid(field: &str, raw: &str) -> Result<Uuid, ProjectionError> {
     Uuid::try_parse(raw).map_err(|_| ProjectionError::Poison(format!("{field} is not a UUID")))
 }
 
-/// A row of `devices`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct DeviceRow {
-    /// The device (aggregate id).
-    pub device_id: Uuid,
-    /// The account it is (or was last) linked to.
-    pub account_id: String,
-    /// Its current (or last) link.
-    pub link_id: Uuid,
-    /// Its name.
-    pub name: String,
-    /// `qr` or `luxtrust`.
-    pub method: String,
-    /// `mobile` or `scan`, for LuxTrust links.
-    pub product_kind: Option<String>,
-    /// The LuxTrust product's serial.
-    pub product_serial: Option<String>,
-    /// `ios` or `android`.
-    pub platform: String,
-    /// The app's version when linked.
-    pub app_version: String,
-    /// When the link completed.
-    pub linked_at: DateTime<Utc>,
-    /// The last correct secret code.
-    pub last_used_at: Option<DateTime<Utc>>,
-    /// Biometric unlocking on.
-    pub biometrics_enabled: bool,
-    /// `linked` or `unlinked`.
-    pub status: String,
-    /// When it was unlinked.
-    pub unlinked_at: Option<DateTime<Utc>>,
-    /// `from_device`, `from_portal` or `locked_out`.
-    pub unlink_reason: Option<String>,
-}
+#[cfg(test)]
+mod tests;
 
 /// What one event does to its device's row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// (Re)linked: the row becomes this one, whatever it was.
     Linked(Box<DeviceRow>),
     /// Biometrics turned on (`true`) or off; no row, no change.
@@ -83,8 +55,8 @@ pub enum Change {
 
 /// The device `event` is about and what it does to the device's row (`None`: an event of another
 /// aggregate type), or poison if it can never apply.
-pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
-    if event.aggregate_type != "device" {
+pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, ProjectionError> {
+    if event.aggregate_type != aggregate::DEVICE {
         return Ok(None);
     }
     let device_id = uuid("aggregate_id", &event.aggregate_id)?;
@@ -93,43 +65,24 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
     };
     let change = match payload {
         Event::DeviceLinked(linked) => {
-            let method = match v1::LinkMethod::try_from(linked.method) {
-                Ok(v1::LinkMethod::Qr) => "qr",
-                Ok(v1::LinkMethod::Luxtrust) => "luxtrust",
-                Ok(v1::LinkMethod::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown link method".into()));
-                }
+            let product_kind = match &linked.product {
+                Some(product) => Some(v1::ProductKind::text_of(product.kind)?),
+                None => None,
             };
-            let platform = match v1::Platform::try_from(linked.platform) {
-                Ok(v1::Platform::Ios) => "ios",
-                Ok(v1::Platform::Android) => "android",
-                Ok(v1::Platform::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown platform".into()));
-                }
-            };
-            let kind = linked
-                .product
-                .as_ref()
-                .map(|p| match v1::ProductKind::try_from(p.kind) {
-                    Ok(v1::ProductKind::LuxtrustScan) => "scan",
-                    Ok(v1::ProductKind::LuxtrustMobile | v1::ProductKind::Unspecified) | Err(_) => {
-                        "mobile"
-                    }
-                });
             Change::Linked(Box::new(DeviceRow {
                 device_id,
                 account_id: event.account_id.clone(),
                 link_id: uuid("link_id", &linked.link_id)?,
                 name: linked.device_name.clone(),
-                method: method.into(),
-                product_kind: kind.map(Into::into),
+                method: v1::LinkMethod::text_of(linked.method)?.into(),
+                product_kind: product_kind.map(Into::into),
                 product_serial: linked.product.as_ref().map(|p| p.serial.clone()),
-                platform: platform.into(),
+                platform: v1::Platform::text_of(linked.platform)?.into(),
                 app_version: linked.app_version.clone(),
                 linked_at: event_time(linked.at.as_ref())?,
                 last_used_at: None,
                 biometrics_enabled: false,
-                status: "linked".into(),
+                status: text::LINKED.into(),
                 unlinked_at: None,
                 unlink_reason: None,
             }))
@@ -137,20 +90,10 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
         Event::BiometricsEnabled(_) => Change::Biometrics(true),
         Event::BiometricsSkipped(_) | Event::BiometricsDisabled(_) => Change::Biometrics(false),
         Event::SecretCodeVerified(verified) => Change::Used(event_time(verified.at.as_ref())?),
-        Event::DeviceUnlinked(unlinked) => {
-            let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
-                Ok(v1::UnlinkReason::FromDevice) => "from_device",
-                Ok(v1::UnlinkReason::FromPortal) => "from_portal",
-                Ok(v1::UnlinkReason::LockedOut) => "locked_out",
-                Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
-                    return Err(ProjectionError::Poison("unknown unlink reason".into()));
-                }
-            };
-            Change::Unlinked {
-                at: event_time(unlinked.at.as_ref())?,
-                reason,
-            }
-        }
+        Event::DeviceUnlinked(unlinked) => Change::Unlinked {
+            reason: v1::UnlinkReason::text_of(unlinked.reason)?,
+            at: event_time(unlinked.at.as_ref())?,
+        },
         Event::SecretCodeFailed(_)
         | Event::AccountRegistered(_)
         | Event::AccountEmailChanged(_)
@@ -168,7 +111,7 @@ pub fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Projectio
 impl Change {
     /// Applies the change to a row in memory, as the statements of [`Devices::apply`] do to the
     /// table (an `UPDATE` of a missing row changes nothing). Returns whether the row changed.
-    pub fn apply_to(self, row: &mut Option<DeviceRow>) -> bool {
+    pub(crate) fn apply_to(self, row: &mut Option<DeviceRow>) -> bool {
         match (self, row.as_mut()) {
             (Self::Linked(linked), _) => {
                 *row = Some(*linked);
@@ -183,7 +126,7 @@ impl Change {
                 true
             }
             (Self::Unlinked { at, reason }, Some(row)) => {
-                row.status = "unlinked".into();
+                row.status = text::UNLINKED.into();
                 row.unlinked_at = Some(at);
                 row.unlink_reason = Some(reason.into());
                 true
@@ -273,7 +216,7 @@ impl Projector for Devices {
 
 /// The rows of one batch's devices, as loaded (`None`: no row yet) and folded.
 #[derive(Debug, Default)]
-pub struct DeviceRows {
+pub(crate) struct DeviceRows {
     rows: HashMap<Uuid, (Option<DeviceRow>, bool)>,
 }
 
@@ -287,14 +230,12 @@ impl BatchProjector for Devices {
     ) -> Result<DeviceRows, ProjectionError> {
         let ids: Vec<Uuid> = aggregates
             .iter()
-            .filter(|(aggregate_type, _)| *aggregate_type == "device")
+            .filter(|(aggregate_type, _)| *aggregate_type == aggregate::DEVICE)
             .filter_map(|(_, id)| Uuid::try_parse(id).ok())
             .collect();
-        let rows: Vec<DeviceRow> = sqlx::query_as(
-            "SELECT device_id, account_id, link_id, name, method, product_kind, product_serial, \
-             platform, app_version, linked_at, last_used_at, biometrics_enabled, status, \
-             unlinked_at, unlink_reason FROM devices WHERE device_id = ANY($1)",
-        )
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM devices WHERE device_id = ANY($1)"
+        ))
         .bind(&ids)
         .fetch_all(connection)
         .await?;
@@ -330,10 +271,9 @@ impl BatchProjector for Devices {
         }
         let column = |f: fn(&DeviceRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
         let optional = |f: fn(&DeviceRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(
-            "INSERT INTO devices (device_id, account_id, link_id, name, method, product_kind, \
-             product_serial, platform, app_version, linked_at, last_used_at, biometrics_enabled, \
-             status, unlinked_at, unlink_reason) \
+        // The arrays bind in COLUMNS' order.
+        sqlx::query(&format!(
+            "INSERT INTO devices ({COLUMNS}) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::bool[], $13::text[], $14::timestamptz[], $15::text[]) \
@@ -343,8 +283,8 @@ impl BatchProjector for Devices {
              platform = EXCLUDED.platform, app_version = EXCLUDED.app_version, \
              linked_at = EXCLUDED.linked_at, last_used_at = EXCLUDED.last_used_at, \
              biometrics_enabled = EXCLUDED.biometrics_enabled, status = EXCLUDED.status, \
-             unlinked_at = EXCLUDED.unlinked_at, unlink_reason = EXCLUDED.unlink_reason",
-        )
+             unlinked_at = EXCLUDED.unlinked_at, unlink_reason = EXCLUDED.unlink_reason"
+        ))
         .bind(rows.iter().map(|r| r.device_id).collect::<Vec<_>>())
         .bind(column(|r| &r.account_id))
         .bind(rows.iter().map(|r| r.link_id).collect::<Vec<_>>())

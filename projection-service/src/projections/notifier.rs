@@ -2,6 +2,7 @@
 //! `email_outbox`, in the same transaction as its guard (so an email is queued exactly once per
 //! event, and never lost). It keeps each account's address and language, and each device's name.
 
+use proto::convert::TextForm as _;
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{Postgres, Transaction};
@@ -9,20 +10,23 @@ use sqlx::{Postgres, Transaction};
 use super::{ProjectionError, Projector, event_time};
 use crate::email::{Templates, luxembourg_time, message_id};
 
+#[cfg(test)]
+mod tests;
+
 /// The projector's name.
-pub const NAME: &str = "notifier";
+pub(crate) const NAME: &str = "notifier";
 
 /// Queues the emails the help page promises.
 #[derive(Debug, Clone)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     /// Email texts.
-    pub templates: Templates,
+    pub(crate) templates: Templates,
     /// The From address (the Message-ID's domain comes from it).
-    pub sender: String,
+    pub(crate) sender: String,
     /// Language for accounts registered without one of ours.
-    pub default_language: String,
+    pub(crate) default_language: String,
     /// Events older than this queue no email.
-    pub max_event_age: std::time::Duration,
+    pub(crate) max_event_age: std::time::Duration,
 }
 
 struct Queued<'a> {
@@ -35,6 +39,18 @@ struct Queued<'a> {
 
 fn at(timestamp: Option<&prost_types::Timestamp>) -> Result<String, ProjectionError> {
     event_time(timestamp).map(luxembourg_time)
+}
+
+/// The templates' phrase for a link method (`method.<text form>`); poison if this build does not
+/// know the method.
+fn method_phrase(raw: i32) -> Result<String, ProjectionError> {
+    Ok(format!("method.{}", v1::LinkMethod::text_of(raw)?))
+}
+
+/// The templates' phrase for an unlink reason (`reason.<text form>`); poison if this build does
+/// not know the reason.
+fn reason_phrase(raw: i32) -> Result<String, ProjectionError> {
+    Ok(format!("reason.{}", v1::UnlinkReason::text_of(raw)?))
 }
 
 impl Notifier {
@@ -163,6 +179,7 @@ impl Projector for Notifier {
                     .await?;
             }
             Event::DeviceLinked(linked) => {
+                let method = method_phrase(linked.method)?;
                 let (recipient, language) = Self::account(tx, event).await?;
                 sqlx::query(
                     "INSERT INTO email_devices (device_id, name) VALUES ($1, $2) \
@@ -172,13 +189,9 @@ impl Projector for Notifier {
                 .bind(&linked.device_name)
                 .execute(&mut **tx)
                 .await?;
-                let method = match v1::LinkMethod::try_from(linked.method) {
-                    Ok(v1::LinkMethod::Luxtrust) => "method.luxtrust",
-                    Ok(v1::LinkMethod::Qr | v1::LinkMethod::Unspecified) | Err(_) => "method.qr",
-                };
                 let values = vec![
                     ("device_name", linked.device_name.clone()),
-                    ("method", self.templates.phrase(&language, method)),
+                    ("method", self.templates.phrase(&language, &method)),
                     ("date", at(linked.at.as_ref())?),
                 ];
                 let email = Queued {
@@ -191,26 +204,19 @@ impl Projector for Notifier {
                 self.queue(tx, email).await?;
             }
             Event::DeviceUnlinked(unlinked) => {
+                let reason = reason_phrase(unlinked.reason)?;
                 let (recipient, language) = Self::account(tx, event).await?;
                 let name: Option<String> =
                     sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
                         .bind(&event.aggregate_id)
                         .fetch_optional(&mut **tx)
                         .await?;
-                let reason = match v1::UnlinkReason::try_from(unlinked.reason) {
-                    Ok(v1::UnlinkReason::FromDevice) => "reason.from_device",
-                    Ok(v1::UnlinkReason::FromPortal) => "reason.from_portal",
-                    Ok(v1::UnlinkReason::LockedOut) => "reason.locked_out",
-                    Ok(v1::UnlinkReason::Unspecified) | Err(_) => {
-                        return Err(ProjectionError::Poison("unknown unlink reason".into()));
-                    }
-                };
                 let values = vec![
                     (
                         "device_name",
                         name.unwrap_or_else(|| event.aggregate_id.clone()),
                     ),
-                    ("reason", self.templates.phrase(&language, reason)),
+                    ("reason", self.templates.phrase(&language, &reason)),
                     ("date", at(unlinked.at.as_ref())?),
                 ];
                 let email = Queued {

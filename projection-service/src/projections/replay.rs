@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
+use proto::convert;
 use proto::v1::EventEnvelope;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -22,13 +23,13 @@ type Aggregate = (String, String);
 
 /// What a replay has applied so far: every aggregate's guard, and the events it holds back.
 #[derive(Debug, Default)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     /// Guards of devices whose id is a UUID in canonical form (about 40 bytes each).
     devices: HashMap<Uuid, Position>,
     /// Any other aggregate's guard.
     others: HashMap<Aggregate, Position>,
     /// Events beyond a gap.
-    pub held: HeldBack,
+    pub(crate) held: HeldBack,
 }
 
 /// An aggregate's guard: the last sequence applied, and the last one written to the table.
@@ -49,7 +50,7 @@ enum Key {
 
 impl Replayed {
     fn key(aggregate: &Aggregate) -> Key {
-        if aggregate.0 == "device"
+        if aggregate.0 == convert::aggregate::DEVICE
             && let Ok(id) = Uuid::try_parse(&aggregate.1)
             && *id.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == *aggregate.1
         {
@@ -75,13 +76,13 @@ impl Replayed {
     }
 
     /// Aggregates with a guard.
-    pub fn aggregates(&self) -> usize {
+    pub(crate) fn aggregates(&self) -> usize {
         self.devices.len() + self.others.len()
     }
 
     /// Writes the guards moved since the last call into `projector`'s guard table (each must move
     /// forward there), in statements of `chunk` guards.
-    pub async fn store_guards(
+    pub(crate) async fn store_guards(
         &mut self,
         connection: &mut PgConnection,
         projector: &str,
@@ -93,7 +94,7 @@ impl Replayed {
         for (id, position) in &mut self.devices {
             if position.applied > position.stored {
                 let id = id.hyphenated().to_string();
-                pending.push(("device".to_owned(), id, position.applied));
+                pending.push((convert::aggregate::DEVICE.to_owned(), id, position.applied));
                 position.stored = position.applied;
             }
             if pending.len() == chunk {
@@ -118,23 +119,23 @@ impl Replayed {
 /// Events that came before their predecessor, per aggregate, kept across batches until it
 /// comes.
 #[derive(Debug, Default)]
-pub struct HeldBack {
+pub(crate) struct HeldBack {
     by_aggregate: HashMap<Aggregate, BTreeMap<i64, EventEnvelope>>,
 }
 
 impl HeldBack {
     /// How many events wait.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_aggregate.values().map(BTreeMap::len).sum()
     }
 
     /// Whether none waits.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_aggregate.is_empty()
     }
 
     /// The aggregates (type, id) and the first sequence each holds back, for the log.
-    pub fn waiting(&self) -> impl Iterator<Item = (&Aggregate, i64)> {
+    pub(crate) fn waiting(&self) -> impl Iterator<Item = (&Aggregate, i64)> {
         self.by_aggregate
             .iter()
             .filter_map(|(aggregate, events)| Some((aggregate, *events.keys().next()?)))
@@ -173,15 +174,15 @@ impl HeldBack {
 
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BatchOutcome {
+pub(crate) struct BatchOutcome {
     /// Events applied.
-    pub applied: u64,
+    pub(crate) applied: u64,
     /// Duplicates skipped.
-    pub already_applied: u64,
+    pub(crate) already_applied: u64,
     /// Events parked in `dead_letters`.
-    pub parked: u64,
+    pub(crate) parked: u64,
     /// Events held back behind a gap (applied later, when the gap fills).
-    pub held_back: u64,
+    pub(crate) held_back: u64,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -265,7 +266,7 @@ impl<P: BatchProjector> Fold<'_, P> {
 /// [`Replayed::store_guards`]); events beyond a gap wait in `replayed` for a later batch. If
 /// this or the caller's commit fails, `replayed` no longer matches the tables: the replay must
 /// stop.
-pub async fn apply_batch<P: BatchProjector>(
+pub(crate) async fn apply_batch<P: BatchProjector>(
     connection: &mut PgConnection,
     projector: &P,
     events: Vec<EventEnvelope>,

@@ -1,0 +1,323 @@
+//! `AuditService`: an account's full history from the audit log, devices at an instant, and
+//! the tamper-evidence check against the event store. A translator: request →
+//! [`read::audit`] (and `history`, for the event store) → answer.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use proto::convert::{TextForm as _, datetime, timestamp};
+use proto::v1::audit_service_server::AuditService;
+use proto::v1::{
+    self, AuditEvent, DeviceAt, DevicesAtRequest, DevicesAtResponse, ExportHistoryRequest,
+    ListEventsRequest, ListEventsResponse, VerifyHistoryRequest, VerifyHistoryResponse,
+};
+use sqlx::PgPool;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Queries, next_page_token, page_size};
+use crate::read::audit::{self, AuditRow, Filter, LinkedAt};
+use crate::status::{QueryError, to_status};
+
+#[cfg(test)]
+mod tests;
+
+/// The role that may read any account's history.
+const AUDITOR_ROLE: &str = "auditor";
+
+/// Events per page of `ExportHistory`.
+const EXPORT_PAGE: i64 = 1000;
+
+/// The audit API's state.
+#[derive(Debug, Clone)]
+pub(crate) struct Audits {
+    /// Authentication and the read-model pool.
+    pub(crate) queries: Queries,
+    /// Read access to the event store, for `VerifyHistory` (`LINKD_EVENT_STORE_URL`).
+    pub(crate) event_store: Option<PgPool>,
+}
+
+impl From<AuditRow> for AuditEvent {
+    fn from(row: AuditRow) -> Self {
+        Self {
+            global_position: row.global_position,
+            event_id: row.event_id,
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            occurred_at: Some(timestamp(row.occurred_at)),
+            actor: row.actor,
+            request_id: row.request_id,
+            account_id: row.account_id,
+            device_id: row.device_id,
+            details_json: row.details.to_string(),
+        }
+    }
+}
+
+/// A linked device as the audit log recorded its link. A method this build does not know
+/// answers `LINK_METHOD_UNSPECIFIED`.
+impl From<LinkedAt> for DeviceAt {
+    fn from(linked: LinkedAt) -> Self {
+        let detail = |key: &str| linked.details.get(key).and_then(serde_json::Value::as_str);
+        Self {
+            name: detail("device_name").unwrap_or_default().to_owned(),
+            method: detail("method")
+                .map_or(v1::LinkMethod::Unspecified.into(), v1::LinkMethod::answer),
+            device_id: linked.device_id,
+            linked_at: Some(timestamp(linked.occurred_at)),
+            linked_by_event_id: linked.event_id,
+        }
+    }
+}
+
+/// A time of the request, if set.
+fn time(
+    field: &str,
+    at: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, QueryError> {
+    at.map(|t| {
+        datetime(t)
+            .ok_or_else(|| QueryError::InvalidArgument(format!("{field} is not a valid time")))
+    })
+    .transpose()
+}
+
+/// The filter as text, bound into page tokens so a token is only used with its filter.
+fn filter_key(filter: &Filter) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}",
+        filter.account,
+        filter.device,
+        filter.types.join(","),
+        filter.from.map(|t| t.timestamp_micros()),
+        filter.to.map(|t| t.timestamp_micros())
+    )
+}
+
+fn page_token(filter: &Filter, after: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{after}\n{}", filter_key(filter)))
+}
+
+fn parse_page_token(filter: &Filter, token: &str) -> Result<i64, QueryError> {
+    let invalid = || {
+        QueryError::InvalidArgument(
+            "page_token does not belong to this filter; start without one".into(),
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (after, key) = raw.split_once('\n').ok_or_else(invalid)?;
+    if key != filter_key(filter) {
+        return Err(invalid());
+    }
+    after.parse().map_err(|_| invalid())
+}
+
+/// The event types of a `ListEvents` request, sorted, without duplicates.
+fn event_types(requested: &[String]) -> Result<Vec<String>, QueryError> {
+    let not_a_type =
+        |t: &&String| t.is_empty() || t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric());
+    if let Some(bad) = requested.iter().find(not_a_type) {
+        return Err(QueryError::InvalidArgument(format!(
+            "{bad:?} is not an event type"
+        )));
+    }
+    let mut types = requested.to_vec();
+    types.sort();
+    types.dedup();
+    Ok(types)
+}
+
+impl Audits {
+    /// The account the caller may read: an auditor names any; a re-authenticated holder only
+    /// their own (empty means their own).
+    fn account<T>(&self, request: &Request<T>, requested: &str) -> Result<String, QueryError> {
+        let claims = self.queries.claims(request)?;
+        if claims.roles.iter().any(|role| role == AUDITOR_ROLE) {
+            if requested.is_empty() {
+                return Err(QueryError::InvalidArgument(
+                    "account_id is required for auditors".into(),
+                ));
+            }
+            return Ok(requested.to_owned());
+        }
+        let own = self.queries.reauthenticated(&claims)?;
+        if !requested.is_empty() && requested != own {
+            return Err(QueryError::PermissionDenied(
+                "an account holder may only read their own history".into(),
+            ));
+        }
+        Ok(own)
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<ListEventsResponse, QueryError> {
+        let account = self.account(&request, &request.get_ref().account_id)?;
+        let body = request.into_inner();
+        if !body.device_id.is_empty() && uuid::Uuid::try_parse(&body.device_id).is_err() {
+            return Err(QueryError::InvalidArgument(
+                "device_id must be a UUID".into(),
+            ));
+        }
+        let types = event_types(&body.event_types)?;
+        let page_size = page_size(body.page_size, 100, 500)?;
+        let filter = Filter {
+            account,
+            device: body.device_id,
+            types,
+            from: time("from", body.from.as_ref())?,
+            to: time("to", body.to.as_ref())?,
+        };
+        let after = match body.page_token.as_str() {
+            "" => 0,
+            token => parse_page_token(&filter, token)?,
+        };
+        let mut rows = audit::page(&self.queries.pool, &filter, after, page_size + 1).await?;
+        let next_page_token = next_page_token(&mut rows, page_size, |row| {
+            page_token(&filter, row.global_position)
+        });
+        Ok(ListEventsResponse {
+            events: rows.into_iter().map(AuditEvent::from).collect(),
+            next_page_token,
+        })
+    }
+
+    /// Sends every event of `filter`'s account on `sender`, page by page, until the end or
+    /// until the client goes away.
+    async fn export(
+        pool: PgPool,
+        filter: Filter,
+        sender: tokio::sync::mpsc::Sender<Result<AuditEvent, Status>>,
+    ) {
+        let mut after = 0;
+        loop {
+            let rows = match audit::page(&pool, &filter, after, EXPORT_PAGE).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    let _ = sender.send(Err(to_status(error))).await;
+                    return;
+                }
+            };
+            let Some(last) = rows.last().map(|row| row.global_position) else {
+                return;
+            };
+            for row in rows {
+                if sender.send(Ok(row.into())).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            after = last;
+        }
+    }
+
+    async fn linked_at(
+        &self,
+        request: Request<DevicesAtRequest>,
+    ) -> Result<DevicesAtResponse, QueryError> {
+        let account = self.account(&request, &request.get_ref().account_id)?;
+        let at = time("at", request.get_ref().at.as_ref())?
+            .ok_or_else(|| QueryError::InvalidArgument("at is required".into()))?;
+        let linked = audit::linked_at(&self.queries.pool, &account, at).await?;
+        Ok(DevicesAtResponse {
+            devices: linked.into_iter().map(DeviceAt::from).collect(),
+        })
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyHistoryRequest>,
+    ) -> Result<VerifyHistoryResponse, QueryError> {
+        let account = self.account(&request, &request.get_ref().account_id)?;
+        let store = self.event_store.as_ref().ok_or_else(|| {
+            QueryError::FailedPrecondition(
+                "this projection service has no access to the event store (LINKD_EVENT_STORE_URL)"
+                    .into(),
+            )
+        })?;
+        let verdict = audit::verify(&self.queries.pool, store, &account).await?;
+        Ok(match verdict {
+            history::Verdict::Intact {
+                events,
+                up_to_position,
+            } => VerifyHistoryResponse {
+                intact: true,
+                events_checked: i64::try_from(events).unwrap_or(i64::MAX),
+                intact_up_to_position: up_to_position,
+                ..Default::default()
+            },
+            history::Verdict::Broken {
+                global_position,
+                event_id,
+                reason,
+            } => VerifyHistoryResponse {
+                intact: false,
+                broken_at_position: global_position,
+                broken_event_id: event_id,
+                reason,
+                ..Default::default()
+            },
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Audits {
+    type ExportHistoryStream = ReceiverStream<Result<AuditEvent, Status>>;
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        self.list(request)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn export_history(
+        &self,
+        request: Request<ExportHistoryRequest>,
+    ) -> Result<Response<Self::ExportHistoryStream>, Status> {
+        let account = self
+            .account(&request, &request.get_ref().account_id)
+            .map_err(to_status)?;
+        let filter = Filter {
+            account,
+            device: String::new(),
+            types: vec![],
+            from: None,
+            to: None,
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(Self::export(self.queries.pool.clone(), filter, sender));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn devices_at(
+        &self,
+        request: Request<DevicesAtRequest>,
+    ) -> Result<Response<DevicesAtResponse>, Status> {
+        self.linked_at(request)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn verify_history(
+        &self,
+        request: Request<VerifyHistoryRequest>,
+    ) -> Result<Response<VerifyHistoryResponse>, Status> {
+        self.verify(request)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+}

@@ -1,0 +1,116 @@
+use proto::v1::event_envelope::Event;
+use proto::v1::{self, EventEnvelope};
+
+use super::*;
+use crate::projections::fixtures::{envelope, stamp};
+
+const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+
+fn details(event: &EventEnvelope) -> Result<serde_json::Value, ProjectionError> {
+    let payload = event.event.as_ref().unwrap();
+    device_and_details(event, payload).map(|(_, details)| details)
+}
+
+fn linked(method: i32, kind: i32) -> EventEnvelope {
+    let linked = v1::DeviceLinked {
+        link_id: "6f1d2e3c-4b5a-4c6d-8e7f-9a0b1c2d3e4f".into(),
+        device_name: "Anna's phone".into(),
+        method,
+        product: Some(v1::LuxTrustProduct {
+            kind,
+            serial: "S-1".into(),
+        }),
+        platform: v1::Platform::Ios.into(),
+        app_version: "1.0".into(),
+        at: stamp(),
+    };
+    envelope("device", DEVICE, Event::DeviceLinked(linked))
+}
+
+fn requested(method: i32) -> EventEnvelope {
+    let requested = v1::LinkRequested {
+        device_id: DEVICE.into(),
+        device_name: "Anna's phone".into(),
+        method,
+        platform: v1::Platform::Ios.into(),
+        app_version: "1.0".into(),
+        at: stamp(),
+        expires_at: stamp(),
+    };
+    envelope("link_attempt", DEVICE, Event::LinkRequested(requested))
+}
+
+fn login(kind: i32) -> EventEnvelope {
+    let login = v1::PortalLoginRecorded {
+        product: Some(v1::LuxTrustProduct {
+            kind,
+            serial: "S-1".into(),
+        }),
+        at: stamp(),
+    };
+    envelope("account", "anna", Event::PortalLoginRecorded(login))
+}
+
+fn unlinked(reason: i32) -> EventEnvelope {
+    let unlinked = v1::DeviceUnlinked {
+        link_id: String::new(),
+        reason,
+        at: stamp(),
+    };
+    envelope("device", DEVICE, Event::DeviceUnlinked(unlinked))
+}
+
+#[test]
+fn details_carry_the_text_forms() {
+    let luxtrust = i32::from(v1::LinkMethod::Luxtrust);
+    let scan = i32::from(v1::ProductKind::LuxtrustScan);
+    let link = details(&linked(luxtrust, scan)).unwrap();
+    assert_eq!(link["method"], "luxtrust");
+    assert_eq!(link["product"]["kind"], "scan");
+    assert_eq!(link["product"]["serial"], "S-1");
+    let unlink = details(&unlinked(v1::UnlinkReason::FromPortal.into())).unwrap();
+    assert_eq!(unlink["reason"], "from_portal");
+}
+
+#[test]
+fn an_event_with_an_unknown_method_is_poison_not_unknown() {
+    let mobile = i32::from(v1::ProductKind::LuxtrustMobile);
+    for raw in [0, 99] {
+        assert!(
+            matches!(
+                details(&linked(raw, mobile)),
+                Err(ProjectionError::Poison(_))
+            ),
+            "DeviceLinked, method {raw}"
+        );
+        assert!(
+            matches!(details(&requested(raw)), Err(ProjectionError::Poison(_))),
+            "LinkRequested, method {raw}"
+        );
+    }
+}
+
+#[test]
+fn an_event_with_an_unknown_product_kind_is_poison_not_mobile() {
+    let qr = i32::from(v1::LinkMethod::Qr);
+    for raw in [0, 99] {
+        assert!(
+            matches!(details(&linked(qr, raw)), Err(ProjectionError::Poison(_))),
+            "DeviceLinked, kind {raw}"
+        );
+        assert!(
+            matches!(details(&login(raw)), Err(ProjectionError::Poison(_))),
+            "PortalLoginRecorded, kind {raw}"
+        );
+    }
+}
+
+#[test]
+fn an_unlink_with_an_unknown_reason_is_poison_not_unknown() {
+    for raw in [0, 99] {
+        assert!(
+            matches!(details(&unlinked(raw)), Err(ProjectionError::Poison(_))),
+            "reason {raw}"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The query side's one mapping from a failed query to a gRPC status. Exhaustive on purpose: a
+//! new kind of failure does not compile until someone chooses its code. Internal details are
+//! logged, never sent.
+
+use std::fmt;
+
+use tonic::Status;
+
+#[cfg(test)]
+mod tests;
+
+/// A database the queries read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Database {
+    /// The device read model (and the projectors' guards).
+    ReadModel,
+    /// The audit log.
+    AuditLog,
+    /// The event store (`VerifyHistory` only).
+    EventStore,
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ReadModel => "the read model",
+            Self::AuditLog => "the audit log",
+            Self::EventStore => "the event store",
+        })
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueryError {
+    /// A request field is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing or invalid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but not allowed (or re-authentication needed).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing named does not exist for this caller.
+    #[error("{0}")]
+    NotFound(String),
+    /// This service cannot answer that call as configured.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The read model did not reach the caller's consistency token within the wait.
+    #[error(
+        "the read model has not caught up with your last command yet: device {device_id} is at \
+         event {applied} of {wanted}; retry shortly"
+    )]
+    Behind {
+        /// The device whose events are missing.
+        device_id: String,
+        /// The last of its events applied.
+        applied: i64,
+        /// The event the token names.
+        wanted: i64,
+    },
+    /// A database could not be reached, or was shutting down or overloaded.
+    #[error("{database} is unavailable: {source}")]
+    Unavailable {
+        /// Which.
+        database: Database,
+        /// What it said.
+        source: sqlx::Error,
+    },
+    /// A bug or corrupted data.
+    #[error("{database} failed: {source}")]
+    Internal {
+        /// Which.
+        database: Database,
+        /// What it said.
+        source: sqlx::Error,
+    },
+}
+
+impl QueryError {
+    /// A failure of `database`, classified as the command side classifies database errors
+    /// (`command-service/src/error.rs`): the pool, I/O and SQLSTATE classes 08 (connection), 53
+    /// (insufficient resources) and 57 (operator intervention: shutdown, statement timeout) are
+    /// the database's state, so the call may be retried; anything else is internal.
+    pub(crate) fn storage(database: Database, source: sqlx::Error) -> Self {
+        if is_unavailable(&source) {
+            Self::Unavailable { database, source }
+        } else {
+            Self::Internal { database, source }
+        }
+    }
+
+    /// A failure of the read model.
+    pub(crate) fn read_model(source: sqlx::Error) -> Self {
+        Self::storage(Database::ReadModel, source)
+    }
+
+    /// A failure of the audit log.
+    pub(crate) fn audit_log(source: sqlx::Error) -> Self {
+        Self::storage(Database::AuditLog, source)
+    }
+
+    /// A failure of the event store.
+    pub(crate) fn event_store(source: sqlx::Error) -> Self {
+        Self::storage(Database::EventStore, source)
+    }
+}
+
+#[expect(
+    clippy::wildcard_enum_match_arm,
+    reason = "sqlx::Error is non_exhaustive"
+)]
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+        }),
+        _ => false,
+    }
+}
+
+/// The status a client receives for `error`.
+pub(crate) fn to_status(error: QueryError) -> Status {
+    let message = error.to_string();
+    match error {
+        QueryError::InvalidArgument(_) => Status::invalid_argument(message),
+        QueryError::Unauthenticated(_) => Status::unauthenticated(message),
+        QueryError::PermissionDenied(_) => Status::permission_denied(message),
+        QueryError::NotFound(_) => Status::not_found(message),
+        QueryError::FailedPrecondition(_) => Status::failed_precondition(message),
+        QueryError::Behind { .. } => Status::unavailable(message),
+        QueryError::Unavailable { database, source } => {
+            tracing::error!(error = %source, %database, "storage unavailable");
+            Status::unavailable(format!("{database} is unavailable; retry later"))
+        }
+        QueryError::Internal { database, source } => {
+            tracing::error!(error = %source, %database, "query failed unexpectedly");
+            Status::internal("internal error")
+        }
+    }
+}
