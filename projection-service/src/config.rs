@@ -1,35 +1,21 @@
-//! Settings, read once from the environment (or any lookup, in tests).
+//! Settings, read once from the environment (or any lookup, in tests). Secrets print as `***`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use service_kit::config::Env;
+pub use service_kit::config::{ConfigError, Redacted};
+
 use crate::email::{EmailSettings, SmtpTls};
 
-/// Why the settings could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required variable is not set.
-    #[error("{0} is required but not set")]
-    Missing(&'static str),
-    /// A variable is set to something unusable.
-    #[error("{key} is invalid: {reason}")]
-    Invalid {
-        /// The variable.
-        key: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
-
 /// Everything the projection service needs to start.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Where the gRPC server listens (`LINKD_PROJECTION_GRPC_ADDR`, default `127.0.0.1:50052`).
     pub grpc_addr: SocketAddr,
     /// The read-model database (`LINKD_PROJECTION_DATABASE_URL`, required).
-    pub database_url: String,
+    pub database_url: Redacted<String>,
     /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
     pub nats_url: String,
     /// The stream the relay publishes to (`LINKD_STREAM`, default `LINKD_EVENTS`).
@@ -50,22 +36,10 @@ pub struct Settings {
     pub email: EmailSettings,
     /// Read access to the event store, for `AuditService.VerifyHistory`
     /// (`LINKD_EVENT_STORE_URL`, optional; a read-only role is enough).
-    pub event_store_url: Option<String>,
+    pub event_store_url: Option<Redacted<String>>,
     /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
     /// notifier queues them either way.
     pub email_enabled: bool,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("database_url", &"***")
-            .field("nats_url", &self.nats_url)
-            .field("stream", &self.stream)
-            .field("subject_prefix", &self.subject_prefix)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Settings {
@@ -84,116 +58,129 @@ impl Settings {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
 
-    /// Reads the settings through `get`.
+    /// Reads the settings through `get`, so tests need not touch the environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |key: &str| get(key).filter(|value| !value.trim().is_empty());
-        let required = |key: &'static str| get(key).ok_or(ConfigError::Missing(key));
-        let key = "LINKD_PROJECTION_GRPC_ADDR";
-        let grpc_addr = get(key)
-            .unwrap_or_else(|| "127.0.0.1:50052".into())
-            .parse()
-            .map_err(|e| ConfigError::Invalid {
-                key,
-                reason: format!("{e}"),
-            })?;
-        let key = "LINKD_REAUTH_MAX_AGE_SECONDS";
-        let reauth_max_age = get(key)
-            .map_or(Ok(300), |raw| raw.trim().parse::<u64>())
-            .ok()
-            .filter(|seconds| *seconds > 0)
-            .map(Duration::from_secs)
-            .ok_or(ConfigError::Invalid {
-                key,
-                reason: "expected a whole number ≥ 1".into(),
-            })?;
-        let token = |key: &'static str, default: &str, dots: bool| {
-            let value = get(key).unwrap_or_else(|| default.to_owned());
-            let ok = value.split('.').all(|t| {
-                !t.is_empty()
-                    && t.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            }) && (dots || !value.contains('.'));
-            if ok {
-                Ok(value)
-            } else {
-                Err(ConfigError::Invalid {
-                    key,
-                    reason: "letters, digits, - and _ only".into(),
-                })
-            }
-        };
-        let number = |key: &'static str, default: u64| -> Result<u64, ConfigError> {
-            get(key).map_or(Ok(default), |raw| {
-                raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                    key,
-                    reason: format!("expected a whole number, got {raw:?}"),
-                })
-            })
-        };
-        let smtp_tls = match get("LINKD_SMTP_TLS").as_deref() {
+        let env = Env::new(get);
+        let smtp_tls = match env.get("LINKD_SMTP_TLS").as_deref() {
             None | Some("starttls") => SmtpTls::StartTls,
             Some("tls") => SmtpTls::Tls,
             Some("none") => SmtpTls::None,
             Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "LINKD_SMTP_TLS",
-                    reason: format!("expected starttls, tls or none, got {other:?}"),
-                });
+                return Err(ConfigError::invalid(
+                    "LINKD_SMTP_TLS",
+                    format!("expected starttls, tls or none, got {other:?}"),
+                ));
             }
         };
-        let default_language = get("LINKD_EMAIL_DEFAULT_LANGUAGE").unwrap_or_else(|| "en".into());
+        let default_language = env.or("LINKD_EMAIL_DEFAULT_LANGUAGE", "en");
         if !crate::email::LANGUAGES.contains(&default_language.as_str()) {
-            return Err(ConfigError::Invalid {
-                key: "LINKD_EMAIL_DEFAULT_LANGUAGE",
-                reason: "expected en, fr or de".into(),
-            });
+            return Err(ConfigError::invalid(
+                "LINKD_EMAIL_DEFAULT_LANGUAGE",
+                "expected en, fr or de",
+            ));
         }
+        let smtp_port = u16::try_from(env.number("LINKD_SMTP_PORT", 25)?)
+            .map_err(|_| ConfigError::invalid("LINKD_SMTP_PORT", "not a port"))?;
         let email = EmailSettings {
-            smtp_host: get("LINKD_SMTP_HOST").unwrap_or_else(|| "127.0.0.1".into()),
-            smtp_port: u16::try_from(number("LINKD_SMTP_PORT", 25)?).map_err(|_| {
-                ConfigError::Invalid {
-                    key: "LINKD_SMTP_PORT",
-                    reason: "not a port".into(),
-                }
-            })?,
+            smtp_host: env.or("LINKD_SMTP_HOST", "127.0.0.1"),
+            smtp_port,
             smtp_tls,
-            smtp_credentials: get("LINKD_SMTP_USERNAME")
-                .map(|user| (user, get("LINKD_SMTP_PASSWORD").unwrap_or_default())),
-            sender: get("LINKD_EMAIL_SENDER")
-                .unwrap_or_else(|| "usermanagement@security.public.lu".into()),
+            smtp_credentials: env
+                .get("LINKD_SMTP_USERNAME")
+                .map(|user| (user, env.get("LINKD_SMTP_PASSWORD").unwrap_or_default())),
+            sender: env.or("LINKD_EMAIL_SENDER", "usermanagement@security.public.lu"),
             default_language,
-            max_attempts: i32::try_from(number("LINKD_EMAIL_MAX_ATTEMPTS", 8)?.max(1))
+            max_attempts: i32::try_from(env.number("LINKD_EMAIL_MAX_ATTEMPTS", 8)?.max(1))
                 .unwrap_or(i32::MAX),
-            retry_base: Duration::from_millis(number("LINKD_EMAIL_RETRY_BASE_MS", 1000)?.max(1)),
+            retry_base: Duration::from_millis(
+                env.number("LINKD_EMAIL_RETRY_BASE_MS", 1000)?.max(1),
+            ),
             max_event_age: Duration::from_secs(
-                number("LINKD_EMAIL_MAX_EVENT_AGE_HOURS", 24)?.saturating_mul(3600),
+                env.number("LINKD_EMAIL_MAX_EVENT_AGE_HOURS", 24)?
+                    .saturating_mul(3600),
             ),
             crash_after_send: None,
         };
-        let email_enabled = match get("LINKD_EMAIL").as_deref() {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    key: "LINKD_EMAIL",
-                    reason: format!("expected on or off, got {other:?}"),
-                });
-            }
-        };
         Ok(Self {
-            event_store_url: get("LINKD_EVENT_STORE_URL"),
+            grpc_addr: env.socket_addr("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:50052")?,
+            database_url: Redacted(env.required("LINKD_PROJECTION_DATABASE_URL")?),
+            nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
+            stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
+            subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
+            consumer_prefix: env.nats_name("LINKD_CONSUMER_PREFIX", "linkd")?,
+            idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
+            idp_audience: env.or("LINKD_IDP_AUDIENCE", "linkd-portal"),
+            idp_issuer: env.get("LINKD_IDP_ISSUER"),
+            reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
             email,
-            email_enabled,
-            grpc_addr,
-            database_url: required("LINKD_PROJECTION_DATABASE_URL")?,
-            nats_url: get("LINKD_NATS_URL").unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-            stream: token("LINKD_STREAM", "LINKD_EVENTS", false)?,
-            subject_prefix: token("LINKD_SUBJECT_PREFIX", "linkd.events", true)?,
-            consumer_prefix: token("LINKD_CONSUMER_PREFIX", "linkd", false)?,
-            idp_public_keys_file: required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
-            idp_audience: get("LINKD_IDP_AUDIENCE").unwrap_or_else(|| "linkd-portal".into()),
-            idp_issuer: get("LINKD_IDP_ISSUER"),
-            reauth_max_age,
+            event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
+            email_enabled: env.switch("LINKD_EMAIL", true)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            (
+                "LINKD_PROJECTION_DATABASE_URL",
+                "postgres://u:secret@x/y".to_owned(),
+            ),
+            ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
+        ])
+    }
+
+    fn read(env: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|key| env.get(key).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_required_settings_are_given() {
+        let settings = read(&base()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.grpc_addr.port(), 50052);
+        assert_eq!(settings.consumer_prefix, "linkd");
+        assert_eq!(settings.reauth_max_age, Duration::from_secs(300));
+        assert_eq!(settings.email.sender, "usermanagement@security.public.lu");
+        assert!(settings.email_enabled);
+    }
+
+    #[test]
+    fn a_missing_required_setting_is_named() {
+        let mut env = base();
+        env.remove("LINKD_PROJECTION_DATABASE_URL");
+        let error = read(&env).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("LINKD_PROJECTION_DATABASE_URL"), "{error}");
+    }
+
+    #[test]
+    fn names_with_dots_and_unknown_switches_are_refused() {
+        for (key, value) in [
+            ("LINKD_CONSUMER_PREFIX", "a.b"),
+            ("LINKD_SUBJECT_PREFIX", "linkd.>"),
+            ("LINKD_EMAIL", "maybe"),
+            ("LINKD_SMTP_TLS", "ssl"),
+            ("LINKD_REAUTH_MAX_AGE_SECONDS", "0"),
+        ] {
+            let mut env = base();
+            env.insert(key, value.to_owned());
+            let error = read(&env).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}={value}: {error}");
+        }
+    }
+
+    #[test]
+    fn database_urls_are_redacted_in_debug_output() {
+        let mut env = base();
+        env.insert(
+            "LINKD_EVENT_STORE_URL",
+            "postgres://r:other-secret@x/z".to_owned(),
+        );
+        let text = format!("{:?}", read(&env).unwrap_or_else(|e| panic!("{e}")));
+        assert!(!text.contains("secret"), "{text}");
     }
 }

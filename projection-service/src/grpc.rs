@@ -37,20 +37,15 @@ pub(crate) struct Queries {
 impl Queries {
     /// The verified claims of the call's `authorization: Bearer <JWT>`.
     pub(crate) fn claims<T>(&self, request: &Request<T>) -> Result<PortalClaims, QueryError> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                QueryError::Unauthenticated(
-                    "missing credentials: send `authorization: Bearer <JWT from the identity \
+        let token = service_kit::grpc::bearer(request.metadata()).ok_or_else(|| {
+            QueryError::Unauthenticated(
+                "missing credentials: send `authorization: Bearer <JWT from the identity \
                      provider>`"
-                        .into(),
-                )
-            })?;
+                    .into(),
+            )
+        })?;
         self.idp
-            .verify(token.trim())
+            .verify(token)
             .map_err(|error| QueryError::Unauthenticated(format!("the portal token {error}")))
     }
 

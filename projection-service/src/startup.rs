@@ -7,10 +7,10 @@ use anyhow::Context as _;
 use identity::KeySet;
 use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
+use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::Instrument as _;
 
 use crate::config::Settings;
@@ -54,7 +54,7 @@ pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<PgPool> {
 impl Application {
     /// Connects, migrates, loads keys and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = connect_and_migrate(&settings.database_url).await?;
+        let pool = connect_and_migrate(&settings.database_url.0).await?;
         let idp = KeySet::from_pem_file(
             &settings.idp_public_keys_file,
             settings.idp_audience.clone(),
@@ -64,7 +64,7 @@ impl Application {
         let worker_pool = PgPoolOptions::new()
             .max_connections(6)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&settings.database_url)
+            .connect(&settings.database_url.0)
             .await
             .context("connecting the consumers to the read-model database")?;
         let queries = Queries {
@@ -77,7 +77,7 @@ impl Application {
                 PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(std::time::Duration::from_secs(5))
-                    .connect_lazy(url)
+                    .connect_lazy(&url.0)
                     .context("LINKD_EVENT_STORE_URL is not a PostgreSQL URL")?,
             ),
             None => None,
@@ -145,27 +145,17 @@ impl Application {
                     .instrument(tracing::info_span!("email")),
             )
         });
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<DeviceQueryServiceServer<Queries>>()
-            .await;
-        health.set_serving::<AuditServiceServer<Audits>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the reflection service")?;
         tracing::info!(addr = %self.local_addr, "projection service listening");
-        let served = tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(
-                DeviceQueryServiceServer::new(self.queries).max_decoding_message_size(64 * 1024),
+        let served = GrpcServer::new()
+            .service(
+                DeviceQueryServiceServer::new(self.queries)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .add_service(AuditServiceServer::new(self.audits).max_decoding_message_size(64 * 1024))
-            .serve_with_incoming_shutdown(incoming(self.listener), shutdown)
-            .await
-            .context("serving gRPC");
+            .service(
+                AuditServiceServer::new(self.audits).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve(self.listener, shutdown)
+            .await;
         devices.abort();
         notifications.abort();
         audit_log.abort();
@@ -174,17 +164,4 @@ impl Application {
         }
         served
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: gRPC answers are small, and without this a
-/// reply can wait for the peer's delayed acknowledgement (about 40 ms).
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }

@@ -125,7 +125,7 @@ async fn start_with_email(
                 .await
                 .expect("creating a read database");
             let mut read_settings = projection_settings(read_database.url.clone(), stream);
-            read_settings.event_store_url = Some(settings.database_url.0.clone());
+            read_settings.event_store_url = Some(settings.database_url.clone());
             if let Some(email) = email {
                 read_settings.email = email;
                 read_settings.email_enabled = true;

@@ -40,7 +40,7 @@ pub fn projection_settings(
     let keys = keys();
     projection_service::Settings {
         grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
-        database_url,
+        database_url: Redacted(database_url),
         nats_url: stream.nats_url.clone(),
         stream: stream.name.clone(),
         subject_prefix: stream.prefix.clone(),
