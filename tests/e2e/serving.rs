@@ -73,3 +73,82 @@ async fn the_projection_service_starts_migrates_and_reports_its_health() {
         .unwrap();
     assert!(migrated >= 2);
 }
+
+/// A request with `authorization: <scheme> <token>`.
+fn with_authorization<T>(message: T, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", value.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn both_services_read_the_bearer_scheme_in_any_case() {
+    // Arrange
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    let token = app.citizen("anna");
+
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        // Act
+        let issued = app
+            .portal
+            .issue_link_qr(with_authorization(
+                proto::v1::IssueLinkQrRequest::default(),
+                &format!("{scheme} {token}"),
+            ))
+            .await;
+        let listed = app
+            .queries()
+            .list_devices(with_authorization(
+                proto::v1::ListDevicesRequest::default(),
+                &format!("{scheme}  {token} "),
+            ))
+            .await;
+
+        // Assert
+        if let Err(status) = issued {
+            panic!("IssueLinkQr with {scheme:?}: {status:?}");
+        }
+        if let Err(status) = listed {
+            panic!("ListDevices with {scheme:?}: {status:?}");
+        }
+    }
+    let other_scheme = app
+        .queries()
+        .list_devices(with_authorization(
+            proto::v1::ListDevicesRequest::default(),
+            &format!("Basic {token}"),
+        ))
+        .await;
+    match other_scheme {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
+        Ok(answer) => panic!("another scheme was accepted: {answer:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_query_side_refuses_an_oversized_request_as_invalid() {
+    // Arrange
+    let app = e2e::spawn_system().await;
+    let request = proto::v1::ListDevicesRequest {
+        page_token: "x".repeat(200 * 1024),
+        ..Default::default()
+    };
+
+    // Act
+    let refused = app
+        .queries()
+        .list_devices(e2e::bearer(request, &app.citizen("anna")))
+        .await;
+
+    // Assert
+    match refused {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("64 KiB"), "{status:?}");
+        }
+        Ok(answer) => panic!("an oversized request was answered: {answer:?}"),
+    }
+}
