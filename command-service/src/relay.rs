@@ -77,17 +77,7 @@ impl Cursor {
 /// Runs the relay until the task is dropped: competes for leadership, publishes while leader,
 /// and starts over after any failure (NATS or PostgreSQL down, lost leadership).
 pub async fn run(pool: PgPool, database_url: String, settings: RelaySettings) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match lead(&pool, &database_url, &settings).await {
-            Ok(()) => backoff = Duration::from_millis(200),
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "relay stopped; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-        tokio::time::sleep(backoff).await;
-    }
+    service_kit::restarting("relay", || lead(&pool, &database_url, &settings)).await;
 }
 
 /// Creates the stream if it does not exist (all subjects under the prefix, 2-minute duplicate

@@ -51,17 +51,7 @@ impl ProjectionError {
 
 /// Consumes for `projector` until the task is dropped, reconnecting after failures.
 pub(crate) async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, projector: P) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match consume(&pool, &settings, &projector).await {
-            Ok(()) => backoff = Duration::from_millis(200),
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "consumer stopped; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-        tokio::time::sleep(backoff).await;
-    }
+    service_kit::restarting("consumer", || consume(&pool, &settings, &projector)).await;
 }
 
 /// The durable consumer of `projector`, created if missing.

@@ -6,6 +6,7 @@
 //! - [`grpc`]: the gRPC server every service runs ([`grpc::GrpcServer`]: health, reflection, the
 //!   64 KiB request limit answered `INVALID_ARGUMENT`, TCP_NODELAY) and the one rule for reading
 //!   `authorization: Bearer …` ([`grpc::bearer`]).
+//! - [`restarting`]: a long-running worker started again, with backoff, whenever it stops.
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 //!
 //! It knows nothing of linking: no domain, no database, no bus.
@@ -13,6 +14,31 @@
 pub mod config;
 pub mod grpc;
 pub mod telemetry;
+
+/// Runs `task` for ever: each time it ends (an error: NATS or the database went away, say; or a
+/// clean end), it is started again after a pause that doubles from 200 ms up to 5 s while it
+/// keeps failing and starts from 200 ms again after a clean end. Failures are logged as `what
+/// stopped; retrying`. For the long-running workers (relay, consumers); dropping the returned
+/// future stops it.
+pub async fn restarting<F, Fut>(what: &'static str, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+    const LONGEST: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut backoff = FIRST;
+    loop {
+        match task().await {
+            Ok(()) => backoff = FIRST,
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "{what} stopped; retrying");
+                backoff = (backoff * 2).min(LONGEST);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
 
 /// Completes on Ctrl-C or SIGTERM (compose and systemd stop services with SIGTERM).
 pub async fn shutdown_signal() {

@@ -1,7 +1,7 @@
 //! Events for the projectors' unit tests.
 
-use proto::v1::EventEnvelope;
 use proto::v1::event_envelope::Event;
+use proto::v1::{self, EventEnvelope};
 
 /// A stamp at a fixed instant.
 pub(crate) fn stamp() -> Option<prost_types::Timestamp> {
@@ -26,4 +26,17 @@ pub(crate) fn envelope(aggregate_type: &str, aggregate_id: &str, event: Event) -
         request_id: "test".into(),
         event: Some(event),
     }
+}
+
+/// The device the fixtures' device events are about.
+pub(crate) const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+
+/// `DEVICE` unlinked for `reason` (a raw enum value, possibly unknown).
+pub(crate) fn unlinked(reason: i32) -> EventEnvelope {
+    let unlinked = v1::DeviceUnlinked {
+        link_id: String::new(),
+        reason,
+        at: stamp(),
+    };
+    envelope("device", DEVICE, Event::DeviceUnlinked(unlinked))
 }

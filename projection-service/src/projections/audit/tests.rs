@@ -2,9 +2,7 @@ use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 
 use super::*;
-use crate::projections::fixtures::{envelope, stamp};
-
-const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+use crate::projections::fixtures::{DEVICE, envelope, stamp, unlinked};
 
 fn details(event: &EventEnvelope) -> Result<serde_json::Value, ProjectionError> {
     let payload = event.event.as_ref().unwrap();
@@ -49,15 +47,6 @@ fn login(kind: i32) -> EventEnvelope {
         at: stamp(),
     };
     envelope("account", "anna", Event::PortalLoginRecorded(login))
-}
-
-fn unlinked(reason: i32) -> EventEnvelope {
-    let unlinked = v1::DeviceUnlinked {
-        link_id: String::new(),
-        reason,
-        at: stamp(),
-    };
-    envelope("device", DEVICE, Event::DeviceUnlinked(unlinked))
 }
 
 #[test]

@@ -2,9 +2,7 @@ use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 
 use super::*;
-use crate::projections::fixtures::{envelope, stamp};
-
-const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+use crate::projections::fixtures::{DEVICE, envelope, stamp, unlinked};
 
 /// A LuxTrust Scan link from an iPhone, edited by `edit`.
 fn linked(edit: impl FnOnce(&mut v1::DeviceLinked)) -> EventEnvelope {
@@ -22,15 +20,6 @@ fn linked(edit: impl FnOnce(&mut v1::DeviceLinked)) -> EventEnvelope {
     };
     edit(&mut linked);
     envelope("device", DEVICE, Event::DeviceLinked(linked))
-}
-
-fn unlinked(reason: i32) -> EventEnvelope {
-    let unlinked = v1::DeviceUnlinked {
-        link_id: String::new(),
-        reason,
-        at: stamp(),
-    };
-    envelope("device", DEVICE, Event::DeviceUnlinked(unlinked))
 }
 
 fn is_poison(event: &EventEnvelope) -> bool {
