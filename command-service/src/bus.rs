@@ -11,40 +11,40 @@ use proto::v1::{self, event_envelope::Event};
 
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StoredEvent {
+pub(crate) struct StoredEvent {
     /// Aggregate type (`account`, `link_qr`, `link_attempt`, `device`).
-    pub aggregate_type: String,
+    pub(crate) aggregate_type: String,
     /// Aggregate id.
-    pub aggregate_id: String,
+    pub(crate) aggregate_id: String,
     /// Sequence within the aggregate.
-    pub sequence: i64,
+    pub(crate) sequence: i64,
     /// Event type name.
-    pub event_type: String,
+    pub(crate) event_type: String,
     /// The serialized domain event.
-    pub payload: serde_json::Value,
+    pub(crate) payload: serde_json::Value,
     /// Actor, request id, account id.
-    pub metadata: serde_json::Value,
+    pub(crate) metadata: serde_json::Value,
     /// Insertion position.
-    pub global_position: i64,
+    pub(crate) global_position: i64,
     /// Writing transaction id.
-    pub tx_id: i64,
+    pub(crate) tx_id: i64,
     /// When it was written.
-    pub occurred_at: DateTime<Utc>,
+    pub(crate) occurred_at: DateTime<Utc>,
 }
 
 /// A stored event that cannot be turned into a bus message (a bug or corrupted row).
 #[derive(Debug, thiserror::Error)]
 #[error("event {event_id} cannot be published: {reason}")]
-pub struct Unpublishable {
+pub(crate) struct Unpublishable {
     /// Its id.
-    pub event_id: String,
+    pub(crate) event_id: String,
     /// Why.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl StoredEvent {
     /// `<aggregate_type>/<aggregate_id>/<sequence>`, also the `Nats-Msg-Id`.
-    pub fn event_id(&self) -> String {
+    pub(crate) fn event_id(&self) -> String {
         format!(
             "{}/{}/{}",
             self.aggregate_type, self.aggregate_id, self.sequence
@@ -52,12 +52,12 @@ impl StoredEvent {
     }
 
     /// `<prefix>.<aggregate_type>.<EventType>`.
-    pub fn subject(&self, prefix: &str) -> String {
+    pub(crate) fn subject(&self, prefix: &str) -> String {
         format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
     }
 
     /// The envelope to publish.
-    pub fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
+    pub(crate) fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
         let unpublishable = |reason: String| Unpublishable {
             event_id: self.event_id(),
             reason,

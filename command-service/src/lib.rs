@@ -19,13 +19,13 @@
 //! - `config` and `startup` build the service (with `service-kit`).
 
 pub(crate) mod app;
-pub mod bus;
+pub(crate) mod bus;
 pub mod config;
 pub(crate) mod credentials;
 pub mod error;
 pub(crate) mod grpc;
 pub(crate) mod idempotency;
-pub mod qr;
+pub(crate) mod qr;
 pub mod relay;
 pub(crate) mod secrets;
 pub mod startup;

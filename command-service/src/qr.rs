@@ -20,7 +20,7 @@ const QUIET_ZONE: usize = 4;
 const PIXELS: usize = 256;
 
 /// The dark (`true`) and light modules of `text`'s QR symbol, row by row, and its width.
-pub fn modules(text: &str) -> QrResult<(Vec<bool>, usize)> {
+pub(crate) fn modules(text: &str) -> QrResult<(Vec<bool>, usize)> {
     let bits = qrcode::bits::encode_auto(text.as_bytes(), EC_LEVEL)?;
     let version = bits.version();
     let (data, ec) = qrcode::ec::construct_codewords(&bits.into_bytes(), version, EC_LEVEL)?;
@@ -39,7 +39,7 @@ pub fn modules(text: &str) -> QrResult<(Vec<bool>, usize)> {
 }
 
 /// `text` as a QR code in SVG.
-pub fn svg(text: &str) -> QrResult<String> {
+pub(crate) fn svg(text: &str) -> QrResult<String> {
     let (dark, width) = modules(text)?;
     let size = width + 2 * QUIET_ZONE;
     let mut svg = String::with_capacity(64 * width);

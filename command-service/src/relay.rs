@@ -39,22 +39,22 @@ const EAGER_ROUNDS: u32 = 20;
 
 /// Where and how the relay publishes.
 #[derive(Debug, Clone)]
-pub struct RelaySettings {
+pub(crate) struct RelaySettings {
     /// The NATS server.
-    pub nats_url: String,
+    pub(crate) nats_url: String,
     /// The JetStream stream (created if missing).
-    pub stream: String,
+    pub(crate) stream: String,
     /// Subjects are `<prefix>.<aggregate_type>.<EventType>`.
-    pub subject_prefix: String,
+    pub(crate) subject_prefix: String,
     /// How long to wait for new events when notifications are quiet.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// Changes when this process commits events (see [`announce`] for the other processes').
-    pub wake: watch::Receiver<u64>,
+    pub(crate) wake: watch::Receiver<u64>,
     /// Whether this process leads the relay (so [`announce`] need not tell the database).
-    pub leading: Arc<AtomicBool>,
+    pub(crate) leading: Arc<AtomicBool>,
     /// Test-only crash point: when set, the relay stops after publishing a batch and before
     /// saving its checkpoint, once.
-    pub crash_after_publish: Option<Arc<AtomicBool>>,
+    pub(crate) crash_after_publish: Option<Arc<AtomicBool>>,
 }
 
 /// A position in commit order.
@@ -76,13 +76,13 @@ impl Cursor {
 
 /// Runs the relay until the task is dropped: competes for leadership, publishes while leader,
 /// and starts over after any failure (NATS or PostgreSQL down, lost leadership).
-pub async fn run(pool: PgPool, database_url: String, settings: RelaySettings) {
+pub(crate) async fn run(pool: PgPool, database_url: String, settings: RelaySettings) {
     service_kit::restarting("relay", || lead(&pool, &database_url, &settings)).await;
 }
 
 /// Creates the stream if it does not exist (all subjects under the prefix, 2-minute duplicate
 /// window, file storage).
-pub async fn ensure_stream(
+pub(crate) async fn ensure_stream(
     context: &jetstream::Context,
     settings: &RelaySettings,
 ) -> anyhow::Result<stream::Stream> {
@@ -383,7 +383,11 @@ async fn changed(wake: &mut watch::Receiver<u64>) {
 /// notification is sent are covered by the next one). The notification is sent outside the
 /// commands' transactions: inside them it would serialise their commits (docs/adr/0008).
 /// Nothing is sent while this process leads: its relay wakes on `wake` directly.
-pub async fn announce(pool: PgPool, mut wake: watch::Receiver<u64>, leading: Arc<AtomicBool>) {
+pub(crate) async fn announce(
+    pool: PgPool,
+    mut wake: watch::Receiver<u64>,
+    leading: Arc<AtomicBool>,
+) {
     while wake.changed().await.is_ok() {
         if leading.load(Ordering::SeqCst) {
             continue;

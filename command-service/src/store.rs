@@ -12,7 +12,7 @@
 
 mod commit;
 mod load;
-pub mod retry;
+pub(crate) mod retry;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::error::CommandError;
-pub use retry::retry_on_conflict;
+pub(crate) use retry::retry_on_conflict;
 
 /// An aggregate kept in the event store.
 pub trait Stored: Aggregate<Services = ()> {

@@ -9,12 +9,12 @@ use crate::error::CommandError;
 
 /// How many times a step is decided in all when other writers keep getting to the aggregate
 /// first.
-pub const MAX_ATTEMPTS: u32 = 6;
+pub(crate) const MAX_ATTEMPTS: u32 = 6;
 
 /// Runs `step` again while it fails with a concurrency conflict, at most [`MAX_ATTEMPTS`] times,
 /// with a short random pause between tries so that competing writers spread out. Each run of
 /// `step` must load what it decides on afresh.
-pub async fn retry_on_conflict<T, F, Fut>(mut step: F) -> Result<T, CommandError>
+pub(crate) async fn retry_on_conflict<T, F, Fut>(mut step: F) -> Result<T, CommandError>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, CommandError>>,
