@@ -2,7 +2,8 @@
 //! who has been authenticated ([`auth`]) and inputs already validated into domain types, loads
 //! the aggregates it needs, lets them decide, commits, and returns domain outputs with the
 //! consistency token of what it wrote. No protobuf message, no gRPC status here: `grpc`
-//! translates both ways.
+//! translates both ways. Use cases record the ids they learn (`qr_id`, `link_attempt_id`,
+//! `device_id` …) in the current tracing span, which the translator opened for the call.
 //!
 //! - [`auth`]: who is calling (portal back end, re-authenticated citizen, link attempt, linked
 //!   device).

@@ -64,25 +64,11 @@ macro_rules! from_aggregate_error {
 from_aggregate_error!(AccountError, LinkQrError, LinkAttemptError, DeviceError);
 
 impl From<sqlx::Error> for CommandError {
-    #[expect(
-        clippy::wildcard_enum_match_arm,
-        reason = "sqlx::Error is non_exhaustive"
-    )]
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable(error.to_string())
-            }
-            // SQLSTATE classes 08 (connection), 53 (insufficient resources), 57 (operator
-            // intervention: shutdown, statement timeout): the database, not the request.
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|code| {
-                    code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
-                }) =>
-            {
-                Self::Unavailable(error.to_string())
-            }
-            other => Self::Internal(other.to_string()),
+        if service_kit::database::is_unavailable(&error) {
+            Self::Unavailable(error.to_string())
+        } else {
+            Self::Internal(error.to_string())
         }
     }
 }

@@ -173,7 +173,7 @@ impl std::fmt::Debug for SecretCode {
 }
 
 /// Checks the format of a code typed to unlock the app: exactly 6 ASCII digits.
-pub(crate) fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
+fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
     if code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()) {
         Ok(())
     } else {
@@ -182,7 +182,7 @@ pub(crate) fn check_code_format(code: &str) -> Result<(), SecretCodeError> {
 }
 
 /// Checks a new secret code: 6 digits, not all equal, not an ascending or descending run.
-pub(crate) fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
+fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
     check_code_format(code)?;
     let digits: Vec<i16> = code.bytes().map(|b| i16::from(b - b'0')).collect();
     let steps: Vec<i16> = digits.windows(2).map(|pair| pair[1] - pair[0]).collect();

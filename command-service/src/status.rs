@@ -59,3 +59,76 @@ pub(crate) fn to_status(error: CommandError) -> Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use tonic::Code;
+
+    use super::*;
+
+    fn answer(error: CommandError) -> (Code, String) {
+        let status = to_status(error);
+        (status.code(), status.message().to_owned())
+    }
+
+    /// The rules that moved from the handlers into the domain (issue 11) answer as they did.
+    #[test]
+    fn rules_the_domain_now_decides_keep_their_codes_and_messages() {
+        assert_eq!(
+            answer(LinkQrError::AccountNotRegistered.into()),
+            (
+                Code::NotFound,
+                "the account is not registered; accounts are created by registering on the portal"
+                    .into()
+            )
+        );
+        assert_eq!(
+            answer(LinkAttemptError::DeviceAlreadyLinked.into()),
+            (
+                Code::FailedPrecondition,
+                "this device is already linked to an account; unlink it first".into()
+            )
+        );
+        assert_eq!(
+            answer(LinkAttemptError::AccountNotRegistered.into()),
+            (
+                Code::FailedPrecondition,
+                "the LuxTrust assertion names an account that is not registered on the portal; \
+                 register in the browser first"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn the_same_refusal_reads_the_same_from_either_aggregate() {
+        assert_eq!(
+            answer(LinkQrError::AccountNotRegistered.into()).1,
+            answer(AccountError::NotRegistered.into()).1
+        );
+        assert_eq!(
+            answer(LinkAttemptError::DeviceAlreadyLinked.into()),
+            answer(DeviceError::DeviceAlreadyLinked.into())
+        );
+    }
+
+    #[test]
+    fn internals_are_logged_not_sent() {
+        let expired = LinkAttemptError::Expired {
+            expired_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default(),
+        };
+        assert_eq!(answer(expired.into()).0, Code::FailedPrecondition);
+        assert_eq!(
+            answer(CommandError::Internal("relation \"events\" is gone".into())),
+            (Code::Internal, "internal error".into())
+        );
+        assert_eq!(
+            answer(CommandError::Unavailable("connection refused".into())),
+            (
+                Code::Unavailable,
+                "storage is unavailable; retry later".into()
+            )
+        );
+    }
+}

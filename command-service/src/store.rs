@@ -72,7 +72,7 @@ impl Metadata {
     }
 
     /// The same call, now known to concern `account_id`.
-    pub fn for_account(&self, account_id: &str) -> Self {
+    pub(crate) fn for_account(&self, account_id: &str) -> Self {
         Self {
             account_id: Some(account_id.to_owned()),
             ..self.clone()
@@ -171,7 +171,7 @@ impl EventStore {
     }
 
     /// Changes whenever this process commits events (the relay waits on it).
-    pub fn commits(&self) -> watch::Receiver<u64> {
+    pub(crate) fn commits(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
     }
 
@@ -184,7 +184,7 @@ impl EventStore {
     /// Aggregate `id` before its first event, without reading the store: for a new aggregate
     /// with a fresh id (a random UUID). Should it exist after all, the commit conflicts and the
     /// command is decided again on what the store holds.
-    pub fn fresh<A: Stored>(&self, id: &str) -> Loaded<A> {
+    pub(crate) fn fresh<A: Stored>(&self, id: &str) -> Loaded<A> {
         Loaded {
             aggregate_id: id.to_owned(),
             aggregate: A::default(),
@@ -217,7 +217,7 @@ impl EventStore {
     {
         let id = loaded.aggregate_id.clone();
         let mut first = Some(loaded);
-        retry_on_conflict(|_| {
+        retry_on_conflict(|| {
             let loaded = first.take();
             let command = command.clone();
             let id = &id;
@@ -235,7 +235,7 @@ impl EventStore {
     /// Executes `command` on `loaded` once: a conflict is returned to the caller. For a step of
     /// [`retry_on_conflict`] whose command depends on other aggregates' state, which the step
     /// loads again on each try.
-    pub async fn execute_once<A>(
+    pub(crate) async fn execute_once<A>(
         &self,
         mut loaded: Loaded<A>,
         command: A::Command,

@@ -262,8 +262,11 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
         last_sequence: sequence,
         chain_hash: &chain_hash,
     };
-    let mac = snapshot::mac(&snapshot::key(PEPPER), header, &forged);
-    let mac: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    let sign = |payload: &str| -> String {
+        let mac = snapshot::mac(&snapshot::key(PEPPER), header, payload);
+        mac.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mac = sign(&forged);
     let loads = |set: String, payload: String| {
         let device = &device;
         async move {
@@ -282,9 +285,11 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
     let edited = format!("{forged} ");
     assert_eq!(loads("payload = $1::json".into(), edited).await, truth);
 
-    // One that no longer deserialises is replaced by a full replay.
+    // One that no longer deserialises is replaced by a full replay, even with a valid MAC (so
+    // it is the deserialisation that refuses it, not the MAC check).
     let garbage = "\"garbage\"".to_owned();
-    assert_eq!(loads("payload = $1::json".into(), garbage).await, truth);
+    let signed_garbage = format!("payload = $1::json, mac = '\\x{}'", sign(&garbage));
+    assert_eq!(loads(signed_garbage, garbage).await, truth);
 
     // A readable snapshot of another shape (an older build's) is not used either.
     let other_shape = "payload = $1::json, schema = 'v0:0000'".to_owned();
@@ -340,4 +345,59 @@ async fn postgres_es_reads_what_linkd_writes() {
     for (_, _, metadata) in &our_events {
         assert!(metadata.contains_key("actor"), "{metadata:?}");
     }
+}
+
+#[tokio::test]
+async fn a_command_that_lost_the_race_is_decided_again_on_the_new_state() {
+    // Arrange: two loads of the same device, as two concurrent calls would make them.
+    let mut device = Fixture::with_linked_device().await;
+    let first = device
+        .store
+        .load::<Device>(&device.device_id)
+        .await
+        .unwrap();
+    let stale = device
+        .store
+        .load::<Device>(&device.device_id)
+        .await
+        .unwrap();
+    let metadata = Metadata {
+        actor: "test".into(),
+        request_id: Uuid::new_v4().to_string(),
+        account_id: Some("anna".into()),
+    };
+    let (on, off) = (device.at(), device.at());
+    let enable = DeviceCommand::SetBiometrics {
+        link_id: device.link_id,
+        enabled: true,
+        at: on,
+    };
+    let disable = DeviceCommand::SetBiometrics {
+        link_id: device.link_id,
+        enabled: false,
+        at: off,
+    };
+
+    // Act: the first commits; the second was loaded before it, so its commit conflicts.
+    let enabled = device.store.execute(first, enable, &metadata).await;
+    let disabled = device.store.execute(stale, disable, &metadata).await;
+
+    // Assert: the second was decided again on the state the first left (biometrics on, so
+    // turning them off is "disabled"); on its stale load (never chosen) it would be "skipped".
+    if let Err(error) = enabled.and(disabled) {
+        panic!("a command failed: {error:?}");
+    }
+    let events = device.stored_events().await;
+    let kinds: Vec<&DeviceEvent> = events.iter().map(|(_, event, _)| event).collect();
+    assert!(
+        matches!(
+            kinds.as_slice(),
+            [
+                DeviceEvent::DeviceLinked { .. },
+                DeviceEvent::BiometricsEnabled { .. },
+                DeviceEvent::BiometricsDisabled { .. }
+            ]
+        ),
+        "{kinds:?}"
+    );
 }

@@ -1,7 +1,7 @@
 //! linkd's read side: it reads and notifies. Durable JetStream pull consumers feed projectors
 //! that keep read models in the service's own PostgreSQL database — the devices of each account,
-//! the audit log, and the email outbox — each event applied in one transaction with its
-//! per-aggregate guard. `DeviceQueryService` (the holder's devices, read-your-writes) and
+//! the audit log, and the email outbox — each pulled batch applied in one transaction with the
+//! per-aggregate guards of its events (one event at a time when the batch fails; ADR 0009). `DeviceQueryService` (the holder's devices, read-your-writes) and
 //! `AuditService` (an account's history, devices at an instant, the tamper-evidence check)
 //! answer from them. A worker sends the outbox's emails; `projection-service rebuild` replays
 //! the stream into fresh tables and switches the device read model over.

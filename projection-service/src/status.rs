@@ -20,6 +20,17 @@ pub(crate) enum Database {
     EventStore,
 }
 
+impl Database {
+    /// The name a client knows it by: `VerifyHistory` is an `AuditService` call, and its
+    /// clients know the audit log, not which database behind it failed (that is logged).
+    fn as_seen(self) -> Self {
+        match self {
+            Self::ReadModel => Self::ReadModel,
+            Self::AuditLog | Self::EventStore => Self::AuditLog,
+        }
+    }
+}
+
 impl fmt::Display for Database {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -85,7 +96,7 @@ impl QueryError {
     /// (insufficient resources) and 57 (operator intervention: shutdown, statement timeout) are
     /// the database's state, so the call may be retried; anything else is internal.
     pub(crate) fn storage(database: Database, source: sqlx::Error) -> Self {
-        if is_unavailable(&source) {
+        if service_kit::database::is_unavailable(&source) {
             Self::Unavailable { database, source }
         } else {
             Self::Internal { database, source }
@@ -108,20 +119,6 @@ impl QueryError {
     }
 }
 
-#[expect(
-    clippy::wildcard_enum_match_arm,
-    reason = "sqlx::Error is non_exhaustive"
-)]
-fn is_unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
-        }),
-        _ => false,
-    }
-}
-
 /// The status a client receives for `error`.
 pub(crate) fn to_status(error: QueryError) -> Status {
     let message = error.to_string();
@@ -134,7 +131,10 @@ pub(crate) fn to_status(error: QueryError) -> Status {
         QueryError::Behind { .. } => Status::unavailable(message),
         QueryError::Unavailable { database, source } => {
             tracing::error!(error = %source, %database, "storage unavailable");
-            Status::unavailable(format!("{database} is unavailable; retry later"))
+            Status::unavailable(format!(
+                "{} is unavailable; retry later",
+                database.as_seen()
+            ))
         }
         QueryError::Internal { database, source } => {
             tracing::error!(error = %source, %database, "query failed unexpectedly");

@@ -48,13 +48,6 @@ pub struct Env<F> {
     lookup: F,
 }
 
-impl Env<fn(&str) -> Option<String>> {
-    /// The process environment.
-    pub fn process() -> Self {
-        Self::new(|key| std::env::var(key).ok())
-    }
-}
-
 impl<F: Fn(&str) -> Option<String>> Env<F> {
     /// Reads through `lookup`.
     pub fn new(lookup: F) -> Self {

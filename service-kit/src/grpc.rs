@@ -21,17 +21,19 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
 /// Requests larger than this are refused before they are decoded. Set it on each generated
-/// server with `.max_decoding_message_size(MAX_MESSAGE_BYTES)`; [`GrpcServer`] turns tonic's
-/// `OUT_OF_RANGE` for it into `INVALID_ARGUMENT`.
+/// server with `.max_decoding_message_size(MAX_MESSAGE_BYTES)` (tonic's generated servers have
+/// no common trait to set it through; [`GrpcServer`] sets it on health and reflection); the
+/// server turns tonic's `OUT_OF_RANGE` for it into `INVALID_ARGUMENT`.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The token of `authorization: Bearer <token>`, if the call carries one. The scheme is matched
-/// without regard to case (RFC 7235 §2.1, which RFC 6750 follows) and surrounding white space
-/// is ignored; anything else (no header, another scheme, an empty token, bytes that are not
-/// visible ASCII) is no bearer token at all.
+/// without regard to case (RFC 7235 §2.1, which RFC 6750 follows), is separated from the token
+/// by spaces (`1*SP`), and white space around the whole value is ignored; anything else (no
+/// header, another scheme, a tab as separator, an empty token, bytes that are not visible
+/// ASCII) is no bearer token at all.
 pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
     let value = metadata.get("authorization")?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
@@ -84,8 +86,8 @@ impl GrpcServer {
             .build_v1()
             .context("building the reflection service")?;
         self.routes
-            .add_service(health_service)
-            .add_service(reflection);
+            .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
+            .add_service(reflection.max_decoding_message_size(MAX_MESSAGE_BYTES));
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 limit::oversized_is_invalid_argument,
@@ -127,7 +129,7 @@ mod tests {
             "bearer abc",
             "BEARER abc",
             "  Bearer   abc  ",
-            "bEaReR\tabc",
+            "bEaReR abc",
         ] {
             assert_eq!(bearer(&with_authorization(value)), Some("abc"), "{value:?}");
         }
@@ -135,7 +137,15 @@ mod tests {
 
     #[test]
     fn other_schemes_and_empty_tokens_are_no_bearer_token() {
-        for value in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", "abc", ""] {
+        for value in [
+            "Basic abc",
+            "Bearer",
+            "Bearer   ",
+            "Bearerabc",
+            "Bearer\tabc",
+            "abc",
+            "",
+        ] {
             assert_eq!(bearer(&with_authorization(value)), None, "{value:?}");
         }
         assert_eq!(bearer(&MetadataMap::new()), None);

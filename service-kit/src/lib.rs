@@ -6,18 +6,20 @@
 //! - [`grpc`]: the gRPC server every service runs ([`grpc::GrpcServer`]: health, reflection, the
 //!   64 KiB request limit answered `INVALID_ARGUMENT`, TCP_NODELAY) and the one rule for reading
 //!   `authorization: Bearer …` ([`grpc::bearer`]).
+//! - [`database::is_unavailable`]: which database errors mean "retry later".
 //! - [`restarting`]: a long-running worker started again, with backoff, whenever it stops.
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 //!
-//! It knows nothing of linking: no domain, no database, no bus.
+//! It knows nothing of linking: no domain, no tables, no bus.
 
 pub mod config;
+pub mod database;
 pub mod grpc;
 pub mod telemetry;
 
-/// Runs `task` for ever: each time it ends (an error: NATS or the database went away, say; or a
-/// clean end), it is started again after a pause that doubles from 200 ms up to 5 s while it
-/// keeps failing and starts from 200 ms again after a clean end. Failures are logged as `what
+/// Runs `task` for ever: each time it ends it is started again after a pause: 200 ms after a
+/// clean end; after a failure (NATS or the database went away, say) 400 ms, doubling while it
+/// keeps failing, up to 5 s. Failures are logged as `what
 /// stopped; retrying`. For the long-running workers (relay, consumers); dropping the returned
 /// future stops it.
 pub async fn restarting<F, Fut>(what: &'static str, mut task: F)

@@ -70,7 +70,7 @@ impl App {
         command: AccountCommand,
     ) -> Result<ConsistencyToken, CommandError> {
         let account = self.store.load::<Account>(&account_id.0).await?;
-        let metadata = by.metadata.for_account(&account_id.0);
+        let metadata = by.metadata().for_account(&account_id.0);
         let executed = self.store.execute(account, command, &metadata).await?;
         Ok(ConsistencyToken::of([&executed.position]))
     }

@@ -1,5 +1,6 @@
-//! Who is calling. Each caller type can only be made here, by checking the call's credentials,
-//! so a use case that takes one cannot run for anyone else:
+//! Who is calling. Each caller type can only be made here, by checking the call's credentials
+//! (their fields are private to this module), so a use case that takes one cannot run for
+//! anyone else:
 //!
 //! - [`System`]: the portal back end (a portal JWT with the `portal-system` role);
 //! - [`Citizen`]: an account holder who re-authenticated within the configured age;
@@ -20,34 +21,97 @@ use crate::validate;
 /// The portal back end.
 #[derive(Debug)]
 pub(crate) struct System {
-    pub(crate) metadata: Metadata,
+    metadata: Metadata,
+}
+
+impl System {
+    /// Who is acting, for the events written.
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
 }
 
 /// An account holder who re-authenticated recently.
 #[derive(Debug)]
 pub(crate) struct Citizen {
-    pub(crate) account_id: AccountId,
-    pub(crate) metadata: Metadata,
+    account_id: AccountId,
+    metadata: Metadata,
+}
+
+impl Citizen {
+    /// The holder's account.
+    pub(crate) fn account_id(&self) -> &AccountId {
+        &self.account_id
+    }
+
+    /// Who is acting, for the events written.
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
 }
 
 /// The app, holding the `link_token` of a link attempt.
 #[derive(Debug)]
 pub(crate) struct AttemptHolder {
-    pub(crate) attempt_id: LinkAttemptId,
+    attempt_id: LinkAttemptId,
     /// The token as presented (the device credential is derived from it).
-    pub(crate) token: PresentedToken,
-    pub(crate) metadata: Metadata,
+    token: PresentedToken,
+    metadata: Metadata,
+}
+
+impl AttemptHolder {
+    /// The link attempt.
+    pub(crate) fn attempt_id(&self) -> LinkAttemptId {
+        self.attempt_id
+    }
+
+    /// The `link_token` as presented.
+    pub(crate) fn token(&self) -> &PresentedToken {
+        &self.token
+    }
+
+    /// Who is acting, for the events written.
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
 }
 
 /// A linked device, authenticated by the credential of its current link (no `Debug`: it holds
 /// the verifier).
 pub(crate) struct LinkedDevice {
-    pub(crate) link_id: LinkAttemptId,
-    pub(crate) device_id: DeviceId,
-    pub(crate) credential: StoredCredential,
-    pub(crate) metadata: Metadata,
+    link_id: LinkAttemptId,
+    device_id: DeviceId,
+    credential: StoredCredential,
+    metadata: Metadata,
     /// The device as loaded to check the credential, for the command that follows.
-    pub(crate) loaded: Loaded<Device>,
+    loaded: Loaded<Device>,
+}
+
+impl LinkedDevice {
+    /// The link its credential belongs to (the device's current link).
+    pub(crate) fn link_id(&self) -> LinkAttemptId {
+        self.link_id
+    }
+
+    /// The device.
+    pub(crate) fn device_id(&self) -> DeviceId {
+        self.device_id
+    }
+
+    /// The verifier of the link's secret code.
+    pub(crate) fn code_verifier(&self) -> &str {
+        &self.credential.code_verifier
+    }
+
+    /// Who is acting, for the events written.
+    pub(crate) fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The device as loaded to check the credential, for the command that follows.
+    pub(crate) fn into_loaded(self) -> Loaded<Device> {
+        self.loaded
+    }
 }
 
 impl App {

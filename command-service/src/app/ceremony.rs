@@ -40,17 +40,17 @@ impl App {
         let span = tracing::Span::current();
         span.record(
             "link_attempt_id",
-            tracing::field::display(holder.attempt_id),
+            tracing::field::display(holder.attempt_id()),
         );
         // The credential is derived from the link token, so every call for this attempt (a
         // retry, or a double submit racing the first) returns the same credential.
         let credential = holder
-            .token
-            .derive(TokenKind::DeviceCredential, holder.attempt_id.0);
+            .token()
+            .derive(TokenKind::DeviceCredential, holder.attempt_id().0);
         let now = Utc::now();
         let attempt = self
             .store
-            .load::<LinkAttempt>(&holder.attempt_id.to_string())
+            .load::<LinkAttempt>(&holder.attempt_id().to_string())
             .await?;
         let ready = match attempt.state().ready_to_link(now) {
             Ok(ready) => ready,
@@ -66,13 +66,13 @@ impl App {
             .store
             .load::<Device>(&ready.device_id.to_string())
             .await?;
-        let link = link_command(holder.attempt_id, &ready, now);
+        let link = link_command(holder.attempt_id(), &ready, now);
         device.state().decide(link.clone())?;
-        self.store_credential(holder.attempt_id, &ready, &credential, &code)
+        self.store_credential(holder.attempt_id(), &ready, &credential, &code)
             .await?;
-        let metadata = holder.metadata.for_account(&ready.account_id.0);
+        let metadata = holder.metadata().for_account(&ready.account_id.0);
         let linked = self
-            .link_device(device, link, &metadata, holder.attempt_id)
+            .link_device(device, link, &metadata, holder.attempt_id())
             .await?;
         let completed = self.complete_attempt(attempt, now, &metadata).await?;
         tracing::info!(method = ?ready.method, "device linked");
@@ -148,12 +148,12 @@ impl App {
         let device = self.store.load::<Device>(&device_id.to_string()).await?;
         let stored = self
             .credentials
-            .device_credential(holder.attempt_id.0)
+            .device_credential(holder.attempt_id().0)
             .await?;
         let (Some(linked_at), Some(stored)) = (device.state().linked_at(), stored) else {
             return Err(completed());
         };
-        if device.state().link_id() != Some(holder.attempt_id) {
+        if device.state().link_id() != Some(holder.attempt_id()) {
             return Err(completed());
         }
         if !self.code_matches(code, &stored.code_verifier).await? {

@@ -29,15 +29,16 @@ impl App {
         device: LinkedDevice,
         enabled: bool,
     ) -> Result<ConsistencyToken, CommandError> {
-        tracing::Span::current().record("device_id", tracing::field::display(device.device_id));
+        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
         let command = DeviceCommand::SetBiometrics {
-            link_id: device.link_id,
+            link_id: device.link_id(),
             enabled,
             at: Utc::now(),
         };
+        let metadata = device.metadata().clone();
         let executed = self
             .store
-            .execute(device.loaded, command, &device.metadata)
+            .execute(device.into_loaded(), command, &metadata)
             .await?;
         Ok(ConsistencyToken::of([&executed.position]))
     }
@@ -50,23 +51,23 @@ impl App {
         device: LinkedDevice,
         code: SecretCode,
     ) -> Result<CodeVerdict, CommandError> {
-        tracing::Span::current().record("device_id", tracing::field::display(device.device_id));
-        let matches = self
-            .code_matches(&code, &device.credential.code_verifier)
-            .await?;
+        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
+        let matches = self.code_matches(&code, device.code_verifier()).await?;
+        let link_id = device.link_id();
         let command = DeviceCommand::RecordSecretCodeCheck {
-            link_id: device.link_id,
+            link_id,
             matches,
             at: Utc::now(),
         };
+        let metadata = device.metadata().clone();
         let executed = self
             .store
-            .execute(device.loaded, command, &device.metadata)
+            .execute(device.into_loaded(), command, &metadata)
             .await?;
         let after = executed.state;
-        let still_linked = after.link_id() == Some(device.link_id);
+        let still_linked = after.link_id() == Some(link_id);
         if !still_linked {
-            self.credentials.delete_link(device.link_id.0).await?;
+            self.credentials.delete_link(link_id.0).await?;
         }
         Ok(CodeVerdict {
             verified: matches,
@@ -81,16 +82,18 @@ impl App {
         &self,
         device: LinkedDevice,
     ) -> Result<ConsistencyToken, CommandError> {
-        tracing::Span::current().record("device_id", tracing::field::display(device.device_id));
+        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
+        let link_id = device.link_id();
         let command = DeviceCommand::UnlinkFromDevice {
-            link_id: device.link_id,
+            link_id,
             at: Utc::now(),
         };
+        let metadata = device.metadata().clone();
         let executed = self
             .store
-            .execute(device.loaded, command, &device.metadata)
+            .execute(device.into_loaded(), command, &metadata)
             .await?;
-        self.credentials.delete_link(device.link_id.0).await?;
+        self.credentials.delete_link(link_id.0).await?;
         Ok(ConsistencyToken::of([&executed.position]))
     }
 
@@ -102,12 +105,11 @@ impl App {
         holder: &Citizen,
         device_ids: &[DeviceId],
     ) -> Result<ConsistencyToken, CommandError> {
-        tracing::Span::current().record("account_id", tracing::field::display(&holder.account_id));
         let mut links = Vec::with_capacity(device_ids.len());
         let mut positions = Vec::with_capacity(device_ids.len());
         for device_id in device_ids {
             let device = self.store.load::<Device>(&device_id.to_string()).await?;
-            match device.state().portal_unlink_target(&holder.account_id) {
+            match device.state().portal_unlink_target(holder.account_id()) {
                 Ok(Some(link_id)) => links.push((*device_id, link_id, device)),
                 Ok(None) => positions.push(device.position()),
                 Err(_) => {
@@ -120,11 +122,11 @@ impl App {
         let now = Utc::now();
         for (device_id, link_id, device) in links {
             let command = DeviceCommand::UnlinkFromPortal {
-                account_id: holder.account_id.clone(),
+                account_id: holder.account_id().clone(),
                 link_id,
                 at: now,
             };
-            match self.store.execute(device, command, &holder.metadata).await {
+            match self.store.execute(device, command, holder.metadata()).await {
                 Ok(executed) => positions.push(executed.position),
                 // Unlinked concurrently (by the device itself, say): the goal is reached.
                 Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {

@@ -59,14 +59,13 @@ impl App {
     /// R3: a single-use QR code for the holder's browser session, which expires.
     pub(crate) async fn issue_link_qr(&self, holder: &Citizen) -> Result<IssuedQr, CommandError> {
         let span = tracing::Span::current();
-        span.record("account_id", tracing::field::display(&holder.account_id));
-        let account = self.store.load::<Account>(&holder.account_id.0).await?;
+        span.record("account_id", tracing::field::display(holder.account_id()));
+        let account = self.store.load::<Account>(&holder.account_id().0).await?;
         let now = Utc::now();
         let expires_at = now + self.lifetimes.qr;
         let qr_id = QrId(Uuid::new_v4());
-        span.record("qr_id", tracing::field::display(&qr_id));
         let command = LinkQrCommand::Issue {
-            account_id: holder.account_id.clone(),
+            account_id: holder.account_id().clone(),
             account_registered: account.state().is_registered(),
             at: now,
             expires_at,
@@ -74,13 +73,14 @@ impl App {
         let qr = self.store.fresh::<LinkQr>(&qr_id.to_string());
         // Refused before a token is stored for it.
         qr.state().decide(command.clone())?;
+        span.record("qr_id", tracing::field::display(&qr_id));
         let token = secrets::mint(TokenKind::Qr, qr_id.0);
         let svg = crate::qr::svg(&token.text)
             .map_err(|e| CommandError::Internal(format!("rendering the QR code: {e}")))?;
         self.credentials
             .insert_bearer(TokenKind::Qr, qr_id.0, &token.hash, expires_at)
             .await?;
-        let executed = self.store.execute(qr, command, &holder.metadata).await?;
+        let executed = self.store.execute(qr, command, holder.metadata()).await?;
         Ok(IssuedQr {
             qr_id,
             payload: token.text,
@@ -103,7 +103,6 @@ impl App {
         let now = Utc::now();
         let expires_at = now + self.lifetimes.link_attempt;
         let attempt_id = domain::LinkAttemptId(Uuid::new_v4());
-        tracing::Span::current().record("link_attempt_id", tracing::field::display(attempt_id));
         let nonce = secrets::random_nonce();
         let command = LinkAttemptCommand::Start {
             device_id: request.device_id,
@@ -119,6 +118,7 @@ impl App {
         let attempt = self.store.fresh::<LinkAttempt>(&attempt_id.to_string());
         // Refused before a token is stored for it.
         attempt.state().decide(command.clone())?;
+        tracing::Span::current().record("link_attempt_id", tracing::field::display(attempt_id));
         let token = secrets::mint(TokenKind::LinkAttempt, attempt_id.0);
         self.credentials
             .insert_bearer(
@@ -149,7 +149,7 @@ impl App {
         holder: AttemptHolder,
         qr_token: PresentedToken,
     ) -> Result<ConsistencyToken, CommandError> {
-        let attempt_id = holder.attempt_id;
+        let attempt_id = holder.attempt_id();
         let qr_id = QrId(qr_token.id);
         let span = tracing::Span::current();
         span.record("link_attempt_id", tracing::field::display(attempt_id));
@@ -177,7 +177,7 @@ impl App {
         };
         // Refuse before consuming the QR code if the attempt cannot use it.
         attempt.state().decide(accept.clone())?;
-        let metadata = holder.metadata.for_account(&account_id.0);
+        let metadata = holder.metadata().for_account(&account_id.0);
         let consume = LinkQrCommand::Consume {
             attempt_id,
             device_id,
@@ -198,12 +198,12 @@ impl App {
         holder: AttemptHolder,
         assertion: LuxTrustAssertion,
     ) -> Result<ConsistencyToken, CommandError> {
-        let attempt_id = holder.attempt_id.to_string();
-        let metadata = holder.metadata.for_account(&assertion.account_id.0);
+        let attempt_id = holder.attempt_id().to_string();
+        let metadata = holder.metadata().for_account(&assertion.account_id.0);
         let now = Utc::now();
         // The decision depends on the account's state as well: decided again on both when the
         // attempt changed meanwhile.
-        let executed = retry_on_conflict(|_| async {
+        let executed = retry_on_conflict(|| async {
             let account = self
                 .store
                 .load::<Account>(&assertion.account_id.0)

@@ -69,7 +69,7 @@ async fn authenticate_with_luxtrust(
     let holder = app.link_attempt(call, &body.link_token).await?;
     tracing::Span::current().record(
         "link_attempt_id",
-        tracing::field::display(holder.attempt_id),
+        tracing::field::display(holder.attempt_id()),
     );
     let account_id = validate::account_id(&claims.sub).map_err(|_| {
         CommandError::InvalidArgument("the LuxTrust assertion's sub is not an account id".into())

@@ -97,6 +97,7 @@ async fn unlink_devices(
     body: &UnlinkDevicesRequest,
 ) -> Result<UnlinkDevicesResponse, CommandError> {
     let holder = app.reauthenticated_citizen(call)?;
+    tracing::Span::current().record("account_id", tracing::field::display(holder.account_id()));
     let device_ids = device_ids(&body.device_ids)?;
     let written = app.unlink_devices(&holder, &device_ids).await?;
     Ok(UnlinkDevicesResponse {

@@ -16,12 +16,12 @@ pub(crate) const MAX_ATTEMPTS: u32 = 6;
 /// `step` must load what it decides on afresh.
 pub(crate) async fn retry_on_conflict<T, F, Fut>(mut step: F) -> Result<T, CommandError>
 where
-    F: FnMut(u32) -> Fut,
+    F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CommandError>>,
 {
     let mut attempt = 1;
     loop {
-        match step(attempt).await {
+        match step().await {
             Err(CommandError::Conflict) if attempt < MAX_ATTEMPTS => {
                 let ceiling = 5 * u64::from(attempt) * u64::from(attempt);
                 let pause = rand::random_range(1..=ceiling);
@@ -40,7 +40,7 @@ mod tests {
     #[tokio::test]
     async fn a_conflict_is_decided_again_at_most_max_attempts_times_in_all() {
         let mut tries = 0;
-        let outcome: Result<(), _> = retry_on_conflict(|_| {
+        let outcome: Result<(), _> = retry_on_conflict(|| {
             tries += 1;
             async { Err(CommandError::Conflict) }
         })
@@ -52,8 +52,9 @@ mod tests {
     #[tokio::test]
     async fn other_outcomes_end_the_retries_at_once() {
         let mut tries = 0;
-        let outcome = retry_on_conflict(|attempt| {
+        let outcome = retry_on_conflict(|| {
             tries += 1;
+            let attempt = tries;
             async move {
                 if attempt < 3 {
                     Err(CommandError::Conflict)

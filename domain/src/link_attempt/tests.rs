@@ -233,3 +233,28 @@ fn a_retried_scan_of_the_same_qr_code_changes_nothing() {
         })
         .then_expect_events(vec![]);
 }
+
+#[test]
+fn an_unregistered_account_is_refused_before_the_attempt_is_looked_at() {
+    // As the service did before the rule moved here: the account first, then the attempt.
+    let LinkAttemptCommand::AcceptLuxTrust {
+        account_id,
+        product,
+        nonce,
+        ..
+    } = luxtrust(true, "nonce-1", t(5))
+    else {
+        unreachable!("luxtrust() builds AcceptLuxTrust");
+    };
+    TestFramework::<LinkAttempt>::with(())
+        .given(vec![requested(LinkMethod::Qr)])
+        .when(LinkAttemptCommand::AcceptLuxTrust {
+            account_id,
+            account_registered: false,
+            product,
+            product_used_for_login: false,
+            nonce,
+            at: t(10_000),
+        })
+        .then_expect_error(LinkAttemptError::AccountNotRegistered);
+}

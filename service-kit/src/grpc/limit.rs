@@ -34,9 +34,51 @@ fn rewrite_limit_status(headers: &mut http::HeaderMap) {
         headers.insert("grpc-status", http::HeaderValue::from_static("3"));
         headers.insert(
             "grpc-message",
-            http::HeaderValue::from_static(
-                "the%20request%20message%20exceeds%20the%2064%20KiB%20limit",
-            ),
+            http::HeaderValue::from_static(LIMIT_MESSAGE),
+        );
+    }
+}
+
+/// "the request message exceeds the 64 KiB limit", percent-encoded as grpc-message is.
+const LIMIT_MESSAGE: &str = "the%20request%20message%20exceeds%20the%2064%20KiB%20limit";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_message_names_the_limit() {
+        let kib = super::super::MAX_MESSAGE_BYTES / 1024;
+        assert!(
+            LIMIT_MESSAGE.contains(&format!("%20{kib}%20KiB")),
+            "{LIMIT_MESSAGE}"
+        );
+    }
+
+    #[test]
+    fn only_the_size_refusal_is_rewritten() {
+        let mut oversized = http::HeaderMap::new();
+        oversized.insert("grpc-status", http::HeaderValue::from_static("11"));
+        oversized.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("decoded%20message%20length%20too%20large"),
+        );
+        let mut other = oversized.clone();
+        other.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("out%20of%20range"),
+        );
+
+        rewrite_limit_status(&mut oversized);
+        rewrite_limit_status(&mut other);
+
+        assert_eq!(
+            oversized.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        assert_eq!(
+            other.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"11"[..])
         );
     }
 }
