@@ -50,10 +50,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the command service after `adjust` changed the test settings.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = TestDatabase::create("linkd_e2e")
-        .await
-        .expect("creating a test database");
-    let mut settings = test_settings(database.url.clone());
+    let (database, mut settings) = fresh_database().await;
     adjust(&mut settings);
     start(database, settings, None).await
 }
@@ -66,43 +63,41 @@ pub async fn spawn_system() -> TestApp {
 
 /// [`spawn_system`] after `adjust` changed the command service's settings.
 pub async fn spawn_system_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = TestDatabase::create("linkd_e2e")
-        .await
-        .expect("creating a test database");
-    let stream = TestStream::new(nats_url());
-    let mut settings = test_settings(database.url.clone());
-    settings.relay_enabled = true;
-    settings.stream = stream.name.clone();
-    settings.subject_prefix = stream.prefix.clone();
+    let (database, stream, mut settings) = fresh_system(nats_url()).await;
     adjust(&mut settings);
     start(database, settings, Some(stream)).await
 }
 
 /// Starts both services on `nats_url` (instead of the shared server).
 pub async fn spawn_system_on(nats_url: String) -> TestApp {
-    let database = TestDatabase::create("linkd_e2e")
-        .await
-        .expect("creating a test database");
-    let stream = TestStream::new(nats_url.clone());
-    let mut settings = test_settings(database.url.clone());
-    settings.relay_enabled = true;
-    settings.nats_url = nats_url;
-    settings.stream = stream.name.clone();
-    settings.subject_prefix = stream.prefix.clone();
+    let (database, stream, settings) = fresh_system(nats_url).await;
     start(database, settings, Some(stream)).await
 }
 
 /// Starts both services with the email worker sending through `email`.
 pub async fn spawn_system_with_mail(email: projection_service::email::EmailSettings) -> TestApp {
+    let (database, stream, settings) = fresh_system(nats_url()).await;
+    start_with_email(database, settings, Some(stream), Some(email)).await
+}
+
+/// A new event store database and the command service's test settings for it.
+async fn fresh_database() -> (TestDatabase, Settings) {
     let database = TestDatabase::create("linkd_e2e")
         .await
         .expect("creating a test database");
-    let stream = TestStream::new(nats_url());
-    let mut settings = test_settings(database.url.clone());
+    let settings = test_settings(database.url.clone());
+    (database, settings)
+}
+
+/// [`fresh_database`], a new stream on `nats_url`, and settings with the relay publishing to it.
+async fn fresh_system(nats_url: String) -> (TestDatabase, TestStream, Settings) {
+    let (database, mut settings) = fresh_database().await;
+    let stream = TestStream::new(nats_url.clone());
     settings.relay_enabled = true;
+    settings.nats_url = nats_url;
     settings.stream = stream.name.clone();
     settings.subject_prefix = stream.prefix.clone();
-    start_with_email(database, settings, Some(stream), Some(email)).await
+    (database, stream, settings)
 }
 
 async fn start(database: TestDatabase, settings: Settings, stream: Option<TestStream>) -> TestApp {

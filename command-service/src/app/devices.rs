@@ -2,14 +2,15 @@
 //! in a row unlink the device), and unlinking — by the device itself or by the holder from the
 //! browser. Unlinking revokes the device's credential at once.
 
-use chrono::Utc;
-use domain::{Device, DeviceCommand, DeviceError, DeviceId};
+use chrono::{DateTime, Utc};
+use domain::{Device, DeviceCommand, DeviceError, DeviceId, LinkAttemptId};
 use proto::consistency::ConsistencyToken;
 
 use super::App;
 use super::auth::{Citizen, LinkedDevice};
 use crate::error::CommandError;
 use crate::secrets::SecretCode;
+use crate::store::Executed;
 
 /// The verdict on a secret code typed to unlock the app.
 #[derive(Debug)]
@@ -29,16 +30,12 @@ impl App {
         device: LinkedDevice,
         enabled: bool,
     ) -> Result<ConsistencyToken, CommandError> {
-        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
-        let command = DeviceCommand::SetBiometrics {
-            link_id: device.link_id(),
-            enabled,
-            at: Utc::now(),
-        };
-        let metadata = device.metadata().clone();
         let executed = self
-            .store
-            .execute(device.into_loaded(), command, &metadata)
+            .on_device(device, |link_id, at| DeviceCommand::SetBiometrics {
+                link_id,
+                enabled,
+                at,
+            })
             .await?;
         Ok(ConsistencyToken::of([&executed.position]))
     }
@@ -54,15 +51,12 @@ impl App {
         tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
         let matches = self.code_matches(&code, device.code_verifier()).await?;
         let link_id = device.link_id();
-        let command = DeviceCommand::RecordSecretCodeCheck {
-            link_id,
-            matches,
-            at: Utc::now(),
-        };
-        let metadata = device.metadata().clone();
         let executed = self
-            .store
-            .execute(device.into_loaded(), command, &metadata)
+            .on_device(device, |link_id, at| DeviceCommand::RecordSecretCodeCheck {
+                link_id,
+                matches,
+                at,
+            })
             .await?;
         let after = executed.state;
         let still_linked = after.link_id() == Some(link_id);
@@ -82,16 +76,12 @@ impl App {
         &self,
         device: LinkedDevice,
     ) -> Result<ConsistencyToken, CommandError> {
-        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
         let link_id = device.link_id();
-        let command = DeviceCommand::UnlinkFromDevice {
-            link_id,
-            at: Utc::now(),
-        };
-        let metadata = device.metadata().clone();
         let executed = self
-            .store
-            .execute(device.into_loaded(), command, &metadata)
+            .on_device(device, |link_id, at| DeviceCommand::UnlinkFromDevice {
+                link_id,
+                at,
+            })
             .await?;
         self.credentials.delete_link(link_id.0).await?;
         Ok(ConsistencyToken::of([&executed.position]))
@@ -138,5 +128,20 @@ impl App {
             self.credentials.delete_link(link_id.0).await?;
         }
         Ok(ConsistencyToken::of(&positions))
+    }
+
+    /// Executes, on the device the caller authenticated as, the command `command` builds for
+    /// the device's current link, now.
+    async fn on_device(
+        &self,
+        device: LinkedDevice,
+        command: impl FnOnce(LinkAttemptId, DateTime<Utc>) -> DeviceCommand,
+    ) -> Result<Executed<Device>, CommandError> {
+        tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
+        let command = command(device.link_id(), Utc::now());
+        let metadata = device.metadata().clone();
+        self.store
+            .execute(device.into_loaded(), command, &metadata)
+            .await
     }
 }
