@@ -55,6 +55,33 @@ impl Credentials {
         Ok(())
     }
 
+    /// The stored hash of the link token of attempt `id`, if it is still alive: a link token
+    /// dies when its attempt expires or links its device (DESIGN §4 rule 7).
+    pub(crate) async fn live_link_token(&self, id: Uuid) -> Result<Option<Vec<u8>>, CommandError> {
+        Ok(sqlx::query_scalar(
+            "SELECT token_hash FROM bearer_tokens \
+             WHERE kind = $1 AND id = $2 AND expires_at > now()",
+        )
+        .bind(TokenKind::LinkAttempt.table_kind())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Ends bearer token `id` of `kind` (its purpose is done).
+    pub(crate) async fn delete_bearer(
+        &self,
+        kind: TokenKind,
+        id: Uuid,
+    ) -> Result<(), CommandError> {
+        sqlx::query("DELETE FROM bearer_tokens WHERE kind = $1 AND id = $2")
+            .bind(kind.table_kind())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The stored hash of bearer token `id`, if any.
     pub(crate) async fn bearer_hash(
         &self,
@@ -70,18 +97,18 @@ impl Credentials {
         )
     }
 
-    /// Stores (or replaces, for a retried link) the credential and verifier of link `link_id`.
-    pub(crate) async fn put_device_credential(
+    /// Stores the credential and verifier of link `link_id` if it has none yet; `false` if it
+    /// has (another call set them: exactly one call sets a link's code, and nothing replaces it).
+    pub(crate) async fn claim_device_credential(
         &self,
         link_id: Uuid,
         device_id: Uuid,
         credential_hash: &[u8],
         code_verifier: &str,
-    ) -> Result<(), CommandError> {
-        sqlx::query(
+    ) -> Result<bool, CommandError> {
+        let inserted = sqlx::query(
             "INSERT INTO device_credentials (link_id, device_id, credential_hash, code_verifier) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (link_id) DO UPDATE \
-             SET credential_hash = EXCLUDED.credential_hash, code_verifier = EXCLUDED.code_verifier",
+             VALUES ($1, $2, $3, $4) ON CONFLICT (link_id) DO NOTHING",
         )
         .bind(link_id)
         .bind(device_id)
@@ -89,6 +116,21 @@ impl Credentials {
         .bind(code_verifier)
         .execute(&self.pool)
         .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Deletes the credential of link `link_id` if it is the one with `credential_hash` (the
+    /// credential a call itself stored, for a link that did not happen).
+    pub(crate) async fn release_device_credential(
+        &self,
+        link_id: Uuid,
+        credential_hash: &[u8],
+    ) -> Result<(), CommandError> {
+        sqlx::query("DELETE FROM device_credentials WHERE link_id = $1 AND credential_hash = $2")
+            .bind(link_id)
+            .bind(credential_hash)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

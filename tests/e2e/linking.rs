@@ -213,47 +213,137 @@ async fn a_luxtrust_assertion_for_another_attempt_is_refused() {
 }
 
 #[tokio::test]
-async fn a_secret_code_submitted_twice_at_once_yields_one_working_credential() {
+async fn set_secret_code_racing_ten_times_on_one_attempt_links_with_exactly_one_credential() {
     // Arrange: an authenticated attempt.
     let mut app = spawn_app().await;
     app.register("anna").await;
     let start = app.authenticated_qr_attempt("anna").await;
 
-    // Act: the app double-submits (no request_id), then retries once more afterwards.
-    let (first, second) = tokio::join!(
-        app.clone_clients().set_code(&start.link_token),
-        app.set_code(&start.link_token)
-    );
-    let (first, second) = (first.unwrap(), second.unwrap());
-    let later = app.set_code(&start.link_token).await.unwrap();
+    // Act: ten calls at once (no request_id), as a double-tapping app or a replaying attacker.
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let clients = app.clone_clients();
+            let token = start.link_token.clone();
+            tokio::spawn(async move { clients.set_code(&token).await })
+        })
+        .collect();
+    let mut linked = Vec::new();
+    let mut refused = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(answer) => linked.push(answer),
+            Err(status) => refused.push(status),
+        }
+    }
 
-    // Assert: one link, one credential, and it works.
-    assert_eq!(first.credential, second.credential);
-    assert_eq!(first.credential, later.credential);
-    assert!(verify(&mut app, &first.credential, CODE).await.unwrap());
+    // Assert: exactly one call linked the device; the others were refused and changed nothing;
+    // the one credential works.
+    assert_eq!(linked.len(), 1, "refused: {refused:?}");
+    for status in &refused {
+        assert!(
+            matches!(
+                status.code(),
+                Code::Aborted | Code::Unauthenticated | Code::FailedPrecondition
+            ),
+            "{status:?}"
+        );
+    }
     assert_eq!(app.events_of_type("DeviceLinked").await, 1);
+    assert_eq!(app.events_of_type("LinkCompleted").await, 1);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM device_credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "no loser left or removed a credential");
+    let verified = verify(&mut app, &linked[0].credential, CODE).await;
+    assert!(matches!(verified, Ok(true)), "{verified:?}");
 }
 
 #[tokio::test]
-async fn a_completed_attempt_does_not_reveal_its_credential_for_another_code() {
+async fn after_the_link_its_token_is_dead_and_no_secret_code_is_evaluated() {
+    // Arrange: a completed link.
     let mut app = spawn_app().await;
     app.register("anna").await;
     let start = app.authenticated_qr_attempt("anna").await;
     app.set_code(&start.link_token).await.unwrap();
+    let qr = app.issue_qr("anna").await;
 
-    let other_code = proto::v1::SetSecretCodeRequest {
-        link_token: start.link_token,
-        secret_code: "591372".into(),
+    // Act: seven wrong codes, then the right one, with the link token; and the other steps.
+    let mut answers = Vec::new();
+    for code in [
+        "591372", "591373", "591374", "591375", "591376", "591377", "591378", CODE,
+    ] {
+        let retry = proto::v1::SetSecretCodeRequest {
+            link_token: start.link_token.clone(),
+            secret_code: code.into(),
+            request_id: String::new(),
+        };
+        answers.push(app.device.set_secret_code(retry).await.map(|_| ()));
+    }
+    let scan = proto::v1::ScanQrRequest {
+        link_token: start.link_token.clone(),
+        qr_payload: qr.qr_payload,
         request_id: String::new(),
     };
-    let refused = app.device.set_secret_code(other_code).await.unwrap_err();
-
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("already linked its device"),
-        "{}",
-        refused.message()
+    answers.push(app.device.scan_qr(scan).await.map(|_| ()));
+    let luxtrust = proto::v1::AuthenticateWithLuxTrustRequest {
+        link_token: start.link_token.clone(),
+        assertion: app
+            .keys
+            .luxtrust_assertion("anna", "mobile", "LT-1", &start.luxtrust_nonce)
+            .unwrap(),
+        request_id: String::new(),
+    };
+    answers.push(
+        app.device
+            .authenticate_with_lux_trust(luxtrust)
+            .await
+            .map(|_| ()),
     );
+
+    // Assert: every call is UNAUTHENTICATED; no credential came back and no code was counted.
+    for answer in &answers {
+        match answer {
+            Err(status) => assert_eq!(status.code(), Code::Unauthenticated, "{status:?}"),
+            Ok(()) => panic!("a dead link token was accepted"),
+        }
+    }
+    assert_eq!(app.events_of_type("SecretCodeFailed").await, 0);
+    assert_eq!(app.events_of_type("SecretCodeVerified").await, 0);
+}
+
+#[tokio::test]
+async fn a_link_token_past_its_expiry_is_refused() {
+    // Arrange: attempts live one second.
+    let mut app = e2e::spawn_app_with(|settings| {
+        settings.link_attempt_ttl = std::time::Duration::from_secs(1);
+    })
+    .await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let start = app
+        .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+        .await;
+    let events = app.event_count().await;
+
+    // Act
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let scan = proto::v1::ScanQrRequest {
+        link_token: start.link_token.clone(),
+        qr_payload: qr.qr_payload,
+        request_id: String::new(),
+    };
+    let refused = app.device.scan_qr(scan).await;
+
+    // Assert
+    match refused {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(status.message().contains("expired"), "{status:?}");
+        }
+        Ok(answer) => panic!("an expired link token was accepted: {answer:?}"),
+    }
+    assert_eq!(app.event_count().await, events, "nothing written");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use identity::{LuxTrustClaims, PortalClaims, TokenError};
 use super::{App, Call};
 use crate::credentials::StoredCredential;
 use crate::error::CommandError;
-use crate::secrets::{self, PresentedToken, TokenKind};
+use crate::secrets::{self, TokenKind};
 use crate::store::{Loaded, Metadata};
 use crate::validate;
 
@@ -50,12 +50,10 @@ impl Citizen {
     }
 }
 
-/// The app, holding the `link_token` of a link attempt.
+/// The app, holding the live `link_token` of a link attempt.
 #[derive(Debug)]
 pub(crate) struct AttemptHolder {
     attempt_id: LinkAttemptId,
-    /// The token as presented (the device credential is derived from it).
-    token: PresentedToken,
     metadata: Metadata,
 }
 
@@ -63,11 +61,6 @@ impl AttemptHolder {
     /// The link attempt.
     pub(crate) fn attempt_id(&self) -> LinkAttemptId {
         self.attempt_id
-    }
-
-    /// The `link_token` as presented.
-    pub(crate) fn token(&self) -> &PresentedToken {
-        &self.token
     }
 
     /// Who is acting, for the events written.
@@ -181,13 +174,12 @@ impl App {
                 "link_token is malformed; pass the link_token StartLink returned, unchanged".into(),
             )
         })?;
-        let stored = self
-            .credentials
-            .bearer_hash(TokenKind::LinkAttempt, token.id)
-            .await?;
+        let stored = self.credentials.live_link_token(token.id).await?;
         if !stored.is_some_and(|hash| token.matches(&hash)) {
             return Err(CommandError::Unauthenticated(
-                "link_token is not valid".into(),
+                "link_token is not valid: it is unknown, expired, or its link is complete; \
+                 start again with StartLink"
+                    .into(),
             ));
         }
         Ok(AttemptHolder {
@@ -197,7 +189,6 @@ impl App {
                 request_id: call.call_id.clone(),
                 account_id: None,
             },
-            token,
         })
     }
 

@@ -1,12 +1,15 @@
 //! The end of the linking ceremony (R4, R5, R7): the app sets the 6-digit secret code of an
 //! authenticated link attempt, and from that moment the device is linked. In order:
 //!
-//! 1. the attempt must be ready (authenticated, not expired); one that already linked its
-//!    device answers a retry with the same credential, if the same code is presented;
+//! 1. the attempt must be ready (authenticated, not expired, not completed). A completed
+//!    attempt's link token is dead, so no call after completion ever reaches a secret code: a
+//!    lost answer is recovered only by retrying with the same `request_id` (AIP-155);
 //! 2. the device must not be linked by another attempt (R5) — refused before any hashing;
-//! 3. the code's verifier and the device credential are stored, *before* the link, so a linked
-//!    device always has its credential (a refused link removes them again; ADR 0002);
-//! 4. the device is linked (`DeviceLinked`), then the attempt completed (`LinkCompleted`).
+//! 3. the code's verifier and a fresh, random device credential are claimed for the link —
+//!    *before* the link, so a linked device always has its credential. Exactly one call per
+//!    attempt can claim them; a concurrent call is refused and changes nothing (ADR 0003);
+//! 4. the device is linked (`DeviceLinked`), the attempt completed (`LinkCompleted`), and the
+//!    link token ended. A refused link releases the claim again.
 
 use chrono::{DateTime, Utc};
 use domain::{
@@ -18,12 +21,12 @@ use proto::consistency::{ConsistencyToken, Written};
 use super::App;
 use super::auth::AttemptHolder;
 use crate::error::CommandError;
-use crate::secrets::{MintedToken, SecretCode, TokenKind};
+use crate::secrets::{self, MintedToken, SecretCode, TokenKind};
 use crate::store::{Executed, Loaded, Metadata};
 
 /// A device, linked (no `Debug`: the credential is a secret).
 pub(crate) struct DeviceLinkedNow {
-    /// The device's credential for its later calls; returned here only.
+    /// The device's credential for its later calls; returned here only, once.
     pub(crate) device_credential: String,
     pub(crate) device_id: DeviceId,
     pub(crate) linked_at: DateTime<Utc>,
@@ -37,44 +40,31 @@ impl App {
         holder: AttemptHolder,
         code: SecretCode,
     ) -> Result<DeviceLinkedNow, CommandError> {
+        let attempt_id = holder.attempt_id();
         let span = tracing::Span::current();
-        span.record(
-            "link_attempt_id",
-            tracing::field::display(holder.attempt_id()),
-        );
-        // The credential is derived from the link token, so every call for this attempt (a
-        // retry, or a double submit racing the first) returns the same credential.
-        let credential = holder
-            .token()
-            .derive(TokenKind::DeviceCredential, holder.attempt_id().0);
+        span.record("link_attempt_id", tracing::field::display(attempt_id));
         let now = Utc::now();
         let attempt = self
             .store
-            .load::<LinkAttempt>(&holder.attempt_id().to_string())
+            .load::<LinkAttempt>(&attempt_id.to_string())
             .await?;
-        let ready = match attempt.state().ready_to_link(now) {
-            Ok(ready) => ready,
-            Err(LinkAttemptError::AlreadyCompleted) => {
-                return self
-                    .repeat_completed_link(&holder, attempt.state(), credential, &code)
-                    .await;
-            }
-            Err(refusal) => return Err(refusal.into()),
-        };
+        let ready = attempt.state().ready_to_link(now)?;
         span.record("device_id", tracing::field::display(ready.device_id));
         let device = self
             .store
             .load::<Device>(&ready.device_id.to_string())
             .await?;
-        let link = link_command(holder.attempt_id(), &ready, now);
+        let link = link_command(attempt_id, &ready, now);
         device.state().decide(link.clone())?;
-        self.store_credential(holder.attempt_id(), &ready, &credential, &code)
-            .await?;
+        let credential = self.claim_credential(attempt_id, &ready, &code).await?;
         let metadata = holder.metadata().for_account(&ready.account_id.0);
         let linked = self
-            .link_device(device, link, &metadata, holder.attempt_id())
+            .link_device(device, link, &metadata, attempt_id, &credential)
             .await?;
         let completed = self.complete_attempt(attempt, now, &metadata).await?;
+        self.credentials
+            .delete_bearer(TokenKind::LinkAttempt, attempt_id.0)
+            .await?;
         tracing::info!(method = ?ready.method, "device linked");
         Ok(DeviceLinkedNow {
             device_credential: credential.text,
@@ -84,39 +74,53 @@ impl App {
         })
     }
 
-    /// Step 3: the code's verifier and the credential, stored under the link's id.
-    async fn store_credential(
+    /// Step 3: a fresh credential and the code's verifier, stored under the link's id unless
+    /// another call for the same attempt got there first.
+    async fn claim_credential(
         &self,
         link_id: LinkAttemptId,
         ready: &ReadyToLink,
-        credential: &MintedToken,
         code: &SecretCode,
-    ) -> Result<(), CommandError> {
+    ) -> Result<MintedToken, CommandError> {
         let verifier = self.hash_code(code).await?;
-        self.credentials
-            .put_device_credential(link_id.0, ready.device_id.0, &credential.hash, &verifier)
-            .await
+        let credential = secrets::mint(TokenKind::DeviceCredential, link_id.0);
+        let claimed = self
+            .credentials
+            .claim_device_credential(link_id.0, ready.device_id.0, &credential.hash, &verifier)
+            .await?;
+        if !claimed {
+            return Err(CommandError::InProgress(
+                "another SetSecretCode call for this link attempt set its secret code first; \
+                 this call changed nothing (to recover a lost answer, retry with the same \
+                 request_id)"
+                    .into(),
+            ));
+        }
+        Ok(credential)
     }
 
-    /// Step 4a: the device is linked; if that is refused, the credential stored for it goes.
+    /// Step 4a: the device is linked; if that is refused, the credential this call claimed
+    /// goes (and only that one).
     async fn link_device(
         &self,
         device: Loaded<Device>,
         link: DeviceCommand,
         metadata: &Metadata,
         link_id: LinkAttemptId,
+        credential: &MintedToken,
     ) -> Result<Executed<Device>, CommandError> {
         match self.store.execute(device, link, metadata).await {
             Ok(linked) => Ok(linked),
             Err(refusal) => {
-                self.credentials.delete_link(link_id.0).await?;
+                self.credentials
+                    .release_device_credential(link_id.0, &credential.hash)
+                    .await?;
                 Err(refusal)
             }
         }
     }
 
-    /// Step 4b: the attempt is over. A concurrent call for the same attempt that completed it
-    /// first linked the same device with the same credential.
+    /// Step 4b: the attempt is over.
     async fn complete_attempt(
         &self,
         attempt: Loaded<LinkAttempt>,
@@ -127,44 +131,13 @@ impl App {
         let complete = LinkAttemptCommand::Complete { at };
         match self.store.execute(attempt, complete, metadata).await {
             Ok(completed) => Ok(completed.position),
+            // Only the call that claimed the credential gets here; a crash after the link and
+            // before this point is finished by no one else, so this is the same link.
             Err(CommandError::Attempt(LinkAttemptError::AlreadyCompleted)) => {
                 Ok(self.store.load::<LinkAttempt>(&id).await?.position())
             }
             Err(other) => Err(other),
         }
-    }
-
-    /// Step 1, for an attempt that already linked its device: the same answer, if the device
-    /// is still linked by this attempt and the code is the one that was set.
-    async fn repeat_completed_link(
-        &self,
-        holder: &AttemptHolder,
-        attempt: &LinkAttempt,
-        credential: MintedToken,
-        code: &SecretCode,
-    ) -> Result<DeviceLinkedNow, CommandError> {
-        let completed = || CommandError::Attempt(LinkAttemptError::AlreadyCompleted);
-        let device_id = attempt.device_id().ok_or_else(completed)?;
-        let device = self.store.load::<Device>(&device_id.to_string()).await?;
-        let stored = self
-            .credentials
-            .device_credential(holder.attempt_id().0)
-            .await?;
-        let (Some(linked_at), Some(stored)) = (device.state().linked_at(), stored) else {
-            return Err(completed());
-        };
-        if device.state().link_id() != Some(holder.attempt_id()) {
-            return Err(completed());
-        }
-        if !self.code_matches(code, &stored.code_verifier).await? {
-            return Err(completed());
-        }
-        Ok(DeviceLinkedNow {
-            device_credential: credential.text,
-            device_id,
-            linked_at,
-            written: ConsistencyToken::of([&device.position()]),
-        })
     }
 }
 
