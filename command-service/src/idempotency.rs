@@ -1,9 +1,12 @@
 //! Idempotent retries (AIP-155): a call repeated with the same `request_id` returns the first
 //! answer and changes nothing.
 //!
+//! Keys are scoped by caller: the row is found by a hash of (method, scope, request_id), where
+//! the scope is the credential the call carries (see `grpc::Scoped`), so one client's
+//! `request_id`, learnt by another, cannot be claimed by that other.
+//!
 //! Neither the `request_id` nor the answer is stored in clear, because some answers carry
-//! secrets (a QR payload, a link token, a device credential). The row is found by a hash of
-//! (method, request_id); the answer is encrypted (ChaCha20-Poly1305) with a key derived from the
+//! secrets (a QR payload, a link token, a device credential). The answer is encrypted (ChaCha20-Poly1305) with a key derived from the
 //! `request_id`, the caller's credentials and the request — which only the client holds.
 
 use chacha20poly1305::aead::{Aead as _, KeyInit as _};
@@ -56,13 +59,15 @@ impl RequestLog {
         Self { pool }
     }
 
-    /// Runs `call` once per (`method`, `request_id`): a repeat returns the first answer. An empty
-    /// `request_id` runs `call` without any of this. `credentials` is the caller's authorization
-    /// (or empty); a repeat must present the same credentials and the same request.
+    /// Runs `call` once per (`method`, `scope`, `request_id`): a repeat returns the first
+    /// answer. An empty `request_id` runs `call` without any of this. `scope` is whose request
+    /// ids these are; `credentials` is the caller's authorization (or empty); a repeat must
+    /// present the same credentials and the same request.
     pub(crate) async fn run<Req, Resp, F, Fut>(
         &self,
         method: &str,
         request_id: &str,
+        scope: &str,
         credentials: &str,
         request: &Req,
         call: F,
@@ -82,7 +87,10 @@ impl RequestLog {
         let request_id = parsed.to_string();
         let body = request.encode_to_vec();
         let keys = Keys {
-            key_hash: derive("key", &[method.as_bytes(), request_id.as_bytes()]),
+            key_hash: derive(
+                "key",
+                &[method.as_bytes(), scope.as_bytes(), request_id.as_bytes()],
+            ),
             fingerprint: derive(
                 "fingerprint",
                 &[method.as_bytes(), credentials.as_bytes(), &body],

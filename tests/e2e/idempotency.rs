@@ -90,18 +90,69 @@ async fn a_retried_secret_code_returns_the_same_credential() {
 
 #[tokio::test]
 async fn a_request_id_reused_for_another_request_is_refused() {
+    // Arrange: one device, two different StartLink requests under one request_id.
     let mut app = spawn_app().await;
     let request_id = Uuid::new_v4().to_string();
-    let mut first = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    let device_id = Uuid::new_v4().to_string();
+    let mut first = TestApp::start_request(&device_id, LinkMethod::Qr);
     first.request_id = request_id.clone();
-    let mut other = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    let mut other = TestApp::start_request(&device_id, LinkMethod::Qr);
+    other.device_name = "Another name".into();
     other.request_id = request_id;
 
+    // Act
     app.device.start_link(first).await.unwrap();
     let refused = app.device.start_link(other).await.unwrap_err();
 
+    // Assert
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert_eq!(app.event_count().await, 1);
+}
+
+#[tokio::test]
+async fn another_callers_request_id_does_not_block() {
+    // Arrange: anna's request_id, learnt by bob (and by another device's app).
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.register("bob").await;
+    let request_id = Uuid::new_v4().to_string();
+    let request = IssueLinkQrRequest {
+        request_id: request_id.clone(),
+    };
+    let mut starts = Vec::new();
+    for _ in 0..2 {
+        let mut start = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+        start.request_id = request_id.clone();
+        starts.push(start);
+    }
+
+    // Act: bob and the other device use it first; then anna and the first device.
+    let bobs = app
+        .portal
+        .issue_link_qr(bearer(request.clone(), &app.citizen("bob")))
+        .await;
+    let annas = app
+        .portal
+        .issue_link_qr(bearer(request, &app.citizen("anna")))
+        .await;
+    let mut started = Vec::new();
+    for start in starts {
+        started.push(app.device.start_link(start).await);
+    }
+
+    // Assert: each got an answer of its own.
+    let (bobs, annas) = match (bobs, annas) {
+        (Ok(bobs), Ok(annas)) => (bobs.into_inner(), annas.into_inner()),
+        (bobs, annas) => panic!("bob: {bobs:?}, anna: {annas:?}"),
+    };
+    assert_ne!(bobs.qr_id, annas.qr_id);
+    for answer in &started {
+        if let Err(status) = answer {
+            panic!("a StartLink was blocked by another device's request_id: {status:?}");
+        }
+    }
+    assert_eq!(app.events_of_type("QrIssued").await, 2);
+    assert_eq!(app.events_of_type("LinkRequested").await, 2);
 }
 
 #[tokio::test]
