@@ -15,14 +15,10 @@ fn is_token_char(c: char, extra: &str) -> bool {
     c.is_ascii_alphanumeric() || extra.contains(c)
 }
 
-/// An account id: 1–64 characters from `A-Z a-z 0-9 . _ - @ :`.
+/// An account id (`domain::AccountId::parse`): 1–64 characters from `A-Z a-z 0-9 . _ - @ :`.
 pub(crate) fn account_id(raw: &str) -> Result<AccountId, CommandError> {
-    if raw.is_empty() || raw.len() > 64 || !raw.chars().all(|c| is_token_char(c, "._-@:")) {
-        return Err(invalid(
-            "account_id must be 1 to 64 characters from A-Z a-z 0-9 . _ - @ :",
-        ));
-    }
-    Ok(AccountId(raw.to_owned()))
+    AccountId::parse(raw)
+        .map_err(|_| invalid("account_id must be 1 to 64 characters from A-Z a-z 0-9 . _ - @ :"))
 }
 
 /// An email address: one `@` with text on both sides, no spaces or control characters.

@@ -20,7 +20,7 @@ mod values;
 
 pub use account::{Account, AccountCommand, AccountError, AccountEvent};
 pub use device::{Device, DeviceCommand, DeviceError, DeviceEvent, MAX_SECRET_CODE_FAILURES};
-pub use ids::{AccountId, DeviceId, LinkAttemptId, QrId};
+pub use ids::{AccountId, DeviceId, LinkAttemptId, NotAnAccountId, QrId};
 pub use link_attempt::{
     LinkAttempt, LinkAttemptCommand, LinkAttemptError, LinkAttemptEvent, ReadyToLink,
 };

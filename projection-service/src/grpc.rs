@@ -52,11 +52,20 @@ impl Queries {
     /// The account of a holder who authenticated recently enough (`reauth_max_age`).
     pub(crate) fn reauthenticated(&self, claims: &PortalClaims) -> Result<String, QueryError> {
         let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);
-        claims
+        let sub = claims
             .reauthenticated_citizen(Utc::now().timestamp(), max_age)
-            .map(str::to_owned)
-            .map_err(|refusal| QueryError::PermissionDenied(refusal.to_string()))
+            .map_err(|refusal| QueryError::PermissionDenied(refusal.to_string()))?;
+        account_id("the portal token's sub", sub)
     }
+}
+
+/// `raw` as an account id (`domain::AccountId::parse`); `what` names it in the refusal. Checked
+/// before any query: PostgreSQL refuses some bytes (NUL) in text, and a request must never be
+/// answered as an outage it caused.
+pub(crate) fn account_id(what: &str, raw: &str) -> Result<String, QueryError> {
+    domain::AccountId::parse(raw)
+        .map(|account| account.0)
+        .map_err(|refusal| QueryError::InvalidArgument(format!("{what} is not valid: {refusal}")))
 }
 
 /// How long the call may wait: the client's deadline from `grpc-timeout` (e.g. `5S`, `250m`)

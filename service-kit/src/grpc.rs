@@ -2,10 +2,11 @@
 //!
 //! [`GrpcServer`] adds, beside the services it is given: `grpc.health.v1` (each service
 //! reported serving) and server reflection (linkd's and health's descriptors); a limit of
-//! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit
-//! ([`limit`]); and TCP_NODELAY on every accepted connection.
+//! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit, and
+//! requests that do not decode answered `INVALID_ARGUMENT` too, not `INTERNAL`
+//! ([`malformed`]); and TCP_NODELAY on every accepted connection.
 
-mod limit;
+mod malformed;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -90,7 +91,7 @@ impl GrpcServer {
             .add_service(reflection.max_decoding_message_size(MAX_MESSAGE_BYTES));
         tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
-                limit::oversized_is_invalid_argument,
+                malformed::malformed_is_invalid_argument,
             ))
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming(listener), shutdown)

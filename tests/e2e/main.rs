@@ -10,6 +10,7 @@ mod authorization;
 mod delivery;
 mod demo;
 mod emails;
+mod hostile_bytes;
 mod idempotency;
 mod linking;
 mod malformed_input;

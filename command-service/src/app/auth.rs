@@ -148,8 +148,8 @@ impl App {
                 self.lifetimes.reauth_max_age.num_seconds(),
             )
             .map_err(|refusal| CommandError::PermissionDenied(refusal.to_string()))?;
-        let account_id = validate::account_id(sub).map_err(|_| {
-            CommandError::Unauthenticated("the portal token's sub is not an account id".into())
+        let account_id = AccountId::parse(sub).map_err(|refusal| {
+            CommandError::InvalidArgument(format!("the portal token's sub is not valid: {refusal}"))
         })?;
         let metadata = Metadata {
             actor: format!("citizen:{account_id}"),

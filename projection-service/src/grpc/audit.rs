@@ -135,16 +135,17 @@ impl Audits {
     /// their own (empty means their own).
     fn account<T>(&self, request: &Request<T>, requested: &str) -> Result<String, QueryError> {
         let claims = self.queries.claims(request)?;
+        let requested = match requested {
+            "" => None,
+            raw => Some(super::account_id("account_id", raw)?),
+        };
         if claims.roles.iter().any(|role| role == AUDITOR_ROLE) {
-            if requested.is_empty() {
-                return Err(QueryError::InvalidArgument(
-                    "account_id is required for auditors".into(),
-                ));
-            }
-            return Ok(requested.to_owned());
+            return requested.ok_or_else(|| {
+                QueryError::InvalidArgument("account_id is required for auditors".into())
+            });
         }
         let own = self.queries.reauthenticated(&claims)?;
-        if !requested.is_empty() && requested != own {
+        if requested.is_some_and(|requested| requested != own) {
             return Err(QueryError::PermissionDenied(
                 "an account holder may only read their own history".into(),
             ));
