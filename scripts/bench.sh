@@ -88,12 +88,14 @@ COMMON=(
   LINKD_STREAM="$STREAM"
   LINKD_SUBJECT_PREFIX="$PREFIX"
   LINKD_IDP_PUBLIC_KEYS_FILE="$WORK/keys/idp.pub.pem"
+  LINKD_IDP_ISSUER=linkd-dev-idp
   RUST_LOG="${RUST_LOG:-info}"
 )
 env "${COMMON[@]}" \
   LINKD_COMMAND_DATABASE_URL="$PG_SERVER/$COMMAND_DB" \
   LINKD_COMMAND_GRPC_ADDR="$COMMAND_ADDR" \
   LINKD_LUXTRUST_PUBLIC_KEYS_FILE="$WORK/keys/luxtrust.pub.pem" \
+  LINKD_LUXTRUST_ISSUER=linkd-dev-luxtrust \
   LINKD_SECRET_CODE_PEPPER="$PEPPER" \
   "$BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
 pids+=($!)

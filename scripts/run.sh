@@ -35,6 +35,9 @@ export LINKD_COMMAND_GRPC_ADDR=${LINKD_COMMAND_GRPC_ADDR:-127.0.0.1:50051}
 export LINKD_PROJECTION_GRPC_ADDR=${LINKD_PROJECTION_GRPC_ADDR:-127.0.0.1:50052}
 export LINKD_IDP_PUBLIC_KEYS_FILE=${LINKD_IDP_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/idp.pub.pem}
 export LINKD_LUXTRUST_PUBLIC_KEYS_FILE=${LINKD_LUXTRUST_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/luxtrust.pub.pem}
+# The issuers of the development keys' tokens (`linkctl dev token`, linkctl demo).
+export LINKD_IDP_ISSUER=${LINKD_IDP_ISSUER:-linkd-dev-idp}
+export LINKD_LUXTRUST_ISSUER=${LINKD_LUXTRUST_ISSUER:-linkd-dev-luxtrust}
 LINKD_SECRET_CODE_PEPPER=${LINKD_SECRET_CODE_PEPPER:-$(cat .dev/pepper)}
 export LINKD_SECRET_CODE_PEPPER
 

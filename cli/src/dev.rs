@@ -15,8 +15,12 @@ use serde::Serialize;
 
 /// The audience of portal JWTs in the development configuration (the service's default).
 pub const PORTAL_AUDIENCE: &str = "linkd-portal";
+/// The `iss` of development portal tokens (what `run.sh` sets `LINKD_IDP_ISSUER` to).
+pub const PORTAL_ISSUER: &str = "linkd-dev-idp";
 /// The audience of LuxTrust assertions in the development configuration (the service's default).
 pub const LUXTRUST_AUDIENCE: &str = "linkd-luxtrust";
+/// The `iss` of development LuxTrust assertions (what `run.sh` sets `LINKD_LUXTRUST_ISSUER` to).
+pub const LUXTRUST_ISSUER: &str = "linkd-dev-luxtrust";
 
 /// The two development signers.
 #[derive(Clone)]
@@ -117,12 +121,25 @@ impl DevKeys {
             &PortalClaims {
                 sub: account_id,
                 aud: PORTAL_AUDIENCE,
+                iss: PORTAL_ISSUER,
                 iat: now,
                 exp: now + 600,
                 auth_time: now - auth_age_seconds,
                 roles: vec![],
             },
         )
+    }
+
+    /// A portal JWT with exactly `claims` (for tests of the token checks), signed with the
+    /// development identity provider's key.
+    pub fn portal_token_with(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
+        sign(&self.idp, claims)
+    }
+
+    /// A LuxTrust assertion with exactly `claims` (for tests of the assertion checks), signed
+    /// with the development LuxTrust key.
+    pub fn luxtrust_assertion_with(&self, claims: &serde_json::Value) -> anyhow::Result<String> {
+        sign(&self.luxtrust, claims)
     }
 
     /// The portal back end's JWT (role `portal-system`).
@@ -133,6 +150,7 @@ impl DevKeys {
             &PortalClaims {
                 sub: "portal-backend",
                 aud: PORTAL_AUDIENCE,
+                iss: PORTAL_ISSUER,
                 iat: now,
                 exp: now + 600,
                 auth_time: now,
@@ -149,6 +167,7 @@ impl DevKeys {
             &PortalClaims {
                 sub: "auditor-1",
                 aud: PORTAL_AUDIENCE,
+                iss: PORTAL_ISSUER,
                 iat: now,
                 exp: now + 600,
                 auth_time: now,
@@ -172,6 +191,7 @@ impl DevKeys {
             &LuxTrustClaims {
                 sub: account_id,
                 aud: LUXTRUST_AUDIENCE,
+                iss: LUXTRUST_ISSUER,
                 iat: now,
                 exp: now + 300,
                 product_kind,
@@ -186,6 +206,7 @@ impl DevKeys {
 struct PortalClaims<'a> {
     sub: &'a str,
     aud: &'a str,
+    iss: &'a str,
     iat: i64,
     exp: i64,
     auth_time: i64,
@@ -196,6 +217,7 @@ struct PortalClaims<'a> {
 struct LuxTrustClaims<'a> {
     sub: &'a str,
     aud: &'a str,
+    iss: &'a str,
     iat: i64,
     exp: i64,
     product_kind: &'a str,

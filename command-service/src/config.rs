@@ -20,14 +20,22 @@ pub struct Settings {
     pub idp_public_keys_file: PathBuf,
     /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd-portal`).
     pub idp_audience: String,
-    /// Issuer portal JWTs must name, if set (`LINKD_IDP_ISSUER`).
-    pub idp_issuer: Option<String>,
+    /// Issuer portal JWTs must name (`LINKD_IDP_ISSUER`, required).
+    pub idp_issuer: String,
+    /// The longest a portal JWT may live and the oldest it may be, from its `iat`
+    /// (`LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS`, default 3600).
+    pub idp_max_token_lifetime: Duration,
     /// PEM file with the keys that sign LuxTrust assertions (`LINKD_LUXTRUST_PUBLIC_KEYS_FILE`, required).
     pub luxtrust_public_keys_file: PathBuf,
     /// Audience LuxTrust assertions must name (`LINKD_LUXTRUST_AUDIENCE`, default
     /// `linkd-luxtrust`); must differ from the portal audience, so neither token passes for the
     /// other even if one key signed both.
     pub luxtrust_audience: String,
+    /// Issuer LuxTrust assertions must name (`LINKD_LUXTRUST_ISSUER`, required).
+    pub luxtrust_issuer: String,
+    /// The longest a LuxTrust assertion may live and the oldest it may be, from its `iat`
+    /// (`LINKD_LUXTRUST_MAX_ASSERTION_AGE_SECONDS`, default 600).
+    pub luxtrust_max_assertion_age: Duration,
     /// Server-side pepper for secret-code verifiers (`LINKD_SECRET_CODE_PEPPER`, required, ≥ 32 bytes).
     pub secret_code_pepper: Redacted<Vec<u8>>,
     /// Lifetime of a link QR code (`LINKD_QR_TTL_SECONDS`, default 120).
@@ -87,9 +95,13 @@ impl Settings {
             db_max_connections,
             idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
             idp_audience,
-            idp_issuer: env.get("LINKD_IDP_ISSUER"),
+            idp_issuer: env.required("LINKD_IDP_ISSUER")?,
+            idp_max_token_lifetime: env.seconds("LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS", 3600)?,
             luxtrust_public_keys_file: env.required("LINKD_LUXTRUST_PUBLIC_KEYS_FILE")?.into(),
             luxtrust_audience,
+            luxtrust_issuer: env.required("LINKD_LUXTRUST_ISSUER")?,
+            luxtrust_max_assertion_age: env
+                .seconds("LINKD_LUXTRUST_MAX_ASSERTION_AGE_SECONDS", 600)?,
             secret_code_pepper: Redacted(pepper),
             qr_ttl: env.seconds("LINKD_QR_TTL_SECONDS", 120)?,
             link_attempt_ttl: env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
@@ -114,6 +126,11 @@ mod tests {
             ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
             ("LINKD_LUXTRUST_PUBLIC_KEYS_FILE", "/keys/lt.pem".to_owned()),
             ("LINKD_SECRET_CODE_PEPPER", "p".repeat(32)),
+            ("LINKD_IDP_ISSUER", "https://idp.example.lu".to_owned()),
+            (
+                "LINKD_LUXTRUST_ISSUER",
+                "https://luxtrust.example.lu".to_owned(),
+            ),
         ])
     }
 

@@ -21,7 +21,7 @@ use crate::idempotency::RequestLog;
 use crate::relay::RelaySettings;
 use crate::secrets::CodeHasher;
 use crate::store::{EventStore, snapshot};
-use identity::KeySet;
+use identity::{Checks, KeySet};
 
 /// A built, not yet running, command service.
 #[derive(Debug)]
@@ -49,6 +49,10 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> 
     Ok(pool)
 }
 
+fn seconds(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
 fn duration(std: std::time::Duration) -> anyhow::Result<chrono::Duration> {
     chrono::Duration::from_std(std).context("duration out of range")
 }
@@ -59,14 +63,20 @@ impl Application {
         let pool = connect_and_migrate(&settings).await?;
         let idp = KeySet::from_pem_file(
             &settings.idp_public_keys_file,
-            settings.idp_audience.clone(),
-            settings.idp_issuer.clone(),
+            Checks {
+                audience: settings.idp_audience.clone(),
+                issuer: settings.idp_issuer.clone(),
+                max_lifetime_seconds: seconds(settings.idp_max_token_lifetime),
+            },
         )
         .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
         let luxtrust = KeySet::from_pem_file(
             &settings.luxtrust_public_keys_file,
-            settings.luxtrust_audience.clone(),
-            None,
+            Checks {
+                audience: settings.luxtrust_audience.clone(),
+                issuer: settings.luxtrust_issuer.clone(),
+                max_lifetime_seconds: seconds(settings.luxtrust_max_assertion_age),
+            },
         )
         .context("loading the LuxTrust keys (LINKD_LUXTRUST_PUBLIC_KEYS_FILE)")?;
         let app = Arc::new(App {

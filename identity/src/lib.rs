@@ -4,6 +4,11 @@
 //!
 //! Keys come from PEM files named in the settings (Ed25519 for EdDSA, P-256 for ES256); several
 //! keys may be listed in one file, which allows rotating them.
+//!
+//! Every token must pass, besides its signature ([`Checks`]): `aud` and `iss` equal to the
+//! configured ones (both required); `exp` in the future; `nbf`, if present, not in the future;
+//! `iat` present, not in the future, not older than the maximum lifetime, and `exp - iat` not
+//! longer than it. Clocks may differ by [`LEEWAY_SECONDS`].
 
 use std::path::Path;
 
@@ -14,19 +19,33 @@ use serde::Deserialize;
 /// The role a JWT must carry for the portal back end's system calls.
 pub const SYSTEM_ROLE: &str = "portal-system";
 
+/// How far clocks may differ, in seconds, for every time claim.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// What a token must say besides being signed by one of the keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checks {
+    /// The `aud` it must carry.
+    pub audience: String,
+    /// The `iss` it must carry.
+    pub issuer: String,
+    /// The longest a token may live (`exp - iat`) and the oldest it may be (`now - iat`), in
+    /// seconds.
+    pub max_lifetime_seconds: i64,
+}
+
 /// A set of public keys and the checks every token must pass.
 #[derive(Clone)]
 pub struct KeySet {
     keys: Vec<(Algorithm, DecodingKey)>,
-    audience: String,
-    issuer: Option<String>,
+    checks: Checks,
 }
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeySet")
             .field("keys", &self.keys.len())
-            .field("audience", &self.audience)
+            .field("checks", &self.checks)
             .finish()
     }
 }
@@ -44,20 +63,16 @@ pub enum TokenError {
 
 impl KeySet {
     /// Loads every public key in the PEM file at `path`.
-    pub fn from_pem_file(
-        path: &Path,
-        audience: String,
-        issuer: Option<String>,
-    ) -> anyhow::Result<Self> {
+    pub fn from_pem_file(path: &Path, checks: Checks) -> anyhow::Result<Self> {
         use anyhow::Context as _;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading public keys from {}", path.display()))?;
-        Self::from_pem(&text, audience, issuer)
+        Self::from_pem(&text, checks)
             .with_context(|| format!("parsing public keys in {}", path.display()))
     }
 
     /// Loads every public key in `pem` (one or more `PUBLIC KEY` blocks).
-    pub fn from_pem(pem: &str, audience: String, issuer: Option<String>) -> anyhow::Result<Self> {
+    pub fn from_pem(pem: &str, checks: Checks) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
         for block in pem.split("-----BEGIN ").skip(1) {
             let block = format!("-----BEGIN {block}");
@@ -70,15 +85,50 @@ impl KeySet {
             }
         }
         anyhow::ensure!(!keys.is_empty(), "no public key found");
-        Ok(Self {
-            keys,
-            audience,
-            issuer,
-        })
+        anyhow::ensure!(!checks.issuer.is_empty(), "an issuer is required");
+        anyhow::ensure!(
+            checks.max_lifetime_seconds > 0,
+            "the maximum token lifetime must be positive"
+        );
+        Ok(Self { keys, checks })
     }
 
-    /// Verifies `token` against every key and returns its claims.
+    /// Verifies `token` against every key and the [`Checks`], and returns its claims.
     pub fn verify<C: for<'de> Deserialize<'de>>(&self, token: &str) -> Result<C, TokenError> {
+        let claims = self.verify_signed(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        self.check_lifetime(&claims, i64::try_from(now).unwrap_or(i64::MAX))?;
+        serde_json::from_value(claims)
+            .map_err(|_| TokenError::Rejected("claims of the wrong shape".into()))
+    }
+
+    /// `iat`: present, not in the future, not older than the lifetime, and `exp` not further
+    /// from it than the lifetime.
+    fn check_lifetime(&self, claims: &serde_json::Value, now: i64) -> Result<(), TokenError> {
+        let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(0);
+        let max = self.checks.max_lifetime_seconds;
+        let time = |name: &str| claims.get(name).and_then(serde_json::Value::as_i64);
+        let (Some(iat), Some(exp)) = (time("iat"), time("exp")) else {
+            return Err(TokenError::Rejected("missing claim iat".into()));
+        };
+        if iat > now.saturating_add(leeway) {
+            return Err(TokenError::Rejected("issued in the future (iat)".into()));
+        }
+        if now.saturating_sub(iat) > max.saturating_add(leeway) {
+            return Err(TokenError::Rejected(format!(
+                "too old: issued more than {max} s ago"
+            )));
+        }
+        if exp.saturating_sub(iat) > max {
+            return Err(TokenError::Rejected(format!(
+                "lives too long: exp - iat is more than {max} s"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The claims of `token` once its signature, audience, issuer, `exp` and `nbf` verify.
+    fn verify_signed(&self, token: &str) -> Result<serde_json::Value, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let mut last = TokenError::Rejected("no key matches its algorithm".into());
         for (algorithm, key) in self
@@ -87,13 +137,12 @@ impl KeySet {
             .filter(|(algorithm, _)| *algorithm == header.alg)
         {
             let mut validation = Validation::new(*algorithm);
-            validation.set_audience(&[&self.audience]);
-            validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-            validation.leeway = 30;
-            if let Some(issuer) = &self.issuer {
-                validation.set_issuer(&[issuer]);
-            }
-            match jsonwebtoken::decode::<C>(token, key, &validation) {
+            validation.set_audience(&[&self.checks.audience]);
+            validation.set_issuer(&[&self.checks.issuer]);
+            validation.set_required_spec_claims(&["exp", "aud", "iss", "sub", "iat"]);
+            validation.validate_nbf = true;
+            validation.leeway = LEEWAY_SECONDS;
+            match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(error) => {
                     #[expect(
@@ -108,6 +157,9 @@ impl KeySet {
                         ErrorKind::ExpiredSignature => TokenError::Rejected("expired".into()),
                         ErrorKind::InvalidAudience => TokenError::Rejected("wrong audience".into()),
                         ErrorKind::InvalidIssuer => TokenError::Rejected("wrong issuer".into()),
+                        ErrorKind::ImmatureSignature => {
+                            TokenError::Rejected("not valid yet (nbf)".into())
+                        }
                         ErrorKind::MissingRequiredClaim(claim) => {
                             TokenError::Rejected(format!("missing claim {claim}"))
                         }
@@ -196,26 +248,28 @@ pub struct LuxTrustClaims {
 mod tests {
     use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     use jsonwebtoken::{EncodingKey, Header};
-    use serde::Serialize;
+    use serde_json::{Value, json};
 
     use super::*;
 
-    #[derive(Serialize)]
-    struct Claims {
-        sub: &'static str,
-        aud: &'static str,
-        exp: i64,
-        auth_time: i64,
+    const ISSUER: &str = "https://idp.example.lu";
+
+    fn checks(audience: &str) -> Checks {
+        Checks {
+            audience: audience.into(),
+            issuer: ISSUER.into(),
+            max_lifetime_seconds: 3600,
+        }
     }
 
-    fn claims(aud: &'static str, exp_offset: i64) -> Claims {
-        let now = chrono::Utc::now().timestamp();
-        Claims {
-            sub: "anna",
-            aud,
-            exp: now + exp_offset,
-            auth_time: now,
-        }
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn claims(aud: &str, exp_offset: i64) -> Value {
+        let now = now();
+        json!({ "sub": "anna", "aud": aud, "iss": ISSUER, "iat": now, "exp": now + exp_offset,
+                "auth_time": now })
     }
 
     fn ed25519_pair() -> (EncodingKey, String) {
@@ -243,16 +297,22 @@ mod tests {
         )
     }
 
-    fn sign(algorithm: Algorithm, key: &EncodingKey, claims: &Claims) -> String {
+    fn sign(algorithm: Algorithm, key: &EncodingKey, claims: &Value) -> String {
         jsonwebtoken::encode(&Header::new(algorithm), claims, key).unwrap()
+    }
+
+    fn refusal(keys: &KeySet, key: &EncodingKey, claims: &Value) -> String {
+        match keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, key, claims)) {
+            Err(TokenError::Rejected(reason)) => reason,
+            other => panic!("{claims}: not rejected: {other:?}"),
+        }
     }
 
     #[test]
     fn eddsa_and_es256_tokens_verify_against_one_key_file() {
         let (ed_key, ed_public) = ed25519_pair();
         let (ec_key, ec_public) = p256_pair();
-        let keys =
-            KeySet::from_pem(&format!("{ed_public}{ec_public}"), "linkd".into(), None).unwrap();
+        let keys = KeySet::from_pem(&format!("{ed_public}{ec_public}"), checks("linkd")).unwrap();
 
         let eddsa: PortalClaims = keys
             .verify(&sign(Algorithm::EdDSA, &ed_key, &claims("linkd", 60)))
@@ -268,46 +328,81 @@ mod tests {
     #[test]
     fn a_token_for_another_audience_or_expired_is_rejected() {
         let (key, public) = ed25519_pair();
-        let keys = KeySet::from_pem(&public, "linkd".into(), None).unwrap();
+        let keys = KeySet::from_pem(&public, checks("linkd")).unwrap();
 
-        let other_audience =
-            keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, &key, &claims("other", 60)));
-        let expired =
-            keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, &key, &claims("linkd", -120)));
+        assert_eq!(refusal(&keys, &key, &claims("other", 60)), "wrong audience");
+        assert_eq!(refusal(&keys, &key, &claims("linkd", -120)), "expired");
+    }
 
-        assert!(
-            matches!(other_audience, Err(TokenError::Rejected(_))),
-            "{other_audience:?}"
+    #[test]
+    fn issuer_nbf_and_iat_are_checked() {
+        let (key, public) = ed25519_pair();
+        let keys = KeySet::from_pem(&public, checks("linkd")).unwrap();
+        let with = |name: &str, value: Value| {
+            let mut claims = claims("linkd", 60);
+            claims[name] = value;
+            claims
+        };
+        let without = |name: &str| {
+            let mut claims = claims("linkd", 60);
+            claims.as_object_mut().unwrap().remove(name);
+            claims
+        };
+
+        assert_eq!(
+            refusal(&keys, &key, &with("iss", json!("https://evil.example"))),
+            "wrong issuer"
         );
+        assert_eq!(refusal(&keys, &key, &without("iss")), "missing claim iss");
+        assert_eq!(
+            refusal(&keys, &key, &with("nbf", json!(now() + 600))),
+            "not valid yet (nbf)"
+        );
+        assert_eq!(refusal(&keys, &key, &without("iat")), "missing claim iat");
+        assert_eq!(
+            refusal(&keys, &key, &with("iat", json!(now() + 600))),
+            "issued in the future (iat)"
+        );
+        let old = json!({ "sub": "anna", "aud": "linkd", "iss": ISSUER, "iat": now() - 7200,
+                          "exp": now() + 60 });
+        assert!(refusal(&keys, &key, &old).starts_with("too old"));
+        let long = with("exp", json!(now() + 7200));
+        assert!(refusal(&keys, &key, &long).starts_with("lives too long"));
+        let fine = with("nbf", json!(now() - 5));
         assert!(
-            matches!(expired, Err(TokenError::Rejected(_))),
-            "{expired:?}"
+            keys.verify::<PortalClaims>(&sign(Algorithm::EdDSA, &key, &fine))
+                .is_ok()
         );
     }
 
     #[test]
     fn an_unsigned_or_garbled_token_is_refused() {
         let (_, public) = ed25519_pair();
-        let keys = KeySet::from_pem(&public, "linkd".into(), None).unwrap();
+        let keys = KeySet::from_pem(&public, checks("linkd")).unwrap();
 
         assert_eq!(
             keys.verify::<PortalClaims>("garbage").unwrap_err(),
             TokenError::Malformed
         );
         let unsigned = keys.verify::<PortalClaims>("eyJhbGciOiJub25lIn0.e30.");
-        assert!(unsigned.is_err());
+        assert!(unsigned.is_err(), "{unsigned:?}");
     }
 
     #[test]
-    fn a_file_without_keys_is_refused() {
-        assert!(KeySet::from_pem("", "linkd".into(), None).is_err());
+    fn a_file_without_keys_or_a_set_without_issuer_is_refused() {
+        let (_, public) = ed25519_pair();
+        assert!(KeySet::from_pem("", checks("linkd")).is_err());
         assert!(
             KeySet::from_pem(
                 "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
-                "linkd".into(),
-                None
+                checks("linkd")
             )
             .is_err()
         );
+        let no_issuer = Checks {
+            issuer: String::new(),
+            ..checks("linkd")
+        };
+        assert!(KeySet::from_pem(&public, no_issuer).is_err());
     }
 }

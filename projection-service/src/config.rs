@@ -28,8 +28,11 @@ pub struct Settings {
     pub idp_public_keys_file: PathBuf,
     /// Audience portal JWTs must name (`LINKD_IDP_AUDIENCE`, default `linkd-portal`).
     pub idp_audience: String,
-    /// Issuer portal JWTs must name, if set (`LINKD_IDP_ISSUER`).
-    pub idp_issuer: Option<String>,
+    /// Issuer portal JWTs must name (`LINKD_IDP_ISSUER`, required).
+    pub idp_issuer: String,
+    /// The longest a portal JWT may live and the oldest it may be, from its `iat`
+    /// (`LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS`, default 3600).
+    pub idp_max_token_lifetime: Duration,
     /// Maximum age of `auth_time` for the device list (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
     /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
@@ -110,7 +113,8 @@ impl Settings {
             consumer_prefix: env.nats_name("LINKD_CONSUMER_PREFIX", "linkd")?,
             idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
             idp_audience: env.or("LINKD_IDP_AUDIENCE", "linkd-portal"),
-            idp_issuer: env.get("LINKD_IDP_ISSUER"),
+            idp_issuer: env.required("LINKD_IDP_ISSUER")?,
+            idp_max_token_lifetime: env.seconds("LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS", 3600)?,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
@@ -132,6 +136,7 @@ mod tests {
                 "postgres://u:secret@x/y".to_owned(),
             ),
             ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
+            ("LINKD_IDP_ISSUER", "https://idp.example.lu".to_owned()),
         ])
     }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use identity::KeySet;
+use identity::{Checks, KeySet};
 use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
@@ -57,8 +57,12 @@ impl Application {
         let pool = connect_and_migrate(&settings.database_url.0).await?;
         let idp = KeySet::from_pem_file(
             &settings.idp_public_keys_file,
-            settings.idp_audience.clone(),
-            settings.idp_issuer.clone(),
+            Checks {
+                audience: settings.idp_audience.clone(),
+                issuer: settings.idp_issuer.clone(),
+                max_lifetime_seconds: i64::try_from(settings.idp_max_token_lifetime.as_secs())
+                    .unwrap_or(i64::MAX),
+            },
         )
         .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
         let worker_pool = PgPoolOptions::new()

@@ -184,3 +184,124 @@ async fn a_luxtrust_assertion_is_not_a_portal_token() {
 
     assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn portal_tokens_with_bad_time_claims_or_issuer_are_unauthenticated_on_both_services() {
+    // Arrange
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    let now = chrono::Utc::now().timestamp();
+    let good = serde_json::json!({
+        "sub": "anna", "aud": linkctl::dev::PORTAL_AUDIENCE, "iss": linkctl::dev::PORTAL_ISSUER,
+        "iat": now, "exp": now + 300, "auth_time": now,
+    });
+    let with = |name: &str, value: serde_json::Value| {
+        let mut claims = good.clone();
+        claims[name] = value;
+        claims
+    };
+    let mut without_iat = good.clone();
+    without_iat.as_object_mut().unwrap().remove("iat");
+    let cases = [
+        (
+            "nbf in the future",
+            with("nbf", serde_json::json!(now + 600)),
+        ),
+        ("iat missing", without_iat),
+        (
+            "older than the maximum lifetime",
+            with("iat", serde_json::json!(now - 7200)),
+        ),
+        (
+            "living longer than the maximum",
+            with("exp", serde_json::json!(now + 7200)),
+        ),
+        (
+            "wrong issuer",
+            with("iss", serde_json::json!("https://evil.example")),
+        ),
+    ];
+    let events = app.event_count().await;
+
+    for (case, claims) in cases {
+        // Act
+        let token = app.keys.portal_token_with(&claims).unwrap();
+        let issued = app
+            .portal
+            .issue_link_qr(bearer(IssueLinkQrRequest::default(), &token))
+            .await;
+        let listed = app
+            .queries()
+            .list_devices(bearer(proto::v1::ListDevicesRequest::default(), &token))
+            .await;
+
+        // Assert
+        for (service, outcome) in [
+            ("command", issued.map(|_| ())),
+            ("query", listed.map(|_| ())),
+        ] {
+            match outcome {
+                Err(status) => {
+                    assert_eq!(
+                        status.code(),
+                        Code::Unauthenticated,
+                        "{case}, {service}: {status:?}"
+                    );
+                }
+                Ok(()) => panic!("{case}: accepted by the {service} service"),
+            }
+        }
+    }
+    let token = app.keys.portal_token_with(&good).unwrap();
+    let control = app
+        .portal
+        .issue_link_qr(bearer(IssueLinkQrRequest::default(), &token))
+        .await;
+    if let Err(status) = control {
+        panic!("the well-formed token was refused: {status:?}");
+    }
+    assert_eq!(
+        app.event_count().await,
+        events + 1,
+        "only the control call wrote"
+    );
+}
+
+#[tokio::test]
+async fn a_luxtrust_assertion_from_another_issuer_is_unauthenticated() {
+    // Arrange: an attempt for the LuxTrust method, and an assertion right in all but its issuer.
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.record_login("anna", "LT-1").await;
+    let start = app
+        .start_link(
+            &uuid::Uuid::new_v4().to_string(),
+            proto::v1::LinkMethod::Luxtrust,
+        )
+        .await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({
+        "sub": "anna", "aud": linkctl::dev::LUXTRUST_AUDIENCE, "iss": "https://evil.example",
+        "iat": now, "exp": now + 120, "product_kind": "mobile", "product_serial": "LT-1",
+        "nonce": start.luxtrust_nonce,
+    });
+    let events = app.event_count().await;
+
+    // Act
+    let request = proto::v1::AuthenticateWithLuxTrustRequest {
+        link_token: start.link_token,
+        assertion: app.keys.luxtrust_assertion_with(&claims).unwrap(),
+        request_id: String::new(),
+    };
+    let refused = app.device.authenticate_with_lux_trust(request).await;
+
+    // Assert
+    match refused {
+        Err(status) => {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(status.message().contains("issuer"), "{status:?}");
+        }
+        Ok(answer) => panic!("accepted: {answer:?}"),
+    }
+    assert_eq!(app.event_count().await, events);
+}
