@@ -18,6 +18,8 @@ pub(crate) mod auth;
 pub(crate) mod ceremony;
 pub(crate) mod devices;
 pub(crate) mod linking;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use crate::credentials::Credentials;
 use crate::error::CommandError;

@@ -167,7 +167,10 @@ async fn unlinking_again_what_is_already_unlinked_succeeds() {
         .await
         .unwrap();
 
-    assert_eq!(reply.into_inner().unlinked_device_ids.len(), 2);
+    let reply = reply.into_inner();
+    assert_eq!(reply.unlinked_device_ids, [second.device_id.clone()]);
+    assert_eq!(reply.already_unlinked_device_ids, [first.device_id.clone()]);
+    assert!(reply.relinked_device_ids.is_empty(), "{reply:?}");
     assert_eq!(app.events_of_type("DeviceUnlinked").await, 2);
 }
 

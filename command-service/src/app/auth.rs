@@ -39,6 +39,19 @@ pub(crate) struct Citizen {
 }
 
 impl Citizen {
+    /// A citizen, as `reauthenticated_citizen` would make one, for use-case tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(account_id: &str) -> Self {
+        Self {
+            account_id: AccountId(account_id.to_owned()),
+            metadata: Metadata {
+                actor: format!("citizen:{account_id}"),
+                request_id: "test".into(),
+                account_id: Some(account_id.to_owned()),
+            },
+        }
+    }
+
     /// The holder's account.
     pub(crate) fn account_id(&self) -> &AccountId {
         &self.account_id

@@ -4,13 +4,34 @@
 
 use chrono::{DateTime, Utc};
 use domain::{Device, DeviceCommand, DeviceError, DeviceId, LinkAttemptId};
-use proto::consistency::ConsistencyToken;
+use proto::consistency::{ConsistencyToken, Written};
 
 use super::App;
 use super::auth::{Citizen, LinkedDevice};
 use crate::error::CommandError;
 use crate::secrets::SecretCode;
-use crate::store::Executed;
+use crate::store::{Executed, Loaded};
+
+/// What `UnlinkDevices` did to each device it named, in the order named.
+#[derive(Debug, Default)]
+pub(crate) struct UnlinkReport {
+    /// Devices whose link this call ended.
+    pub(crate) unlinked: Vec<DeviceId>,
+    /// Devices no longer linked to the account when this call reached them.
+    pub(crate) already_unlinked: Vec<DeviceId>,
+    /// Devices linked again by a new link while this call ran (that link was not ended).
+    pub(crate) relinked: Vec<DeviceId>,
+    pub(crate) written: ConsistencyToken,
+}
+
+/// One device of an `UnlinkDevices` call, once checked.
+#[derive(Debug)]
+enum Planned {
+    /// Its current link, to end.
+    End(DeviceId, LinkAttemptId, Loaded<Device>),
+    /// This account's link with it has ended already.
+    AlreadyEnded(DeviceId, Written),
+}
 
 /// The verdict on a secret code typed to unlock the app.
 #[derive(Debug)]
@@ -90,18 +111,28 @@ impl App {
     /// R8: the holder unlinks devices from the browser, all or none: every device is checked
     /// first, so that one not linked to the account unlinks nothing. A device this account
     /// already unlinked counts as done, so a retry after a partial failure finishes the job.
+    /// The report says exactly what this call ended.
     pub(crate) async fn unlink_devices(
         &self,
         holder: &Citizen,
         device_ids: &[DeviceId],
-    ) -> Result<ConsistencyToken, CommandError> {
-        let mut links = Vec::with_capacity(device_ids.len());
-        let mut positions = Vec::with_capacity(device_ids.len());
+    ) -> Result<UnlinkReport, CommandError> {
+        let plan = self.plan_portal_unlink(holder, device_ids).await?;
+        self.carry_out_portal_unlink(holder, plan).await
+    }
+
+    /// The all-or-nothing check: for each device, the link to end, or nothing left to do.
+    async fn plan_portal_unlink(
+        &self,
+        holder: &Citizen,
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<Planned>, CommandError> {
+        let mut plan = Vec::with_capacity(device_ids.len());
         for device_id in device_ids {
             let device = self.store.load::<Device>(&device_id.to_string()).await?;
             match device.state().portal_unlink_target(holder.account_id()) {
-                Ok(Some(link_id)) => links.push((*device_id, link_id, device)),
-                Ok(None) => positions.push(device.position()),
+                Ok(Some(link_id)) => plan.push(Planned::End(*device_id, link_id, device)),
+                Ok(None) => plan.push(Planned::AlreadyEnded(*device_id, device.position())),
                 Err(_) => {
                     return Err(CommandError::NotFound(format!(
                         "no device {device_id} is linked to your account; no device was unlinked"
@@ -109,25 +140,54 @@ impl App {
                 }
             }
         }
+        Ok(plan)
+    }
+
+    /// Ends each planned link; a link that ended meanwhile is reported as already ended, or,
+    /// if the device was linked again by a new link, as relinked (this call did not end that).
+    async fn carry_out_portal_unlink(
+        &self,
+        holder: &Citizen,
+        plan: Vec<Planned>,
+    ) -> Result<UnlinkReport, CommandError> {
         let now = Utc::now();
-        for (device_id, link_id, device) in links {
+        let mut report = UnlinkReport::default();
+        let mut positions = Vec::with_capacity(plan.len());
+        for planned in plan {
+            let (device_id, link_id, device) = match planned {
+                Planned::End(device_id, link_id, device) => (device_id, link_id, device),
+                Planned::AlreadyEnded(device_id, position) => {
+                    report.already_unlinked.push(device_id);
+                    positions.push(position);
+                    continue;
+                }
+            };
             let command = DeviceCommand::UnlinkFromPortal {
                 account_id: holder.account_id().clone(),
                 link_id,
                 at: now,
             };
             match self.store.execute(device, command, holder.metadata()).await {
-                Ok(executed) => positions.push(executed.position),
-                // Unlinked concurrently (by the device itself, say): the goal is reached.
+                Ok(executed) => {
+                    report.unlinked.push(device_id);
+                    positions.push(executed.position);
+                }
+                // The link ended meanwhile (the device unlinked itself, say).
                 Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {
-                    let key = device_id.to_string();
-                    positions.push(self.store.load::<Device>(&key).await?.position());
+                    let now_stands = self.store.load::<Device>(&device_id.to_string()).await?;
+                    if now_stands.state().link_id().is_some() {
+                        report.relinked.push(device_id);
+                    } else {
+                        report.already_unlinked.push(device_id);
+                    }
+                    positions.push(now_stands.position());
                 }
                 Err(other) => return Err(other),
             }
             self.credentials.delete_link(link_id.0).await?;
         }
-        Ok(ConsistencyToken::of(&positions))
+        report.written = ConsistencyToken::of(&positions);
+        Ok(report)
     }
 
     /// Executes, on the device the caller authenticated as, the command `command` builds for
@@ -143,5 +203,63 @@ impl App {
         self.store
             .execute(device.into_loaded(), command, &metadata)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::app::testing::{self, link, on_device};
+
+    fn new_link() -> LinkAttemptId {
+        LinkAttemptId(Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn the_report_says_exactly_what_the_call_ended() {
+        // Arrange: three of anna's devices, each planned for unlinking.
+        let (app, _database) = testing::app().await;
+        let anna = Citizen::for_tests("anna");
+        let [stays, ends_itself, relinked] = [(); 3].map(|()| DeviceId(Uuid::new_v4()));
+        let links = [new_link(), new_link(), new_link()];
+        for (device, link_id) in [stays, ends_itself, relinked].into_iter().zip(links) {
+            on_device(&app, device, link(link_id, "anna")).await;
+        }
+        let plan = app
+            .plan_portal_unlink(&anna, &[stays, ends_itself, relinked])
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+
+        // Act: while the call runs, one device unlinks itself, another does and is linked
+        // again by a new link; then the call ends what it planned.
+        let from_device = |link_id| DeviceCommand::UnlinkFromDevice {
+            link_id,
+            at: Utc::now(),
+        };
+        on_device(&app, ends_itself, from_device(links[1])).await;
+        on_device(&app, relinked, from_device(links[2])).await;
+        let again = new_link();
+        on_device(&app, relinked, link(again, "anna")).await;
+        let report = app
+            .carry_out_portal_unlink(&anna, plan)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+
+        // Assert
+        assert_eq!(report.unlinked, [stays]);
+        assert_eq!(report.already_unlinked, [ends_itself]);
+        assert_eq!(report.relinked, [relinked]);
+        let relinked_now = app
+            .store
+            .load::<Device>(&relinked.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            relinked_now.state().link_id(),
+            Some(again),
+            "the new link stands"
+        );
     }
 }

@@ -99,10 +99,13 @@ async fn unlink_devices(
     let holder = app.reauthenticated_citizen(call)?;
     tracing::Span::current().record("account_id", tracing::field::display(holder.account_id()));
     let device_ids = device_ids(&body.device_ids)?;
-    let written = app.unlink_devices(&holder, &device_ids).await?;
+    let report = app.unlink_devices(&holder, &device_ids).await?;
+    let texts = |ids: Vec<DeviceId>| ids.iter().map(ToString::to_string).collect();
     Ok(UnlinkDevicesResponse {
-        unlinked_device_ids: device_ids.iter().map(ToString::to_string).collect(),
-        consistency_token: written.to_string(),
+        unlinked_device_ids: texts(report.unlinked),
+        already_unlinked_device_ids: texts(report.already_unlinked),
+        relinked_device_ids: texts(report.relinked),
+        consistency_token: report.written.to_string(),
     })
 }
 
