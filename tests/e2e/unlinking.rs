@@ -168,8 +168,14 @@ async fn unlinking_again_what_is_already_unlinked_succeeds() {
         .unwrap();
 
     let reply = reply.into_inner();
-    assert_eq!(reply.unlinked_device_ids, [second.device_id.clone()]);
-    assert_eq!(reply.already_unlinked_device_ids, [first.device_id.clone()]);
+    assert_eq!(
+        reply.unlinked_device_ids,
+        std::slice::from_ref(&second.device_id)
+    );
+    assert_eq!(
+        reply.already_unlinked_device_ids,
+        std::slice::from_ref(&first.device_id)
+    );
     assert!(reply.relinked_device_ids.is_empty(), "{reply:?}");
     assert_eq!(app.events_of_type("DeviceUnlinked").await, 2);
 }
