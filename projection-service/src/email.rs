@@ -109,6 +109,24 @@ fn sections(file: &str) -> HashMap<String, String> {
     map
 }
 
+/// Text a stranger chose (a device name, typed in the app by whoever links the device), made
+/// safe to quote in an email as data: it cannot close the quotes around it (quote marks become
+/// `'`), and no mail client turns it into a link (`://` becomes `[:]//`, and a dot before a
+/// letter, as in `www.` or `example.eu`, becomes `[.]`). It never goes in a subject; in HTML it
+/// is escaped as well.
+pub(crate) fn untrusted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '“' | '”' | '„' | '«' | '»' => out.push('\''),
+            '.' if chars.peek().is_some_and(char::is_ascii_alphabetic) => out.push_str("[.]"),
+            _ => out.push(c),
+        }
+    }
+    out.replace("://", "[:]//")
+}
+
 fn escape_html(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -369,6 +387,17 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_text_cannot_close_its_quotes_or_become_a_link() {
+        assert_eq!(
+            untrusted("x\". Verify at https://myguichet-secure.eu"),
+            "x'. Verify at https[:]//myguichet-secure[.]eu"
+        );
+        assert_eq!(untrusted("www.evil.lu"), "www[.]evil[.]lu");
+        assert_eq!(untrusted("« Anna » „phone“"), "' Anna ' 'phone'");
+        assert_eq!(untrusted("Anna's phone v2.1"), "Anna's phone v2.1");
+    }
+
+    #[test]
     fn values_are_escaped_in_html_only() {
         let rendered = Templates::default().render(
             "en",
@@ -379,7 +408,8 @@ mod tests {
                 ("method", "m".into()),
             ],
         );
-        assert!(rendered.text.contains("\"<b>Anna</b>\""));
+        assert!(rendered.text.contains("“<b>Anna</b>”"), "{}", rendered.text);
+        assert!(!rendered.subject.contains("Anna"), "{}", rendered.subject);
         assert!(rendered.html.contains("&lt;b&gt;Anna&lt;/b&gt;"));
         assert!(!rendered.html.contains("<b>Anna"));
     }

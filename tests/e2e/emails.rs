@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use e2e::mail::SmtpSink;
 use e2e::{TestApp, bearer, spawn_system_with_mail};
+use proto::v1::LinkMethod;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -45,8 +46,12 @@ async fn one_link_sends_exactly_one_confirmation_in_the_accounts_language() {
             .is_some_and(|id| id.ends_with("@security.public.lu>"))
     );
     let subject = mail.subject();
-    assert!(subject.contains("Anna's phone"), "{subject}");
+    assert!(
+        !subject.contains("Anna's phone"),
+        "no device name: {subject}"
+    );
     assert!(subject.contains("couplé"), "in French: {subject}");
+    assert!(mail.body_contains("Anna's phone"), "the name, in the body");
     assert!(mail.body_contains("code QR"), "the link method, in French");
     assert!(
         mail.body_contains("Délier mon appareil"),
@@ -319,4 +324,43 @@ async fn three_workers_at_once_send_each_email_exactly_once() {
     for worker in workers {
         worker.abort();
     }
+}
+
+#[tokio::test]
+async fn a_device_name_made_to_look_like_an_instruction_is_quoted_as_data() {
+    // Arrange: a phisher names their phone to continue the email's sentence with a link.
+    let sink = SmtpSink::start().await;
+    let mut app = spawn_system_with_mail(sink.settings()).await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let mut start = TestApp::start_request(&uuid::Uuid::new_v4().to_string(), LinkMethod::Qr);
+    start.device_name = "x\". Verify at https://myguichet-secure.eu".into();
+    let start = app.device.start_link(start).await.unwrap().into_inner();
+    let scan = proto::v1::ScanQrRequest {
+        link_token: start.link_token.clone(),
+        qr_payload: qr.qr_payload,
+        request_id: String::new(),
+    };
+    app.device.scan_qr(scan).await.unwrap();
+
+    // Act
+    app.set_code(&start.link_token).await.unwrap();
+
+    // Assert: no link anywhere, the quotes hold, the subject names no device.
+    let mails = sink.wait_for(1, WITHIN).await;
+    let mail = &mails[0];
+    let subject = mail.subject();
+    assert!(!subject.contains("Verify"), "{subject}");
+    for link in ["https://", "myguichet-secure.eu", "<a ", "href"] {
+        assert!(!mail.body_contains(link), "{link:?} in {}", mail.raw);
+    }
+    assert!(
+        mail.body_contains("https[:]//myguichet-secure[.]eu"),
+        "the name is shown, defused: {}",
+        mail.raw
+    );
+    assert!(
+        !mail.body_contains("x\". Verify"),
+        "the quote cannot be closed"
+    );
 }

@@ -8,7 +8,7 @@ use proto::v1::{self, EventEnvelope};
 use sqlx::{Postgres, Transaction};
 
 use super::{ProjectionError, Projector, event_time};
-use crate::email::{Templates, luxembourg_time, message_id};
+use crate::email::{self, Templates, luxembourg_time, message_id};
 
 #[cfg(test)]
 mod tests;
@@ -190,7 +190,7 @@ impl Projector for Notifier {
                 .execute(&mut **tx)
                 .await?;
                 let values = vec![
-                    ("device_name", linked.device_name.clone()),
+                    ("device_name", email::untrusted(&linked.device_name)),
                     ("method", self.templates.phrase(&language, &method)),
                     ("date", at(linked.at.as_ref())?),
                 ];
@@ -214,7 +214,7 @@ impl Projector for Notifier {
                 let values = vec![
                     (
                         "device_name",
-                        name.unwrap_or_else(|| event.aggregate_id.clone()),
+                        email::untrusted(&name.unwrap_or_else(|| event.aggregate_id.clone())),
                     ),
                     ("reason", self.templates.phrase(&language, &reason)),
                     ("date", at(unlinked.at.as_ref())?),
