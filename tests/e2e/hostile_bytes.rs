@@ -2,7 +2,7 @@
 //! and account ids with NUL (refused by PostgreSQL in text). Each is the client's mistake:
 //! `INVALID_ARGUMENT`, nothing written, never reported as an outage.
 
-use e2e::{bearer, spawn_system};
+use e2e::{assert_invalid, bearer, spawn_system};
 use proto::v1::audit_service_client::AuditServiceClient;
 use proto::v1::{
     DevicesAtRequest, DevicesAtResponse, ExportHistoryRequest, GetDeviceRequest,
@@ -11,7 +11,7 @@ use proto::v1::{
 };
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 /// `ScanQrRequest` as the wire sees it, with bytes where the contract has a string.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -52,13 +52,6 @@ where
     grpc.unary(request, PathAndQuery::from_static(path), codec)
         .await
         .map(tonic::Response::into_inner)
-}
-
-fn assert_invalid<T: std::fmt::Debug>(case: &str, outcome: Result<T, Status>) {
-    match outcome {
-        Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}"),
-        Ok(reply) => panic!("{case}: accepted: {reply:?}"),
-    }
 }
 
 #[tokio::test]

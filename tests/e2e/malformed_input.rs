@@ -1,4 +1,4 @@
-use e2e::{TestApp, bearer, spawn_app};
+use e2e::{TestApp, assert_invalid, bearer, spawn_app};
 use proto::v1::{
     AuthenticateWithLuxTrustRequest, LinkMethod, RecordPortalLoginRequest, RegisterAccountRequest,
     ScanQrRequest, SetSecretCodeRequest, StartLinkRequest, UnlinkDevicesRequest,
@@ -11,13 +11,6 @@ fn start(adjust: impl FnOnce(&mut StartLinkRequest)) -> StartLinkRequest {
     let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
     adjust(&mut request);
     request
-}
-
-fn assert_invalid<T: std::fmt::Debug>(case: &str, outcome: Result<T, tonic::Status>) {
-    match outcome {
-        Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}"),
-        Ok(reply) => panic!("{case}: accepted: {reply:?}"),
-    }
 }
 
 #[tokio::test]

@@ -32,3 +32,15 @@ pub use servers::{
 };
 pub use settings::{projection_settings, test_settings};
 pub use testkit::{OwnNats, TestDatabase, TestStream, admin_url, eventually, nats_url};
+
+/// Fails the test unless `outcome` is refused with `INVALID_ARGUMENT` (`case` names it).
+pub fn assert_invalid<T: std::fmt::Debug>(case: &str, outcome: Result<T, tonic::Status>) {
+    match outcome {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{case}: {status:?}"
+        ),
+        Ok(reply) => panic!("{case}: accepted: {reply:?}"),
+    }
+}
