@@ -91,12 +91,15 @@ COMMON=(
   LINKD_IDP_ISSUER=linkd-dev-idp
   RUST_LOG="${RUST_LOG:-info}"
 )
+# The load test scans every QR code in one phase and confirms them in the next: the holder's
+# window is as long as a link attempt, so a long scan phase never outlives its confirmations.
 env "${COMMON[@]}" \
   LINKD_COMMAND_DATABASE_URL="$PG_SERVER/$COMMAND_DB" \
   LINKD_COMMAND_GRPC_ADDR="$COMMAND_ADDR" \
   LINKD_LUXTRUST_PUBLIC_KEYS_FILE="$WORK/keys/luxtrust.pub.pem" \
   LINKD_LUXTRUST_ISSUER=linkd-dev-luxtrust \
   LINKD_SECRET_CODE_PEPPER="$PEPPER" \
+  LINKD_QR_CONFIRMATION_SECONDS=600 \
   "$BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
 pids+=($!)
 env "${COMMON[@]}" \

@@ -59,8 +59,8 @@ pub(crate) struct SizingArgs {
     /// Accounts per concurrency level, shared out among the clients [default: 96; quick: 16].
     #[arg(long)]
     pub(crate) accounts: Option<usize>,
-    /// Seconds of IssueLinkQr and of ListDevices per level; StartLink, ScanQr and UnlinkDevices
-    /// run over what the phases before them produced [default: 8; quick: 1.5].
+    /// Seconds of IssueLinkQr and of ListDevices per level; StartLink, ScanQr, ConfirmLink and
+    /// UnlinkDevices run over what the phases before them produced [default: 8; quick: 1.5].
     #[arg(long)]
     pub(crate) phase_seconds: Option<f64>,
     /// Seconds of SetSecretCode and of LuxTrust flows (Argon2id-bound) per level

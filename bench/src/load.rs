@@ -2,9 +2,11 @@
 //! closed-loop phase per operation, for each concurrency level:
 //!
 //! 1. IssueLinkQr for a fixed time; 2. StartLink (QR) once per QR code issued; 3. ScanQr pairing
-//!    them; 4. SetSecretCode (Argon2id) over the scanned attempts for a fixed time; 5. complete
-//!    LuxTrust flows for a fixed time; 6. ListDevices for a fixed time; 7. UnlinkDevices of
-//!    every device linked in 4 and 5, one per call.
+//!    them; 4. ConfirmLink of each scanned attempt, as its account's holder, with the matching
+//!    code the scan returned (skipped if the service asks for no confirmation); 5. SetSecretCode
+//!    (Argon2id) over the confirmed attempts for a fixed time; 6. complete LuxTrust flows for a
+//!    fixed time; 7. ListDevices for a fixed time; 8. UnlinkDevices of every device linked in 5
+//!    and 6, one per call.
 //!
 //! Every client works on accounts of its own, so clients never contend for one aggregate.
 //! Between phases the bench waits for the relay and the projectors to catch up. Projection lag
@@ -19,7 +21,7 @@ use proto::v1::LinkMethod;
 use crate::closed::Deadline;
 use crate::config::{Sizing, Target};
 use crate::lag::{Probes, Want};
-use crate::session::{self, Linked, Session};
+use crate::session::{self, Linked, Qr, Session};
 use crate::stats::{Failure, Lags, OpStats, Recorder};
 use crate::system::System;
 
@@ -35,6 +37,8 @@ pub(crate) mod op {
     pub(crate) const START: &str = "StartLink (QR)";
     /// ScanQr.
     pub(crate) const SCAN: &str = "ScanQr";
+    /// ConfirmLink.
+    pub(crate) const CONFIRM: &str = "ConfirmLink";
     /// SetSecretCode of a QR attempt.
     pub(crate) const SET_CODE: &str = "SetSecretCode (QR; Argon2id)";
     /// StartLink of a LuxTrust attempt.
@@ -65,7 +69,7 @@ pub(crate) struct Level {
     pub(crate) ceiling: OpStats,
     /// One row per operation, in phase order.
     pub(crate) ops: Vec<OpStats>,
-    /// IssueLinkQr + StartLink + ScanQr + UnlinkDevices over their combined time.
+    /// IssueLinkQr + StartLink + ScanQr + ConfirmLink + UnlinkDevices over their combined time.
     pub(crate) non_hashing: OpStats,
     /// Lag samples of links (device visible).
     pub(crate) link_lag: Lags,
@@ -84,16 +88,18 @@ impl Level {
     }
 }
 
-/// A QR attempt on its way: the account whose QR code it scans, the device and its token.
+/// A QR attempt on its way: the account whose QR code it scans, the device and its token, and
+/// once scanned the matching code the holder confirms with.
 #[derive(Debug, Clone)]
 struct Attempt {
     account: String,
-    qr: String,
+    qr: Qr,
     device_id: String,
     link_token: String,
+    matching_code: String,
 }
 
-/// Runs the seven phases at `concurrency`; `ceiling` is the same level's ceiling.
+/// Runs the eight phases at `concurrency`; `ceiling` is the same level's ceiling.
 pub(crate) async fn level(
     target: &Target,
     keys: &Arc<DevKeys>,
@@ -170,6 +176,7 @@ pub(crate) async fn level(
                     qr,
                     device_id,
                     link_token: start.link_token,
+                    matching_code: String::new(),
                 });
             }
         }
@@ -188,12 +195,15 @@ pub(crate) async fn level(
     let (clients, out, elapsed) = phase(clients, attempts, |mut client, attempts| async move {
         let mut recorder = Recorder::default();
         let mut scanned = Vec::with_capacity(attempts.len());
-        for attempt in attempts {
+        for mut attempt in attempts {
             if deadline.passed() {
                 break;
             }
-            let scan = client.session.scan_qr(&attempt.link_token, &attempt.qr);
-            if recorder.time(scan).await.is_some() {
+            let scan = client
+                .session
+                .scan_qr(&attempt.link_token, &attempt.qr.payload);
+            if let Some(matching_code) = recorder.time(scan).await {
+                attempt.matching_code = matching_code;
                 scanned.push(attempt);
             }
         }
@@ -207,12 +217,50 @@ pub(crate) async fn level(
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
 
-    // 4. SetSecretCode over the scanned attempts, for a fixed time.
-    let deadline = Deadline::after(sizing.hash_phase);
+    // 4. ConfirmLink of each scanned attempt by its account's holder (when asked for).
+    let confirming = scanned
+        .iter()
+        .flatten()
+        .any(|attempt| !attempt.matching_code.is_empty());
+    let deadline = Deadline::after(cap);
     let (clients, out, elapsed) = phase(clients, scanned, |mut client, scanned| async move {
         let mut recorder = Recorder::default();
+        let mut confirmed = Vec::with_capacity(scanned.len());
+        for attempt in scanned {
+            if attempt.matching_code.is_empty() {
+                confirmed.push(attempt);
+                continue;
+            }
+            if deadline.passed() {
+                break;
+            }
+            let confirm = client.session.confirm_link(
+                &attempt.account,
+                &attempt.qr.id,
+                &attempt.matching_code,
+            );
+            if recorder.time(confirm).await.is_some() {
+                confirmed.push(attempt);
+            }
+        }
+        (client, (recorder, confirmed))
+    })
+    .await?;
+    let (recorders, confirmed): (Vec<_>, Vec<_>) = out.into_iter().unzip();
+    if confirming {
+        let all = merged(recorders);
+        ops.push(all.summary(op::CONFIRM, elapsed));
+        non_hashing.0.merge(all);
+        non_hashing.1 += elapsed;
+        system.quiesce(QUIET).await?;
+    }
+
+    // 5. SetSecretCode over the confirmed attempts, for a fixed time.
+    let deadline = Deadline::after(sizing.hash_phase);
+    let (clients, out, elapsed) = phase(clients, confirmed, |mut client, confirmed| async move {
+        let mut recorder = Recorder::default();
         let mut probes = Probes::new(poll);
-        for (n, attempt) in scanned.into_iter().enumerate() {
+        for (n, attempt) in confirmed.into_iter().enumerate() {
             if deadline.passed() {
                 break;
             }
@@ -241,7 +289,7 @@ pub(crate) async fn level(
     let mut link_lag = lags_of(probes).await;
     system.quiesce(QUIET).await?;
 
-    // 5. Complete LuxTrust flows, for a fixed time.
+    // 6. Complete LuxTrust flows, for a fixed time.
     let deadline = Deadline::after(sizing.hash_phase);
     let (clients, out, elapsed) = phase(clients, none(), |mut client, ()| async move {
         let mut steps = [(); 4].map(|()| Recorder::default());
@@ -279,7 +327,7 @@ pub(crate) async fn level(
     link_lag.merge(lags_of(probes).await);
     system.quiesce(QUIET).await?;
 
-    // 6. ListDevices of the clients' accounts, for a fixed time.
+    // 7. ListDevices of the clients' accounts, for a fixed time.
     let deadline = Deadline::after(sizing.phase);
     let (clients, out, elapsed) = phase(clients, none(), |mut client, ()| async move {
         let mut recorder = Recorder::default();
@@ -292,7 +340,7 @@ pub(crate) async fn level(
     .await?;
     ops.push(merged(out).summary(op::LIST, elapsed));
 
-    // 7. UnlinkDevices of every device linked above, one per call.
+    // 8. UnlinkDevices of every device linked above, one per call.
     let linked: usize = clients.iter().map(|client| client.linked.len()).sum();
     let deadline = Deadline::after(cap);
     let (_, out, elapsed) = phase(clients, none(), |mut client, ()| async move {

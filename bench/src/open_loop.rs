@@ -257,7 +257,7 @@ async fn issue(
     let outcome = session.issue_qr(&account).await;
     let elapsed = started.elapsed();
     if let Some(pair) = pair {
-        let _ = pair.send(outcome.as_ref().ok().cloned());
+        let _ = pair.send(outcome.as_ref().ok().map(|qr| qr.payload.clone()));
     }
     (Some(0), elapsed, outcome.map(drop), None)
 }
@@ -283,7 +283,7 @@ async fn scan(
     };
     let started = Instant::now();
     let outcome = session.scan_qr(&link_token, &qr).await;
-    (Some(2), started.elapsed(), outcome, None)
+    (Some(2), started.elapsed(), outcome.map(drop), None)
 }
 
 /// Unlinks `device`; with a `poll` interval, then waits until a query shows it unlinked.

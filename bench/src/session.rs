@@ -23,7 +23,7 @@ pub(crate) const CODE: &str = "482913";
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A citizen token is re-signed when older than this (the services accept `auth_time` up to
-/// 300 s old for IssueLinkQr, UnlinkDevices and the queries).
+/// 300 s old for IssueLinkQr, ConfirmLink, UnlinkDevices and the queries).
 const TOKEN_REFRESH: Duration = Duration::from_secs(120);
 
 /// The LuxTrust Mobile serial the bench records for `account`'s portal logins.
@@ -40,6 +40,15 @@ pub(crate) struct Linked {
     pub(crate) device_id: String,
     /// Its credential (for SetBiometrics).
     pub(crate) credential: String,
+}
+
+/// A QR code the bench issued: its id (for ConfirmLink) and the payload a device scans.
+#[derive(Debug, Clone)]
+pub(crate) struct Qr {
+    /// The QR code's id.
+    pub(crate) id: String,
+    /// The text the QR code encodes.
+    pub(crate) payload: String,
 }
 
 /// One client of the system under test (a clone shares the connections).
@@ -128,12 +137,17 @@ impl Session {
         Ok(())
     }
 
-    /// IssueLinkQr for `account`; the QR payload.
-    pub(crate) async fn issue_qr(&mut self, account: &str) -> Result<String, Failure> {
+    /// IssueLinkQr for `account`; the QR code's id and payload.
+    pub(crate) async fn issue_qr(&mut self, account: &str) -> Result<Qr, Failure> {
         let token = self.citizen(account)?;
         let request = bearer(v1::IssueLinkQrRequest::default(), &token)?;
-        let reply = bounded(self.grpc.portal.issue_link_qr(request)).await?;
-        Ok(reply.into_inner().qr_payload)
+        let reply = bounded(self.grpc.portal.issue_link_qr(request))
+            .await?
+            .into_inner();
+        Ok(Qr {
+            id: reply.qr_id,
+            payload: reply.qr_payload,
+        })
     }
 
     /// StartLink for a new device with `method`; the new device id and the reply.
@@ -148,24 +162,44 @@ impl Session {
             method: method.into(),
             platform: v1::Platform::Android.into(),
             app_version: "1.0.0".into(),
+            device_model: String::new(),
             request_id: String::new(),
         };
         let reply = bounded(self.grpc.device.start_link(request)).await?;
         Ok((device_id, reply.into_inner()))
     }
 
-    /// ScanQr: the attempt of `link_token` consumes the QR code.
+    /// ScanQr: the attempt of `link_token` consumes the QR code; the matching code the holder
+    /// must confirm with (empty if the service asks for no confirmation).
     pub(crate) async fn scan_qr(
         &mut self,
         link_token: &str,
         qr_payload: &str,
-    ) -> Result<(), Failure> {
+    ) -> Result<String, Failure> {
         let request = v1::ScanQrRequest {
             link_token: link_token.to_owned(),
             qr_payload: qr_payload.to_owned(),
             request_id: String::new(),
         };
-        bounded(self.grpc.device.scan_qr(request)).await?;
+        let reply = bounded(self.grpc.device.scan_qr(request)).await?;
+        Ok(reply.into_inner().matching_code)
+    }
+
+    /// ConfirmLink: `account`'s holder confirms the device that scanned QR code `qr_id` with
+    /// the matching code it shows.
+    pub(crate) async fn confirm_link(
+        &mut self,
+        account: &str,
+        qr_id: &str,
+        matching_code: &str,
+    ) -> Result<(), Failure> {
+        let token = self.citizen(account)?;
+        let request = v1::ConfirmLinkRequest {
+            qr_id: qr_id.to_owned(),
+            matching_code: matching_code.to_owned(),
+            request_id: String::new(),
+        };
+        bounded(self.grpc.portal.confirm_link(bearer(request, &token)?)).await?;
         Ok(())
     }
 
@@ -250,9 +284,15 @@ impl Session {
             .start_link(v1::LinkMethod::Qr)
             .await
             .map_err(|f| failed("StartLink", f))?;
-        self.scan_qr(&start.link_token, &qr)
+        let matching_code = self
+            .scan_qr(&start.link_token, &qr.payload)
             .await
             .map_err(|f| failed("ScanQr", f))?;
+        if !matching_code.is_empty() {
+            self.confirm_link(account, &qr.id, &matching_code)
+                .await
+                .map_err(|f| failed("ConfirmLink", f))?;
+        }
         let credential = self
             .set_secret_code(&start.link_token)
             .await

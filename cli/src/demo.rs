@@ -10,10 +10,20 @@ use uuid::Uuid;
 use crate::client::{Clients, bearer, format_time};
 use crate::dev::DevKeys;
 
+mod qr;
+
 const CODE: &str = "482913";
 
-fn step(n: u32, text: &str) {
-    println!("\n[{n}] {text}");
+/// Numbers the demo's steps.
+#[derive(Debug, Default)]
+struct Steps(u32);
+
+impl Steps {
+    /// Prints the next step's heading.
+    fn next(&mut self, text: &str) {
+        self.0 += 1;
+        println!("\n[{}] {text}", self.0);
+    }
 }
 
 /// Runs the demo with fresh account and device ids.
@@ -21,11 +31,11 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
     let account = format!("demo-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let serial = "LT-MOBILE-0001";
     let system = keys.system_token()?;
+    let mut steps = Steps::default();
 
-    step(
-        1,
-        &format!("The portal registers account {account} (browser registration)."),
-    );
+    steps.next(&format!(
+        "The portal registers account {account} (browser registration)."
+    ));
     let request = v1::RegisterAccountRequest {
         account_id: account.clone(),
         email: format!("{account}@example.lu"),
@@ -38,10 +48,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         .await?;
     println!("    registered, emails to {account}@example.lu");
 
-    step(
-        2,
-        "The holder logs in to the portal with LuxTrust Mobile; the portal records it.",
-    );
+    steps.next("The holder logs in to the portal with LuxTrust Mobile; the portal records it.");
     let product = Some(v1::LuxTrustProduct {
         kind: v1::ProductKind::LuxtrustMobile.into(),
         serial: serial.into(),
@@ -57,48 +64,15 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         .await?;
     println!("    login with LuxTrust Mobile {serial} recorded");
 
-    println!("\n== Linking with a QR code ==");
-    let citizen = keys.citizen_token(&account, 0)?;
-    step(3, "In the browser, 'Link a device' shows a QR code.");
-    let qr = clients
-        .portal
-        .issue_link_qr(bearer(v1::IssueLinkQrRequest::default(), &citizen)?)
-        .await?
-        .into_inner();
-    println!(
-        "    QR code {} ({} bytes of SVG), expires {}",
-        qr.qr_id,
-        qr.qr_svg.len(),
-        format_time(qr.expires_at.as_ref())
-    );
+    println!("\n== Linking with a QR code (the holder confirms in the browser) ==");
+    let qr::Phone {
+        device_id: phone,
+        credential: phone_credential,
+        scan,
+        confirmation,
+    } = qr::link_phone(&mut clients, keys, &account, &mut steps).await?;
 
-    let phone = Uuid::new_v4().to_string();
-    step(
-        4,
-        "On the phone: 'Link your device', name 'Anna's phone', method 'QR code'.",
-    );
-    let start = start_link(&mut clients, &phone, "Anna's phone", v1::LinkMethod::Qr).await?;
-    println!(
-        "    link attempt started, expires {}",
-        format_time(start.expires_at.as_ref())
-    );
-
-    step(5, "The phone scans the QR code.");
-    let scan = v1::ScanQrRequest {
-        link_token: start.link_token.clone(),
-        qr_payload: qr.qr_payload.clone(),
-        request_id: String::new(),
-    };
-    clients.device.scan_qr(scan.clone()).await?;
-    println!("    QR code accepted");
-
-    step(
-        6,
-        &format!("The holder enters the 6-digit secret code {CODE}."),
-    );
-    let phone_credential = set_code(&mut clients, &start.link_token).await?;
-
-    step(7, "The holder taps 'Activate biometrics'.");
+    steps.next("The holder taps 'Activate biometrics'.");
     let request = v1::SetBiometricsRequest {
         enabled: true,
         request_id: String::new(),
@@ -107,13 +81,14 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         .device
         .set_biometrics(bearer(request, &phone_credential)?)
         .await?;
-    println!("    biometrics enabled");
+    println!("    [phone]   biometrics enabled");
 
-    step(8, "A second phone tries the same QR code.");
+    steps.next("A second phone tries the same QR code.");
     let other = start_link(
         &mut clients,
         &Uuid::new_v4().to_string(),
         "Tablet",
+        "Pixel Tablet",
         v1::LinkMethod::Qr,
     )
     .await?;
@@ -126,19 +101,26 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("a used QR code was accepted"),
     }
 
+    if confirmation {
+        qr::declined_by_holder(&mut clients, keys, &account, &mut steps).await?;
+    } else {
+        println!("\n(The anti-phishing confirmation is off: LINKD_QR_CONFIRMATION=off.)");
+    }
+
     println!("\n== Linking with LuxTrust ==");
     let tablet = Uuid::new_v4().to_string();
-    step(9, "On a tablet: name 'Family tablet', method 'LuxTrust'.");
+    steps.next("On a tablet: name 'Family tablet', method 'LuxTrust'.");
     let start = start_link(
         &mut clients,
         &tablet,
         "Family tablet",
+        "Galaxy Tab S9",
         v1::LinkMethod::Luxtrust,
     )
     .await?;
-    step(
-        10,
-        "The holder authenticates with LuxTrust Mobile (the assertion carries the attempt's nonce).",
+    steps.next(
+        "The holder authenticates with LuxTrust Mobile (the assertion carries the attempt's \
+         nonce).",
     );
     let assertion =
         keys.luxtrust_assertion(&account, text::MOBILE, serial, &start.luxtrust_nonce)?;
@@ -147,13 +129,15 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         assertion,
         request_id: String::new(),
     };
-    clients.device.authenticate_with_lux_trust(request).await?;
-    println!("    LuxTrust authentication accepted");
-    step(
-        11,
-        "The holder enters the secret code and skips biometrics.",
-    );
-    let tablet_credential = set_code(&mut clients, &start.link_token).await?;
+    let reply = clients
+        .device
+        .authenticate_with_lux_trust(request)
+        .await?
+        .into_inner();
+    println!("    [tablet]  LuxTrust authentication accepted");
+    println!("    [tablet]  You are linking to {}", reply.account_hint);
+    steps.next("The holder enters the secret code and skips biometrics.");
+    let tablet_credential = set_code(&mut clients, "[tablet] ", &start.link_token).await?;
     let request = v1::SetBiometricsRequest {
         enabled: false,
         request_id: String::new(),
@@ -162,12 +146,9 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         .device
         .set_biometrics(bearer(request, &tablet_credential)?)
         .await?;
-    println!("    biometrics skipped");
+    println!("    [tablet]  biometrics skipped");
 
-    step(
-        12,
-        "In the browser, after re-authenticating, the holder lists the linked devices.",
-    );
+    steps.next("In the browser, after re-authenticating, the holder lists the linked devices.");
     list_devices(
         &mut clients,
         keys,
@@ -177,8 +158,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
     .await?;
 
     println!("\n== Unlinking ==");
-    step(
-        13,
+    steps.next(
         "The phone is lost: after re-authenticating, the holder unlinks it from the browser.",
     );
     let request = v1::UnlinkDevicesRequest {
@@ -207,7 +187,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("a revoked credential was accepted"),
     }
 
-    step(14, "The tablet unlinks itself.");
+    steps.next("The tablet unlinks itself.");
     let unlinked = clients
         .device
         .unlink_this_device(bearer(
@@ -228,7 +208,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("a revoked credential was accepted"),
     }
 
-    step(15, "The device list, read again from the read side.");
+    steps.next("The device list, read again from the read side.");
     list_devices(&mut clients, keys, &account, &unlinked.consistency_token).await?;
     println!("\nDone: account {account}, devices {phone} and {tablet}.");
     println!("Every step above is an event in the command database's `events` table.");
@@ -266,6 +246,7 @@ async fn start_link(
     clients: &mut Clients,
     device_id: &str,
     name: &str,
+    model: &str,
     method: v1::LinkMethod,
 ) -> anyhow::Result<v1::StartLinkResponse> {
     let request = v1::StartLinkRequest {
@@ -274,6 +255,7 @@ async fn start_link(
         method: method.into(),
         platform: v1::Platform::Android.into(),
         app_version: "2.4.1".into(),
+        device_model: model.into(),
         request_id: String::new(),
     };
     Ok(clients
@@ -284,7 +266,8 @@ async fn start_link(
         .into_inner())
 }
 
-async fn set_code(clients: &mut Clients, link_token: &str) -> anyhow::Result<String> {
+/// SetSecretCode on the device that `who` labels; its credential.
+async fn set_code(clients: &mut Clients, who: &str, link_token: &str) -> anyhow::Result<String> {
     let request = v1::SetSecretCodeRequest {
         link_token: link_token.into(),
         secret_code: CODE.into(),
@@ -297,7 +280,7 @@ async fn set_code(clients: &mut Clients, link_token: &str) -> anyhow::Result<Str
         .context("SetSecretCode")?
         .into_inner();
     println!(
-        "    device {} linked at {}",
+        "    {who} device {} linked at {}",
         reply.device_id,
         format_time(reply.linked_at.as_ref())
     );

@@ -6,3 +6,5 @@ pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod qr;
+pub mod watch;

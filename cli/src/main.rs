@@ -138,7 +138,12 @@ enum Rpc {
         /// Also write the QR code's SVG image to this file.
         #[arg(long)]
         svg_out: Option<PathBuf>,
+        /// The browser's network address as the portal sees it (shown while confirming).
+        #[arg(long, default_value = "")]
+        browser_address: String,
     },
+    #[command(flatten)]
+    Qr(linkctl::qr::Command),
     /// PortalService.UnlinkDevices (needs a re-authenticated citizen token).
     UnlinkDevices {
         /// Device ids to unlink.
@@ -157,6 +162,9 @@ enum Rpc {
         platform: PlatformArg,
         #[arg(long, default_value = "1.0.0")]
         app_version: String,
+        /// The device's model (shown to the holder who confirms a QR link).
+        #[arg(long, default_value = "")]
+        device_model: String,
     },
     /// DeviceService.ScanQr.
     ScanQr {
@@ -423,8 +431,14 @@ async fn call(
                 .await?;
             println!("recorded");
         }
-        Rpc::IssueLinkQr { svg_out } => {
-            let request = v1::IssueLinkQrRequest { request_id };
+        Rpc::IssueLinkQr {
+            svg_out,
+            browser_address,
+        } => {
+            let request = v1::IssueLinkQrRequest {
+                browser_address,
+                request_id,
+            };
             let reply = clients
                 .portal
                 .issue_link_qr(bearer(request, token)?)
@@ -440,6 +454,10 @@ async fn call(
                 "expires_at: {}",
                 linkctl::client::format_time(reply.expires_at.as_ref())
             );
+        }
+        Rpc::Qr(command) => {
+            let out = &mut std::io::stdout();
+            linkctl::qr::run(&mut clients.portal, command, token, request_id, out).await?;
         }
         Rpc::UnlinkDevices { device_ids } => {
             let request = v1::UnlinkDevicesRequest {
@@ -461,6 +479,7 @@ async fn call(
             method,
             platform,
             app_version,
+            device_model,
         } => {
             let method = match method {
                 Method::Qr => v1::LinkMethod::Qr,
@@ -476,6 +495,7 @@ async fn call(
                 method: method.into(),
                 platform: platform.into(),
                 app_version,
+                device_model,
                 request_id,
             };
             let reply = clients.device.start_link(request).await?.into_inner();
@@ -495,8 +515,18 @@ async fn call(
                 qr_payload,
                 request_id,
             };
-            clients.device.scan_qr(request).await?;
+            let reply = clients.device.scan_qr(request).await?.into_inner();
             println!("QR code accepted");
+            println!("account_hint:  {}", reply.account_hint);
+            if reply.matching_code.is_empty() {
+                println!("matching_code: - (no confirmation asked)");
+            } else {
+                println!("matching_code: {}", reply.matching_code);
+            }
+            println!(
+                "confirm_by:    {}",
+                linkctl::client::format_time(reply.confirm_by.as_ref())
+            );
         }
         Rpc::AuthenticateWithLuxtrust {
             link_token,
@@ -507,8 +537,13 @@ async fn call(
                 assertion,
                 request_id,
             };
-            clients.device.authenticate_with_lux_trust(request).await?;
+            let reply = clients
+                .device
+                .authenticate_with_lux_trust(request)
+                .await?
+                .into_inner();
             println!("LuxTrust authentication accepted");
+            println!("account_hint: {}", reply.account_hint);
         }
         Rpc::SetSecretCode { link_token, code } => {
             let request = v1::SetSecretCodeRequest {

@@ -10,12 +10,14 @@
 //! - [`accounts`]: registering an account, changing its email, recording portal logins.
 //! - [`linking`]: the QR code, starting a link attempt, scanning the QR or authenticating with
 //!   LuxTrust.
+//! - [`confirmation`]: the holder following, confirming or declining a scanned QR code.
 //! - [`ceremony`]: setting the secret code, which links the device.
 //! - [`devices`]: using and unlinking linked devices.
 
 pub(crate) mod accounts;
 pub(crate) mod auth;
 pub(crate) mod ceremony;
+pub(crate) mod confirmation;
 pub(crate) mod devices;
 pub(crate) mod linking;
 #[cfg(test)]
@@ -42,6 +44,8 @@ pub(crate) struct App {
     pub(crate) hasher: CodeHasher,
     /// How long things live.
     pub(crate) lifetimes: Lifetimes,
+    /// The key matching codes are derived under ([`crate::matching::key`]).
+    pub(crate) matching_key: Vec<u8>,
 }
 
 /// How long tokens and sessions live.
@@ -53,6 +57,8 @@ pub(crate) struct Lifetimes {
     pub(crate) link_attempt: chrono::Duration,
     /// The most `auth_time` may lie in the past for calls that need re-authentication.
     pub(crate) reauth_max_age: chrono::Duration,
+    /// How long the holder has to confirm a scanned QR code; `None`: no confirmation asked.
+    pub(crate) confirmation: Option<chrono::Duration>,
 }
 
 /// What a call carries besides its message, as the transport read it.
@@ -63,6 +69,9 @@ pub(crate) struct Call {
     /// The server-side id of this call (from `x-request-id`, or generated), stored with every
     /// event it writes.
     pub(crate) call_id: String,
+    /// The client's network address: the TCP peer, or the address the trusted proxies
+    /// forwarded (`LINKD_TRUSTED_PROXY_HOPS`).
+    pub(crate) client_address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Call {

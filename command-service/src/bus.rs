@@ -100,6 +100,10 @@ fn ts(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(timestamp(at))
 }
 
+fn address(address: Option<std::net::IpAddr>) -> String {
+    address.map(|a| a.to_string()).unwrap_or_default()
+}
+
 fn account_event(event: AccountEvent) -> Event {
     match event {
         AccountEvent::AccountRegistered {
@@ -131,9 +135,15 @@ fn account_event(event: AccountEvent) -> Event {
 
 fn qr_event(event: &LinkQrEvent) -> Event {
     match *event {
-        LinkQrEvent::QrIssued { at, expires_at, .. } => Event::QrIssued(v1::QrIssued {
+        LinkQrEvent::QrIssued {
+            at,
+            expires_at,
+            browser_address,
+            ..
+        } => Event::QrIssued(v1::QrIssued {
             at: ts(at),
             expires_at: ts(expires_at),
+            browser_address: address(browser_address),
         }),
         LinkQrEvent::QrConsumed {
             attempt_id,
@@ -154,6 +164,7 @@ fn attempt_event(event: LinkAttemptEvent) -> Event {
             device_name,
             method: chosen,
             platform: os,
+            device_model,
             app_version,
             at,
             expires_at,
@@ -166,9 +177,25 @@ fn attempt_event(event: LinkAttemptEvent) -> Event {
             app_version,
             at: ts(at),
             expires_at: ts(expires_at),
+            device_model: device_model.unwrap_or_default(),
         }),
-        LinkAttemptEvent::QrAccepted { qr_id, at, .. } => Event::QrAccepted(v1::QrAccepted {
+        LinkAttemptEvent::QrAccepted {
+            qr_id,
+            at,
+            confirm_by,
+            client_address,
+            account_id: _,
+        } => Event::QrAccepted(v1::QrAccepted {
             qr_id: qr_id.to_string(),
+            at: ts(at),
+            confirm_by: confirm_by.map(timestamp),
+            client_address: address(client_address),
+        }),
+        LinkAttemptEvent::LinkConfirmed { at } => {
+            Event::LinkConfirmed(v1::LinkConfirmed { at: ts(at) })
+        }
+        LinkAttemptEvent::LinkDeclined { reason, at } => Event::LinkDeclined(v1::LinkDeclined {
+            reason: v1::DeclineReason::from(reason).into(),
             at: ts(at),
         }),
         LinkAttemptEvent::LuxTrustAuthenticated {

@@ -44,6 +44,16 @@ pub struct Settings {
     pub link_attempt_ttl: Duration,
     /// Maximum age of `auth_time` for re-authenticated calls (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
+    /// How long the holder has to confirm a scanned QR code in the browser, or `None` if QR
+    /// links need no confirmation (`LINKD_QR_CONFIRMATION`: `required`, the default, or `off`;
+    /// `LINKD_QR_CONFIRMATION_SECONDS`, default 120).
+    pub qr_confirmation: Option<Duration>,
+    /// How many trusted reverse proxies stand in front of the service and append the client's
+    /// address to `x-forwarded-for` (`LINKD_TRUSTED_PROXY_HOPS`, default 0: the TCP peer is the
+    /// client).
+    pub trusted_proxy_hops: usize,
+    /// The most `WatchLinkQr` streams served at once (`LINKD_MAX_QR_WATCHES`, default 200).
+    pub max_qr_watches: usize,
     /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
     pub nats_url: String,
     /// The JetStream stream events are published to (`LINKD_STREAM`, default `LINKD_EVENTS`).
@@ -106,11 +116,43 @@ impl Settings {
             qr_ttl: env.seconds("LINKD_QR_TTL_SECONDS", 120)?,
             link_attempt_ttl: env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
+            qr_confirmation: qr_confirmation(&env)?,
+            trusted_proxy_hops: usize::try_from(env.number("LINKD_TRUSTED_PROXY_HOPS", 0)?)
+                .ok()
+                .filter(|hops| *hops <= 16)
+                .ok_or_else(|| {
+                    ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
+                })?,
+            max_qr_watches: usize::try_from(env.number("LINKD_MAX_QR_WATCHES", 200)?)
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::invalid("LINKD_MAX_QR_WATCHES", "must be between 1 and 100000")
+                })?,
             nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
             relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
+    }
+}
+
+/// `LINKD_QR_CONFIRMATION` and its window.
+fn qr_confirmation<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<Option<Duration>, ConfigError> {
+    let window = env.seconds("LINKD_QR_CONFIRMATION_SECONDS", 120)?;
+    match env.or("LINKD_QR_CONFIRMATION", "required").as_str() {
+        "required" if window.is_zero() => Err(ConfigError::invalid(
+            "LINKD_QR_CONFIRMATION_SECONDS",
+            "must be at least 1 second",
+        )),
+        "required" => Ok(Some(window)),
+        "off" => Ok(None),
+        other => Err(ConfigError::invalid(
+            "LINKD_QR_CONFIRMATION",
+            format!("expected required or off, got {other:?}"),
+        )),
     }
 }
 
@@ -144,6 +186,24 @@ mod tests {
         assert_eq!(settings.qr_ttl, Duration::from_secs(120));
         assert_eq!(settings.reauth_max_age, Duration::from_secs(300));
         assert_eq!(settings.grpc_addr.port(), 50051);
+        assert_eq!(settings.qr_confirmation, Some(Duration::from_secs(120)));
+        assert_eq!(settings.trusted_proxy_hops, 0);
+    }
+
+    #[test]
+    fn qr_confirmation_is_required_unless_turned_off() {
+        let mut env = base();
+        env.insert("LINKD_QR_CONFIRMATION", "off".into());
+        assert_eq!(read(&env).unwrap().qr_confirmation, None);
+        env.insert("LINKD_QR_CONFIRMATION", "required".into());
+        env.insert("LINKD_QR_CONFIRMATION_SECONDS", "30".into());
+        assert_eq!(
+            read(&env).unwrap().qr_confirmation,
+            Some(Duration::from_secs(30))
+        );
+        env.insert("LINKD_QR_CONFIRMATION", "sometimes".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_QR_CONFIRMATION"), "{error}");
     }
 
     #[test]

@@ -8,9 +8,9 @@
 /// response or status.
 macro_rules! idempotent {
     ($api:expr, $request:expr, $method:literal, $translate:ident) => {{
-        let call = $crate::grpc::call_of(&$request);
-        let body = $request.into_inner();
         let api = &$api;
+        let call = api.call_of(&$request);
+        let body = $request.into_inner();
         let credentials = call.bearer.clone().unwrap_or_default();
         let scope = $crate::grpc::Scoped::scope(&body, &credentials).to_owned();
         api.requests
@@ -28,6 +28,7 @@ macro_rules! idempotent {
     }};
 }
 
+mod confirmation;
 mod device;
 mod portal;
 
@@ -44,6 +45,12 @@ use crate::idempotency::RequestLog;
 pub(crate) struct Api {
     pub(crate) app: Arc<App>,
     pub(crate) requests: RequestLog,
+    /// Reverse proxies in front of the service that append to `x-forwarded-for`.
+    pub(crate) trusted_proxy_hops: usize,
+    /// One permit per open `WatchLinkQr` stream.
+    pub(crate) qr_watches: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the service begins to shut down.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Whose request ids a request's `request_id` lives among: AIP-155 keys are scoped by RPC and
@@ -66,6 +73,8 @@ scoped_by_bearer!(
     proto::v1::ChangeAccountEmailRequest,
     proto::v1::RecordPortalLoginRequest,
     proto::v1::IssueLinkQrRequest,
+    proto::v1::ConfirmLinkRequest,
+    proto::v1::DeclineLinkRequest,
     proto::v1::UnlinkDevicesRequest,
     proto::v1::SetBiometricsRequest,
     proto::v1::VerifySecretCodeRequest,
@@ -94,6 +103,35 @@ scoped_by_link_token!(
     proto::v1::SetSecretCodeRequest
 );
 
+impl Api {
+    /// The call's bearer token, server-side id and client address, from its metadata.
+    pub(crate) fn call_of<T>(&self, request: &Request<T>) -> Call {
+        Call {
+            client_address: client_address(request, self.trusted_proxy_hops),
+            ..call_of(request)
+        }
+    }
+}
+
+/// The client's address: with `hops` trusted proxies in front, the entry of `x-forwarded-for`
+/// the outermost trusted proxy appended (`hops` from the right); with none, the TCP peer.
+/// `None` when the header is shorter than promised or the entry is not an address.
+fn client_address<T>(request: &Request<T>, hops: usize) -> Option<std::net::IpAddr> {
+    if hops == 0 {
+        return request.remote_addr().map(|peer| peer.ip());
+    }
+    let forwarded: Vec<&str> = request
+        .metadata()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    let index = forwarded.len().checked_sub(hops)?;
+    forwarded.get(index)?.parse().ok()
+}
+
 /// The call's bearer token and server-side id, from its metadata.
 fn call_of<T>(request: &Request<T>) -> Call {
     let call_id = request
@@ -112,5 +150,6 @@ fn call_of<T>(request: &Request<T>) -> Call {
     Call {
         bearer: service_kit::grpc::bearer(request.metadata()).map(str::to_owned),
         call_id,
+        client_address: None,
     }
 }

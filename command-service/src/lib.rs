@@ -25,6 +25,7 @@ pub(crate) mod credentials;
 pub mod error;
 pub(crate) mod grpc;
 pub(crate) mod idempotency;
+pub(crate) mod matching;
 pub(crate) mod qr;
 pub mod relay;
 pub(crate) mod secrets;

@@ -95,6 +95,20 @@ pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
 }
 
+/// HMAC-SHA-256 of length-prefixed `parts` under `key`.
+pub(crate) fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac as _;
+    let Ok(mut hmac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        // HMAC takes keys of any length; this branch is unreachable.
+        return Vec::new();
+    };
+    for part in parts {
+        hmac.update(&(part.len() as u64).to_be_bytes());
+        hmac.update(part);
+    }
+    hmac.finalize().into_bytes().to_vec()
+}
+
 /// Mints a token of `kind` naming `id`.
 pub(crate) fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
     let secret = random_bytes::<32>();

@@ -32,6 +32,8 @@ pub struct Application {
     pool: PgPool,
     settings: Settings,
     relay_crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Told when shutdown begins, so that open `WatchLinkQr` streams end and the drain finishes.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Connects to the database named in `settings` and applies the migrations.
@@ -90,11 +92,17 @@ impl Application {
                 qr: duration(settings.qr_ttl)?,
                 link_attempt: duration(settings.link_attempt_ttl)?,
                 reauth_max_age: duration(settings.reauth_max_age)?,
+                confirmation: settings.qr_confirmation.map(duration).transpose()?,
             },
+            matching_key: crate::matching::key(&settings.secret_code_pepper.0),
         });
+        let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
         let api = Api {
             app,
+            stopping: stopping_seen,
             requests: RequestLog::new(pool.clone()),
+            trusted_proxy_hops: settings.trusted_proxy_hops,
+            qr_watches: Arc::new(tokio::sync::Semaphore::new(settings.max_qr_watches)),
         };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -107,6 +115,7 @@ impl Application {
             pool,
             settings,
             relay_crash_point: None,
+            stopping,
         })
     }
 
@@ -160,6 +169,12 @@ impl Application {
             )
         });
         tracing::info!(addr = %self.local_addr, "command service listening");
+        let stopping = self.stopping;
+        let shutdown = async move {
+            shutdown.await;
+            // Open watches end now (UNAVAILABLE), or the drain would wait for them.
+            stopping.send_replace(true);
+        };
         let served = GrpcServer::new()
             .service(
                 PortalServiceServer::new(self.api.clone())

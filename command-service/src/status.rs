@@ -19,9 +19,9 @@ pub(crate) fn to_status(error: CommandError) -> Status {
             LinkQrError::AccountNotRegistered | LinkQrError::NotIssued => {
                 Status::not_found(message)
             }
-            LinkQrError::QrAlreadyConsumed | LinkQrError::QrExpired { .. } => {
-                Status::failed_precondition(message)
-            }
+            LinkQrError::QrAlreadyConsumed
+            | LinkQrError::QrExpired { .. }
+            | LinkQrError::NotScanned => Status::failed_precondition(message),
         },
         CommandError::Attempt(refusal) => match refusal {
             LinkAttemptError::AlreadyStarted => Status::already_exists(message),
@@ -34,7 +34,12 @@ pub(crate) fn to_status(error: CommandError) -> Status {
             | LinkAttemptError::AlreadyAuthenticated
             | LinkAttemptError::ProductNeverUsedForLogin
             | LinkAttemptError::NotAuthenticated
-            | LinkAttemptError::AlreadyCompleted => Status::failed_precondition(message),
+            | LinkAttemptError::AlreadyCompleted
+            | LinkAttemptError::AwaitingConfirmation
+            | LinkAttemptError::ConfirmationExpired { .. }
+            | LinkAttemptError::Declined { .. }
+            | LinkAttemptError::NothingToConfirm
+            | LinkAttemptError::AlreadyConfirmed => Status::failed_precondition(message),
         },
         CommandError::Device(refusal) => match refusal {
             DeviceError::DeviceAlreadyLinked => Status::failed_precondition(message),

@@ -1,6 +1,10 @@
 //! Checks every request field at the edge, before anything is read or written.
 
-use domain::{AccountId, DeviceId, DeviceName, LinkMethod, LuxTrustProduct, Platform, ProductKind};
+use std::net::IpAddr;
+
+use domain::{
+    AccountId, DeviceId, DeviceName, LinkMethod, LuxTrustProduct, Platform, ProductKind, QrId,
+};
 use proto::convert::TextForm as _;
 use proto::v1;
 use uuid::Uuid;
@@ -116,6 +120,52 @@ pub(crate) fn app_version(raw: &str) -> Result<String, CommandError> {
     Ok(raw.to_owned())
 }
 
+/// A QR code's id, as IssueLinkQr returned it (a UUID).
+pub(crate) fn qr_id(raw: &str) -> Result<QrId, CommandError> {
+    required("qr_id", raw)?;
+    Uuid::try_parse(raw)
+        .map(QrId)
+        .map_err(|_| invalid(format!("qr_id must be a UUID, got {:?}", truncate(raw))))
+}
+
+/// A matching code as the holder typed it: two digits (spaces around them ignored).
+pub(crate) fn matching_code(raw: &str) -> Result<&str, CommandError> {
+    let code = raw.trim();
+    if code.len() != 2 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(
+            "matching_code must be the two digits the device shows, e.g. \"47\"",
+        ));
+    }
+    Ok(code)
+}
+
+/// An optional IPv4 or IPv6 address (empty: not given).
+pub(crate) fn ip_address(field: &str, raw: &str) -> Result<Option<IpAddr>, CommandError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        invalid(format!(
+            "{field} must be an IPv4 or IPv6 address, got {:?}",
+            truncate(raw)
+        ))
+    })
+}
+
+/// An optional device model: at most 64 characters, no control characters (empty: not given).
+pub(crate) fn device_model(raw: &str) -> Result<Option<String>, CommandError> {
+    let model = raw.trim();
+    if model.is_empty() {
+        return Ok(None);
+    }
+    if model.chars().count() > 64 || model.chars().any(char::is_control) {
+        return Err(invalid(
+            "device_model must be at most 64 characters without control characters",
+        ));
+    }
+    Ok(Some(model.to_owned()))
+}
+
 /// A required field, present.
 pub(crate) fn required<'a>(field: &str, raw: &'a str) -> Result<&'a str, CommandError> {
     if raw.is_empty() {
@@ -158,6 +208,23 @@ mod tests {
             let parsed = email(bad);
             assert!(parsed.is_err(), "{bad}: {parsed:?}");
         }
+    }
+
+    #[test]
+    fn confirmation_fields_are_checked() {
+        assert!(qr_id("").is_err());
+        assert!(qr_id("not-a-uuid").is_err());
+        assert!(qr_id("67e55044-10b1-426f-9247-bb680e5fe0c8").is_ok());
+        assert_eq!(matching_code(" 47 ").ok(), Some("47"));
+        for bad in ["", "4", "470", "4a", "+4", "٤٧"] {
+            assert!(matching_code(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ip_address("browser_address", "").ok(), Some(None));
+        assert!(ip_address("browser_address", "2001:db8::1").is_ok_and(|a| a.is_some()));
+        assert!(ip_address("browser_address", "192.0.2.1:80").is_err());
+        assert_eq!(device_model(" Pixel 8 ").ok(), Some(Some("Pixel 8".into())));
+        assert!(device_model("a\u{0}b").is_err());
+        assert!(device_model(&"m".repeat(65)).is_err());
     }
 
     #[test]

@@ -22,9 +22,10 @@ pub use account::{Account, AccountCommand, AccountError, AccountEvent};
 pub use device::{Device, DeviceCommand, DeviceError, DeviceEvent, MAX_SECRET_CODE_FAILURES};
 pub use ids::{AccountId, DeviceId, LinkAttemptId, NotAnAccountId, QrId};
 pub use link_attempt::{
-    LinkAttempt, LinkAttemptCommand, LinkAttemptError, LinkAttemptEvent, ReadyToLink,
+    Confirmation, DeclineReason, LinkAttempt, LinkAttemptCommand, LinkAttemptError,
+    LinkAttemptEvent, ReadyToLink, ScannedBy,
 };
-pub use link_qr::{LinkQr, LinkQrCommand, LinkQrError, LinkQrEvent};
+pub use link_qr::{LinkQr, LinkQrCommand, LinkQrError, LinkQrEvent, QrProgress};
 pub use values::{
     DeviceName, DeviceNameError, LinkMethod, LuxTrustProduct, Platform, ProductKind, UnlinkReason,
 };

@@ -6,7 +6,13 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use std::net::IpAddr;
+
 use crate::{AccountId, DeviceId, DeviceName, LinkMethod, LuxTrustProduct, Platform, QrId};
+
+mod confirmation;
+
+pub use confirmation::{Confirmation, DeclineReason};
 
 /// What the app can ask of its link attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +27,8 @@ pub enum LinkAttemptCommand {
         method: LinkMethod,
         /// The device's operating system.
         platform: Platform,
+        /// The device's model, if the app sent it (shown to the holder; attacker-chosen text).
+        device_model: Option<String>,
         /// The app's version string.
         app_version: String,
         /// Whether the device is linked to an account already (R5: it must be unlinked first).
@@ -38,6 +46,22 @@ pub enum LinkAttemptCommand {
         qr_id: QrId,
         /// The account the QR was issued to.
         account_id: AccountId,
+        /// When.
+        at: DateTime<Utc>,
+        /// The deadline for the holder's confirmation; `None` when none is required.
+        confirm_by: Option<DateTime<Utc>>,
+        /// The network address the scan came from, as linkd saw it.
+        client_address: Option<IpAddr>,
+    },
+    /// The holder, in the browser, confirmed the scanned device with the matching code it shows.
+    Confirm {
+        /// Whether the matching code typed matches the one the device shows (one try).
+        matching_code_matches: bool,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The holder, in the browser, declined the scanned device.
+    Decline {
         /// When.
         at: DateTime<Utc>,
     },
@@ -76,6 +100,9 @@ pub enum LinkAttemptEvent {
         method: LinkMethod,
         /// Operating system.
         platform: Platform,
+        /// The device's model, if the app sent it.
+        #[serde(default)]
+        device_model: Option<String>,
         /// App version.
         app_version: String,
         /// What a LuxTrust assertion must carry.
@@ -91,6 +118,26 @@ pub enum LinkAttemptEvent {
         qr_id: QrId,
         /// The account.
         account_id: AccountId,
+        /// When.
+        at: DateTime<Utc>,
+        /// The holder must confirm before this instant (`None`: no confirmation required, as for
+        /// every attempt recorded before confirmations existed).
+        #[serde(default)]
+        confirm_by: Option<DateTime<Utc>>,
+        /// The network address the scan came from, as linkd saw it.
+        #[serde(default)]
+        client_address: Option<IpAddr>,
+    },
+    /// The holder confirmed the scanned device in the browser, with the right matching code.
+    LinkConfirmed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The holder declined the scanned device, or typed a wrong matching code: the attempt is
+    /// dead and its QR code used up.
+    LinkDeclined {
+        /// Why.
+        reason: DeclineReason,
         /// When.
         at: DateTime<Utc>,
     },
@@ -156,6 +203,35 @@ pub enum LinkAttemptError {
     /// The attempt already linked its device.
     #[error("this link attempt has already linked its device")]
     AlreadyCompleted,
+    /// The QR link waits for the holder's confirmation in the browser.
+    #[error(
+        "the account holder has not confirmed this link yet: they must confirm it in the browser, \
+         with the matching code this app shows; then set the secret code"
+    )]
+    AwaitingConfirmation,
+    /// The holder did not confirm in time.
+    #[error(
+        "the account holder did not confirm this link in the browser before {expired_at}; scan a new QR code"
+    )]
+    ConfirmationExpired {
+        /// The deadline that passed.
+        expired_at: DateTime<Utc>,
+    },
+    /// The holder declined (or typed a wrong matching code).
+    #[error("{reason}; scan a new QR code to link a device")]
+    Declined {
+        /// Why.
+        reason: DeclineReason,
+    },
+    /// The attempt has no confirmation to give or take (LuxTrust, or confirmation off).
+    #[error("this link attempt does not wait for a confirmation")]
+    NothingToConfirm,
+    /// Confirmed already: it can no longer be declined, nor confirmed with another code.
+    #[error(
+        "this link is already confirmed: it can no longer be declined or confirmed with another \
+         code; once the device is linked, unlink it from the list of devices"
+    )]
+    AlreadyConfirmed,
 }
 
 /// State of one link attempt.
@@ -165,7 +241,9 @@ pub struct LinkAttempt {
     account_id: Option<AccountId>,
     qr_id: Option<QrId>,
     product: Option<LuxTrustProduct>,
-    completed: bool,
+    scan: Option<Scan>,
+    confirmation: Confirmation,
+    completed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,9 +252,35 @@ struct Requested {
     device_name: DeviceName,
     method: LinkMethod,
     platform: Platform,
+    device_model: Option<String>,
     app_version: String,
     nonce: String,
     expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Scan {
+    at: DateTime<Utc>,
+    client_address: Option<IpAddr>,
+}
+
+/// The device that scanned a QR code, as the holder sees it before confirming.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScannedBy {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The name given to it in the app (attacker-chosen text when the scan is a phish).
+    pub device_name: DeviceName,
+    /// Operating system.
+    pub platform: Platform,
+    /// Model, if the app sent it.
+    pub device_model: Option<String>,
+    /// App version.
+    pub app_version: String,
+    /// When it scanned (`None` while the scan is not recorded on the attempt yet).
+    pub scanned_at: Option<DateTime<Utc>>,
+    /// The network address the scan came from, as linkd saw it.
+    pub client_address: Option<IpAddr>,
 }
 
 /// Everything the device's link needs, once the attempt is authenticated.
@@ -211,6 +315,7 @@ impl LinkAttempt {
         let Some(account_id) = self.account_id.clone() else {
             return Err(LinkAttemptError::NotAuthenticated);
         };
+        self.confirmation.allows_link_at(at)?;
         Ok(ReadyToLink {
             device_id: request.device_id,
             account_id,
@@ -219,6 +324,40 @@ impl LinkAttempt {
             product: self.product.clone(),
             platform: request.platform,
             app_version: request.app_version.clone(),
+        })
+    }
+
+    /// Where the holder's confirmation stands.
+    pub fn confirmation(&self) -> Confirmation {
+        self.confirmation
+    }
+
+    /// The QR code this attempt scanned, if any.
+    pub fn qr_id(&self) -> Option<QrId> {
+        self.qr_id
+    }
+
+    /// When the attempt linked its device, if it did.
+    pub fn completed_at(&self) -> Option<DateTime<Utc>> {
+        self.completed_at
+    }
+
+    /// When the attempt stops being usable, once started.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.request.as_ref().map(|r| r.expires_at)
+    }
+
+    /// The device running the attempt, as the holder sees it.
+    pub fn scanned_by(&self) -> Option<ScannedBy> {
+        let request = self.request.as_ref()?;
+        Some(ScannedBy {
+            device_id: request.device_id,
+            device_name: request.device_name.clone(),
+            platform: request.platform,
+            device_model: request.device_model.clone(),
+            app_version: request.app_version.clone(),
+            scanned_at: self.scan.as_ref().map(|scan| scan.at),
+            client_address: self.scan.as_ref().and_then(|scan| scan.client_address),
         })
     }
 
@@ -235,7 +374,7 @@ impl LinkAttempt {
 
     fn open_at(&self, at: DateTime<Utc>) -> Result<&Requested, LinkAttemptError> {
         let request = self.request.as_ref().ok_or(LinkAttemptError::NotStarted)?;
-        if self.completed {
+        if self.completed_at.is_some() {
             return Err(LinkAttemptError::AlreadyCompleted);
         }
         if at >= request.expires_at {
@@ -270,6 +409,7 @@ impl LinkAttempt {
                 device_name,
                 method,
                 platform,
+                device_model,
                 app_version,
                 device_already_linked,
                 nonce,
@@ -287,6 +427,7 @@ impl LinkAttempt {
                     device_name,
                     method,
                     platform,
+                    device_model,
                     app_version,
                     nonce,
                     at,
@@ -297,9 +438,11 @@ impl LinkAttempt {
                 qr_id,
                 account_id,
                 at,
+                confirm_by,
+                client_address,
             } => {
                 // The same QR accepted again (a retried call) changes nothing.
-                if self.qr_id == Some(qr_id) && !self.completed {
+                if self.qr_id == Some(qr_id) && self.completed_at.is_none() {
                     return Ok(vec![]);
                 }
                 self.open_for_authentication(LinkMethod::Qr, at)?;
@@ -307,8 +450,15 @@ impl LinkAttempt {
                     qr_id,
                     account_id,
                     at,
+                    confirm_by,
+                    client_address,
                 }])
             }
+            LinkAttemptCommand::Confirm {
+                matching_code_matches,
+                at,
+            } => self.confirm(matching_code_matches, at),
+            LinkAttemptCommand::Decline { at } => self.decline(at),
             LinkAttemptCommand::AcceptLuxTrust {
                 account_id,
                 account_registered,
@@ -347,6 +497,8 @@ impl DomainEvent for LinkAttemptEvent {
             Self::LinkRequested { .. } => "LinkRequested",
             Self::QrAccepted { .. } => "QrAccepted",
             Self::LuxTrustAuthenticated { .. } => "LuxTrustAuthenticated",
+            Self::LinkConfirmed { .. } => "LinkConfirmed",
+            Self::LinkDeclined { .. } => "LinkDeclined",
             Self::LinkCompleted { .. } => "LinkCompleted",
         }
         .to_owned()
@@ -383,6 +535,7 @@ impl Aggregate for LinkAttempt {
                 device_name,
                 method,
                 platform,
+                device_model,
                 app_version,
                 nonce,
                 expires_at,
@@ -393,16 +546,30 @@ impl Aggregate for LinkAttempt {
                     device_name,
                     method,
                     platform,
+                    device_model,
                     app_version,
                     nonce,
                     expires_at,
                 });
             }
             LinkAttemptEvent::QrAccepted {
-                qr_id, account_id, ..
+                qr_id,
+                account_id,
+                at,
+                confirm_by,
+                client_address,
             } => {
                 self.qr_id = Some(qr_id);
                 self.account_id = Some(account_id);
+                self.scan = Some(Scan { at, client_address });
+                self.confirmation =
+                    confirm_by.map_or(Confirmation::NotRequired, |by| Confirmation::Pending { by });
+            }
+            LinkAttemptEvent::LinkConfirmed { at } => {
+                self.confirmation = Confirmation::Confirmed { at };
+            }
+            LinkAttemptEvent::LinkDeclined { reason, at } => {
+                self.confirmation = Confirmation::Declined { reason, at };
             }
             LinkAttemptEvent::LuxTrustAuthenticated {
                 account_id,
@@ -412,7 +579,7 @@ impl Aggregate for LinkAttempt {
                 self.account_id = Some(account_id);
                 self.product = Some(product);
             }
-            LinkAttemptEvent::LinkCompleted { .. } => self.completed = true,
+            LinkAttemptEvent::LinkCompleted { at } => self.completed_at = Some(at),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! One QR code shown in a logged-in browser session (R3): it links exactly one device, once, and
 //! expires. The token the QR carries never enters the domain; the service keeps only its hash.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -21,6 +23,8 @@ pub enum LinkQrCommand {
         at: DateTime<Utc>,
         /// From this instant on, it is refused.
         expires_at: DateTime<Utc>,
+        /// The browser's network address, as the portal reported it.
+        browser_address: Option<IpAddr>,
     },
     /// A device scanned the QR during its link attempt `attempt_id`.
     Consume {
@@ -44,6 +48,9 @@ pub enum LinkQrEvent {
         at: DateTime<Utc>,
         /// When it stops being accepted.
         expires_at: DateTime<Utc>,
+        /// The browser's network address, as the portal reported it.
+        #[serde(default)]
+        browser_address: Option<IpAddr>,
     },
     /// The QR was used by a link attempt; it can never be used again.
     QrConsumed {
@@ -73,6 +80,11 @@ pub enum LinkQrError {
         "this QR code has already been used to link a device; generate a new QR code in the portal"
     )]
     QrAlreadyConsumed,
+    /// Nothing scanned the QR code yet, so there is nothing to confirm or decline.
+    #[error(
+        "no device has scanned this QR code yet; confirm once the device shows its matching code"
+    )]
+    NotScanned,
     /// The QR is past its expiry (R3).
     #[error("this QR code expired at {expired_at}; generate a new QR code in the portal")]
     QrExpired {
@@ -85,7 +97,9 @@ pub enum LinkQrError {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkQr {
     account_id: Option<AccountId>,
+    issued_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
+    browser_address: Option<IpAddr>,
     consumed_by: Option<LinkAttemptId>,
 }
 
@@ -93,6 +107,26 @@ impl LinkQr {
     /// The account the QR links to, once issued.
     pub fn account_id(&self) -> Option<&AccountId> {
         self.account_id.as_ref()
+    }
+
+    /// When it was issued.
+    pub fn issued_at(&self) -> Option<DateTime<Utc>> {
+        self.issued_at
+    }
+
+    /// When it stops being accepted, once issued.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+
+    /// The browser's network address, as the portal reported it at issue.
+    pub fn browser_address(&self) -> Option<IpAddr> {
+        self.browser_address
+    }
+
+    /// The link attempt that scanned it, if any.
+    pub fn consumed_by(&self) -> Option<LinkAttemptId> {
+        self.consumed_by
     }
 
     /// Pure decision: current state + command -> events, or a reason to refuse.
@@ -103,6 +137,7 @@ impl LinkQr {
                 account_registered,
                 at,
                 expires_at,
+                browser_address,
             } => {
                 if !account_registered {
                     return Err(LinkQrError::AccountNotRegistered);
@@ -114,6 +149,7 @@ impl LinkQr {
                     account_id,
                     at,
                     expires_at,
+                    browser_address,
                 }])
             }
             LinkQrCommand::Consume {
@@ -182,16 +218,22 @@ impl Aggregate for LinkQr {
         match event {
             LinkQrEvent::QrIssued {
                 account_id,
+                at,
                 expires_at,
-                ..
+                browser_address,
             } => {
                 self.account_id = Some(account_id);
+                self.issued_at = Some(at);
                 self.expires_at = Some(expires_at);
+                self.browser_address = browser_address;
             }
             LinkQrEvent::QrConsumed { attempt_id, .. } => self.consumed_by = Some(attempt_id),
         }
     }
 }
 
+mod progress;
 #[cfg(test)]
 mod tests;
+
+pub use progress::QrProgress;

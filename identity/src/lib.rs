@@ -194,6 +194,14 @@ impl PortalClaims {
         self.roles.iter().any(|role| role == SYSTEM_ROLE)
     }
 
+    /// The account id, if this is a citizen's token (one without roles).
+    pub fn citizen(&self) -> Result<&str, CitizenError> {
+        if !self.roles.is_empty() {
+            return Err(CitizenError::NotACitizen);
+        }
+        Ok(&self.sub)
+    }
+
     /// The account id, if this is a citizen's token whose holder authenticated at most
     /// `max_age_seconds` before `now` (30 s of clock skew into the future is tolerated).
     pub fn reauthenticated_citizen(
@@ -201,9 +209,7 @@ impl PortalClaims {
         now: i64,
         max_age_seconds: i64,
     ) -> Result<&str, CitizenError> {
-        if !self.roles.is_empty() {
-            return Err(CitizenError::NotACitizen);
-        }
+        self.citizen()?;
         let age = self
             .auth_time
             .and_then(|auth_time| now.checked_sub(auth_time));

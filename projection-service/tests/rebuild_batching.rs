@@ -141,6 +141,8 @@ fn event_type(event: &Event) -> &'static str {
         Event::QrConsumed(_) => "QrConsumed",
         Event::LinkRequested(_) => "LinkRequested",
         Event::QrAccepted(_) => "QrAccepted",
+        Event::LinkConfirmed(_) => "LinkConfirmed",
+        Event::LinkDeclined(_) => "LinkDeclined",
         Event::LuxtrustAuthenticated(_) => "LuxTrustAuthenticated",
         Event::LinkCompleted(_) => "LinkCompleted",
         Event::DeviceLinked(_) => "DeviceLinked",
@@ -225,10 +227,12 @@ fn device_life(
                 app_version: "2.3.1".into(),
                 at,
                 expires_at: at,
+                device_model: String::new(),
             }),
             Event::QrAccepted(v1::QrAccepted {
                 qr_id: rng.uuid(),
                 at,
+                ..Default::default()
             }),
             Event::LinkCompleted(v1::LinkCompleted { at }),
         ];
@@ -500,6 +504,7 @@ fn poison(rng: &mut Rng, messages: &mut Vec<Published>, events: &[EventEnvelope]
     foreign.event = Some(Event::QrIssued(v1::QrIssued {
         at: stamp(0, 0),
         expires_at: stamp(0, 0),
+        browser_address: String::new(),
     }));
     for event in [account, foreign] {
         let mut message = Published::event(&event);

@@ -228,13 +228,24 @@ async fn two_instances_of_each_service_elect_one_relay_and_keep_read_models_exac
         let start = app
             .start_link(&uuid::Uuid::new_v4().to_string(), proto::v1::LinkMethod::Qr)
             .await;
-        other
+        let scanned = other
             .device
             .scan_qr(proto::v1::ScanQrRequest {
                 link_token: start.link_token.clone(),
                 qr_payload: qr.qr_payload,
                 request_id: String::new(),
             })
+            .await
+            .unwrap()
+            .into_inner();
+        let confirm = proto::v1::ConfirmLinkRequest {
+            qr_id: qr.qr_id,
+            matching_code: scanned.matching_code,
+            request_id: String::new(),
+        };
+        other
+            .portal
+            .confirm_link(e2e::bearer(confirm, &app.citizen("bob")))
             .await
             .unwrap();
         other

@@ -336,12 +336,9 @@ async fn a_device_name_made_to_look_like_an_instruction_is_quoted_as_data() {
     let mut start = TestApp::start_request(&uuid::Uuid::new_v4().to_string(), LinkMethod::Qr);
     start.device_name = "x\". Verify at https://myguichet-secure.eu".into();
     let start = app.device.start_link(start).await.unwrap().into_inner();
-    let scan = proto::v1::ScanQrRequest {
-        link_token: start.link_token.clone(),
-        qr_payload: qr.qr_payload,
-        request_id: String::new(),
-    };
-    app.device.scan_qr(scan).await.unwrap();
+    app.scan_and_confirm("anna", &start.link_token, &qr)
+        .await
+        .unwrap();
 
     // Act
     app.set_code(&start.link_token).await.unwrap();

@@ -34,6 +34,7 @@ async fn a_retried_qr_request_returns_the_same_qr_code() {
     let token = app.citizen("anna");
     let request = IssueLinkQrRequest {
         request_id: Uuid::new_v4().to_string(),
+        ..Default::default()
     };
 
     let first = app
@@ -118,6 +119,7 @@ async fn another_callers_request_id_does_not_block() {
     let request_id = Uuid::new_v4().to_string();
     let request = IssueLinkQrRequest {
         request_id: request_id.clone(),
+        ..Default::default()
     };
     let mut starts = Vec::new();
     for _ in 0..2 {
@@ -161,6 +163,7 @@ async fn a_failed_call_can_be_retried_with_the_same_request_id() {
     let token = app.citizen("late-registrant");
     let request = IssueLinkQrRequest {
         request_id: Uuid::new_v4().to_string(),
+        ..Default::default()
     };
 
     let refused = app

@@ -116,13 +116,8 @@ async fn a_device_refused_midway_is_not_linked_elsewhere() {
     let qr_bob = app.issue_qr("bob").await;
     let first = app.start_link(&device_id, LinkMethod::Qr).await;
     let second = app.start_link(&device_id, LinkMethod::Qr).await;
-    for (start, qr) in [(&first, &qr_anna), (&second, &qr_bob)] {
-        app.device
-            .scan_qr(proto::v1::ScanQrRequest {
-                link_token: start.link_token.clone(),
-                qr_payload: qr.qr_payload.clone(),
-                request_id: String::new(),
-            })
+    for (account, start, qr) in [("anna", &first, &qr_anna), ("bob", &second, &qr_bob)] {
+        app.scan_and_confirm(account, &start.link_token, qr)
             .await
             .unwrap();
     }
@@ -397,6 +392,7 @@ async fn no_secret_is_stored_in_clear() {
     let token = app.citizen("anna");
     let qr_request = proto::v1::IssueLinkQrRequest {
         request_id: Uuid::new_v4().to_string(),
+        ..Default::default()
     };
     let qr = app
         .portal
@@ -412,12 +408,17 @@ async fn no_secret_is_stored_in_clear() {
         .await
         .unwrap()
         .into_inner();
-    app.device
+    let scanned = app
+        .device
         .scan_qr(proto::v1::ScanQrRequest {
             link_token: start.link_token.clone(),
             qr_payload: qr.qr_payload.clone(),
             request_id: Uuid::new_v4().to_string(),
         })
+        .await
+        .unwrap()
+        .into_inner();
+    app.confirm("anna", &qr.qr_id, &scanned.matching_code)
         .await
         .unwrap();
     let linked = app

@@ -7,11 +7,13 @@
 
 mod audit;
 mod authorization;
+mod confirmation;
 mod delivery;
 mod demo;
 mod emails;
 mod hostile_bytes;
 mod idempotency;
+mod linkctl_confirmation;
 mod linking;
 mod malformed_input;
 mod qr_codes;

@@ -54,8 +54,7 @@ async fn a_used_qr_code_is_refused() {
     let first = app
         .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
         .await;
-    app.device
-        .scan_qr(scan(&first.link_token, &qr.qr_payload))
+    app.scan_and_confirm("anna", &first.link_token, &qr)
         .await
         .unwrap();
     app.set_code(&first.link_token).await.unwrap();
@@ -81,7 +80,7 @@ async fn a_used_qr_code_is_refused() {
 }
 
 #[tokio::test]
-async fn twenty_devices_scanning_one_qr_code_at_once_produce_exactly_one_link() {
+async fn twenty_devices_scanning_one_qr_code_at_once_give_one_scanned_attempt_and_one_link() {
     // Arrange: twenty devices, each with its own link attempt, and one QR code.
     let mut app = spawn_app().await;
     app.register("anna").await;
@@ -94,42 +93,49 @@ async fn twenty_devices_scanning_one_qr_code_at_once_produce_exactly_one_link() 
         );
     }
 
-    // Act: all scan at once, and each that got through sets its secret code.
+    // Act: all scan at once.
     let mut tasks = tokio::task::JoinSet::new();
     for start in starts {
         let mut device = app.device.clone();
         let payload = qr.qr_payload.clone();
         tasks.spawn(async move {
-            device.scan_qr(scan(&start.link_token, &payload)).await?;
-            device
-                .set_secret_code(proto::v1::SetSecretCodeRequest {
-                    link_token: start.link_token,
-                    secret_code: e2e::CODE.into(),
-                    request_id: String::new(),
-                })
-                .await
+            let scanned = device.scan_qr(scan(&start.link_token, &payload)).await;
+            (start.link_token, scanned.map(tonic::Response::into_inner))
         });
     }
-    let mut linked = 0;
+    let mut scanned = Vec::new();
+    let mut losers = Vec::new();
     let mut refusals = Vec::new();
     while let Some(outcome) = tasks.join_next().await {
         match outcome.unwrap() {
-            Ok(_) => linked += 1,
-            Err(status) => refusals.push(status.code()),
+            (link_token, Ok(reply)) => scanned.push((link_token, reply)),
+            (link_token, Err(status)) => {
+                refusals.push(status.code());
+                losers.push(link_token);
+            }
         }
     }
 
-    // Assert
-    assert_eq!(linked, 1, "refusals: {refusals:?}");
+    // Assert: one scanned attempt, which the holder confirms and which links; no other can.
+    assert_eq!(scanned.len(), 1, "refusals: {refusals:?}");
     assert!(
         refusals
             .iter()
             .all(|code| matches!(code, Code::FailedPrecondition | Code::Aborted)),
         "{refusals:?}"
     );
-    assert_eq!(app.events_of_type("QrConsumed").await, 1);
     assert_eq!(app.events_of_type("QrAccepted").await, 1);
+    let (winner, reply) = scanned.pop().unwrap();
+    app.confirm("anna", &qr.qr_id, &reply.matching_code)
+        .await
+        .unwrap();
+    app.set_code(&winner).await.unwrap();
+    for loser in losers {
+        let refused = app.set_code(&loser).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
     assert_eq!(app.events_of_type("DeviceLinked").await, 1);
+    assert_eq!(app.events_of_type("QrConsumed").await, 1);
 }
 
 #[tokio::test]

@@ -160,6 +160,15 @@ impl TestApp {
         self.command.take();
     }
 
+    /// Shuts the command service down gracefully (as on SIGTERM); whether it finished within
+    /// `within`.
+    pub async fn stop_command_service_gracefully(&mut self, within: std::time::Duration) -> bool {
+        match self.command.take() {
+            Some(command) => command.stop_gracefully(within).await,
+            None => true,
+        }
+    }
+
     /// Starts the command service again on the same databases, after `adjust` changed its
     /// settings; the clients now talk to the new instance.
     pub async fn restart_command_service(

@@ -4,9 +4,10 @@
 use proto::v1::device_service_client::DeviceServiceClient;
 use proto::v1::portal_service_client::PortalServiceClient;
 use proto::v1::{
-    AuthenticateWithLuxTrustRequest, IssueLinkQrRequest, IssueLinkQrResponse, LinkMethod,
-    LuxTrustProduct, Platform, ProductKind, RecordPortalLoginRequest, RegisterAccountRequest,
-    ScanQrRequest, SetSecretCodeRequest, StartLinkRequest, StartLinkResponse,
+    AuthenticateWithLuxTrustRequest, ConfirmLinkRequest, ConfirmLinkResponse, IssueLinkQrRequest,
+    IssueLinkQrResponse, LinkMethod, LuxTrustProduct, Platform, ProductKind,
+    RecordPortalLoginRequest, RegisterAccountRequest, ScanQrRequest, ScanQrResponse,
+    SetSecretCodeRequest, StartLinkRequest, StartLinkResponse,
 };
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -78,6 +79,7 @@ impl TestApp {
             method: method.into(),
             platform: Platform::Android.into(),
             app_version: "2.4.1".into(),
+            device_model: "Pixel 8".into(),
             request_id: String::new(),
         }
     }
@@ -92,21 +94,64 @@ impl TestApp {
     }
 
     /// A new device's link attempt, authenticated by scanning a fresh QR code of `account_id`
-    /// (ready for `SetSecretCode`).
+    /// and confirmed by the holder (ready for `SetSecretCode`).
     pub async fn authenticated_qr_attempt(&mut self, account_id: &str) -> StartLinkResponse {
         let qr = self.issue_qr(account_id).await;
         let start = self
             .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
             .await;
+        self.scan_and_confirm(account_id, &start.link_token, &qr)
+            .await
+            .expect("scanning and confirming the QR code");
+        start
+    }
+
+    /// The app scans `qr` with `link_token`.
+    pub async fn scan(
+        &mut self,
+        link_token: &str,
+        qr: &IssueLinkQrResponse,
+    ) -> Result<ScanQrResponse, tonic::Status> {
         self.device
             .scan_qr(ScanQrRequest {
-                link_token: start.link_token.clone(),
-                qr_payload: qr.qr_payload,
+                link_token: link_token.into(),
+                qr_payload: qr.qr_payload.clone(),
                 request_id: String::new(),
             })
             .await
-            .expect("scanning the QR code");
-        start
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `account_id`'s holder confirms `qr_id` in the browser with `matching_code`.
+    pub async fn confirm(
+        &mut self,
+        account_id: &str,
+        qr_id: &str,
+        matching_code: &str,
+    ) -> Result<ConfirmLinkResponse, tonic::Status> {
+        let token = self.citizen(account_id);
+        let request = ConfirmLinkRequest {
+            qr_id: qr_id.into(),
+            matching_code: matching_code.into(),
+            request_id: String::new(),
+        };
+        self.portal
+            .confirm_link(bearer(request, &token))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The app scans `qr`, and the holder of `account_id` confirms with the code the app shows.
+    pub async fn scan_and_confirm(
+        &mut self,
+        account_id: &str,
+        link_token: &str,
+        qr: &IssueLinkQrResponse,
+    ) -> Result<ScanQrResponse, tonic::Status> {
+        let scanned = self.scan(link_token, qr).await?;
+        self.confirm(account_id, &qr.qr_id, &scanned.matching_code)
+            .await?;
+        Ok(scanned)
     }
 
     /// Sets the secret code of a started, authenticated attempt.
@@ -136,13 +181,7 @@ impl TestApp {
             .start_link(Self::start_request(device_id, LinkMethod::Qr))
             .await?;
         let link_token = start.into_inner().link_token;
-        self.device
-            .scan_qr(ScanQrRequest {
-                link_token: link_token.clone(),
-                qr_payload: qr.qr_payload,
-                request_id: String::new(),
-            })
-            .await?;
+        self.scan_and_confirm(account_id, &link_token, &qr).await?;
         self.set_code(&link_token).await
     }
 

@@ -31,6 +31,17 @@ impl Drop for CommandServer {
     }
 }
 
+impl CommandServer {
+    /// Asks the instance to shut down gracefully (as on SIGTERM) and waits for it, up to
+    /// `within`; whether it finished in time.
+    pub async fn stop_gracefully(mut self, within: std::time::Duration) -> bool {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(within, &mut self.server).await.is_ok()
+    }
+}
+
 /// Starts a command service instance with `settings` (and an optional relay crash point).
 pub async fn run_command_service(
     settings: Settings,

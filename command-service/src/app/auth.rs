@@ -4,6 +4,7 @@
 //!
 //! - [`System`]: the portal back end (a portal JWT with the `portal-system` role);
 //! - [`Citizen`]: an account holder who re-authenticated within the configured age;
+//! - [`AccountHolder`]: an account holder with any valid portal token (for reads);
 //! - [`AttemptHolder`]: the app holding a link attempt's `link_token`;
 //! - [`LinkedDevice`]: a linked device presenting the credential of its current link.
 
@@ -60,6 +61,20 @@ impl Citizen {
     /// Who is acting, for the events written.
     pub(crate) fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+}
+
+/// An account holder with a valid portal token, however long ago they authenticated: enough to
+/// read the state of their own things, not to change them.
+#[derive(Debug)]
+pub(crate) struct AccountHolder {
+    account_id: AccountId,
+}
+
+impl AccountHolder {
+    /// The holder's account.
+    pub(crate) fn account_id(&self) -> &AccountId {
+        &self.account_id
     }
 }
 
@@ -152,6 +167,17 @@ impl App {
         })
     }
 
+    /// The account holder calling, with any valid citizen token.
+    pub(crate) fn account_holder(&self, call: &Call) -> Result<AccountHolder, CommandError> {
+        let claims = self.portal_claims(call)?;
+        let sub = claims
+            .citizen()
+            .map_err(|refusal| CommandError::PermissionDenied(refusal.to_string()))?;
+        Ok(AccountHolder {
+            account_id: account_of_sub(sub)?,
+        })
+    }
+
     /// The citizen calling, who must have re-authenticated recently.
     pub(crate) fn reauthenticated_citizen(&self, call: &Call) -> Result<Citizen, CommandError> {
         let claims = self.portal_claims(call)?;
@@ -161,9 +187,7 @@ impl App {
                 self.lifetimes.reauth_max_age.num_seconds(),
             )
             .map_err(|refusal| CommandError::PermissionDenied(refusal.to_string()))?;
-        let account_id = AccountId::parse(sub).map_err(|refusal| {
-            CommandError::InvalidArgument(format!("the portal token's sub is not valid: {refusal}"))
-        })?;
+        let account_id = account_of_sub(sub)?;
         let metadata = Metadata {
             actor: format!("citizen:{account_id}"),
             request_id: call.call_id.clone(),
@@ -259,4 +283,11 @@ impl App {
             ))),
         }
     }
+}
+
+/// The account a citizen token's `sub` names.
+fn account_of_sub(sub: &str) -> Result<AccountId, CommandError> {
+    AccountId::parse(sub).map_err(|refusal| {
+        CommandError::InvalidArgument(format!("the portal token's sub is not valid: {refusal}"))
+    })
 }

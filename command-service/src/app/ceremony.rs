@@ -1,7 +1,9 @@
 //! The end of the linking ceremony (R4, R5, R7): the app sets the 6-digit secret code of an
 //! authenticated link attempt, and from that moment the device is linked. In order:
 //!
-//! 1. the attempt must be ready (authenticated, not expired, not completed). A completed
+//! 1. the attempt must be ready (authenticated — for a QR link, confirmed by the holder in the
+//!    browser: ADR 0011 —, not expired, not completed; a confirmation deadline that passed
+//!    ends the link token too). A completed
 //!    attempt's link token is dead, so no call after completion ever reaches a secret code: a
 //!    lost answer is recovered only by retrying with the same `request_id` (AIP-155);
 //! 2. the device must not be linked by another attempt (R5) — refused before any hashing;
@@ -48,7 +50,17 @@ impl App {
             .store
             .load::<LinkAttempt>(&attempt_id.to_string())
             .await?;
-        let ready = attempt.state().ready_to_link(now)?;
+        let ready = match attempt.state().ready_to_link(now) {
+            Ok(ready) => ready,
+            Err(dead @ LinkAttemptError::ConfirmationExpired { .. }) => {
+                // The holder never confirmed: the token's purpose can no longer be served.
+                self.credentials
+                    .delete_bearer(TokenKind::LinkAttempt, attempt_id.0)
+                    .await?;
+                return Err(dead.into());
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         span.record("device_id", tracing::field::display(ready.device_id));
         let device = self
             .store

@@ -2,10 +2,13 @@
 //! to a re-authenticated holder; the app starts a link attempt, then scans the QR code or
 //! authenticates with a LuxTrust product the account already used to log in.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use domain::{
-    Account, AccountId, Device, DeviceId, DeviceName, LinkAttempt, LinkAttemptCommand,
-    LinkAttemptError, LinkMethod, LinkQr, LinkQrCommand, LuxTrustProduct, Platform, QrId,
+    Account, AccountId, Confirmation, Device, DeviceId, DeviceName, LinkAttempt,
+    LinkAttemptCommand, LinkAttemptError, LinkMethod, LinkQr, LinkQrCommand, LuxTrustProduct,
+    Platform, QrId,
 };
 use proto::consistency::ConsistencyToken;
 use uuid::Uuid;
@@ -13,6 +16,7 @@ use uuid::Uuid;
 use super::auth::{AttemptHolder, Citizen};
 use super::{App, Call};
 use crate::error::CommandError;
+use crate::matching::{MatchingCode, account_hint};
 use crate::secrets::{self, PresentedToken, TokenKind};
 use crate::store::{Metadata, retry_on_conflict};
 
@@ -34,6 +38,7 @@ pub(crate) struct LinkRequest {
     pub(crate) device_name: DeviceName,
     pub(crate) method: LinkMethod,
     pub(crate) platform: Platform,
+    pub(crate) device_model: Option<String>,
     pub(crate) app_version: String,
 }
 
@@ -47,6 +52,26 @@ pub(crate) struct StartedLink {
     pub(crate) written: ConsistencyToken,
 }
 
+/// A QR code, scanned: what the app shows before anything else.
+#[derive(Debug)]
+pub(crate) struct ScannedQr {
+    /// The account the device is about to be linked to, masked.
+    pub(crate) account_hint: String,
+    /// The code to show, when the holder must confirm.
+    pub(crate) matching_code: Option<MatchingCode>,
+    /// The confirmation deadline, when the holder must confirm.
+    pub(crate) confirm_by: Option<DateTime<Utc>>,
+    pub(crate) written: ConsistencyToken,
+}
+
+/// An attempt authenticated with LuxTrust.
+#[derive(Debug)]
+pub(crate) struct LuxTrustAuthenticated {
+    /// The account the device is about to be linked to, masked.
+    pub(crate) account_hint: String,
+    pub(crate) written: ConsistencyToken,
+}
+
 /// What a verified LuxTrust assertion says.
 #[derive(Debug)]
 pub(crate) struct LuxTrustAssertion {
@@ -57,7 +82,11 @@ pub(crate) struct LuxTrustAssertion {
 
 impl App {
     /// R3: a single-use QR code for the holder's browser session, which expires.
-    pub(crate) async fn issue_link_qr(&self, holder: &Citizen) -> Result<IssuedQr, CommandError> {
+    pub(crate) async fn issue_link_qr(
+        &self,
+        holder: &Citizen,
+        browser_address: Option<IpAddr>,
+    ) -> Result<IssuedQr, CommandError> {
         let span = tracing::Span::current();
         span.record("account_id", tracing::field::display(holder.account_id()));
         let account = self.store.load::<Account>(&holder.account_id().0).await?;
@@ -69,6 +98,7 @@ impl App {
             account_registered: account.state().is_registered(),
             at: now,
             expires_at,
+            browser_address,
         };
         let qr = self.store.fresh::<LinkQr>(&qr_id.to_string());
         // Refused before a token is stored for it.
@@ -109,6 +139,7 @@ impl App {
             device_name: request.device_name,
             method: request.method,
             platform: request.platform,
+            device_model: request.device_model,
             app_version: request.app_version,
             device_already_linked: device.state().linked_account().is_some(),
             nonce: nonce.clone(),
@@ -143,12 +174,13 @@ impl App {
     }
 
     /// R3: the app scanned a QR code; it is consumed for this attempt, which now links to the
-    /// QR's account.
+    /// QR's account once the holder confirms it in the browser (when confirmation is required).
     pub(crate) async fn scan_qr(
         &self,
         holder: AttemptHolder,
         qr_token: PresentedToken,
-    ) -> Result<ConsistencyToken, CommandError> {
+        client_address: Option<IpAddr>,
+    ) -> Result<ScannedQr, CommandError> {
         let attempt_id = holder.attempt_id();
         let qr_id = QrId(qr_token.id);
         let span = tracing::Span::current();
@@ -174,6 +206,8 @@ impl App {
             qr_id,
             account_id: account_id.clone(),
             at: now,
+            confirm_by: self.lifetimes.confirmation.map(|window| now + window),
+            client_address,
         };
         // Refuse before consuming the QR code if the attempt cannot use it.
         attempt.state().decide(accept.clone())?;
@@ -185,10 +219,25 @@ impl App {
         };
         let consumed = self.store.execute(qr, consume, &metadata).await?;
         let accepted = self.store.execute(attempt, accept, &metadata).await?;
-        Ok(ConsistencyToken::of([
-            &consumed.position,
-            &accepted.position,
-        ]))
+        // Read from the state, so that a retried scan answers as the first one did.
+        let confirm_by = match accepted.state.confirmation() {
+            Confirmation::NotRequired => None,
+            Confirmation::Pending { by } => Some(Some(by)),
+            Confirmation::Confirmed { .. } | Confirmation::Declined { .. } => Some(None),
+        };
+        Ok(ScannedQr {
+            account_hint: self.account_hint(&account_id).await?,
+            matching_code: confirm_by
+                .map(|_| MatchingCode::of(&self.matching_key, attempt_id, qr_id)),
+            confirm_by: confirm_by.flatten(),
+            written: ConsistencyToken::of([&consumed.position, &accepted.position]),
+        })
+    }
+
+    /// The account as the app may show it ([`account_hint`]).
+    async fn account_hint(&self, account_id: &AccountId) -> Result<String, CommandError> {
+        let account = self.store.load::<Account>(&account_id.0).await?;
+        Ok(account_hint(account.state().email()))
     }
 
     /// R2: the holder authenticated with a LuxTrust product; it counts if the portal registered
@@ -197,7 +246,7 @@ impl App {
         &self,
         holder: AttemptHolder,
         assertion: LuxTrustAssertion,
-    ) -> Result<ConsistencyToken, CommandError> {
+    ) -> Result<LuxTrustAuthenticated, CommandError> {
         let attempt_id = holder.attempt_id().to_string();
         let metadata = holder.metadata().for_account(&assertion.account_id.0);
         let now = Utc::now();
@@ -221,6 +270,9 @@ impl App {
             self.store.execute_once(attempt, command, &metadata).await
         })
         .await?;
-        Ok(ConsistencyToken::of([&executed.position]))
+        Ok(LuxTrustAuthenticated {
+            account_hint: self.account_hint(&assertion.account_id).await?,
+            written: ConsistencyToken::of([&executed.position]),
+        })
     }
 }

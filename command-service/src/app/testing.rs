@@ -48,7 +48,9 @@ pub(crate) async fn app() -> (App, TestDatabase) {
             qr: chrono::Duration::seconds(120),
             link_attempt: chrono::Duration::seconds(600),
             reauth_max_age: chrono::Duration::seconds(300),
+            confirmation: Some(chrono::Duration::seconds(120)),
         },
+        matching_key: crate::matching::key(PEPPER),
     };
     (app, database)
 }

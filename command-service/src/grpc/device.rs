@@ -29,6 +29,7 @@ async fn start_link(
         device_name: validate::device_name(&body.device_name)?,
         method: validate::method(body.method)?,
         platform: validate::platform(body.platform)?,
+        device_model: validate::device_model(&body.device_model)?,
         app_version: validate::app_version(&body.app_version)?,
     };
     let started = app.start_link(call, request).await?;
@@ -51,9 +52,15 @@ async fn scan_qr(
     let qr_token = secrets::parse(TokenKind::Qr, &body.qr_payload)
         .ok_or_else(|| CommandError::InvalidArgument("qr_payload is not a linkd QR code".into()))?;
     let holder = app.link_attempt(call, &body.link_token).await?;
-    let written = app.scan_qr(holder, qr_token).await?;
+    let scanned = app.scan_qr(holder, qr_token, call.client_address).await?;
     Ok(ScanQrResponse {
-        consistency_token: written.to_string(),
+        account_hint: scanned.account_hint,
+        matching_code: scanned
+            .matching_code
+            .map(|code| code.code())
+            .unwrap_or_default(),
+        confirm_by: scanned.confirm_by.map(timestamp),
+        consistency_token: scanned.written.to_string(),
     })
 }
 
@@ -88,9 +95,10 @@ async fn authenticate_with_luxtrust(
         },
         nonce: claims.nonce,
     };
-    let written = app.authenticate_with_luxtrust(holder, assertion).await?;
+    let authenticated = app.authenticate_with_luxtrust(holder, assertion).await?;
     Ok(AuthenticateWithLuxTrustResponse {
-        consistency_token: written.to_string(),
+        account_hint: authenticated.account_hint,
+        consistency_token: authenticated.written.to_string(),
     })
 }
 

@@ -4,13 +4,16 @@ use domain::DeviceId;
 use proto::convert::timestamp;
 use proto::v1::portal_service_server::PortalService;
 use proto::v1::{
-    ChangeAccountEmailRequest, ChangeAccountEmailResponse, IssueLinkQrRequest, IssueLinkQrResponse,
-    RecordPortalLoginRequest, RecordPortalLoginResponse, RegisterAccountRequest,
-    RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
+    ChangeAccountEmailRequest, ChangeAccountEmailResponse, ConfirmLinkRequest, ConfirmLinkResponse,
+    DeclineLinkRequest, DeclineLinkResponse, GetLinkQrRequest, IssueLinkQrRequest,
+    IssueLinkQrResponse, LinkQrState, RecordPortalLoginRequest, RecordPortalLoginResponse,
+    RegisterAccountRequest, RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
+    WatchLinkQrRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::Api;
+use super::confirmation::{self, WatchStream, confirm_link, decline_link};
 use crate::app::accounts::Registration;
 use crate::app::{App, Call};
 use crate::error::CommandError;
@@ -77,10 +80,11 @@ async fn record_portal_login(
 async fn issue_link_qr(
     app: &App,
     call: &Call,
-    _body: &IssueLinkQrRequest,
+    body: &IssueLinkQrRequest,
 ) -> Result<IssueLinkQrResponse, CommandError> {
+    let browser_address = validate::ip_address("browser_address", &body.browser_address)?;
     let holder = app.reauthenticated_citizen(call)?;
-    let issued = app.issue_link_qr(&holder).await?;
+    let issued = app.issue_link_qr(&holder, browser_address).await?;
     Ok(IssueLinkQrResponse {
         consistency_token: issued.written.to_string(),
         qr_id: issued.qr_id.to_string(),
@@ -157,6 +161,43 @@ impl PortalService for Api {
         request: Request<IssueLinkQrRequest>,
     ) -> Result<Response<IssueLinkQrResponse>, Status> {
         idempotent!(self, request, "IssueLinkQr", issue_link_qr)
+    }
+
+    async fn get_link_qr(
+        &self,
+        request: Request<GetLinkQrRequest>,
+    ) -> Result<Response<LinkQrState>, Status> {
+        let call = self.call_of(&request);
+        confirmation::get_link_qr(&self.app, &call, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(crate::status::to_status)
+    }
+
+    type WatchLinkQrStream = WatchStream;
+
+    async fn watch_link_qr(
+        &self,
+        request: Request<WatchLinkQrRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let call = self.call_of(&request);
+        self.open_qr_watch(&call, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn confirm_link(
+        &self,
+        request: Request<ConfirmLinkRequest>,
+    ) -> Result<Response<ConfirmLinkResponse>, Status> {
+        idempotent!(self, request, "ConfirmLink", confirm_link)
+    }
+
+    async fn decline_link(
+        &self,
+        request: Request<DeclineLinkRequest>,
+    ) -> Result<Response<DeclineLinkResponse>, Status> {
+        idempotent!(self, request, "DeclineLink", decline_link)
     }
 
     async fn unlink_devices(

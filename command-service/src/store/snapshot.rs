@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
 use super::Stored;
+use crate::secrets::hmac_parts;
 
 /// A snapshot is written once an aggregate has this many events after its last snapshot.
 pub const SNAPSHOT_EVERY: i64 = 16;
@@ -58,20 +59,6 @@ pub fn mac(key: &[u8], header: Header<'_>, payload: &str) -> Vec<u8> {
             payload.as_bytes(),
         ],
     )
-}
-
-/// HMAC-SHA-256 of length-prefixed `parts` under `key`.
-fn hmac_parts(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    use hmac::Mac as _;
-    let Ok(mut hmac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
-        // HMAC takes keys of any length; this branch is unreachable.
-        return Vec::new();
-    };
-    for part in parts {
-        hmac.update(&(part.len() as u64).to_be_bytes());
-        hmac.update(part);
-    }
-    hmac.finalize().into_bytes().to_vec()
 }
 
 /// A snapshot to write: the state after a command and where it stands.

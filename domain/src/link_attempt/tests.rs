@@ -26,6 +26,7 @@ fn requested(method: LinkMethod) -> LinkAttemptEvent {
         device_name: DeviceName::parse("Anna's phone").unwrap(),
         method,
         platform: Platform::Android,
+        device_model: None,
         app_version: "2.4.1".into(),
         nonce: "nonce-1".into(),
         at: t(0),
@@ -38,6 +39,8 @@ fn qr_accepted() -> LinkAttemptEvent {
         qr_id: QrId(Uuid::from_u128(9)),
         account_id: account(),
         at: t(5),
+        confirm_by: None,
+        client_address: None,
     }
 }
 
@@ -58,6 +61,7 @@ fn start(device_already_linked: bool) -> LinkAttemptCommand {
         device_name: DeviceName::parse("Anna's phone").unwrap(),
         method: LinkMethod::Qr,
         platform: Platform::Android,
+        device_model: None,
         app_version: "2.4.1".into(),
         device_already_linked,
         nonce: "nonce-1".into(),
@@ -116,6 +120,8 @@ fn a_scanned_qr_code_identifies_the_account_to_link() {
             qr_id: QrId(Uuid::from_u128(9)),
             account_id: account(),
             at: t(5),
+            confirm_by: None,
+            client_address: None,
         })
         .then_expect_events(vec![qr_accepted()]);
 }
@@ -128,6 +134,8 @@ fn a_qr_code_cannot_serve_an_attempt_that_chose_luxtrust() {
             qr_id: QrId(Uuid::from_u128(9)),
             account_id: account(),
             at: t(5),
+            confirm_by: None,
+            client_address: None,
         })
         .then_expect_error(LinkAttemptError::WrongMethod {
             chosen: LinkMethod::LuxTrust,
@@ -178,6 +186,8 @@ fn an_attempt_is_authenticated_only_once() {
             qr_id: QrId(Uuid::from_u128(10)),
             account_id: AccountId("acc-2".into()),
             at: t(6),
+            confirm_by: None,
+            client_address: None,
         })
         .then_expect_error(LinkAttemptError::AlreadyAuthenticated);
 }
@@ -230,6 +240,8 @@ fn a_retried_scan_of_the_same_qr_code_changes_nothing() {
             qr_id: QrId(Uuid::from_u128(9)),
             account_id: account(),
             at: t(6),
+            confirm_by: None,
+            client_address: None,
         })
         .then_expect_events(vec![]);
 }
@@ -257,4 +269,182 @@ fn an_unregistered_account_is_refused_before_the_attempt_is_looked_at() {
             at: t(10_000),
         })
         .then_expect_error(LinkAttemptError::AccountNotRegistered);
+}
+
+fn qr_accepted_pending(by: DateTime<Utc>) -> LinkAttemptEvent {
+    LinkAttemptEvent::QrAccepted {
+        qr_id: QrId(Uuid::from_u128(9)),
+        account_id: account(),
+        at: t(5),
+        confirm_by: Some(by),
+        client_address: Some("192.0.2.7".parse().unwrap()),
+    }
+}
+
+fn scanned_awaiting_confirmation() -> Vec<LinkAttemptEvent> {
+    vec![requested(LinkMethod::Qr), qr_accepted_pending(t(125))]
+}
+
+fn attempt_after(events: Vec<LinkAttemptEvent>) -> LinkAttempt {
+    let mut attempt = LinkAttempt::default();
+    for event in events {
+        attempt.apply(event);
+    }
+    attempt
+}
+
+#[test]
+fn a_scanned_qr_link_waits_for_the_holder_before_the_secret_code() {
+    let attempt = attempt_after(scanned_awaiting_confirmation());
+    assert_eq!(
+        attempt.ready_to_link(t(10)),
+        Err(LinkAttemptError::AwaitingConfirmation)
+    );
+}
+
+#[test]
+fn the_right_matching_code_confirms_the_link() {
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: true,
+            at: t(30),
+        })
+        .then_expect_events(vec![LinkAttemptEvent::LinkConfirmed { at: t(30) }]);
+    let mut events = scanned_awaiting_confirmation();
+    events.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
+    assert!(attempt_after(events).ready_to_link(t(31)).is_ok());
+}
+
+#[test]
+fn a_wrong_matching_code_declines_the_link_at_the_first_try() {
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: false,
+            at: t(30),
+        })
+        .then_expect_events(vec![LinkAttemptEvent::LinkDeclined {
+            reason: DeclineReason::WrongMatchingCode,
+            at: t(30),
+        }]);
+    let mut events = scanned_awaiting_confirmation();
+    events.push(LinkAttemptEvent::LinkDeclined {
+        reason: DeclineReason::WrongMatchingCode,
+        at: t(30),
+    });
+    TestFramework::<LinkAttempt>::with(())
+        .given(events.clone())
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: true,
+            at: t(31),
+        })
+        .then_expect_error(LinkAttemptError::Declined {
+            reason: DeclineReason::WrongMatchingCode,
+        });
+    assert_eq!(
+        attempt_after(events).ready_to_link(t(31)),
+        Err(LinkAttemptError::Declined {
+            reason: DeclineReason::WrongMatchingCode
+        })
+    );
+}
+
+#[test]
+fn confirming_twice_with_the_right_code_changes_nothing() {
+    let mut events = scanned_awaiting_confirmation();
+    events.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
+    TestFramework::<LinkAttempt>::with(())
+        .given(events.clone())
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: true,
+            at: t(40),
+        })
+        .then_expect_events(vec![]);
+    TestFramework::<LinkAttempt>::with(())
+        .given(events)
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: false,
+            at: t(40),
+        })
+        .then_expect_error(LinkAttemptError::AlreadyConfirmed);
+}
+
+#[test]
+fn without_a_confirmation_in_time_the_link_dies() {
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: true,
+            at: t(125),
+        })
+        .then_expect_error(LinkAttemptError::ConfirmationExpired { expired_at: t(125) });
+    assert_eq!(
+        attempt_after(scanned_awaiting_confirmation()).ready_to_link(t(125)),
+        Err(LinkAttemptError::ConfirmationExpired { expired_at: t(125) })
+    );
+}
+
+#[test]
+fn the_holder_can_decline_until_confirming() {
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Decline { at: t(30) })
+        .then_expect_events(vec![LinkAttemptEvent::LinkDeclined {
+            reason: DeclineReason::ByHolder,
+            at: t(30),
+        }]);
+    let mut confirmed = scanned_awaiting_confirmation();
+    confirmed.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
+    TestFramework::<LinkAttempt>::with(())
+        .given(confirmed)
+        .when(LinkAttemptCommand::Decline { at: t(40) })
+        .then_expect_error(LinkAttemptError::AlreadyConfirmed);
+}
+
+#[test]
+fn declining_a_dead_link_changes_nothing() {
+    let mut declined = scanned_awaiting_confirmation();
+    declined.push(LinkAttemptEvent::LinkDeclined {
+        reason: DeclineReason::ByHolder,
+        at: t(30),
+    });
+    TestFramework::<LinkAttempt>::with(())
+        .given(declined)
+        .when(LinkAttemptCommand::Decline { at: t(31) })
+        .then_expect_events(vec![]);
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Decline { at: t(200) })
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn a_link_that_asks_for_no_confirmation_has_none_to_give() {
+    TestFramework::<LinkAttempt>::with(())
+        .given(vec![requested(LinkMethod::Qr), qr_accepted()])
+        .when(LinkAttemptCommand::Confirm {
+            matching_code_matches: true,
+            at: t(30),
+        })
+        .then_expect_error(LinkAttemptError::NothingToConfirm);
+}
+
+#[test]
+fn events_recorded_before_confirmations_existed_still_read() {
+    // A QrAccepted and a LinkRequested as stored before issue 12: no confirmation, no model.
+    let old: LinkAttemptEvent = serde_json::from_value(serde_json::json!({
+        "QrAccepted": {"qr_id": Uuid::from_u128(9), "account_id": "acc-1", "at": t(5)}
+    }))
+    .unwrap();
+    assert_eq!(old, qr_accepted());
+    let old: LinkAttemptEvent = serde_json::from_value(serde_json::json!({
+        "LinkRequested": {
+            "device_id": Uuid::from_u128(7), "device_name": "Anna's phone", "method": "Qr",
+            "platform": "Android", "app_version": "2.4.1", "nonce": "nonce-1",
+            "at": t(0), "expires_at": t(600)
+        }
+    }))
+    .unwrap();
+    assert_eq!(old, requested(LinkMethod::Qr));
 }

@@ -21,6 +21,7 @@ fn issued() -> LinkQrEvent {
         account_id: AccountId("acc-1".into()),
         at: t(0),
         expires_at: t(120),
+        browser_address: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn a_qr_code_is_issued_to_an_account_with_an_expiry() {
             account_registered: true,
             at: t(0),
             expires_at: t(120),
+            browser_address: None,
         })
         .then_expect_events(vec![issued()]);
 }
@@ -102,6 +104,7 @@ fn a_qr_id_is_issued_only_once() {
             account_registered: true,
             at: t(1),
             expires_at: t(121),
+            browser_address: None,
         })
         .then_expect_error(LinkQrError::AlreadyIssued);
 }
@@ -115,6 +118,117 @@ fn only_an_account_the_portal_registered_gets_a_qr_code() {
             account_registered: false,
             at: t(0),
             expires_at: t(120),
+            browser_address: None,
         })
         .then_expect_error(LinkQrError::AccountNotRegistered);
+}
+
+mod progress {
+    use super::*;
+    use crate::{
+        Confirmation, DeclineReason, DeviceName, LinkAttempt, LinkAttemptEvent, LinkMethod,
+        Platform, QrId, QrProgress,
+    };
+
+    fn qr_after(events: Vec<LinkQrEvent>) -> LinkQr {
+        let mut qr = LinkQr::default();
+        for event in events {
+            qr.apply(event);
+        }
+        qr
+    }
+
+    fn attempt_after(extra: Vec<LinkAttemptEvent>) -> LinkAttempt {
+        let mut attempt = LinkAttempt::default();
+        attempt.apply(LinkAttemptEvent::LinkRequested {
+            device_id: device(1),
+            device_name: DeviceName::parse("Phone").unwrap(),
+            method: LinkMethod::Qr,
+            platform: Platform::Ios,
+            device_model: Some("iPhone 15".into()),
+            app_version: "3.0".into(),
+            nonce: "n".into(),
+            at: t(5),
+            expires_at: t(605),
+        });
+        attempt.apply(LinkAttemptEvent::QrAccepted {
+            qr_id: QrId(Uuid::from_u128(1)),
+            account_id: AccountId("acc-1".into()),
+            at: t(10),
+            confirm_by: Some(t(130)),
+            client_address: None,
+        });
+        for event in extra {
+            attempt.apply(event);
+        }
+        attempt
+    }
+
+    fn stage(progress: Option<&QrProgress>) -> &'static str {
+        match progress {
+            None => "none",
+            Some(QrProgress::Issued { .. }) => "issued",
+            Some(QrProgress::Scanned { .. }) => "scanned",
+            Some(QrProgress::Confirmed { .. }) => "confirmed",
+            Some(QrProgress::Declined { .. }) => "declined",
+            Some(QrProgress::Expired { .. }) => "expired",
+            Some(QrProgress::Linked { .. }) => "linked",
+        }
+    }
+
+    #[test]
+    fn a_qr_code_goes_from_issued_to_linked() {
+        let shown = qr_after(vec![issued()]);
+        assert_eq!(
+            stage(QrProgress::of(&LinkQr::default(), None, t(1)).as_ref()),
+            "none"
+        );
+        assert_eq!(stage(QrProgress::of(&shown, None, t(1)).as_ref()), "issued");
+        assert_eq!(
+            stage(QrProgress::of(&shown, None, t(120)).as_ref()),
+            "expired"
+        );
+        let scanned = qr_after(vec![issued(), consumed(1, t(10))]);
+        let attempt = attempt_after(vec![]);
+        let progress = QrProgress::of(&scanned, Some(&attempt), t(20));
+        let Some(QrProgress::Scanned { by, confirm_by }) = &progress else {
+            panic!("expected scanned, got {progress:?}");
+        };
+        assert_eq!(*confirm_by, Some(t(130)));
+        assert_eq!(by.device_model.as_deref(), Some("iPhone 15"));
+        assert_eq!(by.scanned_at, Some(t(10)));
+        assert!(!progress.as_ref().is_some_and(QrProgress::is_final));
+        assert_eq!(
+            stage(QrProgress::of(&scanned, Some(&attempt), t(130)).as_ref()),
+            "expired"
+        );
+        let confirmed = attempt_after(vec![LinkAttemptEvent::LinkConfirmed { at: t(30) }]);
+        assert_eq!(
+            confirmed.confirmation(),
+            Confirmation::Confirmed { at: t(30) }
+        );
+        assert_eq!(
+            stage(QrProgress::of(&scanned, Some(&confirmed), t(200)).as_ref()),
+            "confirmed"
+        );
+        assert_eq!(
+            stage(QrProgress::of(&scanned, Some(&confirmed), t(605)).as_ref()),
+            "expired"
+        );
+        let linked = attempt_after(vec![
+            LinkAttemptEvent::LinkConfirmed { at: t(30) },
+            LinkAttemptEvent::LinkCompleted { at: t(40) },
+        ]);
+        let progress = QrProgress::of(&scanned, Some(&linked), t(9000));
+        assert_eq!(stage(progress.as_ref()), "linked");
+        assert!(progress.is_some_and(|p| p.is_final()));
+        let declined = attempt_after(vec![LinkAttemptEvent::LinkDeclined {
+            reason: DeclineReason::ByHolder,
+            at: t(30),
+        }]);
+        assert_eq!(
+            stage(QrProgress::of(&scanned, Some(&declined), t(31)).as_ref()),
+            "declined"
+        );
+    }
 }

@@ -40,7 +40,7 @@ fn device_and_details(
         Event::PortalLoginRecorded(login) => {
             (None, json!({ "product": product(login.product.as_ref())? }))
         }
-        Event::QrIssued(_) => (None, json!({})),
+        Event::QrIssued(issued) => (None, json!({ "browser_address": issued.browser_address })),
         Event::QrConsumed(consumed) => (
             Some(consumed.device_id.clone()),
             json!({ "link_attempt_id": consumed.link_attempt_id }),
@@ -49,9 +49,20 @@ fn device_and_details(
             Some(requested.device_id.clone()),
             json!({ "device_name": requested.device_name,
                     "method": v1::LinkMethod::text_of(requested.method)?,
-                    "app_version": requested.app_version }),
+                    "app_version": requested.app_version,
+                    "device_model": requested.device_model }),
         ),
-        Event::QrAccepted(accepted) => (None, json!({ "qr_id": accepted.qr_id })),
+        Event::QrAccepted(accepted) => (
+            None,
+            json!({ "qr_id": accepted.qr_id,
+                    "confirmation_required": accepted.confirm_by.is_some(),
+                    "client_address": accepted.client_address }),
+        ),
+        Event::LinkConfirmed(_) => (None, json!({})),
+        Event::LinkDeclined(declined) => (
+            None,
+            json!({ "reason": v1::DeclineReason::text_of(declined.reason)? }),
+        ),
         Event::LuxtrustAuthenticated(authenticated) => (
             None,
             json!({ "product": product(authenticated.product.as_ref())? }),

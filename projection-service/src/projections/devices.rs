@@ -102,6 +102,8 @@ pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Pr
         | Event::QrConsumed(_)
         | Event::LinkRequested(_)
         | Event::QrAccepted(_)
+        | Event::LinkConfirmed(_)
+        | Event::LinkDeclined(_)
         | Event::LuxtrustAuthenticated(_)
         | Event::LinkCompleted(_) => Change::Nothing,
     };

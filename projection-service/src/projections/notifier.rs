@@ -233,6 +233,8 @@ impl Projector for Notifier {
             | Event::QrConsumed(_)
             | Event::LinkRequested(_)
             | Event::QrAccepted(_)
+            | Event::LinkConfirmed(_)
+            | Event::LinkDeclined(_)
             | Event::LuxtrustAuthenticated(_)
             | Event::LinkCompleted(_)
             | Event::BiometricsEnabled(_)

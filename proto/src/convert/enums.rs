@@ -105,6 +105,27 @@ impl TryFrom<v1::UnlinkReason> for domain::UnlinkReason {
     }
 }
 
+impl From<domain::DeclineReason> for v1::DeclineReason {
+    fn from(value: domain::DeclineReason) -> Self {
+        match value {
+            domain::DeclineReason::ByHolder => Self::ByHolder,
+            domain::DeclineReason::WrongMatchingCode => Self::WrongMatchingCode,
+        }
+    }
+}
+
+impl TryFrom<v1::DeclineReason> for domain::DeclineReason {
+    type Error = Unknown;
+
+    fn try_from(value: v1::DeclineReason) -> Result<Self, Unknown> {
+        match value {
+            v1::DeclineReason::ByHolder => Ok(Self::ByHolder),
+            v1::DeclineReason::WrongMatchingCode => Ok(Self::WrongMatchingCode),
+            v1::DeclineReason::Unspecified => Err(unspecified::<v1::DeclineReason>()),
+        }
+    }
+}
+
 /// The LuxTrust assertion's `product_kind` claim for `kind` (the text form: `mobile`, `scan`).
 pub fn product_kind_claim(kind: domain::ProductKind) -> &'static str {
     match kind {

@@ -1,7 +1,7 @@
 use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
-use domain::{LinkMethod, Platform, ProductKind, UnlinkReason};
+use domain::{DeclineReason, LinkMethod, Platform, ProductKind, UnlinkReason};
 
 use super::*;
 use crate::v1;
@@ -94,6 +94,18 @@ fn unlink_reasons_round_trip_and_unknowns_stay_unknown() {
     every_known_number_has_a_text::<v1::UnlinkReason>();
     unknowns::<v1::UnlinkReason>();
     assert!(UnlinkReason::try_from(v1::UnlinkReason::Unspecified).is_err());
+}
+
+#[test]
+fn decline_reasons_round_trip_and_unknowns_stay_unknown() {
+    match DeclineReason::ByHolder {
+        DeclineReason::ByHolder | DeclineReason::WrongMatchingCode => {}
+    }
+    round_trip::<_, v1::DeclineReason>(DeclineReason::ByHolder, "by_holder");
+    round_trip::<_, v1::DeclineReason>(DeclineReason::WrongMatchingCode, "wrong_matching_code");
+    every_known_number_has_a_text::<v1::DeclineReason>();
+    unknowns::<v1::DeclineReason>();
+    assert!(DeclineReason::try_from(v1::DeclineReason::Unspecified).is_err());
 }
 
 #[test]

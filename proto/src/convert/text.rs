@@ -22,6 +22,10 @@ pub const FROM_DEVICE: &str = "from_device";
 pub const FROM_PORTAL: &str = "from_portal";
 /// [`crate::v1::UnlinkReason::LockedOut`].
 pub const LOCKED_OUT: &str = "locked_out";
+/// [`crate::v1::DeclineReason::ByHolder`].
+pub const BY_HOLDER: &str = "by_holder";
+/// [`crate::v1::DeclineReason::WrongMatchingCode`].
+pub const WRONG_MATCHING_CODE: &str = "wrong_matching_code";
 /// [`crate::v1::DeviceStatus::Linked`].
 pub const LINKED: &str = "linked";
 /// [`crate::v1::DeviceStatus::Unlinked`].
@@ -137,6 +141,26 @@ impl TextForm for v1::UnlinkReason {
             FROM_DEVICE => Ok(Self::FromDevice),
             FROM_PORTAL => Ok(Self::FromPortal),
             LOCKED_OUT => Ok(Self::LockedOut),
+            other => Err(Unknown::text(Self::WHAT, other)),
+        }
+    }
+}
+
+impl TextForm for v1::DeclineReason {
+    const WHAT: &'static str = "decline reason";
+
+    fn text(self) -> Option<&'static str> {
+        match self {
+            Self::ByHolder => Some(BY_HOLDER),
+            Self::WrongMatchingCode => Some(WRONG_MATCHING_CODE),
+            Self::Unspecified => None,
+        }
+    }
+
+    fn from_text(value: &str) -> Result<Self, Unknown> {
+        match value {
+            BY_HOLDER => Ok(Self::ByHolder),
+            WRONG_MATCHING_CODE => Ok(Self::WrongMatchingCode),
             other => Err(Unknown::text(Self::WHAT, other)),
         }
     }

@@ -34,6 +34,7 @@ fn requested(method: i32) -> EventEnvelope {
         app_version: "1.0".into(),
         at: stamp(),
         expires_at: stamp(),
+        device_model: "Pixel 8".into(),
     };
     envelope("link_attempt", DEVICE, Event::LinkRequested(requested))
 }
@@ -59,6 +60,42 @@ fn details_carry_the_text_forms() {
     assert_eq!(link["product"]["serial"], "S-1");
     let unlink = details(&unlinked(v1::UnlinkReason::FromPortal.into())).unwrap();
     assert_eq!(unlink["reason"], "from_portal");
+    let declined = v1::LinkDeclined {
+        reason: v1::DeclineReason::WrongMatchingCode.into(),
+        at: stamp(),
+    };
+    let declined = envelope("link_attempt", DEVICE, Event::LinkDeclined(declined));
+    assert_eq!(details(&declined).unwrap()["reason"], "wrong_matching_code");
+    let accepted = v1::QrAccepted {
+        qr_id: "q".into(),
+        at: stamp(),
+        confirm_by: stamp(),
+        client_address: "192.0.2.7".into(),
+    };
+    let accepted = details(&envelope(
+        "link_attempt",
+        DEVICE,
+        Event::QrAccepted(accepted),
+    ))
+    .unwrap();
+    assert_eq!(accepted["confirmation_required"], true);
+    assert_eq!(accepted["client_address"], "192.0.2.7");
+    assert_eq!(details(&requested(1)).unwrap()["device_model"], "Pixel 8");
+}
+
+#[test]
+fn a_decline_with_an_unknown_reason_is_poison() {
+    for raw in [0, 99] {
+        let declined = v1::LinkDeclined {
+            reason: raw,
+            at: stamp(),
+        };
+        let declined = envelope("link_attempt", DEVICE, Event::LinkDeclined(declined));
+        assert!(
+            matches!(details(&declined), Err(ProjectionError::Poison(_))),
+            "LinkDeclined, reason {raw}"
+        );
+    }
 }
 
 #[test]
