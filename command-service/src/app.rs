@@ -25,9 +25,11 @@ pub(crate) mod testing;
 
 use crate::credentials::Credentials;
 use crate::error::CommandError;
-use crate::secrets::{CodeHasher, SecretCode};
+use crate::hashing::{CodeHasher, Refused};
+use crate::secrets::SecretCode;
 use crate::store::EventStore;
 use identity::KeySet;
+use uuid::Uuid;
 
 /// Everything the use cases share.
 #[derive(Debug)]
@@ -83,28 +85,41 @@ impl std::fmt::Debug for Call {
 }
 
 impl App {
-    /// The Argon2id verifier of `code`, computed on the hashing threads.
-    async fn hash_code(&self, code: &SecretCode) -> Result<String, CommandError> {
+    /// The Argon2id verifier of `code`, computed on the hashing threads for `caller` (one job
+    /// per caller at a time).
+    async fn hash_code(&self, caller: Uuid, code: &SecretCode) -> Result<String, CommandError> {
         let code = code.clone();
-        self.hashing(move |hasher| hasher.hash(code.as_str())).await
-    }
-
-    /// Whether `code` matches `verifier`, checked on the hashing threads.
-    async fn code_matches(&self, code: &SecretCode, verifier: &str) -> Result<bool, CommandError> {
-        let (code, verifier) = (code.clone(), verifier.to_owned());
-        self.hashing(move |hasher| hasher.verify(code.as_str(), &verifier))
+        self.hashing(caller, move |hasher| hasher.hash(code.as_str()))
             .await
     }
 
-    /// Runs Argon2id off the async runtime's worker threads.
+    /// Whether `code` matches `verifier`, checked on the hashing threads for `caller`.
+    async fn code_matches(
+        &self,
+        caller: Uuid,
+        code: &SecretCode,
+        verifier: &str,
+    ) -> Result<bool, CommandError> {
+        let (code, verifier) = (code.clone(), verifier.to_owned());
+        self.hashing(caller, move |hasher| {
+            hasher.verify(code.as_str(), &verifier)
+        })
+        .await
+    }
+
+    /// Runs Argon2id off the async runtime's worker threads; refused at once when the caller
+    /// or the pool is busy.
     async fn hashing<T: Send + 'static>(
         &self,
+        caller: Uuid,
         work: impl FnOnce(&CodeHasher) -> Result<T, argon2::password_hash::Error> + Send + 'static,
     ) -> Result<T, CommandError> {
-        self.hasher
-            .run(work)
-            .await
-            .ok_or_else(|| CommandError::Internal("hashing task failed".into()))?
-            .map_err(|e| CommandError::Internal(format!("hashing failed: {e}")))
+        match self.hasher.run(caller, work).await {
+            Ok(done) => done.map_err(|e| CommandError::Internal(format!("hashing failed: {e}"))),
+            Err(Refused::Failed) => Err(CommandError::Internal("hashing task failed".into())),
+            Err(busy @ (Refused::Busy | Refused::CallerBusy)) => {
+                Err(CommandError::Busy(busy.to_string()))
+            }
+        }
     }
 }

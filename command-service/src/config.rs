@@ -54,6 +54,11 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// The most `WatchLinkQr` streams served at once (`LINKD_MAX_QR_WATCHES`, default 200).
     pub max_qr_watches: usize,
+    /// The most secret-code hashing jobs held at once, running or waiting (`LINKD_HASH_CAPACITY`,
+    /// default 32); beyond, `RESOURCE_EXHAUSTED` at once.
+    pub hash_capacity: usize,
+    /// How much the gRPC server takes on (`LINKD_MAX_CONCURRENT_CALLS`, `LINKD_CALL_TIMEOUT_SECONDS`).
+    pub grpc_limits: service_kit::grpc::Limits,
     /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
     pub nats_url: String,
     /// The JetStream stream events are published to (`LINKD_STREAM`, default `LINKD_EVENTS`).
@@ -123,12 +128,19 @@ impl Settings {
                 .ok_or_else(|| {
                     ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
                 })?,
+            hash_capacity: usize::try_from(env.number("LINKD_HASH_CAPACITY", 32)?)
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::invalid("LINKD_HASH_CAPACITY", "must be between 1 and 10000")
+                })?,
             max_qr_watches: usize::try_from(env.number("LINKD_MAX_QR_WATCHES", 200)?)
                 .ok()
                 .filter(|n| (1..=100_000).contains(n))
                 .ok_or_else(|| {
                     ConfigError::invalid("LINKD_MAX_QR_WATCHES", "must be between 1 and 100000")
                 })?,
+            grpc_limits: env.grpc_limits()?,
             nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,

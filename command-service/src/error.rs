@@ -33,6 +33,9 @@ pub enum CommandError {
     /// The thing named does not exist (for this caller).
     #[error("{0}")]
     NotFound(String),
+    /// Too much expensive work is under way (for this caller, or in all); retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Another call with the same idempotency key is still running.
     #[error("{0}")]
     InProgress(String),

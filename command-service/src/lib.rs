@@ -24,6 +24,7 @@ pub mod config;
 pub(crate) mod credentials;
 pub mod error;
 pub(crate) mod grpc;
+pub(crate) mod hashing;
 pub(crate) mod idempotency;
 pub(crate) mod matching;
 pub(crate) mod qr;

@@ -2,10 +2,8 @@
 //!
 //! Every bearer token is `<prefix>.<uuid>.<43 base64url characters>`: the uuid names the row,
 //! the 256 random bits prove possession. Only SHA-256 of the random part is stored. The secret
-//! code is kept as an Argon2id verifier computed with a server-side pepper.
+//! code is kept as an Argon2id verifier computed with a server-side pepper (`hashing`).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
@@ -195,91 +193,6 @@ fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
     Ok(())
 }
 
-/// Hashes and verifies secret codes with Argon2id and the pepper. CPU-bound: run the work
-/// through [`CodeHasher::run`], on the hasher's own threads.
-#[derive(Clone)]
-pub(crate) struct CodeHasher {
-    pepper: std::sync::Arc<Vec<u8>>,
-    threads: std::sync::Arc<rayon::ThreadPool>,
-}
-
-impl std::fmt::Debug for CodeHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CodeHasher(***)")
-    }
-}
-
-impl CodeHasher {
-    /// A hasher using `pepper` as Argon2's secret input, with one hashing thread per core.
-    pub(crate) fn new(pepper: Vec<u8>) -> std::io::Result<Self> {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
-            .thread_name(|n| format!("argon2-{n}"))
-            // A panic drops the job's answer channel (the call fails with INTERNAL); without a
-            // handler rayon would abort the process.
-            .panic_handler(|_| tracing::error!("a hashing job panicked"))
-            .build()
-            .map_err(std::io::Error::other)?;
-        Ok(Self {
-            pepper: std::sync::Arc::new(pepper),
-            threads: std::sync::Arc::new(threads),
-        })
-    }
-
-    /// Runs `work` on one of the hashing threads and waits for its result (`None` if it
-    /// panicked). At most one hash per core runs at once: more would not finish sooner. The
-    /// threads are always the same few, so the allocator reuses each one's 19 MiB buffer; on
-    /// tokio's blocking pool, with a semaphore as the only bound, the calls spread over many
-    /// threads and allocator arenas, and 32 clients' SetSecretCode phase left the service at
-    /// 800 MB. A job whose caller has gone (a cancelled call) is skipped.
-    pub(crate) async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Self) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (answer, result) = tokio::sync::oneshot::channel();
-        let hasher = self.clone();
-        self.threads.spawn(move || {
-            if !answer.is_closed() {
-                let _ = answer.send(work(&hasher));
-            }
-        });
-        result.await.ok()
-    }
-
-    fn argon2(&self) -> Result<Argon2<'_>, argon2::Error> {
-        // OWASP's recommended Argon2id parameters: 19 MiB, 2 passes, 1 lane.
-        let params = Params::new(19 * 1024, 2, 1, None)?;
-        Argon2::new_with_secret(&self.pepper, Algorithm::Argon2id, Version::V0x13, params)
-    }
-
-    /// The verifier (a PHC string) for `code`.
-    pub(crate) fn hash(&self, code: &str) -> Result<String, argon2::password_hash::Error> {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        let argon2 = self
-            .argon2()
-            .map_err(|_| argon2::password_hash::Error::Algorithm)?;
-        Ok(argon2.hash_password(code.as_bytes(), &salt)?.to_string())
-    }
-
-    /// Whether `code` matches `verifier`.
-    pub(crate) fn verify(
-        &self,
-        code: &str,
-        verifier: &str,
-    ) -> Result<bool, argon2::password_hash::Error> {
-        let parsed = PasswordHash::new(verifier)?;
-        let argon2 = self
-            .argon2()
-            .map_err(|_| argon2::password_hash::Error::Algorithm)?;
-        match argon2.verify_password(code.as_bytes(), &parsed) {
-            Ok(()) => Ok(true),
-            Err(argon2::password_hash::Error::Password) => Ok(false),
-            Err(other) => Err(other),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,31 +266,5 @@ mod tests {
             );
         }
         assert_eq!(check_new_code("123457"), Ok(()));
-    }
-
-    #[test]
-    fn a_verifier_accepts_only_its_code_and_only_with_its_pepper() {
-        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec()).unwrap();
-        let verifier = hasher.hash("482913").unwrap();
-        assert!(!verifier.contains("482913"));
-        assert!(hasher.verify("482913", &verifier).unwrap());
-        assert!(!hasher.verify("482914", &verifier).unwrap());
-        let other = CodeHasher::new(b"pepper-pepper-pepper-pepper-0002".to_vec()).unwrap();
-        assert!(!other.verify("482913", &verifier).unwrap());
-    }
-
-    #[tokio::test]
-    async fn hashing_threads_answer_and_survive_a_panicking_job() {
-        let hasher = CodeHasher::new(b"pepper-pepper-pepper-pepper-0001".to_vec()).unwrap();
-
-        let verifier = hasher.run(|hasher| hasher.hash("482913")).await;
-        #[allow(clippy::panic, reason = "the panic is what is tested")]
-        let failed = hasher.run(|_| -> u8 { panic!("a job that panics") }).await;
-        let after = hasher
-            .run(move |hasher| hasher.verify("482913", &verifier.unwrap().unwrap()))
-            .await;
-
-        assert_eq!(failed, None, "a panicking job gives no answer");
-        assert_eq!(after, Some(Ok(true)), "and the threads keep working");
     }
 }

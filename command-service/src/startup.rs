@@ -17,9 +17,9 @@ use crate::app::{App, Lifetimes};
 use crate::config::Settings;
 use crate::credentials::Credentials;
 use crate::grpc::Api;
+use crate::hashing::CodeHasher;
 use crate::idempotency::RequestLog;
 use crate::relay::RelaySettings;
-use crate::secrets::CodeHasher;
 use crate::store::{EventStore, snapshot};
 use identity::{Checks, KeySet};
 
@@ -86,8 +86,11 @@ impl Application {
             credentials: Credentials::new(pool.clone()),
             idp,
             luxtrust,
-            hasher: CodeHasher::new(settings.secret_code_pepper.0.clone())
-                .context("starting the secret-code hashing threads")?,
+            hasher: CodeHasher::new(
+                settings.secret_code_pepper.0.clone(),
+                settings.hash_capacity,
+            )
+            .context("starting the secret-code hashing threads")?,
             lifetimes: Lifetimes {
                 qr: duration(settings.qr_ttl)?,
                 link_attempt: duration(settings.link_attempt_ttl)?,
@@ -176,6 +179,7 @@ impl Application {
             stopping.send_replace(true);
         };
         let served = GrpcServer::new()
+            .limits(self.settings.grpc_limits)
             .service(
                 PortalServiceServer::new(self.api.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -1,8 +1,23 @@
 //! The one mapping from a failed command to a gRPC status. Exhaustive on purpose: a new domain
 //! error does not compile until someone chooses its code. Internal details are logged, not sent.
 
+use std::time::Duration;
+
 use domain::{AccountError, DeviceError, LinkAttemptError, LinkQrError};
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// How long a client should wait before retrying work refused because the service is busy.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// `RESOURCE_EXHAUSTED` with `message` and a `google.rpc.RetryInfo` of `retry_in`.
+pub(crate) fn exhausted(message: impl Into<String>, retry_in: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_in)),
+    )
+}
 
 use crate::error::CommandError;
 
@@ -54,6 +69,7 @@ pub(crate) fn to_status(error: CommandError) -> Status {
         CommandError::PermissionDenied(_) => Status::permission_denied(message),
         CommandError::NotFound(_) => Status::not_found(message),
         CommandError::InProgress(_) => Status::aborted(message),
+        CommandError::Busy(_) => exhausted(format!("{message}; retry in a second"), BUSY_RETRY),
         CommandError::Unavailable(detail) => {
             tracing::error!(error = %detail, "event store unavailable");
             Status::unavailable("storage is unavailable; retry later")

@@ -35,6 +35,8 @@ pub struct Settings {
     pub idp_max_token_lifetime: Duration,
     /// Maximum age of `auth_time` for the device list (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
+    /// How much the gRPC server takes on (`LINKD_MAX_CONCURRENT_CALLS`, `LINKD_CALL_TIMEOUT_SECONDS`).
+    pub grpc_limits: service_kit::grpc::Limits,
     /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
     pub email: EmailSettings,
     /// Read access to the event store, for `AuditService.VerifyHistory`
@@ -116,6 +118,7 @@ impl Settings {
             idp_issuer: env.required("LINKD_IDP_ISSUER")?,
             idp_max_token_lifetime: env.seconds("LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS", 3600)?,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
+            grpc_limits: env.grpc_limits()?,
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
             email_enabled: env.switch("LINKD_EMAIL", true)?,

@@ -151,6 +151,7 @@ impl Application {
         });
         tracing::info!(addr = %self.local_addr, "projection service listening");
         let served = GrpcServer::new()
+            .limits(self.settings.grpc_limits)
             .service(
                 DeviceQueryServiceServer::new(self.queries)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -99,6 +99,28 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// How much a gRPC server takes on: `LINKD_MAX_CONCURRENT_CALLS` (default 256) calls in
+    /// progress at once, each answered within `LINKD_CALL_TIMEOUT_SECONDS` (default 30).
+    pub fn grpc_limits(&self) -> Result<crate::grpc::Limits, ConfigError> {
+        let concurrent_calls = usize::try_from(self.number("LINKD_MAX_CONCURRENT_CALLS", 256)?)
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+            .ok_or_else(|| {
+                ConfigError::invalid("LINKD_MAX_CONCURRENT_CALLS", "must be between 1 and 100000")
+            })?;
+        let call_timeout = self.seconds("LINKD_CALL_TIMEOUT_SECONDS", 30)?;
+        if call_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "LINKD_CALL_TIMEOUT_SECONDS",
+                "must be at least 1 second",
+            ));
+        }
+        Ok(crate::grpc::Limits {
+            concurrent_calls,
+            call_timeout,
+        })
+    }
+
     /// A listen address such as `127.0.0.1:50051`, or `default`.
     pub fn socket_addr(&self, key: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
         self.or(key, default)

@@ -4,9 +4,13 @@
 //! reported serving) and server reflection (linkd's and health's descriptors); a limit of
 //! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit, and
 //! requests that do not decode answered `INVALID_ARGUMENT` too, not `INTERNAL`
-//! ([`malformed`]); and TCP_NODELAY on every accepted connection.
+//! ([`malformed`]); admission ([`admission`]): a bound on calls in progress and on how long
+//! one may take; and TCP_NODELAY on every accepted connection.
 
+mod admission;
 mod malformed;
+
+pub use admission::Limits;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +48,7 @@ pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
 pub struct GrpcServer {
     routes: RoutesBuilder,
     serving: Vec<&'static str>,
+    limits: Limits,
 }
 
 impl GrpcServer {
@@ -69,6 +74,13 @@ impl GrpcServer {
         self
     }
 
+    /// Sets how much the server takes on (default: [`Limits::default`]).
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(
         mut self,
@@ -90,9 +102,13 @@ impl GrpcServer {
             .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
             .add_service(reflection.max_decoding_message_size(MAX_MESSAGE_BYTES));
         tonic::transport::Server::builder()
-            .layer(tower::util::MapResponseLayer::new(
-                malformed::malformed_is_invalid_argument,
-            ))
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(tower::util::MapResponseLayer::new(
+                        malformed::malformed_is_invalid_argument,
+                    ))
+                    .layer(admission::AdmissionLayer::new(self.limits)),
+            )
             .add_routes(self.routes.routes())
             .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await

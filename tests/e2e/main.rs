@@ -5,6 +5,7 @@
     reason = "a failed step should fail the test loudly"
 )]
 
+mod admission;
 mod audit;
 mod authorization;
 mod confirmation;

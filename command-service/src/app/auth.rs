@@ -214,7 +214,8 @@ impl App {
         let stored = self.credentials.live_link_token(token.id).await?;
         if !stored.is_some_and(|hash| token.matches(&hash)) {
             return Err(CommandError::Unauthenticated(
-                "link_token is not valid: it is unknown, expired, or its link is complete; \
+                "link_token is not valid: it is unknown or expired, its link is complete, or the \
+                 account holder declined it; \
                  start again with StartLink"
                     .into(),
             ));

@@ -94,7 +94,7 @@ impl App {
         ready: &ReadyToLink,
         code: &SecretCode,
     ) -> Result<MintedToken, CommandError> {
-        let verifier = self.hash_code(code).await?;
+        let verifier = self.hash_code(link_id.0, code).await?;
         let credential = secrets::mint(TokenKind::DeviceCredential, link_id.0);
         let claimed = self
             .credentials

@@ -70,7 +70,9 @@ impl App {
         code: SecretCode,
     ) -> Result<CodeVerdict, CommandError> {
         tracing::Span::current().record("device_id", tracing::field::display(device.device_id()));
-        let matches = self.code_matches(&code, device.code_verifier()).await?;
+        let matches = self
+            .code_matches(device.device_id().0, &code, device.code_verifier())
+            .await?;
         let link_id = device.link_id();
         let executed = self
             .on_device(device, |link_id, at| DeviceCommand::RecordSecretCodeCheck {

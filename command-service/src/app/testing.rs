@@ -7,7 +7,7 @@ use testkit::TestDatabase;
 
 use super::{App, Lifetimes};
 use crate::credentials::Credentials;
-use crate::secrets::CodeHasher;
+use crate::hashing::CodeHasher;
 use crate::store::{EventStore, Metadata, snapshot};
 
 /// Some Ed25519 public key: the use cases under test verify no token.
@@ -43,7 +43,7 @@ pub(crate) async fn app() -> (App, TestDatabase) {
         credentials: Credentials::new(pool),
         idp: keys("portal"),
         luxtrust: keys("luxtrust"),
-        hasher: CodeHasher::new(PEPPER.to_vec()).unwrap_or_else(|e| panic!("hasher: {e}")),
+        hasher: CodeHasher::new(PEPPER.to_vec(), 8).unwrap_or_else(|e| panic!("hasher: {e}")),
         lifetimes: Lifetimes {
             qr: chrono::Duration::seconds(120),
             link_attempt: chrono::Duration::seconds(600),
