@@ -22,6 +22,8 @@ pub fn stage_name(raw: i32) -> &'static str {
         Ok(LinkQrStage::Declined) => "DECLINED",
         Ok(LinkQrStage::Expired) => "EXPIRED",
         Ok(LinkQrStage::Linked) => "LINKED",
+        Ok(LinkQrStage::Scanning) => "SCANNING",
+        Ok(LinkQrStage::Void) => "VOID",
         Ok(LinkQrStage::Unspecified) | Err(_) => "?",
     }
 }
@@ -96,7 +98,20 @@ pub fn describe(state: &LinkQrState) -> String {
                 parts.push(format!("by {}", device_short(device)));
             }
         }
-        Ok(LinkQrStage::Confirmed | LinkQrStage::Expired | LinkQrStage::Linked) => {
+        Ok(LinkQrStage::Confirmed) => {
+            if let Some(device) = by {
+                parts.push(format!("by {}", device_short(device)));
+            }
+            if state.link_by.is_some() {
+                parts.push(format!(
+                    "the phone sets its code by {}",
+                    format_time(state.link_by.as_ref())
+                ));
+            }
+        }
+        Ok(
+            LinkQrStage::Scanning | LinkQrStage::Void | LinkQrStage::Expired | LinkQrStage::Linked,
+        ) => {
             if let Some(device) = by {
                 parts.push(format!("by {}", device_short(device)));
             }

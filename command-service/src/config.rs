@@ -95,6 +95,7 @@ impl Settings {
                     "must be between 1 and 4294967295",
                 )
             })?;
+        let link_attempt_ttl = env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?;
         let idp_audience = env.or("LINKD_IDP_AUDIENCE", "linkd-portal");
         let luxtrust_audience = env.or("LINKD_LUXTRUST_AUDIENCE", "linkd-luxtrust");
         if idp_audience == luxtrust_audience {
@@ -119,9 +120,9 @@ impl Settings {
                 .seconds("LINKD_LUXTRUST_MAX_ASSERTION_AGE_SECONDS", 600)?,
             secret_code_pepper: Redacted(pepper),
             qr_ttl: env.seconds("LINKD_QR_TTL_SECONDS", 120)?,
-            link_attempt_ttl: env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?,
+            link_attempt_ttl,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
-            qr_confirmation: qr_confirmation(&env)?,
+            qr_confirmation: qr_confirmation(&env, link_attempt_ttl)?,
             trusted_proxy_hops: usize::try_from(env.number("LINKD_TRUSTED_PROXY_HOPS", 0)?)
                 .ok()
                 .filter(|hops| *hops <= 16)
@@ -152,12 +153,13 @@ impl Settings {
 /// `LINKD_QR_CONFIRMATION` and its window.
 fn qr_confirmation<F: Fn(&str) -> Option<String>>(
     env: &Env<F>,
+    link_attempt_ttl: Duration,
 ) -> Result<Option<Duration>, ConfigError> {
     let window = env.seconds("LINKD_QR_CONFIRMATION_SECONDS", 120)?;
     match env.or("LINKD_QR_CONFIRMATION", "required").as_str() {
-        "required" if window.is_zero() => Err(ConfigError::invalid(
+        "required" if window.is_zero() || window > link_attempt_ttl => Err(ConfigError::invalid(
             "LINKD_QR_CONFIRMATION_SECONDS",
-            "must be at least 1 second",
+            "must be at least 1 second and at most LINKD_LINK_ATTEMPT_TTL_SECONDS",
         )),
         "required" => Ok(Some(window)),
         "off" => Ok(None),

@@ -32,6 +32,8 @@ mod confirmation;
 mod device;
 mod portal;
 
+pub(crate) use confirmation::Watches;
+
 use std::sync::Arc;
 
 use tonic::Request;
@@ -47,8 +49,8 @@ pub(crate) struct Api {
     pub(crate) requests: RequestLog,
     /// Reverse proxies in front of the service that append to `x-forwarded-for`.
     pub(crate) trusted_proxy_hops: usize,
-    /// One permit per open `WatchLinkQr` stream.
-    pub(crate) qr_watches: Arc<tokio::sync::Semaphore>,
+    /// One permit per open `WatchLinkQr` stream, and the count per account.
+    pub(crate) qr_watches: confirmation::Watches,
     /// Turns true when the service begins to shut down.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -114,8 +116,12 @@ impl Api {
 }
 
 /// The client's address: with `hops` trusted proxies in front, the entry of `x-forwarded-for`
-/// the outermost trusted proxy appended (`hops` from the right); with none, the TCP peer.
-/// `None` when the header is shorter than promised or the entry is not an address.
+/// the outermost trusted proxy appended (`hops` from the right, across every header line in
+/// order); with none, the TCP peer. An entry may carry a port (`192.0.2.1:443`,
+/// `[2001:db8::1]:443`) or brackets. `None` when the header is shorter than promised or the
+/// entry is not an address: never the proxy's own address, and never an entry further left,
+/// which the client wrote itself. (The service must then be reachable only through the proxies,
+/// or anyone could write the header; README, `LINKD_TRUSTED_PROXY_HOPS`.)
 fn client_address<T>(request: &Request<T>, hops: usize) -> Option<std::net::IpAddr> {
     if hops == 0 {
         return request.remote_addr().map(|peer| peer.ip());
@@ -129,7 +135,21 @@ fn client_address<T>(request: &Request<T>, hops: usize) -> Option<std::net::IpAd
         .map(str::trim)
         .collect();
     let index = forwarded.len().checked_sub(hops)?;
-    forwarded.get(index)?.parse().ok()
+    address_of(forwarded.get(index)?)
+}
+
+/// An address as proxies write it: bare, with brackets, or with a port.
+fn address_of(entry: &str) -> Option<std::net::IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inner| inner.parse().ok())
+        })
 }
 
 /// The call's bearer token and server-side id, from its metadata.
@@ -151,5 +171,65 @@ fn call_of<T>(request: &Request<T>) -> Call {
         bearer: service_kit::grpc::bearer(request.metadata()).map(str::to_owned),
         call_id,
         client_address: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_forwarded(lines: &[&str]) -> Request<()> {
+        let mut request = Request::new(());
+        for line in lines {
+            request
+                .metadata_mut()
+                .append("x-forwarded-for", line.parse().unwrap());
+        }
+        request
+    }
+
+    fn forwarded(lines: &[&str], hops: usize) -> Option<String> {
+        client_address(&with_forwarded(lines), hops).map(|a| a.to_string())
+    }
+
+    #[test]
+    fn the_client_is_the_entry_the_outermost_trusted_proxy_appended() {
+        assert_eq!(
+            forwarded(&["203.0.113.9, 198.51.100.23"], 1).as_deref(),
+            Some("198.51.100.23")
+        );
+        assert_eq!(
+            forwarded(&["203.0.113.9, 198.51.100.23", "10.0.0.2"], 2).as_deref(),
+            Some("198.51.100.23"),
+            "several header lines count in order"
+        );
+        assert_eq!(
+            forwarded(&["198.51.100.23:4711"], 1).as_deref(),
+            Some("198.51.100.23")
+        );
+        assert_eq!(
+            forwarded(&["[2001:db8::1]:443"], 1).as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded(&["[2001:db8::1]"], 1).as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded(&["2001:db8::1"], 1).as_deref(),
+            Some("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn a_short_or_garbled_header_gives_no_address() {
+        assert_eq!(forwarded(&["198.51.100.23"], 2), None);
+        assert_eq!(forwarded(&[], 1), None);
+        assert_eq!(forwarded(&["unknown"], 1), None);
+        assert_eq!(
+            forwarded(&["198.51.100.23"], 0),
+            None,
+            "no proxies: the TCP peer"
+        );
     }
 }

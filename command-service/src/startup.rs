@@ -105,7 +105,7 @@ impl Application {
             stopping: stopping_seen,
             requests: RequestLog::new(pool.clone()),
             trusted_proxy_hops: settings.trusted_proxy_hops,
-            qr_watches: Arc::new(tokio::sync::Semaphore::new(settings.max_qr_watches)),
+            qr_watches: crate::grpc::Watches::new(settings.max_qr_watches),
         };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await

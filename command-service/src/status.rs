@@ -54,7 +54,10 @@ pub(crate) fn to_status(error: CommandError) -> Status {
             | LinkAttemptError::ConfirmationExpired { .. }
             | LinkAttemptError::Declined { .. }
             | LinkAttemptError::NothingToConfirm
-            | LinkAttemptError::AlreadyConfirmed => Status::failed_precondition(message),
+            | LinkAttemptError::AlreadyConfirmed
+            | LinkAttemptError::ScannedAnotherQr
+            | LinkAttemptError::UnconfirmedScan => Status::failed_precondition(message),
+            LinkAttemptError::ScanNotRecorded => Status::aborted(message),
         },
         CommandError::Device(refusal) => match refusal {
             DeviceError::DeviceAlreadyLinked => Status::failed_precondition(message),

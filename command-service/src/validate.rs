@@ -152,18 +152,21 @@ pub(crate) fn ip_address(field: &str, raw: &str) -> Result<Option<IpAddr>, Comma
     })
 }
 
-/// An optional device model: at most 64 characters, no control characters (empty: not given).
+/// An optional device model, by the device name's rules (shown to the holder beside it): at
+/// most 64 characters, no control, invisible or direction-changing characters (empty: not
+/// given).
 pub(crate) fn device_model(raw: &str) -> Result<Option<String>, CommandError> {
-    let model = raw.trim();
-    if model.is_empty() {
+    if raw.trim().is_empty() {
         return Ok(None);
     }
-    if model.chars().count() > 64 || model.chars().any(char::is_control) {
-        return Err(invalid(
-            "device_model must be at most 64 characters without control characters",
-        ));
-    }
-    Ok(Some(model.to_owned()))
+    DeviceName::parse(raw)
+        .map(|model| Some(model.as_str().to_owned()))
+        .map_err(|refusal| {
+            invalid(format!(
+                "device_model {}",
+                refusal.to_string().trim_start_matches("device name ")
+            ))
+        })
 }
 
 /// A required field, present.
@@ -225,6 +228,14 @@ mod tests {
         assert_eq!(device_model(" Pixel 8 ").ok(), Some(Some("Pixel 8".into())));
         assert!(device_model("a\u{0}b").is_err());
         assert!(device_model(&"m".repeat(65)).is_err());
+        assert!(
+            device_model("Pixel\u{202e}8").is_err(),
+            "a direction override"
+        );
+        assert!(
+            device_model("Pixel\u{200b}8").is_err(),
+            "a zero-width space"
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub enum LinkAttemptCommand {
     },
     /// The holder, in the browser, confirmed the scanned device with the matching code it shows.
     Confirm {
+        /// The QR code the holder answers for (it must be the one the attempt accepted).
+        qr_id: QrId,
         /// Whether the matching code typed matches the one the device shows (one try).
         matching_code_matches: bool,
         /// When.
@@ -62,6 +64,8 @@ pub enum LinkAttemptCommand {
     },
     /// The holder, in the browser, declined the scanned device.
     Decline {
+        /// The QR code the holder answers for (it must be the one the attempt accepted).
+        qr_id: QrId,
         /// When.
         at: DateTime<Utc>,
     },
@@ -84,6 +88,8 @@ pub enum LinkAttemptCommand {
     Complete {
         /// When.
         at: DateTime<Utc>,
+        /// Whether the service requires the holder's confirmation of QR links now.
+        qr_confirmation_required: bool,
     },
 }
 
@@ -218,7 +224,7 @@ pub enum LinkAttemptError {
         expired_at: DateTime<Utc>,
     },
     /// The holder declined (or typed a wrong matching code).
-    #[error("{reason}; scan a new QR code to link a device")]
+    #[error("{reason}; linking this device needs a new QR code")]
     Declined {
         /// Why.
         reason: DeclineReason,
@@ -226,6 +232,23 @@ pub enum LinkAttemptError {
     /// The attempt has no confirmation to give or take (LuxTrust, or confirmation off).
     #[error("this link attempt does not wait for a confirmation")]
     NothingToConfirm,
+    /// The holder answers for a QR code that this attempt consumed but did not accept: the
+    /// device linked through another QR code scanned at the same moment.
+    #[error(
+        "the device that scanned this QR code is linking through another QR code; this one is \
+         used up: issue a new QR code"
+    )]
+    ScannedAnotherQr,
+    /// The attempt's acceptance of the QR code is not recorded yet (the scan is in flight).
+    #[error("the device's scan of this QR code is still being recorded; retry in a moment")]
+    ScanNotRecorded,
+    /// A QR link accepted without asking the holder (before confirmations were required, or by
+    /// an instance with confirmation off), while the service requires it now.
+    #[error(
+        "this QR link was scanned without asking the account holder to confirm it, which is now \
+         required; scan a new QR code"
+    )]
+    UnconfirmedScan,
     /// Confirmed already: it can no longer be declined, nor confirmed with another code.
     #[error(
         "this link is already confirmed: it can no longer be declined or confirmed with another \
@@ -308,14 +331,24 @@ impl LinkAttempt {
         self.request.as_ref().map(|r| r.device_id)
     }
 
-    /// Checks that the attempt can link its device at `at` (authenticated, not expired, not
-    /// completed) and returns what the link needs.
-    pub fn ready_to_link(&self, at: DateTime<Utc>) -> Result<ReadyToLink, LinkAttemptError> {
+    /// Checks that the attempt can link its device at `at` (authenticated — a QR link confirmed
+    /// by the holder, required if `qr_confirmation_required` even of an attempt whose scan asked
+    /// for none —, not expired, not completed) and returns what the link needs.
+    pub fn ready_to_link(
+        &self,
+        at: DateTime<Utc>,
+        qr_confirmation_required: bool,
+    ) -> Result<ReadyToLink, LinkAttemptError> {
         let request = self.open_at(at)?;
         let Some(account_id) = self.account_id.clone() else {
             return Err(LinkAttemptError::NotAuthenticated);
         };
         self.confirmation.allows_link_at(at)?;
+        let unconfirmed_qr =
+            request.method == LinkMethod::Qr && self.confirmation == Confirmation::NotRequired;
+        if qr_confirmation_required && unconfirmed_qr {
+            return Err(LinkAttemptError::UnconfirmedScan);
+        }
         Ok(ReadyToLink {
             device_id: request.device_id,
             account_id,
@@ -455,10 +488,11 @@ impl LinkAttempt {
                 }])
             }
             LinkAttemptCommand::Confirm {
+                qr_id,
                 matching_code_matches,
                 at,
-            } => self.confirm(matching_code_matches, at),
-            LinkAttemptCommand::Decline { at } => self.decline(at),
+            } => self.confirm(qr_id, matching_code_matches, at),
+            LinkAttemptCommand::Decline { qr_id, at } => self.decline(qr_id, at),
             LinkAttemptCommand::AcceptLuxTrust {
                 account_id,
                 account_registered,
@@ -483,8 +517,11 @@ impl LinkAttempt {
                     at,
                 }])
             }
-            LinkAttemptCommand::Complete { at } => {
-                self.ready_to_link(at)?;
+            LinkAttemptCommand::Complete {
+                at,
+                qr_confirmation_required,
+            } => {
+                self.ready_to_link(at, qr_confirmation_required)?;
                 Ok(vec![LinkAttemptEvent::LinkCompleted { at }])
             }
         }

@@ -81,9 +81,7 @@ pub enum LinkQrError {
     )]
     QrAlreadyConsumed,
     /// Nothing scanned the QR code yet, so there is nothing to confirm or decline.
-    #[error(
-        "no device has scanned this QR code yet; confirm once the device shows its matching code"
-    )]
+    #[error("no device has scanned this QR code yet: there is nothing to confirm or decline")]
     NotScanned,
     /// The QR is past its expiry (R3).
     #[error("this QR code expired at {expired_at}; generate a new QR code in the portal")]

@@ -600,3 +600,145 @@ async fn an_open_watch_does_not_hold_up_a_shutdown() {
         .unwrap();
     assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
 }
+
+#[tokio::test]
+async fn a_qr_code_consumed_by_an_attempt_bound_elsewhere_cannot_confirm_it() {
+    // Arrange: the attacker's phone scans the victim's QR code, and, racing it, the attacker's
+    // own QR code on the same attempt. The race's outcome is built directly: the attacker's
+    // code consumed by the attempt that accepted the victim's.
+    let mut app = spawn_app().await;
+    app.register("mallory").await;
+    let Scanned { qr, start, reply } = anna_scanned(&mut app).await;
+    let own = app.issue_qr("mallory").await;
+    let attempt_id: uuid::Uuid = start.link_token.split('.').nth(1).unwrap().parse().unwrap();
+    let store = command_service::store::EventStore::new(
+        app.pool.clone(),
+        command_service::store::snapshot::key(&app.settings.secret_code_pepper.0),
+    );
+    let consumed = store.load::<domain::LinkQr>(&own.qr_id).await.unwrap();
+    let metadata = command_service::store::Metadata {
+        actor: "app:race".into(),
+        request_id: "race".into(),
+        account_id: Some("mallory".into()),
+    };
+    let device_id = store
+        .load::<domain::LinkAttempt>(&attempt_id.to_string())
+        .await
+        .unwrap()
+        .state()
+        .device_id()
+        .unwrap();
+    store
+        .execute(
+            consumed,
+            domain::LinkQrCommand::Consume {
+                attempt_id: domain::LinkAttemptId(attempt_id),
+                device_id,
+                at: chrono::Utc::now(),
+            },
+            &metadata,
+        )
+        .await
+        .unwrap();
+
+    // Act + Assert: through their own QR code the attacker sees nothing to confirm, and no code
+    // confirms or declines anything.
+    let state = get(&mut app, "mallory", &own.qr_id).await.unwrap();
+    assert_eq!(stage(&state), LinkQrStage::Void, "{state:?}");
+    assert!(state.matching_code_choices.is_empty());
+    for code in 10..100 {
+        let refused = app
+            .confirm("mallory", &own.qr_id, &code.to_string())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
+    let refused = decline(&mut app, "mallory", &own.qr_id).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(app.events_of_type("LinkConfirmed").await, 0);
+    assert_eq!(app.events_of_type("LinkDeclined").await, 0);
+    let waiting = app.set_code(&start.link_token).await.unwrap_err();
+    assert_eq!(waiting.code(), Code::FailedPrecondition, "{waiting:?}");
+    // Only anna, with the code the phone shows, can let it go on.
+    let anna = get(&mut app, "anna", &qr.qr_id).await.unwrap();
+    assert_eq!(stage(&anna), LinkQrStage::Scanned);
+    assert!(anna.matching_code_choices.contains(&reply.matching_code));
+}
+
+#[tokio::test]
+async fn a_scan_that_asked_no_confirmation_cannot_link_once_it_is_required() {
+    // Arrange: scanned while confirmation was off (before the upgrade, say).
+    let mut app = spawn_app_with(|settings| settings.qr_confirmation = None).await;
+    let Scanned { start, reply, .. } = anna_scanned(&mut app).await;
+    assert_eq!(reply.matching_code, "");
+
+    // Act: the service now requires confirmation.
+    app.restart_command_service(
+        |settings| settings.qr_confirmation = Some(Duration::from_secs(120)),
+        None,
+    )
+    .await;
+    let refused = app.set_code(&start.link_token).await.unwrap_err();
+
+    // Assert
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("without asking the account holder"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.events_of_type("DeviceLinked").await, 0);
+}
+
+#[tokio::test]
+async fn the_confirmation_deadline_never_outlives_the_attempt() {
+    let mut app = spawn_app_with(|settings| {
+        settings.link_attempt_ttl = Duration::from_secs(30);
+        settings.qr_confirmation = Some(Duration::from_secs(120));
+    })
+    .await;
+    let Scanned { qr, start, reply } = anna_scanned(&mut app).await;
+
+    let confirm_by = reply.confirm_by.unwrap();
+    let attempt_ends = start.expires_at.unwrap();
+    assert!(
+        (confirm_by.seconds, confirm_by.nanos) <= (attempt_ends.seconds, attempt_ends.nanos),
+        "{confirm_by:?} after {attempt_ends:?}"
+    );
+    let state = get(&mut app, "anna", &qr.qr_id).await.unwrap();
+    assert_eq!(state.confirm_by, reply.confirm_by);
+}
+
+#[tokio::test]
+async fn one_account_cannot_take_every_watch() {
+    // Arrange
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    app.register("bob").await;
+    let qr = app.issue_qr("anna").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(watch(&mut app, "anna", &qr.qr_id).await);
+    }
+
+    // Act
+    let request = WatchLinkQrRequest {
+        qr_id: qr.qr_id.clone(),
+    };
+    let fourth = app
+        .portal
+        .watch_link_qr(bearer(request, &app.citizen("anna")))
+        .await;
+
+    // Assert: anna's fourth is refused; bob still gets his.
+    let refused = fourth.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let bobs = app.issue_qr("bob").await;
+    let mut states = watch(&mut app, "bob", &bobs.qr_id).await;
+    assert_eq!(
+        stage(&next(&mut states).await.unwrap()),
+        LinkQrStage::Issued
+    );
+}

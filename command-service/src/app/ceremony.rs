@@ -50,7 +50,8 @@ impl App {
             .store
             .load::<LinkAttempt>(&attempt_id.to_string())
             .await?;
-        let ready = match attempt.state().ready_to_link(now) {
+        let confirmation_required = self.lifetimes.confirmation.is_some();
+        let ready = match attempt.state().ready_to_link(now, confirmation_required) {
             Ok(ready) => ready,
             Err(dead @ LinkAttemptError::ConfirmationExpired { .. }) => {
                 // The holder never confirmed: the token's purpose can no longer be served.
@@ -73,7 +74,9 @@ impl App {
         let linked = self
             .link_device(device, link, &metadata, attempt_id, &credential)
             .await?;
-        let completed = self.complete_attempt(attempt, now, &metadata).await?;
+        let completed = self
+            .complete_attempt(attempt, now, confirmation_required, &metadata)
+            .await?;
         self.credentials
             .delete_bearer(TokenKind::LinkAttempt, attempt_id.0)
             .await?;
@@ -137,10 +140,14 @@ impl App {
         &self,
         attempt: Loaded<LinkAttempt>,
         at: DateTime<Utc>,
+        qr_confirmation_required: bool,
         metadata: &Metadata,
     ) -> Result<Written, CommandError> {
         let id = attempt.position().aggregate_id;
-        let complete = LinkAttemptCommand::Complete { at };
+        let complete = LinkAttemptCommand::Complete {
+            at,
+            qr_confirmation_required,
+        };
         match self.store.execute(attempt, complete, metadata).await {
             Ok(completed) => Ok(completed.position),
             // Only the call that claimed the credential gets here; a crash after the link and

@@ -75,6 +75,7 @@ impl App {
         let (qr, attempt_id, attempt) = self.scanned_qr(holder, qr_id).await?;
         let code = MatchingCode::of(&self.matching_key, attempt_id, qr_id);
         let command = LinkAttemptCommand::Confirm {
+            qr_id,
             matching_code_matches: code.is(typed_code),
             at: Utc::now(),
         };
@@ -98,7 +99,10 @@ impl App {
         qr_id: QrId,
     ) -> Result<Answered, CommandError> {
         let (qr, attempt_id, attempt) = self.scanned_qr(holder, qr_id).await?;
-        let command = LinkAttemptCommand::Decline { at: Utc::now() };
+        let command = LinkAttemptCommand::Decline {
+            qr_id,
+            at: Utc::now(),
+        };
         let executed = self
             .store
             .execute(attempt, command, holder.metadata())
@@ -179,7 +183,7 @@ impl App {
         qr: &LinkQr,
         attempt: Option<&LinkAttempt>,
     ) -> Result<QrView, CommandError> {
-        let progress = QrProgress::of(qr, attempt, Utc::now())
+        let progress = QrProgress::of(qr, qr_id, attempt, Utc::now())
             .ok_or_else(|| CommandError::NotFound(format!("no QR code has the id {qr_id}")))?;
         let awaiting = matches!(
             progress,

@@ -202,11 +202,16 @@ impl App {
             .device_id()
             .ok_or(LinkAttemptError::NotStarted)?;
         let now = Utc::now();
+        // The holder's deadline never outlives the attempt.
+        let attempt_ends = attempt.state().expires_at().unwrap_or(now);
         let accept = LinkAttemptCommand::AcceptQr {
             qr_id,
             account_id: account_id.clone(),
             at: now,
-            confirm_by: self.lifetimes.confirmation.map(|window| now + window),
+            confirm_by: self
+                .lifetimes
+                .confirmation
+                .map(|window| (now + window).min(attempt_ends)),
             client_address,
         };
         // Refuse before consuming the QR code if the attempt cannot use it.

@@ -1,10 +1,11 @@
 //! `PortalService` for the holder's side of a QR link: GetLinkQr, WatchLinkQr, ConfirmLink and
 //! DeclineLink (translators, and the watch's polling loop).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use domain::{QrProgress, ScannedBy};
+use domain::{AccountId, QrProgress, ScannedBy};
 use proto::convert::timestamp;
 use proto::v1::{
     ConfirmLinkRequest, ConfirmLinkResponse, DeclineLinkRequest, DeclineLinkResponse,
@@ -19,11 +20,85 @@ use crate::app::auth::AccountHolder;
 use crate::app::confirmation::QrView;
 use crate::app::{App, Call};
 use crate::error::CommandError;
-use crate::status::to_status;
+use crate::status::{exhausted, to_status};
 use crate::validate;
 
 /// How often an open watch reads the QR code's state again.
 const WATCH_POLL: Duration = Duration::from_millis(500);
+/// The most watches one account may have open on one instance (a portal tab follows one QR
+/// code; a few tabs or a reload are normal, two hundred are not).
+const WATCHES_PER_ACCOUNT: usize = 3;
+
+/// The open watches of one instance: at most `LINKD_MAX_QR_WATCHES` in all, and
+/// [`WATCHES_PER_ACCOUNT`] per account, so that no one account takes every place.
+#[derive(Debug, Clone)]
+pub(crate) struct Watches {
+    all: Arc<tokio::sync::Semaphore>,
+    per_account: Arc<Mutex<HashMap<AccountId, usize>>>,
+}
+
+impl Watches {
+    /// Room for `max` watches.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            all: Arc::new(tokio::sync::Semaphore::new(max)),
+            per_account: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A place for one more watch of `account`, or `RESOURCE_EXHAUSTED`.
+    fn take(&self, account: &AccountId) -> Result<WatchPlace, Status> {
+        let mut counts = self
+            .per_account
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(account.clone()).or_insert(0);
+        if *count >= WATCHES_PER_ACCOUNT {
+            return Err(exhausted(
+                format!(
+                    "this account already follows {WATCHES_PER_ACCOUNT} QR codes on this \
+                     service; close one, or poll GetLinkQr"
+                ),
+                Duration::from_secs(5),
+            ));
+        }
+        let permit = Arc::clone(&self.all).try_acquire_owned().map_err(|_| {
+            exhausted(
+                "this service already follows as many QR codes as it may \
+                 (LINKD_MAX_QR_WATCHES); poll GetLinkQr instead, or retry in a few seconds",
+                Duration::from_secs(5),
+            )
+        })?;
+        *count += 1;
+        Ok(WatchPlace {
+            account: account.clone(),
+            per_account: Arc::clone(&self.per_account),
+            _permit: permit,
+        })
+    }
+}
+
+/// One open watch's place; given back when the watch ends.
+struct WatchPlace {
+    account: AccountId,
+    per_account: Arc<Mutex<HashMap<AccountId, usize>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for WatchPlace {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_account
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.account) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.account);
+            }
+        }
+    }
+}
 
 /// The stream WatchLinkQr answers with.
 pub(crate) type WatchStream = ReceiverStream<Result<LinkQrState, Status>>;
@@ -81,14 +156,7 @@ impl Api {
     ) -> Result<WatchStream, Status> {
         let qr_id = validate::qr_id(&body.qr_id).map_err(to_status)?;
         let holder = self.app.account_holder(call).map_err(to_status)?;
-        let permit = Arc::clone(&self.qr_watches)
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(
-                    "this service already follows as many QR codes as it may \
-                     (LINKD_MAX_QR_WATCHES); poll GetLinkQr instead, or retry in a few seconds",
-                )
-            })?;
+        let place = self.qr_watches.take(holder.account_id())?;
         let first = self.app.link_qr(&holder, qr_id).await.map_err(to_status)?;
         let (sender, receiver) = mpsc::channel(4);
         let watch = Watch {
@@ -96,7 +164,7 @@ impl Api {
             holder,
             sender,
             stopping: self.stopping.clone(),
-            _permit: permit,
+            _place: place,
         };
         tokio::spawn(watch.follow(first));
         Ok(ReceiverStream::new(receiver))
@@ -109,7 +177,7 @@ struct Watch {
     holder: AccountHolder,
     sender: mpsc::Sender<Result<LinkQrState, Status>>,
     stopping: tokio::sync::watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _place: WatchPlace,
 }
 
 impl Watch {
@@ -126,9 +194,10 @@ impl Watch {
                 () = tokio::time::sleep(WATCH_POLL) => {}
                 () = self.sender.closed() => return,
                 () = stopped(&mut self.stopping) => {
-                    let _ = self.sender.send(Err(Status::unavailable(
+                    // Never waits: a client that does not read must not hold up the drain.
+                    let _ = self.sender.try_send(Err(Status::unavailable(
                         "the service is shutting down; open the watch again",
-                    ))).await;
+                    )));
                     return;
                 }
             }
@@ -182,7 +251,12 @@ fn state(view: &QrView) -> LinkQrState {
                 .clone_from(&view.matching_code_choices);
             (LinkQrStage::Scanned, by.scanned_at, Some(by))
         }
-        QrProgress::Confirmed { by, at, .. } => (LinkQrStage::Confirmed, Some(*at), Some(by)),
+        QrProgress::Scanning { by } => (LinkQrStage::Scanning, by.scanned_at, Some(by)),
+        QrProgress::Confirmed { by, at, link_by } => {
+            state.link_by = Some(timestamp(*link_by));
+            (LinkQrStage::Confirmed, Some(*at), Some(by))
+        }
+        QrProgress::Void { by } => (LinkQrStage::Void, by.scanned_at, Some(by)),
         QrProgress::Declined { by, reason, at } => {
             state.decline_reason = proto::v1::DeclineReason::from(*reason).into();
             (LinkQrStage::Declined, Some(*at), Some(by))

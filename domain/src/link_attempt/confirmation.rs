@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::QrId;
+
 /// Where the holder's confirmation of a link attempt stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Confirmation {
@@ -69,11 +71,13 @@ impl super::LinkAttempt {
     /// the link (one try). Confirming again with the right code changes nothing.
     pub(super) fn confirm(
         &self,
+        qr_id: QrId,
         matching_code_matches: bool,
         at: DateTime<Utc>,
     ) -> Result<Vec<super::LinkAttemptEvent>, super::LinkAttemptError> {
         use super::{LinkAttemptError as E, LinkAttemptEvent as Event};
         let request = self.request.as_ref().ok_or(E::NotStarted)?;
+        self.accepted(qr_id)?;
         match self.confirmation {
             Confirmation::NotRequired => Err(E::NothingToConfirm),
             Confirmation::Declined { reason, .. } => Err(E::Declined { reason }),
@@ -100,23 +104,41 @@ impl super::LinkAttempt {
 
     /// The holder declines: possible while the confirmation is pending. Once confirmed, the
     /// device is on its way to being linked and is unlinked like any other (declining then
-    /// would race the link). Declining a link that is declined already, or whose deadline
-    /// passed, changes nothing.
+    /// would race the link). Declining a link that is declined already, or dead of old age,
+    /// changes nothing.
     pub(super) fn decline(
         &self,
+        qr_id: QrId,
         at: DateTime<Utc>,
     ) -> Result<Vec<super::LinkAttemptEvent>, super::LinkAttemptError> {
         use super::{LinkAttemptError as E, LinkAttemptEvent as Event};
         let request = self.request.as_ref().ok_or(E::NotStarted)?;
+        self.accepted(qr_id)?;
+        if self.completed_at.is_some() {
+            return Err(E::AlreadyCompleted);
+        }
+        if at >= request.expires_at {
+            return Ok(vec![]);
+        }
         match self.confirmation {
             Confirmation::NotRequired => Err(E::NothingToConfirm),
             Confirmation::Confirmed { .. } => Err(E::AlreadyConfirmed),
             Confirmation::Declined { .. } => Ok(vec![]),
-            Confirmation::Pending { by } if at >= by.min(request.expires_at) => Ok(vec![]),
+            Confirmation::Pending { by } if at >= by => Ok(vec![]),
             Confirmation::Pending { .. } => Ok(vec![Event::LinkDeclined {
                 reason: DeclineReason::ByHolder,
                 at,
             }]),
+        }
+    }
+
+    /// Checks that `qr_id` is the QR code this attempt accepted: the holder answers only for
+    /// the scan of their own code.
+    fn accepted(&self, qr_id: QrId) -> Result<(), super::LinkAttemptError> {
+        match self.qr_id {
+            Some(accepted) if accepted == qr_id => Ok(()),
+            Some(_) => Err(super::LinkAttemptError::ScannedAnotherQr),
+            None => Err(super::LinkAttemptError::ScanNotRecorded),
         }
     }
 }

@@ -197,11 +197,11 @@ fn the_secret_code_comes_after_authentication() {
     let mut attempt = LinkAttempt::default();
     attempt.apply(requested(LinkMethod::Qr));
     assert_eq!(
-        attempt.ready_to_link(t(10)),
+        attempt.ready_to_link(t(10), false),
         Err(LinkAttemptError::NotAuthenticated)
     );
     attempt.apply(qr_accepted());
-    let ready = attempt.ready_to_link(t(10)).unwrap();
+    let ready = attempt.ready_to_link(t(10), false).unwrap();
     assert_eq!(ready.account_id, account());
     assert_eq!(ready.method, LinkMethod::Qr);
     assert_eq!(ready.product, None);
@@ -215,7 +215,10 @@ fn a_completed_attempt_cannot_link_again() {
             qr_accepted(),
             LinkAttemptEvent::LinkCompleted { at: t(20) },
         ])
-        .when(LinkAttemptCommand::Complete { at: t(21) })
+        .when(LinkAttemptCommand::Complete {
+            at: t(21),
+            qr_confirmation_required: false,
+        })
         .then_expect_error(LinkAttemptError::AlreadyCompleted);
 }
 
@@ -229,7 +232,10 @@ fn a_link_covers_the_whole_account_not_an_espace() {
         product: mobile(),
         at: t(5),
     });
-    assert_eq!(attempt.ready_to_link(t(6)).unwrap().account_id, account());
+    assert_eq!(
+        attempt.ready_to_link(t(6), false).unwrap().account_id,
+        account()
+    );
 }
 
 #[test]
@@ -297,7 +303,7 @@ fn attempt_after(events: Vec<LinkAttemptEvent>) -> LinkAttempt {
 fn a_scanned_qr_link_waits_for_the_holder_before_the_secret_code() {
     let attempt = attempt_after(scanned_awaiting_confirmation());
     assert_eq!(
-        attempt.ready_to_link(t(10)),
+        attempt.ready_to_link(t(10), false),
         Err(LinkAttemptError::AwaitingConfirmation)
     );
 }
@@ -307,13 +313,14 @@ fn the_right_matching_code_confirms_the_link() {
     TestFramework::<LinkAttempt>::with(())
         .given(scanned_awaiting_confirmation())
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: true,
             at: t(30),
         })
         .then_expect_events(vec![LinkAttemptEvent::LinkConfirmed { at: t(30) }]);
     let mut events = scanned_awaiting_confirmation();
     events.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
-    assert!(attempt_after(events).ready_to_link(t(31)).is_ok());
+    assert!(attempt_after(events).ready_to_link(t(31), false).is_ok());
 }
 
 #[test]
@@ -321,6 +328,7 @@ fn a_wrong_matching_code_declines_the_link_at_the_first_try() {
     TestFramework::<LinkAttempt>::with(())
         .given(scanned_awaiting_confirmation())
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: false,
             at: t(30),
         })
@@ -336,6 +344,7 @@ fn a_wrong_matching_code_declines_the_link_at_the_first_try() {
     TestFramework::<LinkAttempt>::with(())
         .given(events.clone())
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: true,
             at: t(31),
         })
@@ -343,7 +352,7 @@ fn a_wrong_matching_code_declines_the_link_at_the_first_try() {
             reason: DeclineReason::WrongMatchingCode,
         });
     assert_eq!(
-        attempt_after(events).ready_to_link(t(31)),
+        attempt_after(events).ready_to_link(t(31), false),
         Err(LinkAttemptError::Declined {
             reason: DeclineReason::WrongMatchingCode
         })
@@ -357,6 +366,7 @@ fn confirming_twice_with_the_right_code_changes_nothing() {
     TestFramework::<LinkAttempt>::with(())
         .given(events.clone())
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: true,
             at: t(40),
         })
@@ -364,6 +374,7 @@ fn confirming_twice_with_the_right_code_changes_nothing() {
     TestFramework::<LinkAttempt>::with(())
         .given(events)
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: false,
             at: t(40),
         })
@@ -375,12 +386,13 @@ fn without_a_confirmation_in_time_the_link_dies() {
     TestFramework::<LinkAttempt>::with(())
         .given(scanned_awaiting_confirmation())
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: true,
             at: t(125),
         })
         .then_expect_error(LinkAttemptError::ConfirmationExpired { expired_at: t(125) });
     assert_eq!(
-        attempt_after(scanned_awaiting_confirmation()).ready_to_link(t(125)),
+        attempt_after(scanned_awaiting_confirmation()).ready_to_link(t(125), false),
         Err(LinkAttemptError::ConfirmationExpired { expired_at: t(125) })
     );
 }
@@ -389,7 +401,10 @@ fn without_a_confirmation_in_time_the_link_dies() {
 fn the_holder_can_decline_until_confirming() {
     TestFramework::<LinkAttempt>::with(())
         .given(scanned_awaiting_confirmation())
-        .when(LinkAttemptCommand::Decline { at: t(30) })
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(9)),
+            at: t(30),
+        })
         .then_expect_events(vec![LinkAttemptEvent::LinkDeclined {
             reason: DeclineReason::ByHolder,
             at: t(30),
@@ -398,7 +413,10 @@ fn the_holder_can_decline_until_confirming() {
     confirmed.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
     TestFramework::<LinkAttempt>::with(())
         .given(confirmed)
-        .when(LinkAttemptCommand::Decline { at: t(40) })
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(9)),
+            at: t(40),
+        })
         .then_expect_error(LinkAttemptError::AlreadyConfirmed);
 }
 
@@ -411,11 +429,17 @@ fn declining_a_dead_link_changes_nothing() {
     });
     TestFramework::<LinkAttempt>::with(())
         .given(declined)
-        .when(LinkAttemptCommand::Decline { at: t(31) })
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(9)),
+            at: t(31),
+        })
         .then_expect_events(vec![]);
     TestFramework::<LinkAttempt>::with(())
         .given(scanned_awaiting_confirmation())
-        .when(LinkAttemptCommand::Decline { at: t(200) })
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(9)),
+            at: t(200),
+        })
         .then_expect_events(vec![]);
 }
 
@@ -424,6 +448,7 @@ fn a_link_that_asks_for_no_confirmation_has_none_to_give() {
     TestFramework::<LinkAttempt>::with(())
         .given(vec![requested(LinkMethod::Qr), qr_accepted()])
         .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
             matching_code_matches: true,
             at: t(30),
         })
@@ -447,4 +472,66 @@ fn events_recorded_before_confirmations_existed_still_read() {
     }))
     .unwrap();
     assert_eq!(old, requested(LinkMethod::Qr));
+}
+
+#[test]
+fn the_holder_answers_only_for_the_qr_code_the_attempt_accepted() {
+    // Two QR codes raced on one attempt: the one it did not accept cannot confirm it.
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(10)),
+            matching_code_matches: true,
+            at: t(30),
+        })
+        .then_expect_error(LinkAttemptError::ScannedAnotherQr);
+    TestFramework::<LinkAttempt>::with(())
+        .given(scanned_awaiting_confirmation())
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(10)),
+            at: t(30),
+        })
+        .then_expect_error(LinkAttemptError::ScannedAnotherQr);
+    TestFramework::<LinkAttempt>::with(())
+        .given(vec![requested(LinkMethod::Qr)])
+        .when(LinkAttemptCommand::Confirm {
+            qr_id: QrId(Uuid::from_u128(9)),
+            matching_code_matches: true,
+            at: t(30),
+        })
+        .then_expect_error(LinkAttemptError::ScanNotRecorded);
+}
+
+#[test]
+fn a_scan_that_asked_no_confirmation_cannot_link_once_confirmation_is_required() {
+    // Recorded before confirmations existed, or by an instance with confirmation off.
+    let attempt = attempt_after(vec![requested(LinkMethod::Qr), qr_accepted()]);
+    assert_eq!(
+        attempt.ready_to_link(t(10), true),
+        Err(LinkAttemptError::UnconfirmedScan)
+    );
+    assert!(attempt.ready_to_link(t(10), false).is_ok());
+    // LuxTrust links need no confirmation either way.
+    let luxtrust = attempt_after(vec![
+        requested(LinkMethod::LuxTrust),
+        LinkAttemptEvent::LuxTrustAuthenticated {
+            account_id: account(),
+            product: mobile(),
+            at: t(5),
+        },
+    ]);
+    assert!(luxtrust.ready_to_link(t(10), true).is_ok());
+}
+
+#[test]
+fn declining_a_confirmed_link_past_its_expiry_changes_nothing() {
+    let mut confirmed = scanned_awaiting_confirmation();
+    confirmed.push(LinkAttemptEvent::LinkConfirmed { at: t(30) });
+    TestFramework::<LinkAttempt>::with(())
+        .given(confirmed)
+        .when(LinkAttemptCommand::Decline {
+            qr_id: QrId(Uuid::from_u128(9)),
+            at: t(600),
+        })
+        .then_expect_events(vec![]);
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::LinkQr;
-use crate::{Confirmation, DeclineReason, LinkAttempt, ScannedBy};
+use crate::{Confirmation, DeclineReason, LinkAttempt, QrId, ScannedBy};
 
 /// The stage a QR code is at.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,12 @@ pub enum QrProgress {
         issued_at: DateTime<Utc>,
         /// When it stops being accepted.
         expires_at: DateTime<Utc>,
+    },
+    /// A device scanned it and the scan is being recorded on its link attempt (a moment, or
+    /// until the app retries a scan that a crash cut short). Nothing to confirm yet.
+    Scanning {
+        /// The device.
+        by: ScannedBy,
     },
     /// A device scanned it. With `confirm_by`, the holder must confirm (or decline) before that
     /// instant; without, no confirmation is asked and the device may set its secret code.
@@ -51,6 +57,12 @@ pub enum QrProgress {
         /// The deadline that passed.
         at: DateTime<Utc>,
     },
+    /// The device that consumed it went on with another QR code it scanned at the same moment;
+    /// this one is used up. Final.
+    Void {
+        /// The device.
+        by: ScannedBy,
+    },
     /// The device is linked. Final.
     Linked {
         /// The device.
@@ -65,13 +77,18 @@ impl QrProgress {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Declined { .. } | Self::Expired { .. } | Self::Linked { .. }
+            Self::Declined { .. } | Self::Expired { .. } | Self::Void { .. } | Self::Linked { .. }
         )
     }
 
-    /// Where `qr` stands at `now`, given the attempt that consumed it (`None` if that attempt
-    /// is not known yet). `None` if no QR code was issued.
-    pub fn of(qr: &LinkQr, attempt: Option<&LinkAttempt>, now: DateTime<Utc>) -> Option<Self> {
+    /// Where `qr` (whose id is `qr_id`) stands at `now`, given the attempt that consumed it
+    /// (`None` if that attempt is not known yet). `None` if no QR code was issued.
+    pub fn of(
+        qr: &LinkQr,
+        qr_id: QrId,
+        attempt: Option<&LinkAttempt>,
+        now: DateTime<Utc>,
+    ) -> Option<Self> {
         let expires_at = qr.expires_at()?;
         let issued_at = qr.issued_at()?;
         let scanned = qr.consumed_by().zip(attempt);
@@ -90,11 +107,20 @@ impl QrProgress {
         };
         let by = attempt.scanned_by()?;
         let link_by = attempt.expires_at()?;
+        match attempt.qr_id() {
+            Some(accepted) if accepted != qr_id => return Some(Self::Void { by }),
+            Some(_) => {}
+            None if now >= link_by => {
+                return Some(Self::Expired {
+                    by: Some(by),
+                    at: link_by,
+                });
+            }
+            None => return Some(Self::Scanning { by }),
+        }
         if let Some(at) = attempt.completed_at() {
             return Some(Self::Linked { by, at });
         }
-        // Between the QR's consumption and the attempt's acceptance (a crash, repaired by the
-        // app's retried scan) the attempt asks for no confirmation yet: scanned, no deadline.
         Some(match attempt.confirmation() {
             Confirmation::Declined { reason, at } => Self::Declined { by, reason, at },
             _ if now >= link_by => Self::Expired {
@@ -107,7 +133,7 @@ impl QrProgress {
             },
             Confirmation::Pending { by: deadline } => Self::Scanned {
                 by,
-                confirm_by: Some(deadline),
+                confirm_by: Some(deadline.min(link_by)),
             },
             Confirmation::Confirmed { at } => Self::Confirmed { by, at, link_by },
             Confirmation::NotRequired => Self::Scanned {

@@ -173,6 +173,8 @@ mod progress {
             Some(QrProgress::Declined { .. }) => "declined",
             Some(QrProgress::Expired { .. }) => "expired",
             Some(QrProgress::Linked { .. }) => "linked",
+            Some(QrProgress::Scanning { .. }) => "scanning",
+            Some(QrProgress::Void { .. }) => "void",
         }
     }
 
@@ -180,17 +182,22 @@ mod progress {
     fn a_qr_code_goes_from_issued_to_linked() {
         let shown = qr_after(vec![issued()]);
         assert_eq!(
-            stage(QrProgress::of(&LinkQr::default(), None, t(1)).as_ref()),
+            stage(
+                QrProgress::of(&LinkQr::default(), QrId(Uuid::from_u128(1)), None, t(1)).as_ref()
+            ),
             "none"
         );
-        assert_eq!(stage(QrProgress::of(&shown, None, t(1)).as_ref()), "issued");
         assert_eq!(
-            stage(QrProgress::of(&shown, None, t(120)).as_ref()),
+            stage(QrProgress::of(&shown, QrId(Uuid::from_u128(1)), None, t(1)).as_ref()),
+            "issued"
+        );
+        assert_eq!(
+            stage(QrProgress::of(&shown, QrId(Uuid::from_u128(1)), None, t(120)).as_ref()),
             "expired"
         );
         let scanned = qr_after(vec![issued(), consumed(1, t(10))]);
         let attempt = attempt_after(vec![]);
-        let progress = QrProgress::of(&scanned, Some(&attempt), t(20));
+        let progress = QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&attempt), t(20));
         let Some(QrProgress::Scanned { by, confirm_by }) = &progress else {
             panic!("expected scanned, got {progress:?}");
         };
@@ -199,7 +206,9 @@ mod progress {
         assert_eq!(by.scanned_at, Some(t(10)));
         assert!(!progress.as_ref().is_some_and(QrProgress::is_final));
         assert_eq!(
-            stage(QrProgress::of(&scanned, Some(&attempt), t(130)).as_ref()),
+            stage(
+                QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&attempt), t(130)).as_ref()
+            ),
             "expired"
         );
         let confirmed = attempt_after(vec![LinkAttemptEvent::LinkConfirmed { at: t(30) }]);
@@ -208,27 +217,71 @@ mod progress {
             Confirmation::Confirmed { at: t(30) }
         );
         assert_eq!(
-            stage(QrProgress::of(&scanned, Some(&confirmed), t(200)).as_ref()),
+            stage(
+                QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&confirmed), t(200))
+                    .as_ref()
+            ),
             "confirmed"
         );
         assert_eq!(
-            stage(QrProgress::of(&scanned, Some(&confirmed), t(605)).as_ref()),
+            stage(
+                QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&confirmed), t(605))
+                    .as_ref()
+            ),
             "expired"
         );
         let linked = attempt_after(vec![
             LinkAttemptEvent::LinkConfirmed { at: t(30) },
             LinkAttemptEvent::LinkCompleted { at: t(40) },
         ]);
-        let progress = QrProgress::of(&scanned, Some(&linked), t(9000));
+        let progress = QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&linked), t(9000));
         assert_eq!(stage(progress.as_ref()), "linked");
         assert!(progress.is_some_and(|p| p.is_final()));
+        assert_eq!(
+            stage(
+                QrProgress::of(&scanned, QrId(Uuid::from_u128(2)), Some(&attempt), t(20)).as_ref()
+            ),
+            "void",
+            "the attempt went on with another QR code"
+        );
         let declined = attempt_after(vec![LinkAttemptEvent::LinkDeclined {
             reason: DeclineReason::ByHolder,
             at: t(30),
         }]);
         assert_eq!(
-            stage(QrProgress::of(&scanned, Some(&declined), t(31)).as_ref()),
+            stage(
+                QrProgress::of(&scanned, QrId(Uuid::from_u128(1)), Some(&declined), t(31)).as_ref()
+            ),
             "declined"
         );
     }
+}
+
+#[test]
+fn a_scan_not_yet_recorded_on_the_attempt_is_scanning_then_expires() {
+    use crate::{DeviceName, LinkAttempt, LinkAttemptEvent, LinkMethod, Platform, QrProgress};
+    let mut qr = LinkQr::default();
+    qr.apply(issued());
+    qr.apply(consumed(1, t(10)));
+    let mut attempt = LinkAttempt::default();
+    attempt.apply(LinkAttemptEvent::LinkRequested {
+        device_id: device(1),
+        device_name: DeviceName::parse("Phone").unwrap(),
+        method: LinkMethod::Qr,
+        platform: Platform::Ios,
+        device_model: None,
+        app_version: "3.0".into(),
+        nonce: "n".into(),
+        at: t(5),
+        expires_at: t(605),
+    });
+    let qr_id = crate::QrId(Uuid::from_u128(1));
+    assert!(matches!(
+        QrProgress::of(&qr, qr_id, Some(&attempt), t(20)),
+        Some(QrProgress::Scanning { .. })
+    ));
+    assert!(matches!(
+        QrProgress::of(&qr, qr_id, Some(&attempt), t(605)),
+        Some(QrProgress::Expired { .. })
+    ));
 }
