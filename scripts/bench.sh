@@ -91,6 +91,11 @@ COMMON=(
   LINKD_IDP_ISSUER=linkd-dev-idp
   RUST_LOG="${RUST_LOG:-info}"
 )
+# The bench measures throughput from one address and a few accounts: every rate limit is lifted.
+BENCH_RATE_LIMITS=$(printf '%s=1000000/1,' start_link.address start_link.device scan_qr.address \
+  scan_qr.link_attempt authenticate_with_luxtrust.address authenticate_with_luxtrust.link_attempt \
+  authenticate_with_luxtrust.serial set_secret_code.address set_secret_code.link_attempt \
+  verify_secret_code.address verify_secret_code.device issue_link_qr.account)
 # The load test scans every QR code in one phase and confirms them in the next: the holder's
 # window is as long as a link attempt, so a long scan phase never outlives its confirmations.
 env "${COMMON[@]}" \
@@ -100,6 +105,7 @@ env "${COMMON[@]}" \
   LINKD_LUXTRUST_ISSUER=linkd-dev-luxtrust \
   LINKD_SECRET_CODE_PEPPER="$PEPPER" \
   LINKD_QR_CONFIRMATION_SECONDS=600 \
+  LINKD_RATE_LIMITS="$BENCH_RATE_LIMITS" \
   "$BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
 pids+=($!)
 env "${COMMON[@]}" \

@@ -48,6 +48,8 @@ pub(crate) struct App {
     pub(crate) lifetimes: Lifetimes,
     /// The key matching codes are derived under ([`crate::matching::key`]).
     pub(crate) matching_key: Vec<u8>,
+    /// Rate limits on the calls a stranger or one device can repeat.
+    pub(crate) limits: crate::limits::RateLimits,
 }
 
 /// How long tokens and sessions live.

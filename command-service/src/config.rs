@@ -54,6 +54,8 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// The most `WatchLinkQr` streams served at once (`LINKD_MAX_QR_WATCHES`, default 200).
     pub max_qr_watches: usize,
+    /// Rate limits (`LINKD_RATE_LIMITS`: overrides of the defaults, `rule=burst/seconds,…`).
+    pub rate_limits: crate::limits::Policy,
     /// The most secret-code hashing jobs held at once, running or waiting (`LINKD_HASH_CAPACITY`,
     /// default 32); beyond, `RESOURCE_EXHAUSTED` at once.
     pub hash_capacity: usize,
@@ -129,6 +131,8 @@ impl Settings {
                 .ok_or_else(|| {
                     ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
                 })?,
+            rate_limits: crate::limits::Policy::parse(&env.or("LINKD_RATE_LIMITS", ""))
+                .map_err(|reason| ConfigError::invalid("LINKD_RATE_LIMITS", reason))?,
             hash_capacity: usize::try_from(env.number("LINKD_HASH_CAPACITY", 32)?)
                 .ok()
                 .filter(|n| (1..=10_000).contains(n))

@@ -33,6 +33,14 @@ pub enum CommandError {
     /// The thing named does not exist (for this caller).
     #[error("{0}")]
     NotFound(String),
+    /// A rate limit: the call may be made again after `retry_in`.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited, and when to come back.
+        message: String,
+        /// When the next call is allowed.
+        retry_in: std::time::Duration,
+    },
     /// Too much expensive work is under way (for this caller, or in all); retry shortly.
     #[error("{0}")]
     Busy(String),

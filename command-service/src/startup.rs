@@ -98,6 +98,7 @@ impl Application {
                 confirmation: settings.qr_confirmation.map(duration).transpose()?,
             },
             matching_key: crate::matching::key(&settings.secret_code_pepper.0),
+            limits: crate::limits::RateLimits::new(settings.rate_limits.clone(), pool.clone()),
         });
         let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
         let api = Api {
@@ -149,6 +150,14 @@ impl Application {
     ) -> anyhow::Result<()> {
         let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
         let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
+        let limits = self.api.app.limits.clone();
+        let forgetter = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(crate::sweeper::SWEEP_EVERY);
+            loop {
+                ticks.tick().await;
+                limits.forget_idle_addresses();
+            }
+        });
         let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let announcer = tokio::spawn(crate::relay::announce(
             self.pool.clone(),
@@ -190,6 +199,7 @@ impl Application {
             .serve(self.listener, shutdown)
             .await;
         sweeper.abort();
+        forgetter.abort();
         announcer.abort();
         if let Some(relay) = relay {
             relay.abort();

@@ -72,6 +72,7 @@ pub(crate) fn to_status(error: CommandError) -> Status {
         CommandError::PermissionDenied(_) => Status::permission_denied(message),
         CommandError::NotFound(_) => Status::not_found(message),
         CommandError::InProgress(_) => Status::aborted(message),
+        CommandError::RateLimited { retry_in, .. } => exhausted(message, retry_in),
         CommandError::Busy(_) => exhausted(format!("{message}; retry in a second"), BUSY_RETRY),
         CommandError::Unavailable(detail) => {
             tracing::error!(error = %detail, "event store unavailable");

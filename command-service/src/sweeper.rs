@@ -1,5 +1,5 @@
-//! Removes what no longer serves: expired token hashes, replay answers past retention, and the
-//! credentials of links that ended — including those a crash left behind between an unlink's
+//! Removes what no longer serves: expired token hashes, replay answers past retention, spent
+//! rate limits, and the credentials of links that ended — including those a crash left behind between an unlink's
 //! event and the deletion of its credential (DESIGN §4 rule 2).
 
 use std::time::Duration;
@@ -18,6 +18,8 @@ pub struct Swept {
     pub replays: u64,
     /// Credentials of links that ended, or that never came to be.
     pub credentials: u64,
+    /// Keyed rate limits whose allowance is whole again.
+    pub rate_limits: u64,
 }
 
 /// One sweep. `abandoned_after` is how old a credential row of a link that never happened must
@@ -51,6 +53,7 @@ pub async fn sweep(pool: &PgPool, abandoned_after: Duration) -> Result<Swept, sq
         bearer_tokens,
         replays,
         credentials,
+        rate_limits: crate::limits::sweep(pool).await?,
     })
 }
 

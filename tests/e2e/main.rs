@@ -18,6 +18,7 @@ mod linkctl_confirmation;
 mod linking;
 mod malformed_input;
 mod qr_codes;
+mod rate_limits;
 mod read_side;
 mod rebuild;
 mod secret_code;

@@ -30,7 +30,7 @@ pub use keys::bearer;
 pub use servers::{
     CommandServer, ReadSide, run_command_service, spawn_read_side, spawn_read_side_with,
 };
-pub use settings::{projection_settings, test_settings};
+pub use settings::{generous_rate_limits, projection_settings, rate_limits_with, test_settings};
 pub use testkit::{OwnNats, TestDatabase, TestStream, admin_url, eventually, nats_url};
 
 /// Fails the test unless `outcome` is refused with `INVALID_ARGUMENT` (`case` names it).

@@ -33,6 +33,7 @@ pub fn test_settings(database_url: String) -> Settings {
         trusted_proxy_hops: 0,
         max_qr_watches: 200,
         hash_capacity: 32,
+        rate_limits: generous_rate_limits(),
         nats_url: nats_url(),
         stream: "UNUSED".into(),
         subject_prefix: "unused".into(),
@@ -74,4 +75,19 @@ pub fn projection_settings(
         email_enabled: false,
         event_store_url: None,
     }
+}
+
+/// Rate limits no ordinary test reaches (tests of the limits set their own).
+pub fn generous_rate_limits() -> command_service::limits::Policy {
+    rate_limits_with("")
+}
+
+/// The rate-limit policy of [`generous_rate_limits`] with `overrides` (`rule=burst/seconds,…`).
+pub fn rate_limits_with(overrides: &str) -> command_service::limits::Policy {
+    let mut rules: Vec<String> = command_service::limits::Rule::ALL
+        .iter()
+        .map(|rule| format!("{}=1000000/1", rule.name()))
+        .collect();
+    rules.push(overrides.to_owned());
+    command_service::limits::Policy::parse(&rules.join(",")).expect("a valid policy")
 }

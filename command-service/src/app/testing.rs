@@ -40,7 +40,7 @@ pub(crate) async fn app() -> (App, TestDatabase) {
     };
     let app = App {
         store: EventStore::new(pool.clone(), snapshot::key(PEPPER)),
-        credentials: Credentials::new(pool),
+        credentials: Credentials::new(pool.clone()),
         idp: keys("portal"),
         luxtrust: keys("luxtrust"),
         hasher: CodeHasher::new(PEPPER.to_vec(), 8).unwrap_or_else(|e| panic!("hasher: {e}")),
@@ -51,6 +51,7 @@ pub(crate) async fn app() -> (App, TestDatabase) {
             confirmation: Some(chrono::Duration::seconds(120)),
         },
         matching_key: crate::matching::key(PEPPER),
+        limits: crate::limits::RateLimits::new(crate::limits::Policy::default(), pool.clone()),
     };
     (app, database)
 }

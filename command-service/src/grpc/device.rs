@@ -15,6 +15,7 @@ use super::Api;
 use crate::app::linking::{LinkRequest, LuxTrustAssertion};
 use crate::app::{App, Call};
 use crate::error::CommandError;
+use crate::limits::Rule;
 use crate::secrets::{self, SecretCode, TokenKind};
 use crate::validate;
 
@@ -24,6 +25,8 @@ async fn start_link(
     call: &Call,
     body: &StartLinkRequest,
 ) -> Result<StartLinkResponse, CommandError> {
+    app.limits
+        .by_address(Rule::StartLinkByAddress, call.client_address)?;
     let request = LinkRequest {
         device_id: validate::device_id("device_id", &body.device_id)?,
         device_name: validate::device_name(&body.device_name)?,
@@ -32,6 +35,9 @@ async fn start_link(
         device_model: validate::device_model(&body.device_model)?,
         app_version: validate::app_version(&body.app_version)?,
     };
+    app.limits
+        .by_key(Rule::StartLinkByDevice, &request.device_id.to_string())
+        .await?;
     let started = app.start_link(call, request).await?;
     Ok(StartLinkResponse {
         link_token: started.link_token,
@@ -51,7 +57,12 @@ async fn scan_qr(
     validate::required("qr_payload", &body.qr_payload)?;
     let qr_token = secrets::parse(TokenKind::Qr, &body.qr_payload)
         .ok_or_else(|| CommandError::InvalidArgument("qr_payload is not a linkd QR code".into()))?;
+    app.limits
+        .by_address(Rule::ScanQrByAddress, call.client_address)?;
     let holder = app.link_attempt(call, &body.link_token).await?;
+    app.limits
+        .by_key(Rule::ScanQrByAttempt, &holder.attempt_id().to_string())
+        .await?;
     let scanned = app.scan_qr(holder, qr_token, call.client_address).await?;
     Ok(ScanQrResponse {
         account_hint: scanned.account_hint,
@@ -72,8 +83,13 @@ async fn authenticate_with_luxtrust(
 ) -> Result<AuthenticateWithLuxTrustResponse, CommandError> {
     validate::required("link_token", &body.link_token)?;
     validate::required("assertion", &body.assertion)?;
+    app.limits
+        .by_address(Rule::LuxTrustByAddress, call.client_address)?;
     let claims = app.luxtrust_assertion(&body.assertion)?;
     let holder = app.link_attempt(call, &body.link_token).await?;
+    app.limits
+        .by_key(Rule::LuxTrustByAttempt, &holder.attempt_id().to_string())
+        .await?;
     tracing::Span::current().record(
         "link_attempt_id",
         tracing::field::display(holder.attempt_id()),
@@ -95,6 +111,9 @@ async fn authenticate_with_luxtrust(
         },
         nonce: claims.nonce,
     };
+    app.limits
+        .by_key(Rule::LuxTrustBySerial, &assertion.product.serial)
+        .await?;
     let authenticated = app.authenticate_with_luxtrust(holder, assertion).await?;
     Ok(AuthenticateWithLuxTrustResponse {
         account_hint: authenticated.account_hint,
@@ -111,7 +130,15 @@ async fn set_secret_code(
     validate::required("link_token", &body.link_token)?;
     let code = SecretCode::new_code(&body.secret_code)
         .map_err(|refusal| CommandError::InvalidArgument(refusal.to_string()))?;
+    app.limits
+        .by_address(Rule::SetSecretCodeByAddress, call.client_address)?;
     let holder = app.link_attempt(call, &body.link_token).await?;
+    app.limits
+        .by_key(
+            Rule::SetSecretCodeByAttempt,
+            &holder.attempt_id().to_string(),
+        )
+        .await?;
     let linked = app.set_secret_code(holder, code).await?;
     Ok(SetSecretCodeResponse {
         device_credential: linked.device_credential,
@@ -143,7 +170,12 @@ async fn verify_secret_code(
 ) -> Result<VerifySecretCodeResponse, CommandError> {
     let code = SecretCode::typed(&body.secret_code)
         .map_err(|refusal| CommandError::InvalidArgument(refusal.to_string()))?;
+    app.limits
+        .by_address(Rule::VerifyByAddress, call.client_address)?;
     let device = app.linked_device(call).await?;
+    app.limits
+        .by_key(Rule::VerifyByDevice, &device.device_id().to_string())
+        .await?;
     let verdict = app.verify_secret_code(device, code).await?;
     Ok(VerifySecretCodeResponse {
         consistency_token: verdict.written.to_string(),

@@ -17,6 +17,7 @@ use super::confirmation::{self, WatchStream, confirm_link, decline_link};
 use crate::app::accounts::Registration;
 use crate::app::{App, Call};
 use crate::error::CommandError;
+use crate::limits::Rule;
 use crate::validate;
 
 /// The most devices one `UnlinkDevices` call may name.
@@ -84,6 +85,9 @@ async fn issue_link_qr(
 ) -> Result<IssueLinkQrResponse, CommandError> {
     let browser_address = validate::ip_address("browser_address", &body.browser_address)?;
     let holder = app.reauthenticated_citizen(call)?;
+    app.limits
+        .by_key(Rule::IssueQrByAccount, &holder.account_id().0)
+        .await?;
     let issued = app.issue_link_qr(&holder, browser_address).await?;
     Ok(IssueLinkQrResponse {
         consistency_token: issued.written.to_string(),
