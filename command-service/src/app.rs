@@ -48,6 +48,8 @@ pub(crate) struct App {
     pub(crate) lifetimes: Lifetimes,
     /// The key matching codes are derived under ([`crate::matching::key`]).
     pub(crate) matching_key: Vec<u8>,
+    /// The most devices one account may link.
+    pub(crate) device_cap: u32,
     /// Rate limits on the calls a stranger or one device can repeat.
     pub(crate) limits: crate::limits::RateLimits,
 }

@@ -54,6 +54,8 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// The most `WatchLinkQr` streams served at once (`LINKD_MAX_QR_WATCHES`, default 200).
     pub max_qr_watches: usize,
+    /// The most devices one account may link (`LINKD_MAX_DEVICES_PER_ACCOUNT`, default 5).
+    pub max_devices_per_account: u32,
     /// Rate limits (`LINKD_RATE_LIMITS`: overrides of the defaults, `rule=burst/seconds,…`).
     pub rate_limits: crate::limits::Policy,
     /// The most secret-code hashing jobs held at once, running or waiting (`LINKD_HASH_CAPACITY`,
@@ -130,6 +132,15 @@ impl Settings {
                 .filter(|hops| *hops <= 16)
                 .ok_or_else(|| {
                     ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
+                })?,
+            max_devices_per_account: u32::try_from(env.number("LINKD_MAX_DEVICES_PER_ACCOUNT", 5)?)
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "LINKD_MAX_DEVICES_PER_ACCOUNT",
+                        "must be between 1 and 100",
+                    )
                 })?,
             rate_limits: crate::limits::Policy::parse(&env.or("LINKD_RATE_LIMITS", ""))
                 .map_err(|reason| ConfigError::invalid("LINKD_RATE_LIMITS", reason))?,

@@ -23,6 +23,29 @@ impl std::fmt::Debug for StoredCredential {
     }
 }
 
+/// A link's credential, to be claimed.
+pub(crate) struct Claim<'a> {
+    pub(crate) link_id: Uuid,
+    pub(crate) device_id: Uuid,
+    pub(crate) account_id: &'a str,
+    pub(crate) credential_hash: &'a [u8],
+    pub(crate) code_verifier: &'a str,
+}
+
+/// How a claim went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// The row is this call's.
+    Ours,
+    /// Another call for the same link claimed it first.
+    Taken,
+    /// The account has as many links as it may; its least recently used device is named.
+    AccountFull {
+        least_recently_used: Uuid,
+        used_at: DateTime<Utc>,
+    },
+}
+
 /// Access to the secret tables.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
@@ -97,26 +120,95 @@ impl Credentials {
         )
     }
 
-    /// Stores the credential and verifier of link `link_id` if it has none yet; `false` if it
-    /// has (another call set them: exactly one call sets a link's code, and nothing replaces it).
+    /// Stores the credential and verifier of link `link_id`, for `account_id`, if it has none yet
+    /// and the account has fewer than `cap` links (live ones, and claims in flight). One
+    /// transaction, serialised per account by an advisory lock, so that two links racing for the
+    /// last place get exactly one. Exactly one call sets a link's code, and nothing replaces it.
     pub(crate) async fn claim_device_credential(
         &self,
-        link_id: Uuid,
-        device_id: Uuid,
-        credential_hash: &[u8],
-        code_verifier: &str,
-    ) -> Result<bool, CommandError> {
-        let inserted = sqlx::query(
-            "INSERT INTO device_credentials (link_id, device_id, credential_hash, code_verifier) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (link_id) DO NOTHING",
+        claim: &Claim<'_>,
+        cap: u32,
+    ) -> Result<Claimed, CommandError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("linkd/device-slots/{}", claim.account_id))
+            .execute(&mut *tx)
+            .await?;
+        let taken: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM device_credentials WHERE link_id = $1)",
+        )
+        .bind(claim.link_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if taken {
+            return Ok(Claimed::Taken);
+        }
+        if let Some(full) = Self::full(&mut tx, claim.account_id, cap).await? {
+            return Ok(full);
+        }
+        sqlx::query(
+            "INSERT INTO device_credentials \
+               (link_id, device_id, account_id, credential_hash, code_verifier) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(claim.link_id)
+        .bind(claim.device_id)
+        .bind(claim.account_id)
+        .bind(claim.credential_hash)
+        .bind(claim.code_verifier)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Claimed::Ours)
+    }
+
+    /// `Some(AccountFull)` if `account_id` has `cap` links or more (an early, advisory check:
+    /// the claim decides).
+    pub(crate) async fn account_full(
+        &self,
+        account_id: &str,
+        cap: u32,
+    ) -> Result<Option<Claimed>, CommandError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::full(&mut conn, account_id, cap).await
+    }
+
+    async fn full(
+        conn: &mut sqlx::PgConnection,
+        account_id: &str,
+        cap: u32,
+    ) -> Result<Option<Claimed>, CommandError> {
+        let links: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM device_credentials WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_one(&mut *conn)
+                .await?;
+        if links < i64::from(cap) {
+            return Ok(None);
+        }
+        let (device_id, used_at): (Uuid, DateTime<Utc>) = sqlx::query_as(
+            "SELECT device_id, used_at FROM device_credentials WHERE account_id = $1 \
+             ORDER BY used_at, link_id LIMIT 1",
+        )
+        .bind(account_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Some(Claimed::AccountFull {
+            least_recently_used: device_id,
+            used_at,
+        }))
+    }
+
+    /// Records that link `link_id`'s device was used (at most once a minute, to spare writes).
+    pub(crate) async fn record_use(&self, link_id: Uuid) -> Result<(), CommandError> {
+        sqlx::query(
+            "UPDATE device_credentials SET used_at = now() \
+             WHERE link_id = $1 AND used_at < now() - interval '1 minute'",
         )
         .bind(link_id)
-        .bind(device_id)
-        .bind(credential_hash)
-        .bind(code_verifier)
         .execute(&self.pool)
         .await?;
-        Ok(inserted.rows_affected() == 1)
+        Ok(())
     }
 
     /// Deletes the credential of link `link_id` if it is the one with `credential_hash` (the

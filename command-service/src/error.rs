@@ -33,6 +33,28 @@ pub enum CommandError {
     /// The thing named does not exist (for this caller).
     #[error("{0}")]
     NotFound(String),
+    /// The account links as many devices as it may (the device cap).
+    #[error(
+        "this account already links {cap} devices, the most it may; unlink one (the least \
+         recently used is {least_recently_used}, last used {used_at}) and try again"
+    )]
+    DeviceLimit {
+        /// The cap.
+        cap: u32,
+        /// The device the holder used least recently.
+        least_recently_used: uuid::Uuid,
+        /// When it was last used.
+        used_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// As [`CommandError::DeviceLimit`], said to a caller not known to be the holder.
+    #[error(
+        "this account already links {cap} devices, the most it may; the account holder must \
+         unlink one in the portal before another can be linked"
+    )]
+    DeviceLimitUnnamed {
+        /// The cap.
+        cap: u32,
+    },
     /// A rate limit: the call may be made again after `retry_in`.
     #[error("{message}")]
     RateLimited {

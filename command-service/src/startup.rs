@@ -98,6 +98,7 @@ impl Application {
                 confirmation: settings.qr_confirmation.map(duration).transpose()?,
             },
             matching_key: crate::matching::key(&settings.secret_code_pepper.0),
+            device_cap: settings.max_devices_per_account,
             limits: crate::limits::RateLimits::new(settings.rate_limits.clone(), pool.clone()),
         });
         let (stopping, stopping_seen) = tokio::sync::watch::channel(false);

@@ -73,6 +73,20 @@ pub(crate) fn to_status(error: CommandError) -> Status {
         CommandError::NotFound(_) => Status::not_found(message),
         CommandError::InProgress(_) => Status::aborted(message),
         CommandError::RateLimited { retry_in, .. } => exhausted(message, retry_in),
+        CommandError::DeviceLimitUnnamed { .. } => Status::failed_precondition(message),
+        CommandError::DeviceLimit {
+            least_recently_used,
+            ..
+        } => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            ErrorDetails::with_precondition_failure_violation(
+                "DEVICE_LIMIT",
+                format!("devices/{least_recently_used}"),
+                "the account's least recently used device: unlink it (PortalService.UnlinkDevices) \
+                 to make room",
+            ),
+        ),
         CommandError::Busy(_) => exhausted(format!("{message}; retry in a second"), BUSY_RETRY),
         CommandError::Unavailable(detail) => {
             tracing::error!(error = %detail, "event store unavailable");

@@ -11,6 +11,7 @@ mod authorization;
 mod confirmation;
 mod delivery;
 mod demo;
+mod device_cap;
 mod emails;
 mod hostile_bytes;
 mod idempotency;

@@ -22,6 +22,7 @@ use proto::consistency::{ConsistencyToken, Written};
 
 use super::App;
 use super::auth::AttemptHolder;
+use crate::credentials::{Claim, Claimed};
 use crate::error::CommandError;
 use crate::secrets::{self, MintedToken, SecretCode, TokenKind};
 use crate::store::{Executed, Loaded, Metadata};
@@ -90,7 +91,8 @@ impl App {
     }
 
     /// Step 3: a fresh credential and the code's verifier, stored under the link's id unless
-    /// another call for the same attempt got there first.
+    /// another call for the same attempt got there first, or the account already links as many
+    /// devices as it may (the device cap, decided here under a per-account lock).
     async fn claim_credential(
         &self,
         link_id: LinkAttemptId,
@@ -99,11 +101,29 @@ impl App {
     ) -> Result<MintedToken, CommandError> {
         let verifier = self.hash_code(link_id.0, code).await?;
         let credential = secrets::mint(TokenKind::DeviceCredential, link_id.0);
+        let claim = Claim {
+            link_id: link_id.0,
+            device_id: ready.device_id.0,
+            account_id: &ready.account_id.0,
+            credential_hash: &credential.hash,
+            code_verifier: &verifier,
+        };
         let claimed = self
             .credentials
-            .claim_device_credential(link_id.0, ready.device_id.0, &credential.hash, &verifier)
+            .claim_device_credential(&claim, self.device_cap)
             .await?;
-        if !claimed {
+        if let Claimed::AccountFull {
+            least_recently_used,
+            used_at,
+        } = claimed
+        {
+            return Err(CommandError::DeviceLimit {
+                cap: self.device_cap,
+                least_recently_used,
+                used_at,
+            });
+        }
+        if claimed == Claimed::Taken {
             return Err(CommandError::InProgress(
                 "another SetSecretCode call for this link attempt set its secret code first; \
                  this call changed nothing (to recover a lost answer, retry with the same \

@@ -73,6 +73,7 @@ impl App {
         typed_code: &str,
     ) -> Result<Answered, CommandError> {
         let (qr, attempt_id, attempt) = self.scanned_qr(holder, qr_id).await?;
+        self.ensure_room(holder.account_id()).await?;
         let code = MatchingCode::of(&self.matching_key, attempt_id, qr_id);
         let command = LinkAttemptCommand::Confirm {
             qr_id,

@@ -85,6 +85,9 @@ impl App {
         let still_linked = after.link_id() == Some(link_id);
         if !still_linked {
             self.credentials.delete_link(link_id.0).await?;
+        } else if matches {
+            // The device was used: the least recently used one is named at the device cap.
+            self.credentials.record_use(link_id.0).await?;
         }
         Ok(CodeVerdict {
             verified: matches,

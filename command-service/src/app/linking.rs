@@ -216,6 +216,13 @@ impl App {
         };
         // Refuse before consuming the QR code if the attempt cannot use it.
         attempt.state().decide(accept.clone())?;
+        // The scanning phone is not yet known to be the holder's: the devices go unnamed.
+        match self.ensure_room(&account_id).await {
+            Err(CommandError::DeviceLimit { cap, .. }) => {
+                return Err(CommandError::DeviceLimitUnnamed { cap });
+            }
+            other => other?,
+        }
         let metadata = holder.metadata().for_account(&account_id.0);
         let consume = LinkQrCommand::Consume {
             attempt_id,
@@ -239,6 +246,26 @@ impl App {
         })
     }
 
+    /// Refuses early when `account_id` already links as many devices as it may (advisory: the
+    /// secret code's claim decides, under a per-account lock).
+    pub(crate) async fn ensure_room(&self, account_id: &AccountId) -> Result<(), CommandError> {
+        match self
+            .credentials
+            .account_full(&account_id.0, self.device_cap)
+            .await?
+        {
+            Some(crate::credentials::Claimed::AccountFull {
+                least_recently_used,
+                used_at,
+            }) => Err(CommandError::DeviceLimit {
+                cap: self.device_cap,
+                least_recently_used,
+                used_at,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The account as the app may show it ([`account_hint`]).
     async fn account_hint(&self, account_id: &AccountId) -> Result<String, CommandError> {
         let account = self.store.load::<Account>(&account_id.0).await?;
@@ -255,6 +282,7 @@ impl App {
         let attempt_id = holder.attempt_id().to_string();
         let metadata = holder.metadata().for_account(&assertion.account_id.0);
         let now = Utc::now();
+        self.ensure_room(&assertion.account_id).await?;
         // The decision depends on the account's state as well: decided again on both when the
         // attempt changed meanwhile.
         let executed = retry_on_conflict(|| async {

@@ -51,6 +51,7 @@ pub(crate) async fn app() -> (App, TestDatabase) {
             confirmation: Some(chrono::Duration::seconds(120)),
         },
         matching_key: crate::matching::key(PEPPER),
+        device_cap: 5,
         limits: crate::limits::RateLimits::new(crate::limits::Policy::default(), pool.clone()),
     };
     (app, database)
