@@ -241,6 +241,7 @@ impl Session {
         let request = v1::UnlinkDevicesRequest {
             device_ids: vec![device_id.to_owned()],
             request_id: String::new(),
+            ..Default::default()
         };
         bounded(self.grpc.portal.unlink_devices(bearer(request, &token)?)).await?;
         Ok(())

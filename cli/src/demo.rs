@@ -164,6 +164,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
     let request = v1::UnlinkDevicesRequest {
         device_ids: vec![phone.clone()],
         request_id: String::new(),
+        ..Default::default()
     };
     let reply = clients
         .portal

@@ -463,6 +463,7 @@ async fn call(
             let request = v1::UnlinkDevicesRequest {
                 device_ids,
                 request_id,
+                ..Default::default()
             };
             println!(
                 "{:#?}",

@@ -124,6 +124,15 @@ fn account_event(event: AccountEvent) -> Event {
             new_email,
             at: ts(at),
         }),
+        AccountEvent::DevicesUnlinkedTogether {
+            device_ids,
+            reason,
+            at,
+        } => Event::DevicesUnlinkedTogether(v1::DevicesUnlinkedTogether {
+            device_ids: device_ids.iter().map(ToString::to_string).collect(),
+            reason: v1::UnlinkReason::from(reason).into(),
+            at: ts(at),
+        }),
         AccountEvent::PortalLoginRecorded { product: used, at } => {
             Event::PortalLoginRecorded(v1::PortalLoginRecorded {
                 product: Some(used.into()),
@@ -253,11 +262,13 @@ fn device_event(event: DeviceEvent) -> Event {
             link_id,
             reason,
             at,
+            in_bulk,
             account_id: _,
         } => Event::DeviceUnlinked(v1::DeviceUnlinked {
             link_id: link_id.to_string(),
             reason: v1::UnlinkReason::from(reason).into(),
             at: ts(at),
+            in_bulk,
         }),
     }
 }

@@ -199,6 +199,24 @@ impl Credentials {
         }))
     }
 
+    /// The devices linked to `account_id` now, whose links were made at or after `since` if
+    /// given, oldest first.
+    pub(crate) async fn links_of(
+        &self,
+        account_id: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Uuid>, CommandError> {
+        Ok(sqlx::query_scalar(
+            "SELECT device_id FROM device_credentials \
+             WHERE account_id = $1 AND ($2::timestamptz IS NULL OR created_at >= $2) \
+             ORDER BY created_at, link_id",
+        )
+        .bind(account_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Records that link `link_id`'s device was used (at most once a minute, to spare writes).
     pub(crate) async fn record_use(&self, link_id: Uuid) -> Result<(), CommandError> {
         sqlx::query(

@@ -8,7 +8,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::LuxTrustProduct;
+use crate::{DeviceId, LuxTrustProduct, UnlinkReason};
 
 /// What the portal back end can ask of an account.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,16 @@ pub enum AccountCommand {
     ChangeEmail {
         /// The new address.
         email: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Record that one call unlinked several of the account's devices together (one summary
+    /// email instead of one per device).
+    RecordUnlinkedTogether {
+        /// The devices the call unlinked.
+        device_ids: Vec<DeviceId>,
+        /// Why.
+        reason: UnlinkReason,
         /// When.
         at: DateTime<Utc>,
     },
@@ -56,6 +66,16 @@ pub enum AccountEvent {
         old_email: String,
         /// The address from now on.
         new_email: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// One call unlinked several devices of the account (each has its `DeviceUnlinked`, marked
+    /// `in_bulk`); one summary notice goes out for all of them.
+    DevicesUnlinkedTogether {
+        /// The devices.
+        device_ids: Vec<DeviceId>,
+        /// Why.
+        reason: UnlinkReason,
         /// When.
         at: DateTime<Utc>,
     },
@@ -134,6 +154,23 @@ impl Account {
                     at,
                 }])
             }
+            AccountCommand::RecordUnlinkedTogether {
+                device_ids,
+                reason,
+                at,
+            } => {
+                if !self.registered {
+                    return Err(AccountError::NotRegistered);
+                }
+                if device_ids.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::DevicesUnlinkedTogether {
+                    device_ids,
+                    reason,
+                    at,
+                }])
+            }
             AccountCommand::RecordPortalLogin { product, at } => {
                 if !self.registered {
                     return Err(AccountError::NotRegistered);
@@ -150,6 +187,7 @@ impl DomainEvent for AccountEvent {
             Self::AccountRegistered { .. } => "AccountRegistered",
             Self::AccountEmailChanged { .. } => "AccountEmailChanged",
             Self::PortalLoginRecorded { .. } => "PortalLoginRecorded",
+            Self::DevicesUnlinkedTogether { .. } => "DevicesUnlinkedTogether",
         }
         .to_owned()
     }
@@ -191,6 +229,7 @@ impl Aggregate for Account {
             AccountEvent::PortalLoginRecorded { product, .. } => {
                 self.products_used.insert(product);
             }
+            AccountEvent::DevicesUnlinkedTogether { .. } => {}
         }
     }
 }

@@ -63,12 +63,16 @@ pub enum DeviceCommand {
         /// When.
         at: DateTime<Utc>,
     },
-    /// The account holder unlinks the device from the portal.
+    /// The account holder unlinks the device from the portal (or the help desk, for them).
     UnlinkFromPortal {
         /// The (re-authenticated) account asking.
         account_id: AccountId,
         /// The link the holder saw and chose to end (a newer link is not ended by mistake).
         link_id: LinkAttemptId,
+        /// `FromPortal`, or `HelpDesk`.
+        reason: UnlinkReason,
+        /// Whether the same call unlinks other devices too (one summary notice for all).
+        in_bulk: bool,
         /// When.
         at: DateTime<Utc>,
     },
@@ -133,6 +137,10 @@ pub enum DeviceEvent {
         reason: UnlinkReason,
         /// When.
         at: DateTime<Utc>,
+        /// One of several devices one call unlinked together (`DevicesUnlinkedTogether` on the
+        /// account carries the one notice for all).
+        #[serde(default)]
+        in_bulk: bool,
     },
 }
 
@@ -291,6 +299,7 @@ impl Device {
                         account_id: link.account_id.clone(),
                         reason: UnlinkReason::LockedOut,
                         at,
+                        in_bulk: false,
                     });
                 }
                 Ok(events)
@@ -302,19 +311,23 @@ impl Device {
                     account_id: link.account_id.clone(),
                     reason: UnlinkReason::FromDevice,
                     at,
+                    in_bulk: false,
                 }])
             }
             DeviceCommand::UnlinkFromPortal {
                 account_id,
                 link_id,
+                reason,
+                in_bulk,
                 at,
             } => match &self.link {
                 Some(link) if link.account_id == account_id && link.link_id == link_id => {
                     Ok(vec![DeviceEvent::DeviceUnlinked {
                         link_id: link.link_id,
                         account_id,
-                        reason: UnlinkReason::FromPortal,
+                        reason,
                         at,
+                        in_bulk,
                     }])
                 }
                 Some(_) | None => Err(DeviceError::NotLinkedToAccount),

@@ -47,6 +47,9 @@ pub enum UnlinkReason {
     FromPortal,
     /// Too many consecutive wrong secret codes.
     LockedOut,
+    /// The help desk revoked every device of the account (the portal back end, for a holder who
+    /// reported a compromise).
+    HelpDesk,
 }
 
 /// A device name as the holder typed it: trimmed, 1–64 characters, no control characters.

@@ -57,6 +57,7 @@ fn broken() -> EventEnvelope {
             link_id: String::new(),
             reason: 99,
             at: stamp(),
+            in_bulk: false,
         }),
     )
 }

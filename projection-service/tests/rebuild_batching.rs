@@ -143,6 +143,7 @@ fn event_type(event: &Event) -> &'static str {
         Event::QrAccepted(_) => "QrAccepted",
         Event::LinkConfirmed(_) => "LinkConfirmed",
         Event::LinkDeclined(_) => "LinkDeclined",
+        Event::DevicesUnlinkedTogether(_) => "DevicesUnlinkedTogether",
         Event::LuxtrustAuthenticated(_) => "LuxTrustAuthenticated",
         Event::LinkCompleted(_) => "LinkCompleted",
         Event::DeviceLinked(_) => "DeviceLinked",
@@ -309,6 +310,7 @@ fn device_life(
                         v1::UnlinkReason::FromDevice.into()
                     },
                     at,
+                    in_bulk: false,
                 })
             };
             push(out, time, rng, event);

@@ -94,6 +94,7 @@ async fn the_audit_log_lists_a_scripted_history_in_order_with_its_actors() {
     let request = proto::v1::UnlinkDevicesRequest {
         device_ids: vec![phone.device_id.clone()],
         request_id: String::new(),
+        ..Default::default()
     };
     app.portal
         .unlink_devices(bearer(request, &app.citizen("anna")))

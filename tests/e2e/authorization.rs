@@ -27,6 +27,7 @@ async fn a_stale_auth_time_cannot_issue_a_qr_code_or_unlink() {
     let unlink = UnlinkDevicesRequest {
         device_ids: vec![linked.device_id],
         request_id: String::new(),
+        ..Default::default()
     };
     let unlinked = app.portal.unlink_devices(bearer(unlink, &stale)).await;
 

@@ -74,6 +74,7 @@ async fn past_the_cap_a_link_is_refused_naming_the_least_recently_used_device() 
     let unlink = UnlinkDevicesRequest {
         device_ids: vec![first.device_id.clone()],
         request_id: String::new(),
+        ..Default::default()
     };
     app.portal
         .unlink_devices(bearer(unlink, &app.citizen("anna")))

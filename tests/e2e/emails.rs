@@ -75,6 +75,7 @@ async fn each_way_of_unlinking_sends_its_notice_with_its_reason() {
     let request = proto::v1::UnlinkDevicesRequest {
         device_ids: vec![lost.device_id.clone()],
         request_id: String::new(),
+        ..Default::default()
     };
     app.portal
         .unlink_devices(bearer(request, &app.citizen("anna")))

@@ -9,6 +9,7 @@ mod admission;
 mod audit;
 mod authorization;
 mod confirmation;
+mod containment;
 mod delivery;
 mod demo;
 mod device_cap;

@@ -193,6 +193,7 @@ async fn malformed_portal_requests_are_invalid_and_write_no_event() {
     let unlink = |ids: Vec<String>| UnlinkDevicesRequest {
         device_ids: ids,
         request_id: String::new(),
+        ..Default::default()
     };
     assert_invalid(
         "no device ids",

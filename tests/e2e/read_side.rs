@@ -108,6 +108,7 @@ async fn unlinked_devices_leave_the_list() {
     let request = proto::v1::UnlinkDevicesRequest {
         device_ids: vec![lost.device_id.clone()],
         request_id: String::new(),
+        ..Default::default()
     };
     app.portal
         .unlink_devices(bearer(request, &token))

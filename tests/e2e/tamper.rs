@@ -11,6 +11,7 @@ async fn scripted_history(app: &mut TestApp) {
     let request = proto::v1::UnlinkDevicesRequest {
         device_ids: vec![linked.device_id],
         request_id: String::new(),
+        ..Default::default()
     };
     app.portal
         .unlink_devices(bearer(request, &app.citizen("anna")))

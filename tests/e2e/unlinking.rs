@@ -7,6 +7,7 @@ fn unlink(ids: &[&str]) -> UnlinkDevicesRequest {
     UnlinkDevicesRequest {
         device_ids: ids.iter().map(|id| (*id).to_owned()).collect(),
         request_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -3,14 +3,17 @@
 //! browser. Unlinking revokes the device's credential at once.
 
 use chrono::{DateTime, Utc};
-use domain::{Device, DeviceCommand, DeviceError, DeviceId, LinkAttemptId};
+use domain::{
+    Account, AccountCommand, AccountError, AccountId, Device, DeviceCommand, DeviceError, DeviceId,
+    LinkAttemptId, UnlinkReason,
+};
 use proto::consistency::{ConsistencyToken, Written};
 
 use super::App;
-use super::auth::{Citizen, LinkedDevice};
+use super::auth::{Citizen, LinkedDevice, System};
 use crate::error::CommandError;
 use crate::secrets::SecretCode;
-use crate::store::{Executed, Loaded};
+use crate::store::{Executed, Loaded, Metadata};
 
 /// What `UnlinkDevices` did to each device it named, in the order named.
 #[derive(Debug, Default)]
@@ -22,6 +25,26 @@ pub(crate) struct UnlinkReport {
     /// Devices linked again by a new link while this call ran (that link was not ended).
     pub(crate) relinked: Vec<DeviceId>,
     pub(crate) written: ConsistencyToken,
+    /// Where each aggregate the call touched stands (for `written`).
+    positions: Vec<Written>,
+}
+
+/// Which devices an `UnlinkDevices` call names.
+#[derive(Debug)]
+pub(crate) enum Selection {
+    /// These (all or none).
+    Named(Vec<DeviceId>),
+    /// Every device linked to the account now.
+    All,
+    /// Every device whose current link was made at or after this instant.
+    LinkedSince(DateTime<Utc>),
+}
+
+/// Who unlinks, for which account, and why.
+struct Unlinker<'a> {
+    account_id: &'a AccountId,
+    metadata: &'a Metadata,
+    reason: UnlinkReason,
 }
 
 /// One device of an `UnlinkDevices` call, once checked.
@@ -113,31 +136,118 @@ impl App {
         Ok(ConsistencyToken::of([&executed.position]))
     }
 
-    /// R8: the holder unlinks devices from the browser, all or none: every device is checked
-    /// first, so that one not linked to the account unlinks nothing. A device this account
-    /// already unlinked counts as done, so a retry after a partial failure finishes the job.
-    /// The report says exactly what this call ended.
+    /// R8: the holder unlinks devices from the browser: the ones named, all or none (every
+    /// device is checked first, so that one not linked to the account unlinks nothing; one this
+    /// account already unlinked counts as done, so a retry after a partial failure finishes the
+    /// job), or every device linked now or since an instant (containment). The report says
+    /// exactly what this call ended.
     pub(crate) async fn unlink_devices(
         &self,
         holder: &Citizen,
-        device_ids: &[DeviceId],
+        selection: Selection,
     ) -> Result<UnlinkReport, CommandError> {
-        let plan = self.plan_portal_unlink(holder, device_ids).await?;
-        self.carry_out_portal_unlink(holder, plan).await
+        let unlinker = Unlinker {
+            account_id: holder.account_id(),
+            metadata: holder.metadata(),
+            reason: UnlinkReason::FromPortal,
+        };
+        self.unlink(&unlinker, selection).await
     }
 
-    /// The all-or-nothing check: for each device, the link to end, or nothing left to do.
+    /// The help desk revokes every device of `account_id` (reason `HelpDesk`).
+    pub(crate) async fn revoke_all_devices(
+        &self,
+        system: &System,
+        account_id: &AccountId,
+    ) -> Result<UnlinkReport, CommandError> {
+        let account = self.store.load::<Account>(&account_id.0).await?;
+        if !account.state().is_registered() {
+            return Err(AccountError::NotRegistered.into());
+        }
+        let metadata = system.metadata().for_account(&account_id.0);
+        let unlinker = Unlinker {
+            account_id,
+            metadata: &metadata,
+            reason: UnlinkReason::HelpDesk,
+        };
+        self.unlink(&unlinker, Selection::All).await
+    }
+
+    /// Plans, carries out, and records a call that ended several links together (one notice).
+    async fn unlink(
+        &self,
+        unlinker: &Unlinker<'_>,
+        selection: Selection,
+    ) -> Result<UnlinkReport, CommandError> {
+        let (device_ids, strict) = match selection {
+            Selection::Named(device_ids) => (device_ids, true),
+            Selection::All => (self.linked_devices(unlinker.account_id, None).await?, false),
+            Selection::LinkedSince(since) => (
+                self.linked_devices(unlinker.account_id, Some(since))
+                    .await?,
+                false,
+            ),
+        };
+        let plan = self
+            .plan_portal_unlink(unlinker.account_id, &device_ids, strict)
+            .await?;
+        let in_bulk = plan
+            .iter()
+            .filter(|p| matches!(p, Planned::End(..)))
+            .count()
+            > 1;
+        let mut report = self
+            .carry_out_portal_unlink(unlinker, plan, in_bulk)
+            .await?;
+        if in_bulk && !report.unlinked.is_empty() {
+            // After the unlinks: a notice never announces an unlink that did not happen.
+            let account = self.store.load::<Account>(&unlinker.account_id.0).await?;
+            let command = AccountCommand::RecordUnlinkedTogether {
+                device_ids: report.unlinked.clone(),
+                reason: unlinker.reason,
+                at: Utc::now(),
+            };
+            let recorded = self
+                .store
+                .execute(account, command, unlinker.metadata)
+                .await?;
+            report.positions.push(recorded.position);
+        }
+        report.written = ConsistencyToken::of(&report.positions);
+        Ok(report)
+    }
+
+    /// The devices linked to `account_id` now (their links made at or after `since`, if given).
+    async fn linked_devices(
+        &self,
+        account_id: &AccountId,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<DeviceId>, CommandError> {
+        Ok(self
+            .credentials
+            .links_of(&account_id.0, since)
+            .await?
+            .into_iter()
+            .map(DeviceId)
+            .collect())
+    }
+
+    /// The check: for each device, the link to end, or nothing left to do. `strict` (devices
+    /// the caller named): a device not linked to the account unlinks nothing and is NOT_FOUND;
+    /// otherwise (devices found linked a moment ago) it is passed over.
     async fn plan_portal_unlink(
         &self,
-        holder: &Citizen,
+        account_id: &AccountId,
         device_ids: &[DeviceId],
+        strict: bool,
     ) -> Result<Vec<Planned>, CommandError> {
         let mut plan = Vec::with_capacity(device_ids.len());
         for device_id in device_ids {
             let device = self.store.load::<Device>(&device_id.to_string()).await?;
-            match device.state().portal_unlink_target(holder.account_id()) {
+            match device.state().portal_unlink_target(account_id) {
                 Ok(Some(link_id)) => plan.push(Planned::End(*device_id, link_id, device)),
                 Ok(None) => plan.push(Planned::AlreadyEnded(*device_id, device.position())),
+                Err(_) if !strict => {}
                 Err(_) => {
                     return Err(CommandError::NotFound(format!(
                         "no device {device_id} is linked to your account; no device was unlinked"
@@ -152,30 +262,32 @@ impl App {
     /// if the device was linked again by a new link, as relinked (this call did not end that).
     async fn carry_out_portal_unlink(
         &self,
-        holder: &Citizen,
+        unlinker: &Unlinker<'_>,
         plan: Vec<Planned>,
+        in_bulk: bool,
     ) -> Result<UnlinkReport, CommandError> {
         let now = Utc::now();
         let mut report = UnlinkReport::default();
-        let mut positions = Vec::with_capacity(plan.len());
         for planned in plan {
             let (device_id, link_id, device) = match planned {
                 Planned::End(device_id, link_id, device) => (device_id, link_id, device),
                 Planned::AlreadyEnded(device_id, position) => {
                     report.already_unlinked.push(device_id);
-                    positions.push(position);
+                    report.positions.push(position);
                     continue;
                 }
             };
             let command = DeviceCommand::UnlinkFromPortal {
-                account_id: holder.account_id().clone(),
+                account_id: unlinker.account_id.clone(),
                 link_id,
+                reason: unlinker.reason,
+                in_bulk,
                 at: now,
             };
-            match self.store.execute(device, command, holder.metadata()).await {
+            match self.store.execute(device, command, unlinker.metadata).await {
                 Ok(executed) => {
                     report.unlinked.push(device_id);
-                    positions.push(executed.position);
+                    report.positions.push(executed.position);
                 }
                 // The link ended meanwhile (the device unlinked itself, say).
                 Err(CommandError::Device(DeviceError::NotLinkedToAccount)) => {
@@ -185,13 +297,13 @@ impl App {
                     } else {
                         report.already_unlinked.push(device_id);
                     }
-                    positions.push(now_stands.position());
+                    report.positions.push(now_stands.position());
                 }
                 Err(other) => return Err(other),
             }
             self.credentials.delete_link(link_id.0).await?;
         }
-        report.written = ConsistencyToken::of(&positions);
+        report.written = ConsistencyToken::of(&report.positions);
         Ok(report)
     }
 
@@ -233,7 +345,7 @@ mod tests {
             on_device(&app, device, link(link_id, "anna")).await;
         }
         let plan = app
-            .plan_portal_unlink(&anna, &[stays, ends_itself, relinked])
+            .plan_portal_unlink(anna.account_id(), &[stays, ends_itself, relinked], true)
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
 
@@ -247,8 +359,13 @@ mod tests {
         on_device(&app, relinked, from_device(links[2])).await;
         let again = new_link();
         on_device(&app, relinked, link(again, "anna")).await;
+        let unlinker = Unlinker {
+            account_id: anna.account_id(),
+            metadata: anna.metadata(),
+            reason: UnlinkReason::FromPortal,
+        };
         let report = app
-            .carry_out_portal_unlink(&anna, plan)
+            .carry_out_portal_unlink(&unlinker, plan, false)
             .await
             .unwrap_or_else(|e| panic!("{e:?}"));
 

@@ -1,20 +1,21 @@
 //! `PortalService`: the browser side of the portal and the portal back end.
 
 use domain::DeviceId;
-use proto::convert::timestamp;
+use proto::convert::{datetime, timestamp};
 use proto::v1::portal_service_server::PortalService;
 use proto::v1::{
     ChangeAccountEmailRequest, ChangeAccountEmailResponse, ConfirmLinkRequest, ConfirmLinkResponse,
     DeclineLinkRequest, DeclineLinkResponse, GetLinkQrRequest, IssueLinkQrRequest,
     IssueLinkQrResponse, LinkQrState, RecordPortalLoginRequest, RecordPortalLoginResponse,
-    RegisterAccountRequest, RegisterAccountResponse, UnlinkDevicesRequest, UnlinkDevicesResponse,
-    WatchLinkQrRequest,
+    RegisterAccountRequest, RegisterAccountResponse, RevokeAllDevicesRequest, UnlinkDevicesRequest,
+    UnlinkDevicesResponse, WatchLinkQrRequest,
 };
 use tonic::{Request, Response, Status};
 
 use super::Api;
 use super::confirmation::{self, WatchStream, confirm_link, decline_link};
 use crate::app::accounts::Registration;
+use crate::app::devices::{Selection, UnlinkReport};
 use crate::app::{App, Call};
 use crate::error::CommandError;
 use crate::limits::Rule;
@@ -106,15 +107,55 @@ async fn unlink_devices(
 ) -> Result<UnlinkDevicesResponse, CommandError> {
     let holder = app.reauthenticated_citizen(call)?;
     tracing::Span::current().record("account_id", tracing::field::display(holder.account_id()));
-    let device_ids = device_ids(&body.device_ids)?;
-    let report = app.unlink_devices(&holder, &device_ids).await?;
+    let report = app.unlink_devices(&holder, selection(body)?).await?;
+    Ok(unlinked(report))
+}
+
+#[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
+async fn revoke_all_devices(
+    app: &App,
+    call: &Call,
+    body: &RevokeAllDevicesRequest,
+) -> Result<UnlinkDevicesResponse, CommandError> {
+    let system = app.system(call)?;
+    let account_id = validate::account_id(&body.account_id)?;
+    let report = app.revoke_all_devices(&system, &account_id).await?;
+    tracing::warn!(
+        devices = report.unlinked.len(),
+        "help desk revoked every device"
+    );
+    Ok(unlinked(report))
+}
+
+fn unlinked(report: UnlinkReport) -> UnlinkDevicesResponse {
     let texts = |ids: Vec<DeviceId>| ids.iter().map(ToString::to_string).collect();
-    Ok(UnlinkDevicesResponse {
+    UnlinkDevicesResponse {
         unlinked_device_ids: texts(report.unlinked),
         already_unlinked_device_ids: texts(report.already_unlinked),
         relinked_device_ids: texts(report.relinked),
         consistency_token: report.written.to_string(),
-    })
+    }
+}
+
+/// Exactly one of `device_ids`, `all_devices` and `linked_since`.
+fn selection(body: &UnlinkDevicesRequest) -> Result<Selection, CommandError> {
+    let given = usize::from(!body.device_ids.is_empty())
+        + usize::from(body.all_devices)
+        + usize::from(body.linked_since.is_some());
+    if given != 1 {
+        return Err(CommandError::InvalidArgument(
+            "give exactly one of device_ids, all_devices and linked_since".into(),
+        ));
+    }
+    if body.all_devices {
+        return Ok(Selection::All);
+    }
+    if let Some(since) = &body.linked_since {
+        return datetime(since).map(Selection::LinkedSince).ok_or_else(|| {
+            CommandError::InvalidArgument("linked_since is not a valid timestamp".into())
+        });
+    }
+    device_ids(&body.device_ids).map(Selection::Named)
 }
 
 /// 1 to [`MAX_UNLINK_BATCH`] distinct device ids.
@@ -209,5 +250,12 @@ impl PortalService for Api {
         request: Request<UnlinkDevicesRequest>,
     ) -> Result<Response<UnlinkDevicesResponse>, Status> {
         idempotent!(self, request, "UnlinkDevices", unlink_devices)
+    }
+
+    async fn revoke_all_devices(
+        &self,
+        request: Request<RevokeAllDevicesRequest>,
+    ) -> Result<Response<UnlinkDevicesResponse>, Status> {
+        idempotent!(self, request, "RevokeAllDevices", revoke_all_devices)
     }
 }

@@ -106,3 +106,39 @@ fn the_same_email_again_changes_nothing() {
         })
         .then_expect_events(vec![]);
 }
+
+#[test]
+fn devices_unlinked_together_are_recorded_once_for_the_summary() {
+    let devices = vec![
+        DeviceId(uuid::Uuid::from_u128(1)),
+        DeviceId(uuid::Uuid::from_u128(2)),
+    ];
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::RecordUnlinkedTogether {
+            device_ids: devices.clone(),
+            reason: UnlinkReason::HelpDesk,
+            at: t(5),
+        })
+        .then_expect_events(vec![AccountEvent::DevicesUnlinkedTogether {
+            device_ids: devices,
+            reason: UnlinkReason::HelpDesk,
+            at: t(5),
+        }]);
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(AccountCommand::RecordUnlinkedTogether {
+            device_ids: vec![],
+            reason: UnlinkReason::FromPortal,
+            at: t(5),
+        })
+        .then_expect_events(vec![]);
+    TestFramework::<Account>::with(())
+        .given_no_previous_events()
+        .when(AccountCommand::RecordUnlinkedTogether {
+            device_ids: vec![DeviceId(uuid::Uuid::from_u128(1))],
+            reason: UnlinkReason::FromPortal,
+            at: t(5),
+        })
+        .then_expect_error(AccountError::NotRegistered);
+}

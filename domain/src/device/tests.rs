@@ -80,6 +80,7 @@ fn a_device_can_link_to_another_account_once_unlinked() {
         account_id: account("anna"),
         reason: UnlinkReason::FromDevice,
         at: t(5),
+        in_bulk: false,
     };
     TestFramework::<Device>::with(())
         .given(vec![linked(1, "anna"), unlinked])
@@ -169,6 +170,7 @@ fn five_wrong_secret_codes_in_a_row_unlink_the_device() {
                 account_id: account("anna"),
                 reason: UnlinkReason::LockedOut,
                 at: t(5),
+                in_bulk: false,
             },
         ]);
 }
@@ -180,6 +182,8 @@ fn the_holder_can_unlink_a_device_from_the_portal_without_the_device() {
         .when(DeviceCommand::UnlinkFromPortal {
             account_id: account("anna"),
             link_id: link(1),
+            reason: UnlinkReason::FromPortal,
+            in_bulk: false,
             at: t(9),
         })
         .then_expect_events(vec![DeviceEvent::DeviceUnlinked {
@@ -187,6 +191,7 @@ fn the_holder_can_unlink_a_device_from_the_portal_without_the_device() {
             account_id: account("anna"),
             reason: UnlinkReason::FromPortal,
             at: t(9),
+            in_bulk: false,
         }]);
 }
 
@@ -197,6 +202,8 @@ fn nobody_can_unlink_a_device_linked_to_another_account() {
         .when(DeviceCommand::UnlinkFromPortal {
             account_id: account("mallory"),
             link_id: link(1),
+            reason: UnlinkReason::FromPortal,
+            in_bulk: false,
             at: t(9),
         })
         .then_expect_error(DeviceError::NotLinkedToAccount);
@@ -209,6 +216,8 @@ fn a_portal_unlink_does_not_end_a_newer_link_than_the_one_chosen() {
         .when(DeviceCommand::UnlinkFromPortal {
             account_id: account("anna"),
             link_id: link(1),
+            reason: UnlinkReason::FromPortal,
+            in_bulk: false,
             at: t(9),
         })
         .then_expect_error(DeviceError::NotLinkedToAccount);
@@ -227,6 +236,7 @@ fn a_device_can_unlink_itself() {
             account_id: account("anna"),
             reason: UnlinkReason::FromDevice,
             at: t(9),
+            in_bulk: false,
         }]);
 }
 
@@ -237,6 +247,7 @@ fn unlinking_revokes_the_device_credential_at_once() {
         account_id: account("anna"),
         reason: UnlinkReason::FromPortal,
         at: t(5),
+        in_bulk: false,
     };
     TestFramework::<Device>::with(())
         .given(vec![linked(1, "anna"), unlinked])
@@ -269,6 +280,7 @@ fn a_device_remembers_which_account_it_was_unlinked_from() {
         account_id: account("anna"),
         reason: UnlinkReason::FromPortal,
         at: t(5),
+        in_bulk: false,
     });
     assert!(device.was_unlinked_from(&account("anna")));
     assert!(!device.was_unlinked_from(&account("bob")));
@@ -288,6 +300,7 @@ fn unlinked_from_portal(n: u128, account_name: &str) -> DeviceEvent {
         account_id: account(account_name),
         reason: UnlinkReason::FromPortal,
         at: t(5),
+        in_bulk: false,
     }
 }
 

@@ -86,7 +86,13 @@ fn device_and_details(
         Event::DeviceUnlinked(unlinked) => (
             own_device,
             json!({ "link_id": unlinked.link_id,
-                    "reason": v1::UnlinkReason::text_of(unlinked.reason)? }),
+                    "reason": v1::UnlinkReason::text_of(unlinked.reason)?,
+                    "in_bulk": unlinked.in_bulk }),
+        ),
+        Event::DevicesUnlinkedTogether(together) => (
+            None,
+            json!({ "device_ids": together.device_ids,
+                    "reason": v1::UnlinkReason::text_of(together.reason)? }),
         ),
     })
 }

@@ -97,6 +97,7 @@ pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Pr
         Event::SecretCodeFailed(_)
         | Event::AccountRegistered(_)
         | Event::AccountEmailChanged(_)
+        | Event::DevicesUnlinkedTogether(_)
         | Event::PortalLoginRecorded(_)
         | Event::QrIssued(_)
         | Event::QrConsumed(_)

@@ -37,6 +37,7 @@ pub(crate) fn unlinked(reason: i32) -> EventEnvelope {
         link_id: String::new(),
         reason,
         at: stamp(),
+        in_bulk: false,
     };
     envelope("device", DEVICE, Event::DeviceUnlinked(unlinked))
 }

@@ -203,6 +203,8 @@ impl Projector for Notifier {
                 };
                 self.queue(tx, email).await?;
             }
+            // One of several unlinked by one call: the summary covers it.
+            Event::DeviceUnlinked(unlinked) if unlinked.in_bulk => {}
             Event::DeviceUnlinked(unlinked) => {
                 let reason = reason_phrase(unlinked.reason)?;
                 let (recipient, language) = Self::account(tx, event).await?;
@@ -222,6 +224,34 @@ impl Projector for Notifier {
                 let email = Queued {
                     event,
                     kind: "device_unlinked",
+                    recipient: &recipient,
+                    language: &language,
+                    values,
+                };
+                self.queue(tx, email).await?;
+            }
+            Event::DevicesUnlinkedTogether(together) => {
+                let reason = reason_phrase(together.reason)?;
+                let (recipient, language) = Self::account(tx, event).await?;
+                let mut names = Vec::with_capacity(together.device_ids.len());
+                for device_id in &together.device_ids {
+                    let name: Option<String> =
+                        sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
+                            .bind(device_id)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                    let name = email::untrusted(&name.unwrap_or_else(|| device_id.clone()));
+                    names.push(format!("- “{name}”"));
+                }
+                let values = vec![
+                    ("count", together.device_ids.len().to_string()),
+                    ("devices", names.join("\n")),
+                    ("reason", self.templates.phrase(&language, &reason)),
+                    ("date", at(together.at.as_ref())?),
+                ];
+                let email = Queued {
+                    event,
+                    kind: "devices_unlinked_together",
                     recipient: &recipient,
                     language: &language,
                     values,

@@ -22,6 +22,8 @@ pub const FROM_DEVICE: &str = "from_device";
 pub const FROM_PORTAL: &str = "from_portal";
 /// [`crate::v1::UnlinkReason::LockedOut`].
 pub const LOCKED_OUT: &str = "locked_out";
+/// [`crate::v1::UnlinkReason::HelpDesk`].
+pub const HELP_DESK: &str = "help_desk";
 /// [`crate::v1::DeclineReason::ByHolder`].
 pub const BY_HOLDER: &str = "by_holder";
 /// [`crate::v1::DeclineReason::WrongMatchingCode`].
@@ -132,6 +134,7 @@ impl TextForm for v1::UnlinkReason {
             Self::FromDevice => Some(FROM_DEVICE),
             Self::FromPortal => Some(FROM_PORTAL),
             Self::LockedOut => Some(LOCKED_OUT),
+            Self::HelpDesk => Some(HELP_DESK),
             Self::Unspecified => None,
         }
     }
@@ -141,6 +144,7 @@ impl TextForm for v1::UnlinkReason {
             FROM_DEVICE => Ok(Self::FromDevice),
             FROM_PORTAL => Ok(Self::FromPortal),
             LOCKED_OUT => Ok(Self::LockedOut),
+            HELP_DESK => Ok(Self::HelpDesk),
             other => Err(Unknown::text(Self::WHAT, other)),
         }
     }
