@@ -7,13 +7,16 @@
 //! - `growth`: command latency against the length of a device's history;
 //! - `rebuild`: `projection-service rebuild`'s throughput;
 //! - `suite`: the three in that order, and the Markdown report in `docs/performance.md`;
-//! - `audit`: the audit log at 1,000,000 events (an in-process projection service of its own).
+//! - `audit`: the audit log at 1,000,000 events (an in-process projection service of its own);
+//! - `anonymous`: storage written by anonymous `StartLink` calls under the default rate limits
+//!   (an in-process command service of its own).
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 use std::path::PathBuf;
 
 use clap::Parser;
 
+mod anonymous;
 mod audit;
 mod ceiling;
 mod closed;
@@ -47,6 +50,8 @@ enum Bench {
     Suite(SuiteArgs),
     /// The audit log at 1,000,000 events: ListEvents latency, ExportHistory throughput.
     Audit(audit::AuditArgs),
+    /// Storage written by anonymous StartLink calls under the default rate limits.
+    Anonymous(anonymous::AnonymousArgs),
     /// Deletes a stream if it exists (`scripts/bench.sh` tears its scratch stream down with it).
     #[command(hide = true)]
     DropStream {
@@ -118,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             run(args.common, &parts, args.invocation, Some(args.report)).await
         }
         Bench::Audit(args) => audit::run(args).await,
+        Bench::Anonymous(args) => anonymous::run(args).await,
         Bench::DropStream { nats_url, stream } => system::drop_stream(&nats_url, &stream).await,
     }
 }

@@ -1,5 +1,5 @@
-//! `linkctl demo`: the help page's two linking flows, then both ways of unlinking, against a
-//! running system, printing each step.
+//! `linkctl demo`: the help page's two linking flows, then both ways of unlinking, then
+//! containment (every device in one call), against a running system, printing each step.
 #![allow(clippy::print_stdout, reason = "the demo narrates to the terminal")]
 
 use anyhow::Context as _;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::client::{Clients, bearer, format_time};
 use crate::dev::DevKeys;
 
+mod containment;
 mod qr;
 
 const CODE: &str = "482913";
@@ -28,8 +29,11 @@ impl Steps {
 
 /// Runs the demo with fresh account and device ids.
 pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
-    let account = format!("demo-{}", &Uuid::new_v4().simple().to_string()[..8]);
-    let serial = "LT-MOBILE-0001";
+    let run_id = Uuid::new_v4().simple().to_string();
+    let account = format!("demo-{}", &run_id[..8]);
+    // A product of this run's own: LuxTrust authentications are rate-limited per serial, and the
+    // demo may run again at once.
+    let serial = &format!("LT-MOBILE-{}", &run_id[..8]);
     let system = keys.system_token()?;
     let mut steps = Steps::default();
 
@@ -211,6 +215,7 @@ pub async fn run(mut clients: Clients, keys: &DevKeys) -> anyhow::Result<()> {
 
     steps.next("The device list, read again from the read side.");
     list_devices(&mut clients, keys, &account, &unlinked.consistency_token).await?;
+    containment::run(&mut clients, keys, &account, serial, &mut steps).await?;
     println!("\nDone: account {account}, devices {phone} and {tablet}.");
     println!("Every step above is an event in the command database's `events` table.");
     Ok(())

@@ -144,12 +144,8 @@ enum Rpc {
     },
     #[command(flatten)]
     Qr(linkctl::qr::Command),
-    /// PortalService.UnlinkDevices (needs a re-authenticated citizen token).
-    UnlinkDevices {
-        /// Device ids to unlink.
-        #[arg(required = true)]
-        device_ids: Vec<String>,
-    },
+    #[command(flatten)]
+    Unlink(linkctl::unlink::Command),
     /// DeviceService.StartLink.
     StartLink {
         #[arg(long)]
@@ -275,7 +271,7 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             match error.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("error: {:?}: {}", status.code(), status.message()),
+                Some(status) => eprintln!("error: {}", linkctl::errors::describe(status)),
                 None => eprintln!("error: {error:#}"),
             }
             std::process::ExitCode::FAILURE
@@ -459,20 +455,9 @@ async fn call(
             let out = &mut std::io::stdout();
             linkctl::qr::run(&mut clients.portal, command, token, request_id, out).await?;
         }
-        Rpc::UnlinkDevices { device_ids } => {
-            let request = v1::UnlinkDevicesRequest {
-                device_ids,
-                request_id,
-                ..Default::default()
-            };
-            println!(
-                "{:#?}",
-                clients
-                    .portal
-                    .unlink_devices(bearer(request, token)?)
-                    .await?
-                    .into_inner()
-            );
+        Rpc::Unlink(command) => {
+            let out = &mut std::io::stdout();
+            linkctl::unlink::run(&mut clients.portal, command, token, request_id, out).await?;
         }
         Rpc::StartLink {
             device_id,

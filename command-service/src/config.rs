@@ -67,6 +67,9 @@ pub struct Settings {
     pub nats_url: String,
     /// The JetStream stream events are published to (`LINKD_STREAM`, default `LINKD_EVENTS`).
     pub stream: String,
+    /// The stream's bounds (`LINKD_STREAM_MAX_AGE_DAYS`, default 30; `LINKD_STREAM_MAX_BYTES`,
+    /// default 10 GiB).
+    pub stream_limits: crate::relay::StreamLimits,
     /// Subject prefix (`LINKD_SUBJECT_PREFIX`, default `linkd.events`).
     pub subject_prefix: String,
     /// Whether this instance runs the relay (`LINKD_RELAY`, default `on`; one leader is elected
@@ -160,9 +163,33 @@ impl Settings {
             nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
+            stream_limits: stream_limits(&env)?,
             relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
     }
+}
+
+/// `LINKD_STREAM_MAX_AGE_DAYS` and `LINKD_STREAM_MAX_BYTES`.
+fn stream_limits<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<crate::relay::StreamLimits, ConfigError> {
+    let days = env.number("LINKD_STREAM_MAX_AGE_DAYS", 30)?;
+    if !(1..=3650).contains(&days) {
+        return Err(ConfigError::invalid(
+            "LINKD_STREAM_MAX_AGE_DAYS",
+            "must be between 1 and 3650",
+        ));
+    }
+    let max_bytes = i64::try_from(env.number("LINKD_STREAM_MAX_BYTES", 10 << 30)?)
+        .ok()
+        .filter(|bytes| *bytes >= 1 << 20)
+        .ok_or_else(|| {
+            ConfigError::invalid("LINKD_STREAM_MAX_BYTES", "must be at least 1048576 (1 MiB)")
+        })?;
+    Ok(crate::relay::StreamLimits {
+        max_age: Duration::from_secs(days * 24 * 3600),
+        max_bytes,
+    })
 }
 
 /// `LINKD_QR_CONFIRMATION` and its window.

@@ -46,6 +46,9 @@ pub(crate) struct RelaySettings {
     pub(crate) stream: String,
     /// Subjects are `<prefix>.<aggregate_type>.<EventType>`.
     pub(crate) subject_prefix: String,
+    /// The stream's bounds: messages older than this, or beyond this many bytes, are dropped
+    /// oldest first (the event store keeps everything; `republish` restores the stream).
+    pub(crate) limits: StreamLimits,
     /// How long to wait for new events when notifications are quiet.
     pub(crate) poll_interval: Duration,
     /// Changes when this process commits events (see [`announce`] for the other processes').
@@ -80,22 +83,48 @@ pub(crate) async fn run(pool: PgPool, database_url: String, settings: RelaySetti
     service_kit::restarting("relay", || lead(&pool, &database_url, &settings)).await;
 }
 
+/// The bounds of the stream (`LINKD_STREAM_MAX_AGE_DAYS`, `LINKD_STREAM_MAX_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Messages older than this are dropped.
+    pub max_age: Duration,
+    /// Beyond this many bytes, the oldest messages are dropped.
+    pub max_bytes: i64,
+}
+
 /// Creates the stream if it does not exist (all subjects under the prefix, 2-minute duplicate
-/// window, file storage).
+/// window, file storage, the configured bounds), and brings an existing stream's bounds to the
+/// configured ones.
 pub(crate) async fn ensure_stream(
     context: &jetstream::Context,
     settings: &RelaySettings,
 ) -> anyhow::Result<stream::Stream> {
-    context
-        .get_or_create_stream(stream::Config {
-            name: settings.stream.clone(),
-            subjects: vec![format!("{}.>", settings.subject_prefix)],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+    let config = stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        max_age: settings.limits.max_age,
+        max_bytes: settings.limits.max_bytes,
+        ..Default::default()
+    };
+    let mut stream = context
+        .get_or_create_stream(config.clone())
         .await
-        .with_context(|| format!("creating or opening stream {}", settings.stream))
+        .with_context(|| format!("creating or opening stream {}", settings.stream))?;
+    let current = &stream.info().await?.config;
+    if current.max_age != config.max_age || current.max_bytes != config.max_bytes {
+        let mut updated = current.clone();
+        updated.max_age = config.max_age;
+        updated.max_bytes = config.max_bytes;
+        context
+            .update_stream(updated)
+            .await
+            .with_context(|| format!("updating the bounds of stream {}", settings.stream))?;
+        tracing::info!(limits = ?settings.limits, "stream bounds updated");
+        stream = context.get_stream(&settings.stream).await?;
+    }
+    Ok(stream)
 }
 
 /// One term as leader (returns `Ok` if another instance leads).

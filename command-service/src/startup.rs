@@ -170,6 +170,7 @@ impl Application {
                 nats_url: self.settings.nats_url.clone(),
                 stream: self.settings.stream.clone(),
                 subject_prefix: self.settings.subject_prefix.clone(),
+                limits: self.settings.stream_limits,
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
                 leading,

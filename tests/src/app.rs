@@ -176,7 +176,13 @@ impl TestApp {
         adjust: impl FnOnce(&mut Settings),
         crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     ) {
-        self.command.take();
+        // Gracefully: the old instance's relay and sweeper are its own tasks, which only a
+        // graceful stop ends (dropping the server alone would leave its relay leading).
+        if let Some(command) = self.command.take() {
+            command
+                .stop_gracefully(std::time::Duration::from_secs(10))
+                .await;
+        }
         adjust(&mut self.settings);
         let command = run_command_service(self.settings.clone(), crash_point).await;
         self.portal = PortalServiceClient::new(command.channel.clone());

@@ -33,6 +33,10 @@ pub fn test_settings(database_url: String) -> Settings {
         trusted_proxy_hops: 0,
         max_qr_watches: 200,
         hash_capacity: 32,
+        stream_limits: command_service::relay::StreamLimits {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: 1 << 30,
+        },
         max_devices_per_account: 100,
         rate_limits: generous_rate_limits(),
         nats_url: nats_url(),
