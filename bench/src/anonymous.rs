@@ -36,35 +36,88 @@ pub(crate) struct AnonymousArgs {
 
 /// Runs the measurement on a scratch database and stream, removed afterwards.
 pub(crate) async fn run(args: AnonymousArgs) -> anyhow::Result<()> {
-    let name = format!("linkd_bench_anon_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&args.admin_db).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await?;
-    let url = match args.admin_db.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => anyhow::bail!("--admin-db must end with a database name"),
-    };
-    let stream = format!("BENCH_ANON_{}", uuid::Uuid::new_v4().simple());
-    let outcome = measure(&args, &url, &stream).await;
-    let _ = crate::system::drop_stream(&args.nats_url, &stream).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let scratch = Scratch::start(
+        &args.admin_db,
+        &args.nats_url,
+        &args.keys,
+        &[("LINKD_TRUSTED_PROXY_HOPS", "1")],
+    )
+    .await?;
+    let outcome = measure(&args, &scratch).await;
+    scratch.finish().await?;
     outcome
 }
 
-async fn measure(args: &AnonymousArgs, url: &str, stream: &str) -> anyhow::Result<()> {
-    let files = linkctl::dev::KeyFiles::in_dir(&args.keys);
-    let prefix = format!("bench.anon.{}", uuid::Uuid::new_v4().simple());
-    let settings = settings(url, &files, &args.nats_url, stream, &prefix)?;
-    let app = Application::build(settings).await?;
-    let addr = app.local_addr();
-    let pool = app.pool();
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
+/// An in-process command service on a scratch database and stream of its own (`extra`: settings
+/// beyond the defaults), removed by [`Scratch::finish`].
+pub(crate) struct Scratch {
+    admin: sqlx::PgConnection,
+    database: String,
+    nats_url: String,
+    /// The scratch stream.
+    pub(crate) stream: String,
+    /// Its address, as a URL.
+    pub(crate) url: String,
+    /// Its database.
+    pub(crate) pool: sqlx::PgPool,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Scratch {
+    /// Creates the database and starts the service.
+    pub(crate) async fn start(
+        admin_db: &str,
+        nats_url: &str,
+        keys: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let database = format!("linkd_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(admin_db).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&mut admin)
+            .await?;
+        let url = match admin_db.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{database}"),
+            None => anyhow::bail!("--admin-db must end with a database name"),
+        };
+        let stream = format!("BENCH_{}", uuid::Uuid::new_v4().simple());
+        let files = linkctl::dev::KeyFiles::in_dir(keys);
+        let prefix = format!("bench.{}", uuid::Uuid::new_v4().simple());
+        let app =
+            Application::build(settings(&url, &files, nats_url, &stream, &prefix, extra)?).await?;
+        let addr = app.local_addr();
+        let pool = app.pool();
+        let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+        Ok(Self {
+            admin,
+            database,
+            nats_url: nats_url.to_owned(),
+            stream,
+            url: format!("http://{addr}"),
+            pool,
+            server,
+        })
+    }
+
+    /// Stops the service and removes its database and stream.
+    pub(crate) async fn finish(mut self) -> anyhow::Result<()> {
+        self.server.abort();
+        self.pool.close().await;
+        let _ = crate::system::drop_stream(&self.nats_url, &self.stream).await;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        ))
+        .execute(&mut self.admin)
         .await?;
+        Ok(())
+    }
+}
+
+async fn measure(args: &AnonymousArgs, scratch: &Scratch) -> anyhow::Result<()> {
+    let stream = scratch.stream.as_str();
+    let pool = scratch.pool.clone();
+    let channel = Channel::from_shared(scratch.url.clone())?.connect().await?;
     let device = DeviceServiceClient::new(channel);
     let nats = jetstream::new(async_nats::connect(&args.nats_url).await?);
 
@@ -101,7 +154,6 @@ async fn measure(args: &AnonymousArgs, url: &str, stream: &str) -> anyhow::Resul
          JetStream's byte count. The projection service adds one audit row and guard rows per \
          event on its side. Spent rate-limit rows are swept within a minute of their period."
     );
-    server.abort();
     Ok(())
 }
 
@@ -210,8 +262,9 @@ fn settings(
     nats_url: &str,
     stream: &str,
     prefix: &str,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<command_service::Settings> {
-    let env = std::collections::HashMap::from([
+    let mut env = std::collections::HashMap::from([
         ("LINKD_COMMAND_DATABASE_URL", url.to_owned()),
         ("LINKD_COMMAND_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         (
@@ -231,8 +284,10 @@ fn settings(
         ("LINKD_NATS_URL", nats_url.to_owned()),
         ("LINKD_STREAM", stream.to_owned()),
         ("LINKD_SUBJECT_PREFIX", prefix.to_owned()),
-        ("LINKD_TRUSTED_PROXY_HOPS", "1".to_owned()),
     ]);
+    for (key, value) in extra {
+        env.insert(key, (*value).to_owned());
+    }
     let settings = command_service::Settings::from_lookup(|key| env.get(key).cloned())
         .context("the command service's settings")?;
     Ok(settings)

@@ -9,7 +9,9 @@
 //! - `suite`: the three in that order, and the Markdown report in `docs/performance.md`;
 //! - `audit`: the audit log at 1,000,000 events (an in-process projection service of its own);
 //! - `anonymous`: storage written by anonymous `StartLink` calls under the default rate limits
-//!   (an in-process command service of its own).
+//!   (an in-process command service of its own);
+//! - `hammer`: one device's `VerifySecretCode` loops against other accounts' links, with the
+//!   others' latencies and the memory (an in-process command service of its own).
 #![allow(clippy::print_stdout, reason = "a benchmark prints its figures")]
 
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ mod ceiling;
 mod closed;
 mod config;
 mod growth;
+mod hammer;
 mod lag;
 mod load;
 mod machine;
@@ -52,6 +55,8 @@ enum Bench {
     Audit(audit::AuditArgs),
     /// Storage written by anonymous StartLink calls under the default rate limits.
     Anonymous(anonymous::AnonymousArgs),
+    /// One device's VerifySecretCode loops against other accounts' links: latencies and memory.
+    Hammer(hammer::HammerArgs),
     /// Deletes a stream if it exists (`scripts/bench.sh` tears its scratch stream down with it).
     #[command(hide = true)]
     DropStream {
@@ -124,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Audit(args) => audit::run(args).await,
         Bench::Anonymous(args) => anonymous::run(args).await,
+        Bench::Hammer(args) => hammer::run(args).await,
         Bench::DropStream { nats_url, stream } => system::drop_stream(&nats_url, &stream).await,
     }
 }

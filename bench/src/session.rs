@@ -73,7 +73,17 @@ async fn bounded<T>(call: impl Future<Output = Result<T, tonic::Status>>) -> Res
 impl Session {
     /// Opens this session's connections.
     pub(crate) async fn connect(target: &Target, keys: Arc<DevKeys>) -> anyhow::Result<Self> {
-        let grpc = Clients::connect(&target.addr, &target.query_addr).await?;
+        Self::connect_at(&target.addr, &target.query_addr, keys).await
+    }
+
+    /// A session against the command service at `addr` and the projection service at
+    /// `query_addr`.
+    pub(crate) async fn connect_at(
+        addr: &str,
+        query_addr: &str,
+        keys: Arc<DevKeys>,
+    ) -> anyhow::Result<Self> {
+        let grpc = Clients::connect(addr, query_addr).await?;
         Ok(Self {
             grpc,
             keys,
