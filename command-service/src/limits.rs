@@ -22,34 +22,11 @@ use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
 use crate::error::CommandError;
 
-/// A burst of `burst` calls, then one per `period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Calls allowed at once.
-    pub burst: u32,
-    /// The time one call's allowance takes to come back.
-    pub period: Duration,
-}
-
-impl Rate {
-    const fn new(burst: u32, seconds: u64) -> Self {
-        Self {
-            burst,
-            period: Duration::from_secs(seconds),
-        }
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}s", self.burst, self.period.as_secs())
-    }
-}
+pub use service_kit::ratelimit::Rate;
 
 /// The limited calls, each with what it is counted by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -175,30 +152,8 @@ impl Policy {
                 .into_iter()
                 .find(|rule| rule.name() == name.trim())
                 .ok_or_else(|| format!("{name:?} is not a rule (see the README)"))?;
-            let (burst, seconds) = rate
-                .trim()
-                .split_once('/')
-                .ok_or_else(|| format!("{entry:?}: expected rule=burst/seconds"))?;
-            let burst: u32 = burst
-                .parse()
-                .ok()
-                .filter(|b| *b > 0)
-                .ok_or_else(|| format!("{entry:?}: the burst must be a positive number"))?;
-            let seconds: u64 = seconds
-                .trim_end_matches('s')
-                .parse()
-                .ok()
-                .filter(|s| *s > 0)
-                .ok_or_else(|| {
-                    format!("{entry:?}: the period must be a positive number of seconds")
-                })?;
-            policy.0.insert(
-                rule,
-                Rate {
-                    burst,
-                    period: Duration::from_secs(seconds),
-                },
-            );
+            let rate = Rate::parse(rate).map_err(|reason| format!("{name}: {reason}"))?;
+            policy.0.insert(rule, rate);
         }
         Ok(policy)
     }
@@ -267,43 +222,9 @@ impl RateLimits {
 
     /// Counts a call of `rule` for `key`, across every instance.
     pub(crate) async fn by_key(&self, rule: Rule, key: &str) -> Result<(), CommandError> {
-        let rate = self.policy.rate(rule);
-        let hashed = Sha256::digest(format!("{}\0{key}", rule.name()).as_bytes()).to_vec();
-        let period = rate.period.as_secs_f64();
-        let tolerance = period * f64::from(rate.burst);
-        // GCRA: the call is allowed if, counting it, the theoretical arrival time stays within
-        // burst × period of now.
-        let allowed: Option<(i32,)> = sqlx::query_as(
-            "INSERT INTO rate_limits AS r (key, tat) \
-             VALUES ($1, clock_timestamp() + make_interval(secs => $2)) \
-             ON CONFLICT (key) DO UPDATE \
-               SET tat = GREATEST(r.tat, clock_timestamp()) + make_interval(secs => $2) \
-               WHERE GREATEST(r.tat, clock_timestamp()) + make_interval(secs => $2) \
-                     <= clock_timestamp() + make_interval(secs => $3) \
-             RETURNING 1",
-        )
-        .bind(&hashed)
-        .bind(period)
-        .bind(tolerance)
-        .fetch_optional(&self.pool)
-        .await?;
-        if allowed.is_some() {
-            return Ok(());
-        }
-        let wait: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(0, EXTRACT(EPOCH FROM (GREATEST(tat, clock_timestamp()) \
-               + make_interval(secs => $2) - make_interval(secs => $3) - clock_timestamp())))::float8 \
-             FROM rate_limits WHERE key = $1",
-        )
-        .bind(&hashed)
-        .bind(period)
-        .bind(tolerance)
-        .fetch_optional(&self.pool)
-        .await?;
-        Err(refused(
-            rule,
-            Duration::from_secs_f64(wait.unwrap_or(period).max(0.0)),
-        ))
+        service_kit::ratelimit::take(&self.pool, rule.name(), key, self.policy.rate(rule))
+            .await?
+            .map_err(|wait| refused(rule, wait))
     }
 
     /// Forgets addresses whose allowance is whole again (called by the sweeper), so that the
@@ -318,12 +239,7 @@ impl RateLimits {
 
 /// Removes spent keyed limits (their allowance is whole again).
 pub async fn sweep(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM rate_limits WHERE tat < clock_timestamp()")
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    )
+    service_kit::ratelimit::sweep(pool).await
 }
 
 fn quota(rate: Rate) -> Quota {
@@ -346,10 +262,8 @@ fn subscriber(address: IpAddr) -> IpAddr {
 }
 
 fn refused(rule: Rule, wait: Duration) -> CommandError {
-    // Round up to whole seconds for the message; RetryInfo carries the exact delay.
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     CommandError::RateLimited {
-        message: format!("too many calls ({}); retry in {seconds} s", rule.name()),
+        message: service_kit::ratelimit::refusal_message(rule.name(), wait),
         retry_in: wait.max(Duration::from_millis(1)),
     }
 }

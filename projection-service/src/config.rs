@@ -35,6 +35,8 @@ pub struct Settings {
     pub idp_max_token_lifetime: Duration,
     /// Maximum age of `auth_time` for the device list (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300).
     pub reauth_max_age: Duration,
+    /// Rate limits on the queries (`LINKD_QUERY_RATE_LIMITS`: overrides, `rule=burst/seconds,…`).
+    pub query_rate_limits: crate::limits::QueryLimits,
     /// How much the gRPC server takes on (`LINKD_MAX_CONCURRENT_CALLS`, `LINKD_CALL_TIMEOUT_SECONDS`).
     pub grpc_limits: service_kit::grpc::Limits,
     /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
@@ -119,6 +121,10 @@ impl Settings {
             idp_max_token_lifetime: env.seconds("LINKD_IDP_MAX_TOKEN_LIFETIME_SECONDS", 3600)?,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
             grpc_limits: env.grpc_limits()?,
+            query_rate_limits: crate::limits::QueryLimits::parse(
+                &env.or("LINKD_QUERY_RATE_LIMITS", ""),
+            )
+            .map_err(|reason| ConfigError::invalid("LINKD_QUERY_RATE_LIMITS", reason))?,
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
             email_enabled: env.switch("LINKD_EMAIL", true)?,

@@ -32,6 +32,19 @@ pub(crate) struct Queries {
     pub(crate) idp: KeySet,
     /// Maximum age of `auth_time`.
     pub(crate) reauth_max_age: Duration,
+    /// Rate limits on the queries.
+    pub(crate) limits: crate::limits::QueryLimits,
+}
+
+impl Queries {
+    /// Counts a query of `rule` by `caller` (RESOURCE_EXHAUSTED past its limit).
+    pub(crate) async fn admit(
+        &self,
+        rule: crate::limits::QueryRule,
+        caller: &str,
+    ) -> Result<(), crate::status::QueryError> {
+        self.limits.admit(&self.pool, rule, caller).await
+    }
 }
 
 impl Queries {

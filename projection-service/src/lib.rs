@@ -26,6 +26,7 @@ pub mod config;
 pub mod consumer;
 pub mod email;
 mod grpc;
+pub mod limits;
 pub mod projections;
 mod read;
 pub mod rebuild;

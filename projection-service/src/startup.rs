@@ -75,6 +75,7 @@ impl Application {
             pool: pool.clone(),
             idp,
             reauth_max_age: settings.reauth_max_age,
+            limits: settings.query_rate_limits,
         };
         let event_store = match &settings.event_store_url {
             Some(url) => Some(
@@ -121,6 +122,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let consumer_settings = self.settings.consumers();
+        let limits_sweeper =
+            tokio::spawn(crate::limits::sweep_every_minute(self.queries.pool.clone()));
         let devices = tokio::spawn(
             consumer::run(self.worker_pool.clone(), consumer_settings.clone(), Devices)
                 .instrument(tracing::info_span!("consumer", projector = "devices")),
@@ -161,6 +164,7 @@ impl Application {
             )
             .serve(self.listener, shutdown)
             .await;
+        limits_sweeper.abort();
         devices.abort();
         notifications.abort();
         audit_log.abort();

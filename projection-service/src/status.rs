@@ -5,6 +5,7 @@
 use std::fmt;
 
 use tonic::Status;
+use tonic_types::StatusExt as _;
 
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,14 @@ pub(crate) enum QueryError {
         /// What it said.
         source: sqlx::Error,
     },
+    /// A rate limit: the caller may query again after `retry_in`.
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited, and when to come back.
+        message: String,
+        /// When the next call is allowed.
+        retry_in: std::time::Duration,
+    },
     /// A bug or corrupted data.
     #[error("{database} failed: {source}")]
     Internal {
@@ -129,6 +138,11 @@ pub(crate) fn to_status(error: QueryError) -> Status {
         QueryError::NotFound(_) => Status::not_found(message),
         QueryError::FailedPrecondition(_) => Status::failed_precondition(message),
         QueryError::Behind { .. } => Status::unavailable(message),
+        QueryError::RateLimited { retry_in, .. } => Status::with_error_details(
+            tonic::Code::ResourceExhausted,
+            message,
+            tonic_types::ErrorDetails::with_retry_info(Some(retry_in)),
+        ),
         QueryError::Unavailable { database, source } => {
             tracing::error!(error = %source, %database, "storage unavailable");
             Status::unavailable(format!(

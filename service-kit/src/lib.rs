@@ -15,6 +15,7 @@
 pub mod config;
 pub mod database;
 pub mod grpc;
+pub mod ratelimit;
 pub mod telemetry;
 
 /// Runs `task` for ever: each time it ends it is started again after a pause: 200 ms after a

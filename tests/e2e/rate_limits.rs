@@ -145,3 +145,42 @@ async fn a_luxtrust_serial_is_limited_across_link_attempts() {
     assert!(status.get_details_retry_info().is_some());
     assert_eq!(app.events_of_type("LuxTrustAuthenticated").await, 1);
 }
+
+#[tokio::test]
+async fn the_device_list_and_the_audit_queries_are_limited_per_caller() {
+    // Arrange: a read side of its own with two ListDevices and one audit query per holder.
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    app.register("bob").await;
+    let mut settings =
+        e2e::projection_settings(app.read_database_url(), app.stream.as_ref().unwrap());
+    settings.consumer_prefix = "linkd-test-limited".into();
+    settings.query_rate_limits =
+        projection_service::limits::QueryLimits::parse("list_devices.account=2/5,audit.caller=1/5")
+            .unwrap();
+    let read = e2e::spawn_read_side_with(settings).await;
+    let mut queries = read.queries.clone();
+    let list = |account: &str| {
+        bearer(
+            proto::v1::ListDevicesRequest::default(),
+            &app.citizen(account),
+        )
+    };
+
+    // Act + Assert: the third list is refused with a delay; another holder is not affected.
+    queries.list_devices(list("anna")).await.unwrap();
+    queries.list_devices(list("anna")).await.unwrap();
+    let delay = retry_delay(queries.list_devices(list("anna")).await);
+    queries.list_devices(list("bob")).await.unwrap();
+    let mut audits = proto::v1::audit_service_client::AuditServiceClient::new(read.channel.clone());
+    let history = || {
+        bearer(
+            proto::v1::ListEventsRequest::default(),
+            &app.citizen("anna"),
+        )
+    };
+    audits.list_events(history()).await.unwrap();
+    retry_delay(audits.list_events(history()).await);
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    queries.list_devices(list("anna")).await.unwrap();
+}

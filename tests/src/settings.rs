@@ -65,6 +65,10 @@ pub fn projection_settings(
         idp_max_token_lifetime: Duration::from_secs(3600),
         reauth_max_age: Duration::from_secs(300),
         grpc_limits: service_kit::grpc::Limits::default(),
+        query_rate_limits: projection_service::limits::QueryLimits::parse(
+            "list_devices.account=1000000/1,get_device.account=1000000/1,audit.caller=1000000/1",
+        )
+        .expect("valid query limits"),
         email: projection_service::email::EmailSettings {
             smtp_host: "127.0.0.1".into(),
             smtp_port: 1,

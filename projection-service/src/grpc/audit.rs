@@ -133,31 +133,46 @@ fn event_types(requested: &[String]) -> Result<Vec<String>, QueryError> {
 impl Audits {
     /// The account the caller may read: an auditor names any; a re-authenticated holder only
     /// their own (empty means their own).
-    fn account<T>(&self, request: &Request<T>, requested: &str) -> Result<String, QueryError> {
+    /// The account whose history the caller may read (an auditor names it; a holder reads
+    /// their own), once the caller's audit query is counted (RESOURCE_EXHAUSTED past its
+    /// limit; an auditor is counted as themself, a holder as their account).
+    async fn account<T>(
+        &self,
+        request: &Request<T>,
+        requested: &str,
+    ) -> Result<String, QueryError> {
         let claims = self.queries.claims(request)?;
         let requested = match requested {
             "" => None,
             raw => Some(super::account_id("account_id", raw)?),
         };
-        if claims.roles.iter().any(|role| role == AUDITOR_ROLE) {
-            return requested.ok_or_else(|| {
+        let (account, caller) = if claims.roles.iter().any(|role| role == AUDITOR_ROLE) {
+            let account = requested.ok_or_else(|| {
                 QueryError::InvalidArgument("account_id is required for auditors".into())
-            });
-        }
-        let own = self.queries.reauthenticated(&claims)?;
-        if requested.is_some_and(|requested| requested != own) {
-            return Err(QueryError::PermissionDenied(
-                "an account holder may only read their own history".into(),
-            ));
-        }
-        Ok(own)
+            })?;
+            (account, format!("auditor:{}", claims.sub))
+        } else {
+            let own = self.queries.reauthenticated(&claims)?;
+            if requested.is_some_and(|requested| requested != own) {
+                return Err(QueryError::PermissionDenied(
+                    "an account holder may only read their own history".into(),
+                ));
+            }
+            (own.clone(), own)
+        };
+        self.queries
+            .admit(crate::limits::QueryRule::Audit, &caller)
+            .await?;
+        Ok(account)
     }
 
     async fn list(
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<ListEventsResponse, QueryError> {
-        let account = self.account(&request, &request.get_ref().account_id)?;
+        let account = self
+            .account(&request, &request.get_ref().account_id)
+            .await?;
         let body = request.into_inner();
         if !body.device_id.is_empty() && uuid::Uuid::try_parse(&body.device_id).is_err() {
             return Err(QueryError::InvalidArgument(
@@ -219,7 +234,9 @@ impl Audits {
         &self,
         request: Request<DevicesAtRequest>,
     ) -> Result<DevicesAtResponse, QueryError> {
-        let account = self.account(&request, &request.get_ref().account_id)?;
+        let account = self
+            .account(&request, &request.get_ref().account_id)
+            .await?;
         let at = time("at", request.get_ref().at.as_ref())?
             .ok_or_else(|| QueryError::InvalidArgument("at is required".into()))?;
         let linked = audit::linked_at(&self.queries.pool, &account, at).await?;
@@ -232,7 +249,9 @@ impl Audits {
         &self,
         request: Request<VerifyHistoryRequest>,
     ) -> Result<VerifyHistoryResponse, QueryError> {
-        let account = self.account(&request, &request.get_ref().account_id)?;
+        let account = self
+            .account(&request, &request.get_ref().account_id)
+            .await?;
         let store = self.event_store.as_ref().ok_or_else(|| {
             QueryError::FailedPrecondition(
                 "this projection service has no access to the event store (LINKD_EVENT_STORE_URL)"
@@ -287,6 +306,7 @@ impl AuditService for Audits {
     ) -> Result<Response<Self::ExportHistoryStream>, Status> {
         let account = self
             .account(&request, &request.get_ref().account_id)
+            .await
             .map_err(to_status)?;
         let filter = Filter {
             account,

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::{Queries, deadline, next_page_token, page_size};
+use crate::limits::QueryRule;
 use crate::read::devices::{self, DeviceRow};
 use crate::status::{QueryError, to_status};
 
@@ -95,6 +96,7 @@ impl Queries {
         request: Request<ListDevicesRequest>,
     ) -> Result<ListDevicesResponse, QueryError> {
         let account_id = self.reauthenticated(&self.claims(&request)?)?;
+        self.admit(QueryRule::ListDevices, &account_id).await?;
         let wait = deadline(&request);
         let body = request.into_inner();
         let page_size = page_size(body.page_size, 20, 100)?;
@@ -116,6 +118,7 @@ impl Queries {
 
     async fn get(&self, request: Request<GetDeviceRequest>) -> Result<DeviceView, QueryError> {
         let account_id = self.reauthenticated(&self.claims(&request)?)?;
+        self.admit(QueryRule::GetDevice, &account_id).await?;
         let wait = deadline(&request);
         let body = request.into_inner();
         let device_id = Uuid::try_parse(&body.device_id)
