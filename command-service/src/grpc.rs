@@ -5,26 +5,36 @@
 //! status (`status`).
 
 /// Serves one RPC: `$translate(&app, &call, &body)` under the request log, mapped to a gRPC
-/// response or status.
+/// response or status. The call runs to its end in a task of its own: a client that goes away,
+/// or the server's call timeout, stops the waiting for the answer, never the work halfway (the
+/// answer is still recorded for a retry with the same `request_id`; ADR 0012).
 macro_rules! idempotent {
     ($api:expr, $request:expr, $method:literal, $translate:ident) => {{
-        let api = &$api;
+        let api: $crate::grpc::Api = ($api).clone();
         let call = api.call_of(&$request);
         let body = $request.into_inner();
-        let credentials = call.bearer.clone().unwrap_or_default();
-        let scope = $crate::grpc::Scoped::scope(&body, &credentials).to_owned();
-        api.requests
-            .run(
-                $method,
-                &body.request_id,
-                &scope,
-                &credentials,
-                &body,
-                || $translate(&api.app, &call, &body),
-            )
-            .await
-            .map(tonic::Response::new)
-            .map_err($crate::status::to_status)
+        let work = async move {
+            let credentials = call.bearer.clone().unwrap_or_default();
+            let scope = $crate::grpc::Scoped::scope(&body, &credentials).to_owned();
+            api.requests
+                .run(
+                    $method,
+                    &body.request_id,
+                    &scope,
+                    &credentials,
+                    &body,
+                    || $translate(&api.app, &call, &body),
+                )
+                .await
+        };
+        match tokio::spawn(tracing::Instrument::in_current_span(work)).await {
+            Ok(answer) => answer
+                .map(tonic::Response::new)
+                .map_err($crate::status::to_status),
+            Err(_) => Err($crate::status::to_status(
+                $crate::error::CommandError::Internal("the call's task failed".into()),
+            )),
+        }
     }};
 }
 

@@ -203,15 +203,17 @@ impl RateLimits {
         }
     }
 
-    /// Counts a call of `rule` from `address` (no address known: not counted).
+    /// Counts a call of `rule` from `address`. Calls whose address is unknown (a proxy header
+    /// too short or garbled) all count as one address, so that they cannot slip past the limit.
     pub(crate) fn by_address(
         &self,
         rule: Rule,
         address: Option<IpAddr>,
     ) -> Result<(), CommandError> {
-        let (Some(address), Some(limiter)) = (address, self.by_address.get(&rule)) else {
+        let Some(limiter) = self.by_address.get(&rule) else {
             return Ok(());
         };
+        let address = address.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
         limiter
             .check_key(&subscriber(address))
             .map_err(|not_until| {

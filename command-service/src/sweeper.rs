@@ -49,6 +49,18 @@ pub async fn sweep(pool: &PgPool, abandoned_after: Duration) -> Result<Swept, sq
     .execute(pool)
     .await?
     .rows_affected();
+    // Rows an older instance claimed without naming their account (during a rolling upgrade):
+    // the device cap and containment count links by account.
+    sqlx::query(
+        "UPDATE device_credentials c SET account_id = ( \
+             SELECT e.payload -> 'DeviceLinked' ->> 'account_id' FROM events e \
+             WHERE e.aggregate_type = 'device' AND e.aggregate_id = c.device_id::text \
+             AND e.event_type = 'DeviceLinked' \
+             AND e.payload -> 'DeviceLinked' ->> 'link_id' = c.link_id::text LIMIT 1) \
+         WHERE c.account_id IS NULL",
+    )
+    .execute(pool)
+    .await?;
     Ok(Swept {
         bearer_tokens,
         replays,

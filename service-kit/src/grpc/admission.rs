@@ -1,9 +1,10 @@
 //! Admission: how much a server takes on. At most [`Limits::concurrent_calls`] calls are in
 //! progress at once in one server; a call beyond is answered `RESOURCE_EXHAUSTED` at once, with
 //! a `google.rpc.RetryInfo`, instead of queueing without bound. A call whose answer is not ready
-//! within [`Limits::call_timeout`] is answered `DEADLINE_EXCEEDED` and its work dropped at its
-//! next await point (linkd's use cases are written to survive a crash at any await point, which
-//! a dropped call is no worse than; a call's `request_id` stays "in progress" for two minutes).
+//! within [`Limits::call_timeout`] is answered `DEADLINE_EXCEEDED`; its outcome is then unknown to
+//! the client. (The command service runs each call in a task of its own, so the work itself goes
+//! on to its end and its answer is recorded for a retry with the same `request_id`; the
+//! queries are reads, dropped harmlessly.)
 //!
 //! A streaming answer counts until its headers are sent (`WatchLinkQr` streams are bounded by
 //! their own limit).
@@ -106,8 +107,9 @@ where
             answer.unwrap_or_else(|_| {
                 tracing::warn!(?call_timeout, "call timed out");
                 Ok(Status::deadline_exceeded(format!(
-                    "the call took longer than the server's limit of {} s; retry it (with the \
-                     same request_id, a finished call answers as it did)",
+                    "the call took longer than the server's limit of {} s; its outcome is \
+                     unknown: retry it with the same request_id (ABORTED while it still runs, \
+                     then its first answer)",
                     call_timeout.as_secs()
                 ))
                 .into_http())
