@@ -23,26 +23,27 @@ pub(crate) struct AnonymousArgs {
     /// Addresses the second run spreads its calls over.
     #[arg(long, default_value_t = 1_000)]
     addresses: usize,
+    #[command(flatten)]
+    scratch: ScratchArgs,
+}
+
+/// Where a scratch command service is started.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ScratchArgs {
     /// The server the scratch database is created on.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     admin_db: String,
     /// The NATS server (a scratch stream is created and deleted).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    pub(crate) nats_url: String,
     /// Development keys (`linkctl dev keys`).
     #[arg(long, default_value = ".dev/keys")]
-    keys: std::path::PathBuf,
+    pub(crate) keys: std::path::PathBuf,
 }
 
 /// Runs the measurement on a scratch database and stream, removed afterwards.
 pub(crate) async fn run(args: AnonymousArgs) -> anyhow::Result<()> {
-    let scratch = Scratch::start(
-        &args.admin_db,
-        &args.nats_url,
-        &args.keys,
-        &[("LINKD_TRUSTED_PROXY_HOPS", "1")],
-    )
-    .await?;
+    let scratch = Scratch::start(&args.scratch, &[("LINKD_TRUSTED_PROXY_HOPS", "1")]).await?;
     let outcome = measure(&args, &scratch).await;
     scratch.finish().await?;
     outcome
@@ -65,12 +66,8 @@ pub(crate) struct Scratch {
 
 impl Scratch {
     /// Creates the database and starts the service.
-    pub(crate) async fn start(
-        admin_db: &str,
-        nats_url: &str,
-        keys: &std::path::Path,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
+    pub(crate) async fn start(args: &ScratchArgs, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let (admin_db, nats_url, keys) = (&args.admin_db, &args.nats_url, &args.keys);
         let database = format!("linkd_bench_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(admin_db).await?;
         sqlx::query(&format!("CREATE DATABASE \"{database}\""))
@@ -119,7 +116,7 @@ async fn measure(args: &AnonymousArgs, scratch: &Scratch) -> anyhow::Result<()> 
     let pool = scratch.pool.clone();
     let channel = Channel::from_shared(scratch.url.clone())?.connect().await?;
     let device = DeviceServiceClient::new(channel);
-    let nats = jetstream::new(async_nats::connect(&args.nats_url).await?);
+    let nats = jetstream::new(async_nats::connect(&args.scratch.nats_url).await?);
 
     println!("## Anonymous StartLink: storage under the default rate limits\n");
     println!(

@@ -12,7 +12,7 @@ use linkctl::client::bearer;
 use linkctl::dev::DevKeys;
 use proto::v1;
 
-use crate::anonymous::Scratch;
+use crate::anonymous::{Scratch, ScratchArgs};
 use crate::session::Session;
 
 /// The load.
@@ -27,15 +27,8 @@ pub(crate) struct HammerArgs {
     /// How long the hammer runs.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    /// The server the scratch database is created on.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    admin_db: String,
-    /// The NATS server (a scratch stream is created and deleted).
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// Development keys (`linkctl dev keys`).
-    #[arg(long, default_value = ".dev/keys")]
-    keys: std::path::PathBuf,
+    #[command(flatten)]
+    scratch: ScratchArgs,
 }
 
 /// Every rule of the rate limits, lifted.
@@ -49,9 +42,7 @@ const NO_RATE_LIMITS: &str = "start_link.address=1000000/1,start_link.device=100
 /// Runs the hammer on a scratch service.
 pub(crate) async fn run(args: HammerArgs) -> anyhow::Result<()> {
     let scratch = Scratch::start(
-        &args.admin_db,
-        &args.nats_url,
-        &args.keys,
+        &args.scratch,
         &[
             ("LINKD_RATE_LIMITS", NO_RATE_LIMITS),
             ("LINKD_RELAY", "off"),
@@ -64,7 +55,7 @@ pub(crate) async fn run(args: HammerArgs) -> anyhow::Result<()> {
 }
 
 async fn hammer(args: &HammerArgs, scratch: &Scratch) -> anyhow::Result<()> {
-    let keys = Arc::new(DevKeys::load(&args.keys)?);
+    let keys = Arc::new(DevKeys::load(&args.scratch.keys)?);
     let mut session = Session::connect_at(&scratch.url, &scratch.url, keys).await?;
     session.register("mallory").await?;
     let mallory = session.link_by_qr("mallory").await?;

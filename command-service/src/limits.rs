@@ -140,20 +140,9 @@ impl Policy {
     /// `start_link.address=40/30s,verify_secret_code.device=20/60s`.
     pub fn parse(overrides: &str) -> Result<Self, String> {
         let mut policy = Self::default();
-        for entry in overrides
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            let (name, rate) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("{entry:?}: expected rule=burst/seconds"))?;
-            let rule = Rule::ALL
-                .into_iter()
-                .find(|rule| rule.name() == name.trim())
-                .ok_or_else(|| format!("{name:?} is not a rule (see the README)"))?;
-            let rate = Rate::parse(rate).map_err(|reason| format!("{name}: {reason}"))?;
-            policy.0.insert(rule, rate);
+        let names = Rule::ALL.map(Rule::name);
+        for (index, rate) in service_kit::ratelimit::parse_overrides(overrides, &names)? {
+            policy.0.insert(Rule::ALL[index], rate);
         }
         Ok(policy)
     }

@@ -59,20 +59,9 @@ impl QueryLimits {
     /// The defaults changed by `overrides` (`rule=burst/seconds,…`).
     pub fn parse(overrides: &str) -> Result<Self, String> {
         let mut limits = Self::default();
-        for entry in overrides
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            let (name, rate) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("{entry:?}: expected rule=burst/seconds"))?;
-            let rule = QueryRule::ALL
-                .into_iter()
-                .find(|rule| rule.name() == name.trim())
-                .ok_or_else(|| format!("{name:?} is not a query rule (see the README)"))?;
-            let rate = Rate::parse(rate).map_err(|reason| format!("{name}: {reason}"))?;
-            match rule {
+        let names = QueryRule::ALL.map(QueryRule::name);
+        for (index, rate) in ratelimit::parse_overrides(overrides, &names)? {
+            match QueryRule::ALL[index] {
                 QueryRule::ListDevices => limits.list_devices = rate,
                 QueryRule::GetDevice => limits.get_device = rate,
                 QueryRule::Audit => limits.audit = rate,

@@ -55,6 +55,30 @@ impl std::fmt::Display for Rate {
     }
 }
 
+/// Parses overrides, `rule=burst/seconds` separated by commas, of the rules named `names`: each
+/// override as (the rule's index in `names`, its rate).
+pub fn parse_overrides(overrides: &str, names: &[&str]) -> Result<Vec<(usize, Rate)>, String> {
+    let mut parsed = Vec::new();
+    for entry in overrides
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (name, rate) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected rule=burst/seconds"))?;
+        let index = names
+            .iter()
+            .position(|known| *known == name.trim())
+            .ok_or_else(|| format!("{name:?} is not a rule; the rules: {}", names.join(", ")))?;
+        parsed.push((
+            index,
+            Rate::parse(rate).map_err(|reason| format!("{name}: {reason}"))?,
+        ));
+    }
+    Ok(parsed)
+}
+
 /// Counts one call of `rule` for `key` at `rate`: `Ok(Ok(()))` if taken, `Ok(Err(wait))` if the
 /// limit is reached (the next call is allowed after `wait`).
 pub async fn take(
