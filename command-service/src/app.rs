@@ -19,6 +19,7 @@ pub(crate) mod auth;
 pub(crate) mod ceremony;
 pub(crate) mod confirmation;
 pub(crate) mod devices;
+pub(crate) mod inactivity;
 pub(crate) mod linking;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -65,6 +66,8 @@ pub(crate) struct Lifetimes {
     pub(crate) reauth_max_age: chrono::Duration,
     /// How long the holder has to confirm a scanned QR code; `None`: no confirmation asked.
     pub(crate) confirmation: Option<chrono::Duration>,
+    /// A device's use is recorded at most this often (`device_credentials.used_at`).
+    pub(crate) use_record_every: chrono::Duration,
 }
 
 /// What a call carries besides its message, as the transport read it.

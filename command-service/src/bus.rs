@@ -258,6 +258,17 @@ fn device_event(event: DeviceEvent) -> Event {
             consecutive_failures,
             at: ts(at),
         }),
+        DeviceEvent::InactivityWarned {
+            link_id,
+            last_used_at,
+            unlink_at,
+            at,
+        } => Event::InactivityWarned(v1::InactivityWarned {
+            link_id: link_id.to_string(),
+            last_used_at: ts(last_used_at),
+            unlink_at: ts(unlink_at),
+            at: ts(at),
+        }),
         DeviceEvent::DeviceUnlinked {
             link_id,
             reason,

@@ -54,6 +54,10 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// The most `WatchLinkQr` streams served at once (`LINKD_MAX_QR_WATCHES`, default 200).
     pub max_qr_watches: usize,
+    /// Unused devices: when they are warned and unlinked, and how often the scheduler looks
+    /// (`LINKD_INACTIVITY_DAYS`, default 180; `LINKD_INACTIVITY_WARNING_DAYS`, default 14;
+    /// `LINKD_LIFECYCLE_EVERY_SECONDS`, default 3600).
+    pub lifecycle: crate::lifecycle::LifecycleSettings,
     /// The most devices one account may link (`LINKD_MAX_DEVICES_PER_ACCOUNT`, default 5).
     pub max_devices_per_account: u32,
     /// Rate limits (`LINKD_RATE_LIMITS`: overrides of the defaults, `rule=burst/seconds,…`).
@@ -136,6 +140,7 @@ impl Settings {
                 .ok_or_else(|| {
                     ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
                 })?,
+            lifecycle: lifecycle(&env)?,
             max_devices_per_account: u32::try_from(env.number("LINKD_MAX_DEVICES_PER_ACCOUNT", 5)?)
                 .ok()
                 .filter(|n| (1..=100).contains(n))
@@ -167,6 +172,33 @@ impl Settings {
             relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
     }
+}
+
+/// `LINKD_INACTIVITY_DAYS`, `LINKD_INACTIVITY_WARNING_DAYS`, `LINKD_LIFECYCLE_EVERY_SECONDS`.
+fn lifecycle<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<crate::lifecycle::LifecycleSettings, ConfigError> {
+    const DAY: u64 = 24 * 3600;
+    let after = env.number("LINKD_INACTIVITY_DAYS", 180)?;
+    let warning = env.number("LINKD_INACTIVITY_WARNING_DAYS", 14)?;
+    if !(2..=3650).contains(&after) || warning == 0 || warning >= after {
+        return Err(ConfigError::invalid(
+            "LINKD_INACTIVITY_WARNING_DAYS",
+            "must be at least 1 and less than LINKD_INACTIVITY_DAYS (2 to 3650)",
+        ));
+    }
+    let every = env.seconds("LINKD_LIFECYCLE_EVERY_SECONDS", 3600)?;
+    if every.is_zero() {
+        return Err(ConfigError::invalid(
+            "LINKD_LIFECYCLE_EVERY_SECONDS",
+            "must be at least 1",
+        ));
+    }
+    Ok(crate::lifecycle::LifecycleSettings {
+        after: Duration::from_secs(after * DAY),
+        warning: Duration::from_secs(warning * DAY),
+        every,
+    })
 }
 
 /// `LINKD_STREAM_MAX_AGE_DAYS` and `LINKD_STREAM_MAX_BYTES`.

@@ -217,13 +217,19 @@ impl Credentials {
         .await?)
     }
 
-    /// Records that link `link_id`'s device was used (at most once a minute, to spare writes).
-    pub(crate) async fn record_use(&self, link_id: Uuid) -> Result<(), CommandError> {
+    /// Records that link `link_id`'s device was used (at most once per `every`, to spare
+    /// writes).
+    pub(crate) async fn record_use(
+        &self,
+        link_id: Uuid,
+        every: chrono::Duration,
+    ) -> Result<(), CommandError> {
         sqlx::query(
             "UPDATE device_credentials SET used_at = now() \
-             WHERE link_id = $1 AND used_at < now() - interval '1 minute'",
+             WHERE link_id = $1 AND used_at < now() - make_interval(secs => $2)",
         )
         .bind(link_id)
+        .bind(every.as_seconds_f64())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -26,6 +26,7 @@ pub mod error;
 pub(crate) mod grpc;
 pub(crate) mod hashing;
 pub(crate) mod idempotency;
+pub mod lifecycle;
 pub mod limits;
 pub(crate) mod matching;
 pub(crate) mod qr;

@@ -96,6 +96,10 @@ impl Application {
                 link_attempt: duration(settings.link_attempt_ttl)?,
                 reauth_max_age: duration(settings.reauth_max_age)?,
                 confirmation: settings.qr_confirmation.map(duration).transpose()?,
+                // Often enough for the warning period to see every use, at most once a minute.
+                use_record_every: duration(
+                    (settings.lifecycle.warning / 4).min(std::time::Duration::from_secs(60)),
+                )?,
             },
             matching_key: crate::matching::key(&settings.secret_code_pepper.0),
             device_cap: settings.max_devices_per_account,
@@ -151,6 +155,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
         let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
+        let lifecycle = tokio::spawn(crate::lifecycle::run(
+            self.api.app.clone(),
+            self.pool.clone(),
+            self.settings.lifecycle,
+        ));
         let limits = self.api.app.limits.clone();
         let forgetter = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(crate::sweeper::SWEEP_EVERY);
@@ -202,6 +211,7 @@ impl Application {
             .await;
         sweeper.abort();
         forgetter.abort();
+        lifecycle.abort();
         announcer.abort();
         if let Some(relay) = relay {
             relay.abort();

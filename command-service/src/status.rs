@@ -63,6 +63,7 @@ pub(crate) fn to_status(error: CommandError) -> Status {
             DeviceError::DeviceAlreadyLinked => Status::failed_precondition(message),
             DeviceError::CredentialRevoked => Status::unauthenticated(message),
             DeviceError::NotLinkedToAccount => Status::not_found(message),
+            DeviceError::NotDueForInactivity => Status::failed_precondition(message),
         },
         CommandError::Conflict => {
             Status::aborted("too many concurrent updates to the same object; retry the call")

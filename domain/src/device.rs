@@ -56,6 +56,26 @@ pub enum DeviceCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Warn that the device, unused since `last_used_at`, will be unlinked at `unlink_at`.
+    WarnInactive {
+        /// The link the warning is about.
+        link_id: LinkAttemptId,
+        /// The device's last use, as recorded.
+        last_used_at: DateTime<Utc>,
+        /// When it will be unlinked unless used.
+        unlink_at: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Unlink the device, warned and still unused since `last_used_at`.
+    UnlinkInactive {
+        /// The link to end.
+        link_id: LinkAttemptId,
+        /// The device's last use, as recorded (the one the warning was about).
+        last_used_at: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The app on the device unlinks itself.
     UnlinkFromDevice {
         /// The link the caller's credential belongs to.
@@ -127,6 +147,17 @@ pub enum DeviceEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The holder was warned that the unused device will be unlinked at `unlink_at`.
+    InactivityWarned {
+        /// The link concerned.
+        link_id: LinkAttemptId,
+        /// The last use the warning counts from.
+        last_used_at: DateTime<Utc>,
+        /// When it will be unlinked unless used.
+        unlink_at: DateTime<Utc>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The device is no longer linked; its credential is revoked.
     DeviceUnlinked {
         /// The link that ended.
@@ -156,6 +187,9 @@ pub enum DeviceError {
     /// The device is not linked to the account asking (or not linked at all).
     #[error("no device with this id is linked to your account")]
     NotLinkedToAccount,
+    /// The device was used since its warning, or was never warned, or its time is not up.
+    #[error("this device is not due to be unlinked for inactivity")]
+    NotDueForInactivity,
 }
 
 /// State of one device.
@@ -173,6 +207,9 @@ struct CurrentLink {
     linked_at: DateTime<Utc>,
     biometrics: Option<bool>,
     consecutive_failures: u32,
+    /// The last warning of inactivity: the last use it counted from, and when it unlinks.
+    #[serde(default)]
+    warned: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl Device {
@@ -304,6 +341,17 @@ impl Device {
                 }
                 Ok(events)
             }
+            DeviceCommand::WarnInactive {
+                link_id,
+                last_used_at,
+                unlink_at,
+                at,
+            } => self.warn_inactive(link_id, last_used_at, unlink_at, at),
+            DeviceCommand::UnlinkInactive {
+                link_id,
+                last_used_at,
+                at,
+            } => self.unlink_inactive(link_id, last_used_at, at),
             DeviceCommand::UnlinkFromDevice { link_id, at } => {
                 let link = self.current(link_id)?;
                 Ok(vec![DeviceEvent::DeviceUnlinked {
@@ -340,6 +388,7 @@ impl DomainEvent for DeviceEvent {
     fn event_type(&self) -> String {
         match self {
             Self::DeviceLinked { .. } => "DeviceLinked",
+            Self::InactivityWarned { .. } => "InactivityWarned",
             Self::BiometricsEnabled { .. } => "BiometricsEnabled",
             Self::BiometricsSkipped { .. } => "BiometricsSkipped",
             Self::BiometricsDisabled { .. } => "BiometricsDisabled",
@@ -388,7 +437,17 @@ impl Aggregate for Device {
                     linked_at: at,
                     biometrics: None,
                     consecutive_failures: 0,
+                    warned: None,
                 });
+            }
+            DeviceEvent::InactivityWarned {
+                last_used_at,
+                unlink_at,
+                ..
+            } => {
+                if let Some(link) = &mut self.link {
+                    link.warned = Some((last_used_at, unlink_at));
+                }
             }
             DeviceEvent::BiometricsEnabled { .. } => self.set_biometrics(true),
             DeviceEvent::BiometricsSkipped { .. } | DeviceEvent::BiometricsDisabled { .. } => {
@@ -423,5 +482,6 @@ impl Device {
     }
 }
 
+mod inactivity;
 #[cfg(test)]
 mod tests;

@@ -50,6 +50,8 @@ pub enum UnlinkReason {
     /// The help desk revoked every device of the account (the portal back end, for a holder who
     /// reported a compromise).
     HelpDesk,
+    /// Unused for the configured period, after a warning.
+    Inactive,
 }
 
 /// A device name as the holder typed it: trimmed, 1–64 characters, no control characters.

@@ -144,6 +144,7 @@ fn event_type(event: &Event) -> &'static str {
         Event::LinkConfirmed(_) => "LinkConfirmed",
         Event::LinkDeclined(_) => "LinkDeclined",
         Event::DevicesUnlinkedTogether(_) => "DevicesUnlinkedTogether",
+        Event::InactivityWarned(_) => "InactivityWarned",
         Event::LuxtrustAuthenticated(_) => "LuxTrustAuthenticated",
         Event::LinkCompleted(_) => "LinkCompleted",
         Event::DeviceLinked(_) => "DeviceLinked",

@@ -16,6 +16,7 @@ mod device_cap;
 mod emails;
 mod hostile_bytes;
 mod idempotency;
+mod inactivity;
 mod linkctl_confirmation;
 mod linkctl_containment;
 mod linking;

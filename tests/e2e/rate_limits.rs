@@ -3,6 +3,7 @@
 //! RESOURCE_EXHAUSTED with a RetryInfo delay, writes nothing, and the call after the delay is
 //! served.
 
+use std::future::Future;
 use std::time::Duration;
 
 use e2e::{TestApp, bearer, run_command_service, spawn_app_with};
@@ -155,9 +156,10 @@ async fn the_device_list_and_the_audit_queries_are_limited_per_caller() {
     let mut settings =
         e2e::projection_settings(app.read_database_url(), app.stream.as_ref().unwrap());
     settings.consumer_prefix = "linkd-test-limited".into();
-    settings.query_rate_limits =
-        projection_service::limits::QueryLimits::parse("list_devices.account=2/5,audit.caller=1/5")
-            .unwrap();
+    settings.query_rate_limits = projection_service::limits::QueryLimits::parse(
+        "list_devices.account=2/5,audit.caller=1/5,get_device.account=1/5",
+    )
+    .unwrap();
     let read = e2e::spawn_read_side_with(settings).await;
     let mut queries = read.queries.clone();
     let list = |account: &str| {
@@ -181,6 +183,170 @@ async fn the_device_list_and_the_audit_queries_are_limited_per_caller() {
     };
     audits.list_events(history()).await.unwrap();
     retry_delay(audits.list_events(history()).await);
+    let get = || {
+        bearer(
+            proto::v1::GetDeviceRequest {
+                device_id: Uuid::new_v4().to_string(),
+                ..Default::default()
+            },
+            &app.citizen("anna"),
+        )
+    };
+    let unknown = queries.get_device(get()).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "counted, then answered");
+    retry_delay(queries.get_device(get()).await);
     tokio::time::sleep(delay + Duration::from_millis(50)).await;
     queries.list_devices(list("anna")).await.unwrap();
+}
+
+/// Each rule of the app's calls, wired to its RPC: with that rule at one call per minute, the
+/// second call it counts is refused with a retry delay and writes nothing.
+#[tokio::test]
+async fn every_rule_of_the_apps_calls_refuses_its_second_call() {
+    type Calls = fn(&mut TestApp) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + '_>>;
+    type Outcome = (Result<(), tonic::Status>, Result<(), tonic::Status>);
+    let cases: [(&str, Calls); 9] = [
+        ("start_link.device", |app| {
+            Box::pin(async move {
+                let device = Uuid::new_v4().to_string();
+                let first = app
+                    .device
+                    .start_link(TestApp::start_request(&device, LinkMethod::Qr))
+                    .await
+                    .map(|_| ());
+                let second = app
+                    .device
+                    .start_link(TestApp::start_request(&device, LinkMethod::Qr))
+                    .await
+                    .map(|_| ());
+                (first, second)
+            })
+        }),
+        ("scan_qr.address", |app| {
+            Box::pin(async move {
+                let (one, two) = (app.issue_qr("anna").await, app.issue_qr("anna").await);
+                let a = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+                    .await;
+                let b = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+                    .await;
+                let first = app.scan(&a.link_token, &one).await.map(|_| ());
+                let second = app.scan(&b.link_token, &two).await.map(|_| ());
+                (first, second)
+            })
+        }),
+        ("scan_qr.link_attempt", |app| {
+            Box::pin(async move {
+                let qr = app.issue_qr("anna").await;
+                let a = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+                    .await;
+                let first = app.scan(&a.link_token, &qr).await.map(|_| ());
+                let second = app.scan(&a.link_token, &qr).await.map(|_| ());
+                (first, second)
+            })
+        }),
+        ("authenticate_with_luxtrust.address", |app| {
+            Box::pin(async move {
+                let a = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+                    .await;
+                let b = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+                    .await;
+                let first = app.authenticate_luxtrust(&a, "anna", "LT-1").await;
+                let second = app.authenticate_luxtrust(&b, "anna", "LT-2").await;
+                (first, second)
+            })
+        }),
+        ("authenticate_with_luxtrust.link_attempt", |app| {
+            Box::pin(async move {
+                let a = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Luxtrust)
+                    .await;
+                let first = app.authenticate_luxtrust(&a, "anna", "LT-1").await;
+                let second = app.authenticate_luxtrust(&a, "anna", "LT-1").await;
+                (first.and(Ok(())), second)
+            })
+        }),
+        ("set_secret_code.address", |app| {
+            Box::pin(async move {
+                let a = app.authenticated_qr_attempt("anna").await;
+                let b = app.authenticated_qr_attempt("anna").await;
+                let first = app.set_code(&a.link_token).await.map(|_| ());
+                let second = app.set_code(&b.link_token).await.map(|_| ());
+                (first, second)
+            })
+        }),
+        ("set_secret_code.link_attempt", |app| {
+            Box::pin(async move {
+                // Scanned, not confirmed: each call is counted, then refused as waiting.
+                let qr = app.issue_qr("anna").await;
+                let a = app
+                    .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
+                    .await;
+                app.scan(&a.link_token, &qr).await.unwrap();
+                let waiting = |outcome: Result<e2e::Linked, tonic::Status>| match outcome {
+                    Err(status) if status.code() == Code::FailedPrecondition => Ok(()),
+                    other => other.map(|_| ()),
+                };
+                let first = waiting(app.set_code(&a.link_token).await);
+                let second = waiting(app.set_code(&a.link_token).await);
+                (first, second)
+            })
+        }),
+        ("verify_secret_code.address", |app| {
+            Box::pin(async move {
+                let a = app.link_by_qr("anna").await;
+                let b = app.link_by_qr("anna").await;
+                let check = |credential: String| {
+                    let mut device = app.device.clone();
+                    async move {
+                        let request = VerifySecretCodeRequest {
+                            secret_code: e2e::CODE.into(),
+                            request_id: String::new(),
+                        };
+                        device
+                            .verify_secret_code(bearer(request, &credential))
+                            .await
+                            .map(|_| ())
+                    }
+                };
+                (check(a.credential).await, check(b.credential).await)
+            })
+        }),
+        ("issue_link_qr.account", |app| {
+            Box::pin(async move {
+                let token = app.citizen("anna");
+                let first = app
+                    .portal
+                    .issue_link_qr(bearer(IssueLinkQrRequest::default(), &token))
+                    .await
+                    .map(|_| ());
+                let second = app
+                    .portal
+                    .issue_link_qr(bearer(IssueLinkQrRequest::default(), &token))
+                    .await
+                    .map(|_| ());
+                (first, second)
+            })
+        }),
+    ];
+    for (rule, calls) in cases {
+        let mut app = limited(&format!("{rule}=1/60")).await;
+        app.register("anna").await;
+        app.record_login("anna", "LT-1").await;
+        app.record_login("anna", "LT-2").await;
+        let (first, second) = calls(&mut app).await;
+        assert!(first.is_ok(), "{rule}: the first call: {first:?}");
+        let status = second.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{rule}: {status:?}");
+        assert!(
+            status.message().contains(rule),
+            "{rule}: the refusal names its rule: {}",
+            status.message()
+        );
+        assert!(status.get_details_retry_info().is_some(), "{rule}");
+    }
 }

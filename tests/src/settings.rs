@@ -33,6 +33,11 @@ pub fn test_settings(database_url: String) -> Settings {
         trusted_proxy_hops: 0,
         max_qr_watches: 200,
         hash_capacity: 32,
+        lifecycle: command_service::lifecycle::LifecycleSettings {
+            after: Duration::from_secs(180 * 24 * 3600),
+            warning: Duration::from_secs(14 * 24 * 3600),
+            every: Duration::from_secs(3600),
+        },
         stream_limits: command_service::relay::StreamLimits {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_bytes: 1 << 30,

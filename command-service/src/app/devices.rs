@@ -74,12 +74,17 @@ impl App {
         device: LinkedDevice,
         enabled: bool,
     ) -> Result<ConsistencyToken, CommandError> {
+        let link_id = device.link_id();
         let executed = self
             .on_device(device, |link_id, at| DeviceCommand::SetBiometrics {
                 link_id,
                 enabled,
                 at,
             })
+            .await?;
+        // A use of the device (for the inactivity rule).
+        self.credentials
+            .record_use(link_id.0, self.lifetimes.use_record_every)
             .await?;
         Ok(ConsistencyToken::of([&executed.position]))
     }
@@ -110,7 +115,9 @@ impl App {
             self.credentials.delete_link(link_id.0).await?;
         } else if matches {
             // The device was used: the least recently used one is named at the device cap.
-            self.credentials.record_use(link_id.0).await?;
+            self.credentials
+                .record_use(link_id.0, self.lifetimes.use_record_every)
+                .await?;
         }
         Ok(CodeVerdict {
             verified: matches,

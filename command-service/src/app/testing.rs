@@ -49,6 +49,7 @@ pub(crate) async fn app() -> (App, TestDatabase) {
             link_attempt: chrono::Duration::seconds(600),
             reauth_max_age: chrono::Duration::seconds(300),
             confirmation: Some(chrono::Duration::seconds(120)),
+            use_record_every: chrono::Duration::seconds(60),
         },
         matching_key: crate::matching::key(PEPPER),
         device_cap: 5,

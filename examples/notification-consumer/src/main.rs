@@ -204,6 +204,7 @@ fn reason(value: i32) -> String {
         Ok(UnlinkReason::FromPortal) => "from the portal".to_owned(),
         Ok(UnlinkReason::LockedOut) => "locked out (five wrong secret codes)".to_owned(),
         Ok(UnlinkReason::HelpDesk) => "by the help desk".to_owned(),
+        Ok(UnlinkReason::Inactive) => "unused for too long".to_owned(),
         Ok(UnlinkReason::Unspecified) | Err(_) => format!("unknown ({value})"),
     }
 }

@@ -89,6 +89,11 @@ fn device_and_details(
                     "reason": v1::UnlinkReason::text_of(unlinked.reason)?,
                     "in_bulk": unlinked.in_bulk }),
         ),
+        Event::InactivityWarned(warned) => (
+            own_device,
+            json!({ "link_id": warned.link_id,
+                    "unlink_at": warned.unlink_at.as_ref().map(|t| t.seconds) }),
+        ),
         Event::DevicesUnlinkedTogether(together) => (
             None,
             json!({ "device_ids": together.device_ids,

@@ -98,6 +98,7 @@ pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Pr
         | Event::AccountRegistered(_)
         | Event::AccountEmailChanged(_)
         | Event::DevicesUnlinkedTogether(_)
+        | Event::InactivityWarned(_)
         | Event::PortalLoginRecorded(_)
         | Event::QrIssued(_)
         | Event::QrConsumed(_)

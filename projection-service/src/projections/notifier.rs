@@ -230,6 +230,30 @@ impl Projector for Notifier {
                 };
                 self.queue(tx, email).await?;
             }
+            Event::InactivityWarned(warned) => {
+                let (recipient, language) = Self::account(tx, event).await?;
+                let name: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
+                        .bind(&event.aggregate_id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                let values = vec![
+                    (
+                        "device_name",
+                        email::untrusted(&name.unwrap_or_else(|| event.aggregate_id.clone())),
+                    ),
+                    ("last_used", at(warned.last_used_at.as_ref())?),
+                    ("unlink_date", at(warned.unlink_at.as_ref())?),
+                ];
+                let email = Queued {
+                    event,
+                    kind: "device_inactive",
+                    recipient: &recipient,
+                    language: &language,
+                    values,
+                };
+                self.queue(tx, email).await?;
+            }
             Event::DevicesUnlinkedTogether(together) => {
                 let reason = reason_phrase(together.reason)?;
                 let (recipient, language) = Self::account(tx, event).await?;

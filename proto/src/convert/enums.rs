@@ -89,6 +89,7 @@ impl From<domain::UnlinkReason> for v1::UnlinkReason {
             domain::UnlinkReason::FromPortal => Self::FromPortal,
             domain::UnlinkReason::LockedOut => Self::LockedOut,
             domain::UnlinkReason::HelpDesk => Self::HelpDesk,
+            domain::UnlinkReason::Inactive => Self::Inactive,
         }
     }
 }
@@ -102,6 +103,7 @@ impl TryFrom<v1::UnlinkReason> for domain::UnlinkReason {
             v1::UnlinkReason::FromPortal => Ok(Self::FromPortal),
             v1::UnlinkReason::LockedOut => Ok(Self::LockedOut),
             v1::UnlinkReason::HelpDesk => Ok(Self::HelpDesk),
+            v1::UnlinkReason::Inactive => Ok(Self::Inactive),
             v1::UnlinkReason::Unspecified => Err(unspecified::<v1::UnlinkReason>()),
         }
     }

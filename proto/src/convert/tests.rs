@@ -89,12 +89,14 @@ fn unlink_reasons_round_trip_and_unknowns_stay_unknown() {
         UnlinkReason::FromDevice
         | UnlinkReason::FromPortal
         | UnlinkReason::LockedOut
-        | UnlinkReason::HelpDesk => {}
+        | UnlinkReason::HelpDesk
+        | UnlinkReason::Inactive => {}
     }
     round_trip::<_, v1::UnlinkReason>(UnlinkReason::FromDevice, "from_device");
     round_trip::<_, v1::UnlinkReason>(UnlinkReason::FromPortal, "from_portal");
     round_trip::<_, v1::UnlinkReason>(UnlinkReason::LockedOut, "locked_out");
     round_trip::<_, v1::UnlinkReason>(UnlinkReason::HelpDesk, "help_desk");
+    round_trip::<_, v1::UnlinkReason>(UnlinkReason::Inactive, "inactive");
     every_known_number_has_a_text::<v1::UnlinkReason>();
     unknowns::<v1::UnlinkReason>();
     assert!(UnlinkReason::try_from(v1::UnlinkReason::Unspecified).is_err());

@@ -24,6 +24,8 @@ pub const FROM_PORTAL: &str = "from_portal";
 pub const LOCKED_OUT: &str = "locked_out";
 /// [`crate::v1::UnlinkReason::HelpDesk`].
 pub const HELP_DESK: &str = "help_desk";
+/// [`crate::v1::UnlinkReason::Inactive`].
+pub const INACTIVE: &str = "inactive";
 /// [`crate::v1::DeclineReason::ByHolder`].
 pub const BY_HOLDER: &str = "by_holder";
 /// [`crate::v1::DeclineReason::WrongMatchingCode`].
@@ -135,6 +137,7 @@ impl TextForm for v1::UnlinkReason {
             Self::FromPortal => Some(FROM_PORTAL),
             Self::LockedOut => Some(LOCKED_OUT),
             Self::HelpDesk => Some(HELP_DESK),
+            Self::Inactive => Some(INACTIVE),
             Self::Unspecified => None,
         }
     }
@@ -145,6 +148,7 @@ impl TextForm for v1::UnlinkReason {
             FROM_PORTAL => Ok(Self::FromPortal),
             LOCKED_OUT => Ok(Self::LockedOut),
             HELP_DESK => Ok(Self::HelpDesk),
+            INACTIVE => Ok(Self::Inactive),
             other => Err(Unknown::text(Self::WHAT, other)),
         }
     }
