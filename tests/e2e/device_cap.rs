@@ -29,22 +29,23 @@ fn named_device(status: &tonic::Status) -> String {
 
 #[tokio::test]
 async fn past_the_cap_a_link_is_refused_naming_the_least_recently_used_device() {
-    // Arrange: a cap of 2; the first device was used less recently than the second.
-    let mut app = capped(2).await;
+    // Arrange: the default cap of 5, reached; the first device is the least recently used.
+    let mut app = capped(5).await;
     app.register("anna").await;
     let first = app.link_by_qr("anna").await;
-    let second = app.link_by_qr("anna").await;
-    let verify = VerifySecretCodeRequest {
-        secret_code: e2e::CODE.into(),
-        request_id: String::new(),
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    app.device
-        .verify_secret_code(bearer(verify, &second.credential))
-        .await
-        .unwrap();
+    for _ in 0..4 {
+        let linked = app.link_by_qr("anna").await;
+        let verify = VerifySecretCodeRequest {
+            secret_code: e2e::CODE.into(),
+            request_id: String::new(),
+        };
+        app.device
+            .verify_secret_code(bearer(verify, &linked.credential))
+            .await
+            .unwrap();
+    }
 
-    // Act: a third phone scans; a LuxTrust link tries too.
+    // Act: a sixth phone scans; a LuxTrust link tries too.
     let qr = app.issue_qr("anna").await;
     let start = app
         .start_link(&Uuid::new_v4().to_string(), LinkMethod::Qr)
@@ -62,15 +63,15 @@ async fn past_the_cap_a_link_is_refused_naming_the_least_recently_used_device() 
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.get_details_precondition_failure().is_none());
     assert!(
-        refused.message().contains("2 devices"),
+        refused.message().contains("5 devices"),
         "{}",
         refused.message()
     );
     assert_eq!(named_device(&authenticated.unwrap_err()), first.device_id);
-    assert_eq!(app.events_of_type("QrConsumed").await, 2);
-    assert_eq!(app.events_of_type("DeviceLinked").await, 2);
+    assert_eq!(app.events_of_type("QrConsumed").await, 5);
+    assert_eq!(app.events_of_type("DeviceLinked").await, 5);
 
-    // Replacing it: unlink the first, and the third phone links with the same QR code.
+    // Replacing it: unlink the first, and the sixth phone links with the same QR code.
     let unlink = UnlinkDevicesRequest {
         device_ids: vec![first.device_id.clone()],
         request_id: String::new(),
@@ -84,7 +85,7 @@ async fn past_the_cap_a_link_is_refused_naming_the_least_recently_used_device() 
         .await
         .unwrap();
     app.set_code(&start.link_token).await.unwrap();
-    assert_eq!(app.events_of_type("DeviceLinked").await, 3);
+    assert_eq!(app.events_of_type("DeviceLinked").await, 6);
 }
 
 #[tokio::test]
