@@ -54,6 +54,21 @@ fn reason_phrase(raw: i32) -> Result<String, ProjectionError> {
 }
 
 impl Notifier {
+    /// The name a device was linked under, quoted as untrusted text (its id if unknown).
+    async fn device_name(
+        tx: &mut Transaction<'static, Postgres>,
+        device_id: &str,
+    ) -> Result<String, ProjectionError> {
+        let name: Option<String> =
+            sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(email::untrusted(
+            &name.unwrap_or_else(|| device_id.to_owned()),
+        ))
+    }
+
     async fn queue(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -208,15 +223,10 @@ impl Projector for Notifier {
             Event::DeviceUnlinked(unlinked) => {
                 let reason = reason_phrase(unlinked.reason)?;
                 let (recipient, language) = Self::account(tx, event).await?;
-                let name: Option<String> =
-                    sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
-                        .bind(&event.aggregate_id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
                 let values = vec![
                     (
                         "device_name",
-                        email::untrusted(&name.unwrap_or_else(|| event.aggregate_id.clone())),
+                        Self::device_name(tx, &event.aggregate_id).await?,
                     ),
                     ("reason", self.templates.phrase(&language, &reason)),
                     ("date", at(unlinked.at.as_ref())?),
@@ -232,15 +242,10 @@ impl Projector for Notifier {
             }
             Event::InactivityWarned(warned) => {
                 let (recipient, language) = Self::account(tx, event).await?;
-                let name: Option<String> =
-                    sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
-                        .bind(&event.aggregate_id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
                 let values = vec![
                     (
                         "device_name",
-                        email::untrusted(&name.unwrap_or_else(|| event.aggregate_id.clone())),
+                        Self::device_name(tx, &event.aggregate_id).await?,
                     ),
                     ("last_used", at(warned.last_used_at.as_ref())?),
                     ("unlink_date", at(warned.unlink_at.as_ref())?),
@@ -259,13 +264,7 @@ impl Projector for Notifier {
                 let (recipient, language) = Self::account(tx, event).await?;
                 let mut names = Vec::with_capacity(together.device_ids.len());
                 for device_id in &together.device_ids {
-                    let name: Option<String> =
-                        sqlx::query_scalar("SELECT name FROM email_devices WHERE device_id = $1")
-                            .bind(device_id)
-                            .fetch_optional(&mut **tx)
-                            .await?;
-                    let name = email::untrusted(&name.unwrap_or_else(|| device_id.clone()));
-                    names.push(format!("- “{name}”"));
+                    names.push(format!("- “{}”", Self::device_name(tx, device_id).await?));
                 }
                 let values = vec![
                     ("count", together.device_ids.len().to_string()),
