@@ -31,22 +31,19 @@ pub(crate) struct HammerArgs {
     scratch: ScratchArgs,
 }
 
-/// Every rule of the rate limits, lifted.
-const NO_RATE_LIMITS: &str = "start_link.address=1000000/1,start_link.device=1000000/1,\
-    scan_qr.address=1000000/1,scan_qr.link_attempt=1000000/1,\
-    authenticate_with_luxtrust.address=1000000/1,authenticate_with_luxtrust.link_attempt=1000000/1,\
-    authenticate_with_luxtrust.serial=1000000/1,set_secret_code.address=1000000/1,\
-    set_secret_code.link_attempt=1000000/1,verify_secret_code.address=1000000/1,\
-    verify_secret_code.device=1000000/1,issue_link_qr.account=1000000/1";
+/// Every rule of the rate limits, lifted (`LINKD_RATE_LIMITS`).
+fn no_rate_limits() -> String {
+    command_service::limits::Rule::ALL
+        .map(|rule| format!("{}=1000000/1", rule.name()))
+        .join(",")
+}
 
 /// Runs the hammer on a scratch service.
 pub(crate) async fn run(args: HammerArgs) -> anyhow::Result<()> {
+    let lifted = no_rate_limits();
     let scratch = Scratch::start(
         &args.scratch,
-        &[
-            ("LINKD_RATE_LIMITS", NO_RATE_LIMITS),
-            ("LINKD_RELAY", "off"),
-        ],
+        &[("LINKD_RATE_LIMITS", &lifted), ("LINKD_RELAY", "off")],
     )
     .await?;
     let outcome = hammer(&args, &scratch).await;

@@ -46,6 +46,23 @@ pub(crate) enum Claimed {
     },
 }
 
+impl Claimed {
+    /// The device-cap refusal this outcome stands for, if it is one (`cap`: the cap applied).
+    pub(crate) fn or_device_limit(self, cap: u32) -> Result<Self, CommandError> {
+        match self {
+            Self::AccountFull {
+                least_recently_used,
+                used_at,
+            } => Err(CommandError::DeviceLimit {
+                cap,
+                least_recently_used,
+                used_at,
+            }),
+            other @ (Self::Ours | Self::Taken) => Ok(other),
+        }
+    }
+}
+
 /// Access to the secret tables.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {

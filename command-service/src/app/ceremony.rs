@@ -111,18 +111,8 @@ impl App {
         let claimed = self
             .credentials
             .claim_device_credential(&claim, self.device_cap)
-            .await?;
-        if let Claimed::AccountFull {
-            least_recently_used,
-            used_at,
-        } = claimed
-        {
-            return Err(CommandError::DeviceLimit {
-                cap: self.device_cap,
-                least_recently_used,
-                used_at,
-            });
-        }
+            .await?
+            .or_device_limit(self.device_cap)?;
         if claimed == Claimed::Taken {
             return Err(CommandError::InProgress(
                 "another SetSecretCode call for this link attempt set its secret code first; \

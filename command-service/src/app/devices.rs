@@ -267,6 +267,7 @@ impl App {
 
     /// Ends each planned link; a link that ended meanwhile is reported as already ended, or,
     /// if the device was linked again by a new link, as relinked (this call did not end that).
+    /// The report's positions are filled in; its `written` token is the caller's to make.
     async fn carry_out_portal_unlink(
         &self,
         unlinker: &Unlinker<'_>,
@@ -310,7 +311,6 @@ impl App {
             }
             self.credentials.delete_link(link_id.0).await?;
         }
-        report.written = ConsistencyToken::of(&report.positions);
         Ok(report)
     }
 

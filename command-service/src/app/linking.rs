@@ -249,21 +249,14 @@ impl App {
     /// Refuses early when `account_id` already links as many devices as it may (advisory: the
     /// secret code's claim decides, under a per-account lock).
     pub(crate) async fn ensure_room(&self, account_id: &AccountId) -> Result<(), CommandError> {
-        match self
+        if let Some(full) = self
             .credentials
             .account_full(&account_id.0, self.device_cap)
             .await?
         {
-            Some(crate::credentials::Claimed::AccountFull {
-                least_recently_used,
-                used_at,
-            }) => Err(CommandError::DeviceLimit {
-                cap: self.device_cap,
-                least_recently_used,
-                used_at,
-            }),
-            _ => Ok(()),
+            full.or_device_limit(self.device_cap)?;
         }
+        Ok(())
     }
 
     /// The account as the app may show it ([`account_hint`]).
