@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts linkd locally with the development configuration: PostgreSQL and NATS (if down), the two
-# databases, development keys and pepper in .dev/ (git-ignored), then both services in the
-# foreground. Ctrl-C stops them. Settings can be overridden with the variables in the README.
+# databases, development keys and pepper in .dev/ (git-ignored), then both services and the
+# reference portal page (portal-web, with its development sign-in) in the foreground. Ctrl-C stops them. Settings can be overridden with the variables in the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -19,7 +19,7 @@ done
 PROFILE=${LINKD_PROFILE:-debug}
 profile_flag=(); [ "$PROFILE" = release ] && profile_flag=(--release)
 echo "building linkd ($PROFILE; the first build takes a few minutes)…"
-cargo build --locked -q "${profile_flag[@]}" -p command-service -p projection-service -p linkctl
+cargo build --locked -q "${profile_flag[@]}" -p command-service -p projection-service -p linkctl -p portal-web
 BIN=target/$PROFILE
 
 mkdir -p .dev/logs
@@ -33,6 +33,12 @@ export LINKD_PROJECTION_DATABASE_URL=${LINKD_PROJECTION_DATABASE_URL:-postgres:/
 export LINKD_EVENT_STORE_URL=${LINKD_EVENT_STORE_URL:-$LINKD_COMMAND_DATABASE_URL}
 export LINKD_COMMAND_GRPC_ADDR=${LINKD_COMMAND_GRPC_ADDR:-127.0.0.1:50051}
 export LINKD_PROJECTION_GRPC_ADDR=${LINKD_PROJECTION_GRPC_ADDR:-127.0.0.1:50052}
+export LINKD_WEB_ADDR=${LINKD_WEB_ADDR:-127.0.0.1:8080}
+export LINKD_WEB_COMMAND_URL=${LINKD_WEB_COMMAND_URL:-http://$LINKD_COMMAND_GRPC_ADDR}
+export LINKD_WEB_QUERY_URL=${LINKD_WEB_QUERY_URL:-http://$LINKD_PROJECTION_GRPC_ADDR}
+# portal-web's development sign-in signs portal tokens with the development key (never in
+# production: there the portal's own login stands in front of the page).
+export LINKD_WEB_DEV_KEYS_DIR=${LINKD_WEB_DEV_KEYS_DIR:-$PWD/.dev/keys}
 export LINKD_IDP_PUBLIC_KEYS_FILE=${LINKD_IDP_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/idp.pub.pem}
 export LINKD_LUXTRUST_PUBLIC_KEYS_FILE=${LINKD_LUXTRUST_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/luxtrust.pub.pem}
 # The issuers of the development keys' tokens (`linkctl dev token`, linkctl demo).
@@ -47,10 +53,10 @@ if [ -z "${LINKD_SMTP_HOST:-}" ]; then
   MAIL_DIR=$PWD/.dev/mail
 fi
 
-for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR"; do
+for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR" "$LINKD_WEB_ADDR"; do
   if port_open "${addr##*:}"; then
     echo "error: $addr is already in use (is linkd already running?); stop it or set" \
-         "LINKD_COMMAND_GRPC_ADDR / LINKD_PROJECTION_GRPC_ADDR" >&2
+         "LINKD_COMMAND_GRPC_ADDR / LINKD_PROJECTION_GRPC_ADDR / LINKD_WEB_ADDR" >&2
     exit 1
   fi
 done
@@ -78,6 +84,9 @@ pids+=($!)
 
 wait_for_port "command service (log: .dev/logs/command-service.log)" "${LINKD_COMMAND_GRPC_ADDR##*:}"
 wait_for_port "projection service (log: .dev/logs/projection-service.log)" "${LINKD_PROJECTION_GRPC_ADDR##*:}"
+$BIN/portal-web >>.dev/logs/portal-web.log 2>&1 &
+pids+=($!)
+wait_for_port "portal-web (log: .dev/logs/portal-web.log)" "${LINKD_WEB_ADDR##*:}"
 
 if [ -n "${MAIL_DIR:-}" ]; then
   EMAILS="to a local SMTP sink on 127.0.0.1:2525; read them in .dev/mail/*.eml"
@@ -90,12 +99,14 @@ linkd is running (development configuration):
   command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService (+ relay to NATS)
   projection service  $LINKD_PROJECTION_GRPC_ADDR  DeviceQueryService (read models fed from NATS)
   both                grpc.health.v1 and server reflection
+  portal page         http://$LINKD_WEB_ADDR  portal-web: sign in, link a device, my devices, history
   event store         $LINKD_COMMAND_DATABASE_URL
   read models         $LINKD_PROJECTION_DATABASE_URL
   event stream        ${LINKD_STREAM:-LINKD_EVENTS} on ${LINKD_NATS_URL:-nats://127.0.0.1:4222}
   emails              $EMAILS
   logs                .dev/logs/
-Try it from another terminal in this folder:
+Open http://$LINKD_WEB_ADDR in a browser (development sign-in: any account id), or try it
+from another terminal in this folder:
   $BIN/linkctl demo
   $BIN/linkctl --help
 Press Ctrl-C to stop.

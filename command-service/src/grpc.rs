@@ -127,40 +127,18 @@ impl Api {
 }
 
 /// The client's address: with `hops` trusted proxies in front, the entry of `x-forwarded-for`
-/// the outermost trusted proxy appended (`hops` from the right, across every header line in
-/// order); with none, the TCP peer. An entry may carry a port (`192.0.2.1:443`,
-/// `[2001:db8::1]:443`) or brackets. `None` when the header is shorter than promised or the
-/// entry is not an address: never the proxy's own address, and never an entry further left,
-/// which the client wrote itself. (The service must then be reachable only through the proxies,
-/// or anyone could write the header; README, `LINKD_TRUSTED_PROXY_HOPS`.)
+/// the outermost trusted proxy appended ([`service_kit::forwarded::client_address`]); with
+/// none, the TCP peer. (README, `LINKD_TRUSTED_PROXY_HOPS`.)
 fn client_address<T>(request: &Request<T>, hops: usize) -> Option<std::net::IpAddr> {
     if hops == 0 {
         return request.remote_addr().map(|peer| peer.ip());
     }
-    let forwarded: Vec<&str> = request
+    let lines = request
         .metadata()
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .collect();
-    let index = forwarded.len().checked_sub(hops)?;
-    address_of(forwarded.get(index)?)
-}
-
-/// An address as proxies write it: bare, with brackets, or with a port.
-fn address_of(entry: &str) -> Option<std::net::IpAddr> {
-    entry
-        .parse()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-        .or_else(|| {
-            entry
-                .strip_prefix('[')
-                .and_then(|rest| rest.strip_suffix(']'))
-                .and_then(|inner| inner.parse().ok())
-        })
+        .filter_map(|value| value.to_str().ok());
+    service_kit::forwarded::client_address(lines, hops)
 }
 
 /// The call's bearer token and server-side id, from its metadata.

@@ -7,6 +7,7 @@
 //!   64 KiB request limit answered `INVALID_ARGUMENT`, TCP_NODELAY) and the one rule for reading
 //!   `authorization: Bearer …` ([`grpc::bearer`]).
 //! - [`database::is_unavailable`]: which database errors mean "retry later".
+//! - [`forwarded::client_address`]: the client's address behind trusted proxies.
 //! - [`restarting`]: a long-running worker started again, with backoff, whenever it stops.
 //! - [`shutdown_signal`]: Ctrl-C or SIGTERM.
 //!
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod database;
+pub mod forwarded;
 pub mod grpc;
 pub mod ratelimit;
 pub mod telemetry;

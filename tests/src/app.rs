@@ -76,7 +76,16 @@ pub async fn spawn_system_on(nats_url: String) -> TestApp {
 
 /// Starts both services with the email worker sending through `email`.
 pub async fn spawn_system_with_mail(email: projection_service::email::EmailSettings) -> TestApp {
-    let (database, stream, settings) = fresh_system(nats_url()).await;
+    spawn_system_with_mail_and(email, |_| {}).await
+}
+
+/// [`spawn_system_with_mail`] after `adjust` changed the command service's settings.
+pub async fn spawn_system_with_mail_and(
+    email: projection_service::email::EmailSettings,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let (database, stream, mut settings) = fresh_system(nats_url()).await;
+    adjust(&mut settings);
     start_with_email(database, settings, Some(stream), Some(email)).await
 }
 

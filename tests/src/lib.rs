@@ -2,7 +2,8 @@
 //! ([`spawn_app`]: the command service; [`spawn_system`]: both services and the relay between
 //! them), typed gRPC clients on [`TestApp`], development keys for the identity provider and
 //! LuxTrust, the flows most tests start from ([`TestApp::link_by_qr`] …), and a real SMTP server
-//! for the email tests ([`mail`]).
+//! for the email tests ([`mail`]). The browser tests (`browser/`, of portal-web) drive a real
+//! headless chromium through [`browser::Browser`].
 //!
 //! Scratch databases, streams and nats-servers come from `testkit` (re-exported here, so that
 //! scenarios need only `e2e::…`); every test gets its own, removed when its [`TestApp`] drops.
@@ -14,16 +15,18 @@
 )]
 
 mod app;
+pub mod browser;
 mod flows;
 mod inspect;
 mod keys;
 pub mod mail;
+pub mod portal;
 mod servers;
 mod settings;
 
 pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_with,
-    spawn_system_with_mail,
+    spawn_system_with_mail, spawn_system_with_mail_and,
 };
 pub use flows::{CODE, Clients, Linked};
 pub use keys::bearer;
