@@ -93,11 +93,10 @@ pub(crate) async fn run(
             toggles.div_ceil(per_device).clamp(1, toggles)
         })
         .collect();
-    let account = format!("bench-{run_id}-growth");
     let sessions = Session::connect_many(target, keys, 4).await?;
-    let sessions = session::register_all(sessions, std::slice::from_ref(&account)).await?;
     let total = per_size.iter().sum::<usize>() + 1;
-    let (mut sessions, devices) = session::link_all(sessions, &[account], total).await?;
+    let prefix = format!("bench-{run_id}-growth");
+    let (mut sessions, devices) = session::link_spread(sessions, &prefix, total).await?;
     let mut session = sessions.pop().context("no session")?;
     let mut devices = devices.into_iter();
     let warm_up = devices.next().context("no warm-up device")?;

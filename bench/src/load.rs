@@ -20,6 +20,7 @@ use proto::v1::LinkMethod;
 
 use crate::closed::Deadline;
 use crate::config::{Sizing, Target};
+use crate::cost::{Cost, Meter};
 use crate::lag::{Probes, Want};
 use crate::session::{self, Linked, Qr, Session};
 use crate::stats::{Failure, Lags, OpStats, Recorder};
@@ -71,6 +72,10 @@ pub(crate) struct Level {
     pub(crate) ops: Vec<OpStats>,
     /// IssueLinkQr + StartLink + ScanQr + ConfirmLink + UnlinkDevices over their combined time.
     pub(crate) non_hashing: OpStats,
+    /// The design card's stack at this concurrency (stock cqrs-es + postgres-es), if measured.
+    pub(crate) peer: Option<OpStats>,
+    /// CPU and write transactions of the non-hashing phases (each with its catch-up).
+    pub(crate) non_hashing_cost: Cost,
     /// Lag samples of links (device visible).
     pub(crate) link_lag: Lags,
     /// Lag samples of unlinks (device shown as unlinked).
@@ -138,6 +143,9 @@ pub(crate) async fn level(
     let cap = sizing.phase * 4;
     let mut ops = Vec::new();
     let mut non_hashing = (Recorder::default(), Duration::ZERO);
+    // CPU and write transactions of the non-hashing phases, each with its catch-up.
+    let mut meter = Meter::default();
+    meter.start(&system.command_db).await?;
 
     // 1. IssueLinkQr for a fixed time.
     let deadline = Deadline::after(sizing.phase);
@@ -159,6 +167,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
+    meter.stop(&system.command_db).await?;
+    meter.start(&system.command_db).await?;
 
     // 2. StartLink (QR), one per QR code issued.
     let deadline = Deadline::after(cap);
@@ -189,6 +199,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
+    meter.stop(&system.command_db).await?;
+    meter.start(&system.command_db).await?;
 
     // 3. ScanQr: each attempt consumes the QR code issued before it.
     let deadline = Deadline::after(cap);
@@ -216,6 +228,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
+    meter.stop(&system.command_db).await?;
+    meter.start(&system.command_db).await?;
 
     // 4. ConfirmLink of each scanned attempt by its account's holder (when asked for).
     let confirming = scanned
@@ -254,6 +268,7 @@ pub(crate) async fn level(
         non_hashing.1 += elapsed;
         system.quiesce(QUIET).await?;
     }
+    meter.stop(&system.command_db).await?;
 
     // 5. SetSecretCode over the confirmed attempts, for a fixed time.
     let deadline = Deadline::after(sizing.hash_phase);
@@ -342,6 +357,7 @@ pub(crate) async fn level(
 
     // 8. UnlinkDevices of every device linked above, one per call.
     let linked: usize = clients.iter().map(|client| client.linked.len()).sum();
+    meter.start(&system.command_db).await?;
     let deadline = Deadline::after(cap);
     let (_, out, elapsed) = phase(clients, none(), |mut client, ()| async move {
         let mut recorder = Recorder::default();
@@ -370,6 +386,7 @@ pub(crate) async fn level(
     non_hashing.1 += elapsed;
     let unlink_lag = lags_of(probes).await;
     system.quiesce(QUIET).await?;
+    meter.stop(&system.command_db).await?;
 
     let non_hashing = non_hashing.0.summary(op::NON_HASHING, non_hashing.1);
     Ok(Level {
@@ -377,6 +394,8 @@ pub(crate) async fn level(
         ceiling,
         ops,
         non_hashing,
+        non_hashing_cost: meter.cost,
+        peer: None,
         link_lag,
         unlink_lag,
         accounts: count,

@@ -104,10 +104,13 @@ pub(crate) async fn run(
             "LINKD_IDP_PUBLIC_KEYS_FILE",
             target.keys.join("idp.pub.pem"),
         )
+        .env("LINKD_IDP_ISSUER", linkctl::dev::PORTAL_ISSUER)
         .env("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:0")
         .env("LINKD_EMAIL", "off")
         .env("RUST_LOG", "info")
         .env_remove("LINKD_LOG_FORMAT")
+        // A failure's message, not a backtrace, in the report.
+        .env_remove("RUST_BACKTRACE")
         .output()
         .await
         .with_context(|| format!("running {} rebuild", target.projection_bin.display()))?;
@@ -149,10 +152,9 @@ async fn pad(
     missing: u64,
 ) -> anyhow::Result<u64> {
     let devices = usize::try_from(missing.div_ceil(PAD_PER_DEVICE))?;
-    let account = format!("bench-{run_id}-padding");
     let sessions = Session::connect_many(target, keys, 4).await?;
-    let sessions = session::register_all(sessions, std::slice::from_ref(&account)).await?;
-    let (mut sessions, linked) = session::link_all(sessions, &[account], devices).await?;
+    let prefix = format!("bench-{run_id}-padding");
+    let (mut sessions, linked) = session::link_spread(sessions, &prefix, devices).await?;
     let mut session = sessions.pop().context("no session")?;
     let size = i64::try_from(missing.div_ceil(u64::try_from(devices)?.max(1)))? + 3;
     let mut added = 0;

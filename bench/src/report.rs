@@ -18,7 +18,7 @@ use crate::stats::{OpStats, ms};
 mod sections;
 mod targets;
 
-use sections::{growth_section, level_section, open_loop_section, rebuild_section};
+use sections::{cost_section, growth_section, level_section, open_loop_section, rebuild_section};
 use targets::targets_section;
 
 /// The report's opening marker.
@@ -156,6 +156,7 @@ pub(crate) fn markdown(results: &Results) -> String {
     for level in &results.levels {
         level_section(&mut out, level, sizing);
     }
+    cost_section(&mut out, &results.levels);
     if let Some(paced) = &results.open_loop {
         open_loop_section(&mut out, paced);
     }

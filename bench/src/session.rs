@@ -346,6 +346,27 @@ pub(crate) async fn register_all(
     Ok(sessions)
 }
 
+/// The most devices the set-up links to one account: the service's default cap
+/// (`LINKD_MAX_DEVICES_PER_ACCOUNT`), which the bench runs with.
+const DEVICES_PER_ACCOUNT: usize = 5;
+
+/// Registers accounts `<prefix>-<k>` and links `total` devices across them by QR over
+/// `sessions`, at most [`DEVICES_PER_ACCOUNT`] to each (set-up work).
+pub(crate) async fn link_spread(
+    sessions: Vec<Session>,
+    prefix: &str,
+    total: usize,
+) -> anyhow::Result<(Vec<Session>, Vec<Linked>)> {
+    let accounts: Vec<String> = (0..total.div_ceil(DEVICES_PER_ACCOUNT).max(1))
+        .map(|k| format!("{prefix}-{k}"))
+        .collect();
+    let sessions = register_all(sessions, &accounts).await?;
+    let per_account = total.min(DEVICES_PER_ACCOUNT);
+    let (sessions, mut linked) = link_all(sessions, &accounts, per_account).await?;
+    linked.truncate(total);
+    Ok((sessions, linked))
+}
+
 /// Links `per_account` devices to each of `accounts` by QR over `sessions` (set-up work).
 pub(crate) async fn link_all(
     sessions: Vec<Session>,

@@ -12,6 +12,7 @@ use crate::config::{Sizing, Target};
 use crate::load::{self, Level};
 use crate::machine;
 use crate::open_loop::{self, Pace};
+use crate::peer::Peer;
 use crate::report::Results;
 use crate::stats::ms;
 use crate::system::System;
@@ -133,9 +134,24 @@ async fn run_load(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     }
     ceiling.drop_table().await?;
     measured?;
-    for (&concurrency, ceiling) in sizing.concurrency.iter().zip(ceilings) {
+    let peer = Peer::create(&target.command_db).await?;
+    let mut peers = Vec::with_capacity(sizing.concurrency.len());
+    for &concurrency in &sizing.concurrency {
+        let stats = peer.measure(concurrency, sizing.ceiling).await;
+        if let Ok(stats) = &stats {
+            eprintln!(
+                "cqrs-es + postgres-es peer at {concurrency}: {:.0} commands/s",
+                stats.ops_per_second()
+            );
+        }
+        peers.push(stats);
+    }
+    peer.drop_tables().await?;
+    for ((&concurrency, ceiling), peer) in sizing.concurrency.iter().zip(ceilings).zip(peers) {
         eprintln!("load: {concurrency} clients");
-        let level = load::level(target, keys, system, sizing, run_id, concurrency, ceiling).await?;
+        let mut level =
+            load::level(target, keys, system, sizing, run_id, concurrency, ceiling).await?;
+        level.peer = Some(peer?);
         progress(&level);
         results.levels.push(level);
     }

@@ -97,8 +97,67 @@ pub(super) fn level_section(out: &mut Vec<String>, level: &Level, sizing: &Sizin
         lag_line(&level.link_lag),
         lag_line(&level.unlink_lag)
     ));
-    let all: Vec<&OpStats> = level.ops.iter().collect();
+    if let Some(peer) = &level.peer {
+        out.push(String::new());
+        out.push(format!(
+            "The design card's stack alone (stock cqrs-es + postgres-es: `CqrsFramework` over \
+             `PostgresEventRepository`, one command creating one aggregate, no gRPC, no \
+             authentication, no relay; pool of {}): **{} commands/s** (p50 {}, p99 {}), {} the \
+             ceiling. linkd's full gRPC commands that do not hash: **{}** the peer's rate.",
+            level.concurrency,
+            rate(peer.ops_per_second()),
+            duration(peer.p50),
+            duration(peer.p99),
+            times(peer.ops_per_second() / ceiling.max(1e-9)),
+            times(level.non_hashing.ops_per_second() / peer.ops_per_second().max(1e-9))
+        ));
+    }
+    let all: Vec<&OpStats> = level.ops.iter().chain(level.peer.iter()).collect();
     error_samples(out, &all);
+    out.push(String::new());
+}
+
+/// CPU per non-hashing command of each process, and write transactions per command, one row
+/// per level.
+pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
+    if levels.is_empty() {
+        return;
+    }
+    out.push("### Cost per command that does not hash".to_owned());
+    out.push(String::new());
+    out.push(
+        "CPU time of each process over the non-hashing phases and the catch-up after each \
+         (from `/proc/<pid>/stat`), divided by their successful calls; write transactions from \
+         PostgreSQL's transaction ids over the same spans (statements per call would need \
+         `pg_stat_statements`, which this server does not load). These figures survive a slow \
+         day; wall-clock figures do not."
+            .to_owned(),
+    );
+    out.push(String::new());
+    let mut header = "| clients | calls |".to_owned();
+    let mut rule = "|--:|--:|".to_owned();
+    for group in crate::cost::GROUPS {
+        header.push_str(&format!(" {group} (CPU ms) |"));
+        rule.push_str("--:|");
+    }
+    header.push_str(" **all processes (CPU ms)** | write transactions |");
+    rule.push_str("--:|--:|");
+    out.push(header);
+    out.push(rule);
+    for level in levels {
+        let calls = level.non_hashing.count;
+        let per_call = level.non_hashing_cost.cpu_ms_per_call(calls);
+        let mut row = format!("| {} | {calls} |", level.concurrency);
+        for ms in per_call {
+            row.push_str(&format!(" {ms:.2} |"));
+        }
+        row.push_str(&format!(
+            " **{:.2}** | {:.2} |",
+            per_call.iter().sum::<f64>(),
+            level.non_hashing_cost.transactions_per_call(calls)
+        ));
+        out.push(row);
+    }
     out.push(String::new());
 }
 

@@ -1,0 +1,220 @@
+//! What a command costs, in figures that survive a slow day: CPU time of each process (from
+//! `/proc/<pid>/stat`) and write transactions (transaction ids PostgreSQL assigned), over a
+//! phase and the catch-up after it, divided by the phase's successful calls.
+//!
+//! Processes are told apart by name: `command-service`, `projection-service` (its name is cut
+//! to 15 characters by the kernel), every `postgres` process (backends and background workers;
+//! with the postmaster's account of children that exited, so a backend that ends mid-phase is
+//! still counted), `nats-server`, and this bench. The bench's own polling between phases (a
+//! count of the events table every 50 ms while it waits for the projectors) is counted under
+//! `postgres` and `bench`, as it would be on any run.
+//!
+//! Statements per call would need `pg_stat_statements`, which the shared server does not load;
+//! write transactions are read from the next transaction id instead (no lag, unlike
+//! `pg_stat_database`, whose counters backends flush up to seconds late). Read-only
+//! transactions take no transaction id and are not counted: they write no WAL.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// The process groups, in table order.
+pub(crate) const GROUPS: [&str; 5] = [
+    "command service",
+    "projection service",
+    "PostgreSQL",
+    "NATS",
+    "bench",
+];
+
+/// CPU time per group and PostgreSQL's next transaction id, at one instant.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    ticks: [u64; 5],
+    next_xid: i64,
+}
+
+/// CPU time per group and write transactions over a span, summed over spans.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cost {
+    /// CPU time of each group of [`GROUPS`].
+    pub(crate) cpu: [Duration; 5],
+    /// Write transactions committed (or rolled back) on the PostgreSQL server.
+    pub(crate) transactions: u64,
+}
+
+impl Cost {
+    /// Adds the span from `before` to `after`.
+    pub(crate) fn add(&mut self, before: Reading, after: Reading) {
+        let per_tick = Duration::from_secs(1) / u32::try_from(clock_ticks()).unwrap_or(100);
+        for (slot, (a, b)) in self
+            .cpu
+            .iter_mut()
+            .zip(after.ticks.iter().zip(before.ticks.iter()))
+        {
+            *slot += per_tick * u32::try_from(a.saturating_sub(*b)).unwrap_or(u32::MAX);
+        }
+        self.transactions += u64::try_from(after.next_xid - before.next_xid).unwrap_or(0);
+    }
+
+    /// CPU milliseconds of each group per call, for `calls` calls.
+    pub(crate) fn cpu_ms_per_call(&self, calls: u64) -> [f64; 5] {
+        let calls = calls.max(1) as f64;
+        self.cpu.map(|cpu| cpu.as_secs_f64() * 1000.0 / calls)
+    }
+
+    /// Write transactions per call.
+    pub(crate) fn transactions_per_call(&self, calls: u64) -> f64 {
+        self.transactions as f64 / calls.max(1) as f64
+    }
+}
+
+/// A [`Cost`] summed over the spans between `start` and `stop`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meter {
+    /// What the spans cost so far.
+    pub(crate) cost: Cost,
+    since: Option<Reading>,
+}
+
+impl Meter {
+    /// Starts a span.
+    pub(crate) async fn start(&mut self, db: &PgPool) -> anyhow::Result<()> {
+        self.since = Some(read(db).await?);
+        Ok(())
+    }
+
+    /// Ends the span started last (nothing if none is open).
+    pub(crate) async fn stop(&mut self, db: &PgPool) -> anyhow::Result<()> {
+        if let Some(before) = self.since.take() {
+            let after = read(db).await?;
+            self.cost.add(before, after);
+        }
+        Ok(())
+    }
+}
+
+/// Reads the CPU time of each group and the next transaction id now.
+pub(crate) async fn read(db: &PgPool) -> anyhow::Result<Reading> {
+    let next_xid: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            .fetch_one(db)
+            .await?;
+    let ticks = tokio::task::spawn_blocking(cpu_ticks).await?;
+    Ok(Reading { ticks, next_xid })
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be asked).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// Which group a process of this name (and pid) belongs to.
+fn group_of(comm: &str, pid: u32) -> Option<usize> {
+    if pid == std::process::id() {
+        return Some(4);
+    }
+    match comm {
+        "command-service" => Some(0),
+        // The kernel keeps 15 characters of a process's name.
+        "projection-serv" => Some(1),
+        "postgres" => Some(2),
+        "nats-server" => Some(3),
+        _ => None,
+    }
+}
+
+/// User + system ticks of every process, by group (the postmaster's `cutime`/`cstime` count
+/// the backends that exited).
+fn cpu_ticks() -> [u64; 5] {
+    let mut ticks = [0u64; 5];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return ticks;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the name may hold spaces; the fields follow the last `)`.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let Some(group) = group_of(comm, pid) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+        let field = |n: usize| {
+            fields
+                .get(n)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let mut own = field(11) + field(12);
+        let parent = fields
+            .get(1)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let parent_is_postgres = std::fs::read_to_string(format!("/proc/{parent}/comm"))
+            .is_ok_and(|name| name.trim() == "postgres");
+        if group == 2 && !parent_is_postgres {
+            // The postmaster: its exited children too.
+            own += field(13) + field(14);
+        }
+        ticks[group] += own;
+    }
+    ticks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_counted_as_the_bench() {
+        let before = cpu_ticks();
+        let mut x = 0u64;
+        for i in 0..30_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        let after = cpu_ticks();
+        assert!(after[4] > before[4], "{before:?} → {after:?}");
+    }
+
+    #[test]
+    fn costs_divide_by_calls() {
+        let mut cost = Cost::default();
+        let before = Reading {
+            ticks: [0; 5],
+            next_xid: 10,
+        };
+        let after = Reading {
+            ticks: [100, 0, 200, 0, 0],
+            next_xid: 40,
+        };
+        cost.add(before, after);
+        let per_call = cost.cpu_ms_per_call(10);
+        let tick_ms = 1000.0 / clock_ticks() as f64;
+        assert!((per_call[0] - 10.0 * tick_ms).abs() < 1e-9);
+        assert!((per_call[2] - 20.0 * tick_ms).abs() < 1e-9);
+        assert!((cost.transactions_per_call(10) - 3.0).abs() < 1e-9);
+    }
+}
