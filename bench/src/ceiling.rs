@@ -50,18 +50,7 @@ impl Ceiling {
         concurrency: usize,
         length: Duration,
     ) -> anyhow::Result<OpStats> {
-        let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(concurrency)?)
-            .min_connections(u32::try_from(concurrency)?)
-            .connect(&self.url)
-            .await
-            .context("connecting the ceiling's pool")?;
-        // Open every connection before the clock starts.
-        let mut warm = Vec::with_capacity(concurrency);
-        for _ in 0..concurrency {
-            warm.push(pool.acquire().await?);
-        }
-        drop(warm);
+        let pool = closed::warm_pool(&self.url, concurrency, "ceiling").await?;
         let insert = format!(
             "INSERT INTO {} (client, n, payload) VALUES ($1, $2, $3)",
             self.table
@@ -83,11 +72,7 @@ impl Ceiling {
         .await?;
         let elapsed = started.elapsed();
         pool.close().await;
-        let mut all = Recorder::default();
-        for recorder in recorders {
-            all.merge(recorder);
-        }
-        Ok(all.summary("INSERT transaction (ceiling)", elapsed))
+        Ok(Recorder::merged(recorders).summary("INSERT transaction (ceiling)", elapsed))
     }
 
     /// Drops the scratch table.

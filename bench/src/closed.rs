@@ -26,6 +26,28 @@ where
     Ok(results)
 }
 
+/// A pool of exactly `concurrency` connections to `url`, every one opened before it is
+/// returned (so no phase's clock pays for connecting); `what` names it in errors.
+pub(crate) async fn warm_pool(
+    url: &str,
+    concurrency: usize,
+    what: &str,
+) -> anyhow::Result<sqlx::PgPool> {
+    let size = u32::try_from(concurrency)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(size)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting the {what}'s pool"))?;
+    let mut warm = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        warm.push(pool.acquire().await?);
+    }
+    drop(warm);
+    Ok(pool)
+}
+
 /// When a phase must stop, and whether it has.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Deadline(Instant);

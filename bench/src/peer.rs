@@ -144,17 +144,7 @@ impl Peer {
         concurrency: usize,
         length: Duration,
     ) -> anyhow::Result<OpStats> {
-        let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(concurrency)?)
-            .min_connections(u32::try_from(concurrency)?)
-            .connect(&self.url)
-            .await
-            .context("connecting the peer's pool")?;
-        let mut warm = Vec::with_capacity(concurrency);
-        for _ in 0..concurrency {
-            warm.push(pool.acquire().await?);
-        }
-        drop(warm);
+        let pool = closed::warm_pool(&self.url, concurrency, "peer").await?;
         let repository =
             PostgresEventRepository::new(pool.clone()).with_tables(&self.events, &self.snapshots);
         let cqrs: Arc<CqrsFramework<Note, PersistedEventStore<PostgresEventRepository, Note>>> =
@@ -189,11 +179,7 @@ impl Peer {
         .await?;
         let elapsed = started.elapsed();
         pool.close().await;
-        let mut all = Recorder::default();
-        for recorder in recorders {
-            all.merge(recorder);
-        }
-        Ok(all.summary("cqrs-es + postgres-es command (peer)", elapsed))
+        Ok(Recorder::merged(recorders).summary("cqrs-es + postgres-es command (peer)", elapsed))
     }
 
     /// Drops the scratch tables.

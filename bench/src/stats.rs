@@ -131,6 +131,15 @@ impl Recorder {
         entry.0 += 1;
     }
 
+    /// All the samples of `recorders`.
+    pub(crate) fn merged(recorders: impl IntoIterator<Item = Self>) -> Self {
+        let mut all = Self::default();
+        for recorder in recorders {
+            all.merge(recorder);
+        }
+        all
+    }
+
     /// Adds another recorder's samples.
     pub(crate) fn merge(&mut self, other: Self) {
         self.latencies.extend(other.latencies);

@@ -66,11 +66,7 @@ where
 
 /// All samples of `recorders` together.
 pub(super) fn merged(recorders: impl IntoIterator<Item = Recorder>) -> Recorder {
-    let mut all = Recorder::default();
-    for recorder in recorders {
-        all.merge(recorder);
-    }
-    all
+    Recorder::merged(recorders)
 }
 
 /// Waits for every probe; all their lags.
