@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::closed::{self, Deadline};
 use crate::stats::{Failure, OpStats, Recorder};
@@ -22,11 +21,7 @@ pub(crate) struct Ceiling {
 impl Ceiling {
     /// Creates the scratch table.
     pub(crate) async fn create(command_db: &str) -> anyhow::Result<Self> {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(command_db)
-            .await
-            .context("connecting to the command database for the ceiling")?;
+        let admin = closed::warm_pool(command_db, 1, "ceiling's set-up").await?;
         let table = format!("bench_ceiling_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!(
             "CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \

@@ -28,7 +28,7 @@ use crate::system::System;
 
 mod client;
 
-use client::{Client, lags_of, merged, phase};
+use client::{Client, lags_of, phase};
 
 /// Row names of the per-level tables.
 pub(crate) mod op {
@@ -162,7 +162,7 @@ pub(crate) async fn level(
     })
     .await?;
     let (recorders, qrs): (Vec<_>, Vec<_>) = out.into_iter().unzip();
-    let all = merged(recorders);
+    let all = Recorder::merged(recorders);
     ops.push(all.summary(op::ISSUE, elapsed));
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
@@ -194,7 +194,7 @@ pub(crate) async fn level(
     })
     .await?;
     let (recorders, attempts): (Vec<_>, Vec<_>) = out.into_iter().unzip();
-    let all = merged(recorders);
+    let all = Recorder::merged(recorders);
     ops.push(all.summary(op::START, elapsed));
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
@@ -223,7 +223,7 @@ pub(crate) async fn level(
     })
     .await?;
     let (recorders, scanned): (Vec<_>, Vec<_>) = out.into_iter().unzip();
-    let all = merged(recorders);
+    let all = Recorder::merged(recorders);
     ops.push(all.summary(op::SCAN, elapsed));
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
@@ -262,7 +262,7 @@ pub(crate) async fn level(
     .await?;
     let (recorders, confirmed): (Vec<_>, Vec<_>) = out.into_iter().unzip();
     if confirming {
-        let all = merged(recorders);
+        let all = Recorder::merged(recorders);
         ops.push(all.summary(op::CONFIRM, elapsed));
         non_hashing.0.merge(all);
         non_hashing.1 += elapsed;
@@ -300,7 +300,7 @@ pub(crate) async fn level(
     })
     .await?;
     let (recorders, probes): (Vec<_>, Vec<_>) = out.into_iter().unzip();
-    ops.push(merged(recorders).summary(op::SET_CODE, elapsed));
+    ops.push(Recorder::merged(recorders).summary(op::SET_CODE, elapsed));
     let mut link_lag = lags_of(probes).await;
     system.quiesce(QUIET).await?;
 
@@ -353,7 +353,7 @@ pub(crate) async fn level(
         (client, recorder)
     })
     .await?;
-    ops.push(merged(out).summary(op::LIST, elapsed));
+    ops.push(Recorder::merged(out).summary(op::LIST, elapsed));
 
     // 8. UnlinkDevices of every device linked above, one per call.
     let linked: usize = clients.iter().map(|client| client.linked.len()).sum();
@@ -380,7 +380,7 @@ pub(crate) async fn level(
     })
     .await?;
     let (recorders, probes): (Vec<_>, Vec<_>) = out.into_iter().unzip();
-    let all = merged(recorders);
+    let all = Recorder::merged(recorders);
     ops.push(all.summary(op::UNLINK, elapsed));
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;

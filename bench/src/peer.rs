@@ -17,7 +17,6 @@ use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
 use postgres_es::PostgresEventRepository;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use crate::closed::{self, Deadline};
 use crate::stats::{Failure, OpStats, Recorder};
@@ -102,11 +101,7 @@ pub(crate) struct Peer {
 impl Peer {
     /// Creates the scratch tables (postgres-es's layout) in the command database.
     pub(crate) async fn create(command_db: &str) -> anyhow::Result<Self> {
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(command_db)
-            .await
-            .context("connecting to the command database for the peer")?;
+        let admin = closed::warm_pool(command_db, 1, "peer's set-up").await?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let events = format!("bench_peer_events_{id}");
         let snapshots = format!("bench_peer_snapshots_{id}");

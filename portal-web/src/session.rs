@@ -79,6 +79,26 @@ pub struct Flash {
     pub consistency_token: Option<String>,
 }
 
+impl Flash {
+    /// A message reporting a failure.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self {
+            error: true,
+            text: text.into(),
+            detail: None,
+            consistency_token: None,
+        }
+    }
+
+    /// A message reporting what happened.
+    pub fn info(text: impl Into<String>) -> Self {
+        Self {
+            error: false,
+            ..Self::error(text)
+        }
+    }
+}
+
 /// Which devices an unlink is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UnlinkTarget {
@@ -233,8 +253,8 @@ impl SessionStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The live session with this cookie value, marked as seen now.
-    pub fn touch(&self, cookie: &str) -> Option<(SessionId, Session)> {
+    /// The id of the live session with this cookie value, marked as seen now.
+    pub fn touch(&self, cookie: &str) -> Option<SessionId> {
         let id = SessionId(cookie.to_owned());
         let mut sessions = self.lock();
         let session = sessions.get_mut(&id)?;
@@ -243,15 +263,15 @@ impl SessionStore {
             return None;
         }
         session.last_seen = Instant::now();
-        Some((id, session.clone()))
+        Some(id)
     }
 
-    /// A new, anonymous session in `language`.
-    pub fn create(&self, language: Language) -> (SessionId, Session) {
+    /// A new, anonymous session in `language`; its id.
+    pub fn create(&self, language: Language) -> SessionId {
         self.insert(Session::new(language))
     }
 
-    fn insert(&self, session: Session) -> (SessionId, Session) {
+    fn insert(&self, session: Session) -> SessionId {
         let id = SessionId(random_token());
         let mut sessions = self.lock();
         if sessions.len() >= self.capacity {
@@ -265,8 +285,8 @@ impl SessionStore {
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(id.clone(), session.clone());
-        (id, session)
+        sessions.insert(id.clone(), session);
+        id
     }
 
     /// A snapshot of session `id` (None once it ended).
@@ -292,7 +312,7 @@ impl SessionStore {
             session.user = old.user;
         }
         change(&mut session);
-        self.insert(session).0
+        self.insert(session)
     }
 
     /// Ends session `id`.
@@ -327,10 +347,10 @@ mod tests {
     #[test]
     fn a_full_store_drops_the_least_recently_seen_session() {
         let store = SessionStore::new(2, Duration::from_secs(60));
-        let (first, _) = store.create(Language::En);
-        let (second, _) = store.create(Language::Fr);
+        let first = store.create(Language::En);
+        let second = store.create(Language::Fr);
         store.touch(first.as_str()).unwrap();
-        let (third, _) = store.create(Language::De);
+        let third = store.create(Language::De);
 
         assert_eq!(store.len(), 2);
         assert!(store.get(&second).is_none(), "the least recently seen goes");
@@ -340,7 +360,7 @@ mod tests {
     #[test]
     fn a_full_store_drops_anonymous_sessions_before_signed_in_ones() {
         let store = SessionStore::new(2, Duration::from_secs(60));
-        let (holder, _) = store.create(Language::En);
+        let holder = store.create(Language::En);
         store.update(&holder, |s| {
             s.user = SignedIn::from_token(&format!(
                 "h.{}.s",
@@ -357,7 +377,7 @@ mod tests {
     #[test]
     fn an_idle_session_ends() {
         let store = SessionStore::new(10, Duration::from_millis(1));
-        let (id, _) = store.create(Language::En);
+        let id = store.create(Language::En);
         std::thread::sleep(Duration::from_millis(5));
         assert!(store.touch(id.as_str()).is_none());
     }
@@ -365,7 +385,8 @@ mod tests {
     #[test]
     fn renewing_changes_the_id_and_the_csrf_token_and_keeps_the_language() {
         let store = SessionStore::new(10, Duration::from_secs(60));
-        let (id, before) = store.create(Language::De);
+        let id = store.create(Language::De);
+        let before = store.get(&id).unwrap();
         let renewed = store.renew(&id, |_| {});
         let after = store.get(&renewed).unwrap();
 
@@ -378,7 +399,7 @@ mod tests {
     #[test]
     fn the_csrf_token_must_match_exactly() {
         let store = SessionStore::new(10, Duration::from_secs(60));
-        let (_, session) = store.create(Language::En);
+        let session = store.get(&store.create(Language::En)).unwrap();
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches(""));
         assert!(!session.csrf_matches(&session.csrf[1..]));

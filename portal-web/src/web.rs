@@ -157,9 +157,9 @@ async fn with_session(State(app): State<App>, mut request: Request, next: Next) 
     let known = cookie_value(request.headers(), cookie_name(&app))
         .and_then(|cookie| app.sessions.touch(cookie));
     let (id, created) = match known {
-        Some((id, _)) => (id, false),
+        Some(id) => (id, false),
         None => (
-            app.sessions.create(preferred_language(request.headers())).0,
+            app.sessions.create(preferred_language(request.headers())),
             true,
         ),
     };

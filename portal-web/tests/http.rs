@@ -56,6 +56,13 @@ async fn first_visit(app: &App) -> (String, String) {
     (pair, csrf)
 }
 
+fn get(path: &str, cookie: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
 fn post(path: &str, cookie: &str, body: &str) -> Request<Body> {
     Request::post(path)
         .header(header::COOKIE, cookie)
@@ -144,14 +151,7 @@ async fn a_post_without_the_session_s_csrf_token_is_refused() {
     )
     .await;
     assert_eq!(right.status(), StatusCode::SEE_OTHER);
-    let page = send(
-        &app,
-        Request::get("/sign-in")
-            .header(header::COOKIE, &cookie)
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let page = send(&app, get("/sign-in", &cookie)).await;
     assert!(text(page).await.contains("<html lang=\"fr\">"));
 }
 
@@ -175,14 +175,7 @@ async fn the_language_switch_never_redirects_off_site() {
 async fn without_development_keys_there_is_no_sign_in() {
     let app = app(&[]);
     let (cookie, csrf) = first_visit(&app).await;
-    let page = send(
-        &app,
-        Request::get("/sign-in")
-            .header(header::COOKIE, &cookie)
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let page = send(&app, get("/sign-in", &cookie)).await;
     let page = text(page).await;
     assert!(page.contains("sign in through the portal"), "{page}");
     assert!(!page.contains("id=\"sign-in-form\""));

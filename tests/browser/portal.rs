@@ -152,6 +152,40 @@ impl Scene {
         (link_token, scanned.matching_code)
     }
 
+    /// The status of a form POST of `body` to `path`, sent by the page itself (same origin, the
+    /// session cookie, whatever fields `body` has).
+    async fn post_from_page(&self, path: &str, body: &str) -> u64 {
+        let status = self
+            .browser
+            .client
+            .execute_async(
+                "const [path, body, done] = arguments;
+                 fetch(path, {method: 'POST',
+                     headers: {'content-type': 'application/x-www-form-urlencoded'},
+                     body}).then(r => done(r.status));",
+                vec![Value::from(path), Value::from(body)],
+            )
+            .await
+            .expect("a POST from the page");
+        status.as_u64().expect("a status code")
+    }
+
+    /// No element was made of the markup-like device name (`<img src=x …>`), and no dialog
+    /// opened.
+    async fn assert_shown_as_text(&self) {
+        let injected = self
+            .browser
+            .client
+            .execute(
+                "return document.querySelectorAll('img[src=\"x\"]').length;",
+                vec![],
+            )
+            .await
+            .expect("counting injected images");
+        assert_eq!(injected, Value::from(0), "no element made of the name");
+        assert_eq!(self.browser.alert_text().await, None, "no dialog");
+    }
+
     /// The browser's `linkd_session` cookie.
     async fn session_cookie(&self) -> String {
         self.browser
@@ -219,6 +253,14 @@ impl Scene {
         self.click("#link-device").await;
         let payload = self.read_qr_from_screen().await;
         if screenshots {
+            // The countdown runs (m:ss, counting down).
+            let first = self.browser.text_of("#qr-state .countdown").await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            let later = self.browser.text_of("#qr-state .countdown").await;
+            assert!(
+                later < first && later.len() == 4 && later.as_bytes()[1] == b':',
+                "a running countdown: {first} then {later}"
+            );
             self.browser.save_screenshot("link-qr").await;
             self.check_accessibility("link: QR code shown").await;
         }
@@ -370,17 +412,7 @@ async fn a_device_named_like_markup_renders_as_text() {
     scene.click("#see-devices").await;
     scene.browser.wait_for("#devices", SHOWN).await;
     assert_eq!(scene.listed_devices().await, [hostile]);
-    let injected = scene
-        .browser
-        .client
-        .execute(
-            "return document.querySelectorAll('img[src=\"x\"]').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(injected, Value::from(0), "no element made of the name");
-    assert_eq!(scene.browser.alert_text().await, None, "no dialog");
+    scene.assert_shown_as_text().await;
 
     // The history carries the name in the link's details: text there too.
     scene.history_showing("DeviceLinked").await;
@@ -388,17 +420,16 @@ async fn a_device_named_like_markup_renders_as_text() {
         .browser
         .wait_for_text("#history", hostile, SHOWN)
         .await;
-    let injected = scene
+    scene.assert_shown_as_text().await;
+
+    // Unlink all devices (the button, no selection needed).
+    scene.goto("/devices").await;
+    scene.click("#unlink-all").await;
+    scene
         .browser
-        .client
-        .execute(
-            "return document.querySelectorAll('img[src=\"x\"]').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(injected, Value::from(0), "no element made of the name");
-    assert_eq!(scene.browser.alert_text().await, None, "no dialog");
+        .wait_for_text("#flash", "Devices unlinked: 1.", SHOWN)
+        .await;
+    scene.browser.wait_for("#no-devices", SHOWN).await;
 
     // The pages not visited above pass the accessibility check too.
     scene.goto("/link").await;
@@ -420,32 +451,16 @@ async fn forms_need_the_csrf_token_and_the_keyboard_is_enough() {
     scene.browser.wait_for("#devices", SHOWN).await;
 
     // The page's own origin, the session cookie, everything but the token.
-    let status = scene
-        .browser
-        .client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             fetch('/devices/unlink', {method: 'POST',
-                 headers: {'content-type': 'application/x-www-form-urlencoded'},
-                 body: 'scope=all'}).then(r => done(r.status));",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, Value::from(403));
-    let forged = scene
-        .browser
-        .client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             fetch('/devices/unlink', {method: 'POST',
-                 headers: {'content-type': 'application/x-www-form-urlencoded'},
-                 body: 'scope=all&csrf=guessed'}).then(r => done(r.status));",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(forged, Value::from(403));
+    assert_eq!(
+        scene.post_from_page("/devices/unlink", "scope=all").await,
+        403
+    );
+    assert_eq!(
+        scene
+            .post_from_page("/devices/unlink", "scope=all&csrf=guessed")
+            .await,
+        403
+    );
     scene.goto("/devices").await;
     assert_eq!(
         scene.listed_devices().await,
@@ -477,6 +492,15 @@ async fn forms_need_the_csrf_token_and_the_keyboard_is_enough() {
         scene.listed_devices().await,
         ["Carla's phone", "Carla's tablet"]
     );
+
+    // Several at once: "select all" (the script's), then Unlink selected.
+    scene.click("#select-all").await;
+    scene.click("#unlink-selected").await;
+    scene
+        .browser
+        .wait_for_text("#flash", "Devices unlinked: 2.", SHOWN)
+        .await;
+    scene.browser.wait_for("#no-devices", SHOWN).await;
 }
 
 /// What the link flow says in one language.

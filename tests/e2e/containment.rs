@@ -141,13 +141,7 @@ async fn the_help_desk_revokes_every_device_for_a_holder_who_cannot_log_in() {
         .unwrap()
         .into_inner();
     assert_eq!(revoked.unlinked_device_ids.len(), 2);
-    let reasons: Vec<(String, String)> = sqlx::query_as(
-        "SELECT payload::jsonb -> 'DeviceUnlinked' ->> 'reason', metadata::jsonb ->> 'actor' \
-         FROM events WHERE event_type = 'DeviceUnlinked'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let reasons = app.unlinks().await;
     assert!(
         reasons
             .iter()

@@ -1,5 +1,4 @@
 use e2e::spawn_system;
-use linkctl::client::Clients;
 
 #[tokio::test]
 async fn the_demo_walks_both_flows_against_a_running_service() {
@@ -7,15 +6,9 @@ async fn the_demo_walks_both_flows_against_a_running_service() {
     let app = spawn_system().await;
 
     // Act: the same code `linkctl demo` runs.
-    linkctl::demo::run(
-        Clients::from_channels(
-            app.channel.clone(),
-            app.read.as_ref().unwrap().channel.clone(),
-        ),
-        &app.keys,
-    )
-    .await
-    .unwrap();
+    linkctl::demo::run(app.linkctl_clients(), &app.keys)
+        .await
+        .unwrap();
 
     // Assert: two devices linked (QR, LuxTrust) and both unlinked (portal, device); then two
     // more linked (LuxTrust) and unlinked together in one call (containment).

@@ -20,13 +20,11 @@ fn short(settings: &mut command_service::Settings) {
 }
 
 async fn reasons(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT payload::jsonb -> 'DeviceUnlinked' ->> 'reason' FROM events \
-         WHERE event_type = 'DeviceUnlinked'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
+    app.unlinks()
+        .await
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect()
 }
 
 async fn verify(app: &TestApp, credential: &str) -> Result<(), tonic::Status> {

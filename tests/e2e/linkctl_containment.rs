@@ -158,13 +158,7 @@ async fn revoke_all_devices_unlinks_every_device_with_reason_help_desk() {
     for id in &expected {
         assert!(printed.contains(id.as_str()), "{id} in {printed}");
     }
-    let reasons: Vec<(String, String)> = sqlx::query_as(
-        "SELECT payload::jsonb -> 'DeviceUnlinked' ->> 'reason', metadata::jsonb ->> 'actor' \
-         FROM events WHERE event_type = 'DeviceUnlinked'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let reasons = app.unlinks().await;
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons
@@ -242,15 +236,9 @@ async fn the_demo_shows_the_device_cap_when_the_servers_cap_is_that_small() {
     let app = e2e::spawn_system_with(|settings| settings.max_devices_per_account = 2).await;
 
     // Act: the third device is refused; the demo goes on and unlinks the two together.
-    linkctl::demo::run(
-        linkctl::client::Clients::from_channels(
-            app.channel.clone(),
-            app.read.as_ref().unwrap().channel.clone(),
-        ),
-        &app.keys,
-    )
-    .await
-    .unwrap();
+    linkctl::demo::run(app.linkctl_clients(), &app.keys)
+        .await
+        .unwrap();
 
     // Assert
     assert_eq!(app.events_of_type("DeviceLinked").await, 4);

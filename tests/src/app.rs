@@ -244,6 +244,18 @@ impl TestApp {
         }
     }
 
+    /// linkctl's clients on both services (for tests started with [`spawn_system`]).
+    pub fn linkctl_clients(&self) -> linkctl::client::Clients {
+        linkctl::client::Clients::from_channels(
+            self.channel.clone(),
+            self.read
+                .as_ref()
+                .expect("a test started with spawn_system")
+                .channel
+                .clone(),
+        )
+    }
+
     /// A citizen's token, authenticated just now.
     pub fn citizen(&self, account_id: &str) -> String {
         self.keys

@@ -16,6 +16,17 @@ impl TestApp {
             .expect("counting events")
     }
 
+    /// Every `DeviceUnlinked` event's reason and actor, in store order.
+    pub async fn unlinks(&self) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT payload::jsonb -> 'DeviceUnlinked' ->> 'reason', metadata::jsonb ->> 'actor' \
+             FROM events WHERE event_type = 'DeviceUnlinked' ORDER BY global_position",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("reading the unlinks")
+    }
+
     /// How many events of `event_type` the store holds.
     pub async fn events_of_type(&self, event_type: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")

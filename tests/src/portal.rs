@@ -57,11 +57,12 @@ impl PortalWeb {
     /// `linkd_session` cookie) `age_seconds` old, as if the holder had signed in that long ago:
     /// its token is replaced by one with that `auth_time`.
     pub fn age_sign_in(&self, app: &TestApp, cookie: &str, age_seconds: i64) {
-        let (id, session) = self
+        let id = self
             .app
             .sessions()
             .touch(cookie)
             .expect("a live portal-web session");
+        let session = self.app.sessions().get(&id).expect("the session");
         let account = session.user.expect("a signed-in session").account_id;
         let token = app
             .keys

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::closed;
 use crate::lag::{Probes, Want};
 use crate::session::{Linked, Session};
-use crate::stats::{Lags, Recorder};
+use crate::stats::Lags;
 
 /// A bench client during a level: its session, its accounts and the devices it linked.
 #[derive(Debug)]
@@ -62,11 +62,6 @@ where
     let elapsed = started.elapsed();
     let (clients, outputs) = done.into_iter().unzip();
     Ok((clients, outputs, elapsed))
-}
-
-/// All samples of `recorders` together.
-pub(super) fn merged(recorders: impl IntoIterator<Item = Recorder>) -> Recorder {
-    Recorder::merged(recorders)
 }
 
 /// Waits for every probe; all their lags.

@@ -96,10 +96,8 @@ impl Action {
                     Err(status) if status.code() == Code::FailedPrecondition => flash(
                         visit,
                         Flash {
-                            error: true,
-                            text: visit.texts().decline_too_late.to_owned(),
                             detail: Some(status.message().to_owned()),
-                            consistency_token: None,
+                            ..Flash::error(visit.texts().decline_too_late)
                         },
                     ),
                     Err(status) => return Err(status),
@@ -123,17 +121,16 @@ impl Action {
                     .into_inner();
                 let t = visit.texts();
                 let count = answer.unlinked_device_ids.len();
+                let text = if count == 0 {
+                    t.nothing_unlinked.to_owned()
+                } else {
+                    fill(t.unlinked_count, &[&count.to_string()])
+                };
                 flash(
                     visit,
                     Flash {
-                        error: false,
-                        text: if count == 0 {
-                            t.nothing_unlinked.to_owned()
-                        } else {
-                            fill(t.unlinked_count, &[&count.to_string()])
-                        },
-                        detail: None,
                         consistency_token: Some(answer.consistency_token),
+                        ..Flash::info(text)
                     },
                 );
                 Ok(redirect(&self.return_to()))
@@ -160,11 +157,6 @@ async fn device_limit(visit: &Visit, user: &SignedIn, device_id: &str) {
     };
     flash(
         visit,
-        Flash {
-            error: true,
-            text: fill(visit.texts().err_device_limit, &[&name]),
-            detail: None,
-            consistency_token: None,
-        },
+        Flash::error(fill(visit.texts().err_device_limit, &[&name])),
     );
 }

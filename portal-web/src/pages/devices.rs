@@ -187,15 +187,7 @@ pub(crate) async fn unlink(posted: Posted) -> Response {
         ids.sort();
         ids.dedup();
         if ids.is_empty() {
-            flash(
-                visit,
-                Flash {
-                    error: true,
-                    text: visit.texts().select_first.to_owned(),
-                    detail: None,
-                    consistency_token: None,
-                },
-            );
+            flash(visit, Flash::error(visit.texts().select_first));
             return redirect("/devices");
         }
         UnlinkTarget::Devices(ids)

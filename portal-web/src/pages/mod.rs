@@ -121,10 +121,8 @@ pub(crate) fn flash_error(visit: &Visit, status: &Status) {
     flash(
         visit,
         Flash {
-            error: true,
-            text: explained.text,
             detail: explained.detail,
-            consistency_token: None,
+            ..Flash::error(explained.text)
         },
     );
 }
@@ -134,15 +132,7 @@ pub(crate) fn to_sign_in(visit: &Visit, then: &str) -> Response {
     if visit.session.user.is_some() {
         // Signed in once, and the token expired.
         visit.app.sessions.update(&visit.id, |s| s.user = None);
-        flash(
-            visit,
-            Flash {
-                error: false,
-                text: visit.texts().session_ended.to_owned(),
-                detail: None,
-                consistency_token: None,
-            },
-        );
+        flash(visit, Flash::info(visit.texts().session_ended));
     }
     redirect(&format!("/sign-in?then={}", encode(then)))
 }

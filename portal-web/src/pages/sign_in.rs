@@ -193,7 +193,7 @@ pub(crate) async fn sign_out(posted: Posted) -> Response {
     let visit = &posted.visit;
     let language = visit.session.language;
     visit.app.sessions.end(&visit.id);
-    let (id, _) = visit.app.sessions.create(language);
+    let id = visit.app.sessions.create(language);
     let mut response = redirect("/sign-in");
     set_session_cookie(&visit.app, &mut response, &id);
     response
