@@ -12,6 +12,7 @@
 //! Between phases the bench waits for the relay and the projectors to catch up. Projection lag
 //! is sampled on links and unlinks by probes running beside the clients.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -118,8 +119,14 @@ pub(crate) async fn level(
     let accounts: Vec<String> = (0..count)
         .map(|k| format!("bench-{run_id}-c{concurrency}-{k}"))
         .collect();
+    // LuxTrust flows get accounts of their own, twice as many: the QR phases fill theirs to the
+    // device cap.
+    let luxtrust_accounts: Vec<String> = (0..count * 2)
+        .map(|k| format!("bench-{run_id}-c{concurrency}-lt-{k}"))
+        .collect();
     let setup = Session::connect_many(target, keys, concurrency.min(8)).await?;
-    session::register_all(setup, &accounts).await?;
+    let everyone: Vec<String> = accounts.iter().chain(&luxtrust_accounts).cloned().collect();
+    session::register_all(setup, &everyone).await?;
     let sessions = Session::connect_many(target, keys, concurrency).await?;
     let clients: Vec<Client> = sessions
         .into_iter()
@@ -134,6 +141,14 @@ pub(crate) async fn level(
                 .collect(),
             next: 0,
             linked: Vec::new(),
+            luxtrust_accounts: luxtrust_accounts
+                .iter()
+                .skip(index)
+                .step_by(concurrency)
+                .cloned()
+                .collect(),
+            next_luxtrust: 0,
+            links: HashMap::new(),
         })
         .collect();
     system.quiesce(QUIET).await?;
@@ -279,8 +294,12 @@ pub(crate) async fn level(
             if deadline.passed() {
                 break;
             }
+            if !client.has_room(&attempt.account) {
+                continue;
+            }
             let set = client.session.set_secret_code(&attempt.link_token);
             if let Some(credential) = recorder.time(set).await {
+                client.count_link(&attempt.account);
                 if n % every == 0 {
                     client.probe(
                         &mut probes,
@@ -311,10 +330,13 @@ pub(crate) async fn level(
         let mut probes = Probes::new(poll);
         let mut n = 0;
         while !deadline.passed() {
-            let account = client.next_account();
+            let Some(account) = client.next_luxtrust_account() else {
+                break;
+            };
             let started = Instant::now();
             let outcome = luxtrust_flow(&mut client.session, &account, &mut steps).await;
             if let Some(linked) = steps[3].record(started.elapsed(), outcome) {
+                client.count_link(&account);
                 if n % every == 0 {
                     client.probe(&mut probes, &account, &linked.device_id, Want::Linked);
                 }

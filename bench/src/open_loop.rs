@@ -17,7 +17,7 @@ use crate::closed::{self, Deadline};
 use crate::config::Target;
 use crate::lag::{Want, until_visible};
 use crate::load::{QUIET, op};
-use crate::session::{self, Linked, Session};
+use crate::session::{self, DEVICES_PER_ACCOUNT, Linked, Session};
 use crate::stats::{Failure, Lags, OpStats, Probe, Recorder};
 use crate::system::System;
 
@@ -99,11 +99,17 @@ pub(crate) async fn run(
     let accounts: Vec<String> = (0..ACCOUNTS)
         .map(|k| format!("bench-{run_id}-open-{k}"))
         .collect();
-    let sessions = Session::connect_many(target, keys, CONNECTIONS).await?;
-    let sessions = session::register_all(sessions, &accounts).await?;
     let wanted = (rate * length.as_secs_f64() / 4.0).ceil() as usize + 4;
+    // The devices to unlink are linked to accounts of their own, at most the device cap each:
+    // the paced scans on `accounts` must not meet a full account.
+    let holders: Vec<String> = (0..wanted.div_ceil(DEVICES_PER_ACCOUNT))
+        .map(|k| format!("bench-{run_id}-open-holder-{k}"))
+        .collect();
+    let sessions = Session::connect_many(target, keys, CONNECTIONS).await?;
+    let everyone: Vec<String> = accounts.iter().chain(&holders).cloned().collect();
+    let sessions = session::register_all(sessions, &everyone).await?;
     let started = Instant::now();
-    let (mut sessions, devices) = prelink(sessions, &accounts, wanted, prelink_limit).await?;
+    let (mut sessions, devices) = prelink(sessions, &holders, wanted, prelink_limit).await?;
     let prelinked = (devices.len(), started.elapsed());
     eprintln!(
         "  paced phase: {} devices linked beforehand in {:.1} s; {rate:.0} commands/s for {:.0} s",
@@ -112,7 +118,7 @@ pub(crate) async fn run(
         length.as_secs_f64()
     );
     for session in &mut sessions {
-        for account in &accounts {
+        for account in &everyone {
             session.citizen(account)?;
         }
     }

@@ -348,7 +348,7 @@ pub(crate) async fn register_all(
 
 /// The most devices the set-up links to one account: the service's default cap
 /// (`LINKD_MAX_DEVICES_PER_ACCOUNT`), which the bench runs with.
-const DEVICES_PER_ACCOUNT: usize = 5;
+pub(crate) const DEVICES_PER_ACCOUNT: usize = 5;
 
 /// Registers accounts `<prefix>-<k>` and links `total` devices across them by QR over
 /// `sessions`, at most [`DEVICES_PER_ACCOUNT`] to each (set-up work).

@@ -1,11 +1,12 @@
 //! A load client and the closed-loop phase runner.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use crate::closed;
 use crate::lag::{Probes, Want};
-use crate::session::{Linked, Session};
+use crate::session::{DEVICES_PER_ACCOUNT, Linked, Session};
 use crate::stats::Lags;
 
 /// A bench client during a level: its session, its accounts and the devices it linked.
@@ -19,6 +20,12 @@ pub(super) struct Client {
     pub(super) next: usize,
     /// The devices it linked and has not unlinked.
     pub(super) linked: Vec<Linked>,
+    /// Its accounts for LuxTrust flows (kept apart from the QR phases', which fill theirs).
+    pub(super) luxtrust_accounts: Vec<String>,
+    /// The next LuxTrust account, round robin.
+    pub(super) next_luxtrust: usize,
+    /// How many devices it linked to each of its accounts (only it links to them).
+    pub(super) links: HashMap<String, usize>,
 }
 
 impl Client {
@@ -27,6 +34,30 @@ impl Client {
         let account = self.accounts[self.next % self.accounts.len()].clone();
         self.next += 1;
         account
+    }
+
+    /// Whether `account` can take one more device: a call that would be refused for the device
+    /// cap measures the refusal, not the operation.
+    pub(super) fn has_room(&self, account: &str) -> bool {
+        self.links.get(account).copied().unwrap_or(0) < DEVICES_PER_ACCOUNT
+    }
+
+    /// Counts a device linked to `account`.
+    pub(super) fn count_link(&mut self, account: &str) {
+        *self.links.entry(account.to_owned()).or_default() += 1;
+    }
+
+    /// The next of its LuxTrust accounts that can take one more device, if any.
+    pub(super) fn next_luxtrust_account(&mut self) -> Option<String> {
+        for _ in 0..self.luxtrust_accounts.len() {
+            let account =
+                &self.luxtrust_accounts[self.next_luxtrust % self.luxtrust_accounts.len()];
+            self.next_luxtrust += 1;
+            if self.has_room(account) {
+                return Some(account.clone());
+            }
+        }
+        None
     }
 
     /// Starts a lag probe for `device_id` of `account`, acknowledged now.
