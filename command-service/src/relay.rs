@@ -140,6 +140,13 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     if !leader {
         return Ok(());
     }
+    // The checkpoint is written on this connection without waiting for its WAL flush: a crash
+    // of PostgreSQL can only move it back, and what is published again is dropped by JetStream
+    // (same message id within the duplicate window) or skipped by the consumers' guards.
+    sqlx::query("SET synchronous_commit = off")
+        .execute(&mut lock)
+        .await
+        .context("setting up the lock connection")?;
     tracing::info!("relay leading");
     let _leading = Leading::start(&settings.leading);
     let mut wake = settings.wake.clone();
@@ -196,13 +203,14 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
                 );
             }
         }
-        // Still the leader? (A dead lock connection means the lock is gone.)
-        sqlx::query("SELECT 1")
-            .execute(&mut lock)
-            .await
-            .context("the lock connection died")?;
         let batch = read_batch(pool, cursor).await?;
         let Some(last) = batch.last() else {
+            // Still the leader? (A dead lock connection means the lock is gone.) After a batch,
+            // the checkpoint's write on that connection tells.
+            sqlx::query("SELECT 1")
+                .execute(&mut lock)
+                .await
+                .context("the lock connection died")?;
             let quiet = if eager > 0 {
                 eager -= 1;
                 BUSY_POLL
@@ -227,7 +235,10 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         {
             anyhow::bail!("test crash point: published, checkpoint not saved");
         }
-        cursor = if save_checkpoint(pool, cursor, next).await? {
+        cursor = if save_checkpoint(&mut lock, cursor, next)
+            .await
+            .context("saving the checkpoint on the lock connection")?
+        {
             next
         } else {
             // An operator moved the checkpoint: continue from there.
@@ -337,7 +348,11 @@ async fn load_checkpoint(pool: &PgPool) -> anyhow::Result<Cursor> {
 }
 
 /// Moves the checkpoint from `from` to `to`; `false` if it was not at `from` any more.
-async fn save_checkpoint(pool: &PgPool, from: Cursor, to: Cursor) -> anyhow::Result<bool> {
+async fn save_checkpoint<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    from: Cursor,
+    to: Cursor,
+) -> anyhow::Result<bool> {
     let moved = sqlx::query(
         "UPDATE relay_checkpoint SET tx_id = $3, global_position = $4, updated_at = now() \
          WHERE id = 1 AND tx_id = $1 AND global_position = $2",
@@ -346,7 +361,7 @@ async fn save_checkpoint(pool: &PgPool, from: Cursor, to: Cursor) -> anyhow::Res
     .bind(from.global_position)
     .bind(to.tx_id)
     .bind(to.global_position)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(moved.rows_affected() == 1)
 }

@@ -232,6 +232,59 @@ impl EventStore {
         .await
     }
 
+    /// Executes two commands on two aggregates that change together, committed in one statement
+    /// (both or neither): each aggregate decides on its state as loaded. When another writer
+    /// appended to either since the load, both are loaded again and both commands decided again,
+    /// through [`retry_on_conflict`].
+    pub async fn execute_pair<A, B>(
+        &self,
+        (a, a_command): (Loaded<A>, A::Command),
+        (b, b_command): (Loaded<B>, B::Command),
+        metadata: &Metadata,
+    ) -> Result<(Executed<A>, Executed<B>), CommandError>
+    where
+        A: Stored,
+        B: Stored,
+        A::Command: Clone,
+        B::Command: Clone,
+        CommandError: From<AggregateError<A::Error>> + From<AggregateError<B::Error>>,
+    {
+        let ids = (a.aggregate_id.clone(), b.aggregate_id.clone());
+        let metadata = metadata.to_map();
+        let mut first = Some((a, b));
+        retry_on_conflict(|| {
+            let loaded = first.take();
+            let (a_command, b_command) = (a_command.clone(), b_command.clone());
+            let (ids, metadata) = (&ids, &metadata);
+            async move {
+                let (mut a, mut b) = match loaded {
+                    Some(loaded) => loaded,
+                    None => (
+                        self.load_context::<A>(&ids.0).await?,
+                        self.load_context::<B>(&ids.1).await?,
+                    ),
+                };
+                let a_events = decide(&mut a.aggregate, a_command).await?;
+                let b_events = decide(&mut b.aggregate, b_command).await?;
+                let (a, b) = self
+                    .commit_pair((a, a_events), (b, b_events), metadata)
+                    .await?;
+                let (a_position, b_position) = (a.position(), b.position());
+                Ok((
+                    Executed {
+                        state: a.aggregate,
+                        position: a_position,
+                    },
+                    Executed {
+                        state: b.aggregate,
+                        position: b_position,
+                    },
+                ))
+            }
+        })
+        .await
+    }
+
     /// Executes `command` on `loaded` once: a conflict is returned to the caller. For a step of
     /// [`retry_on_conflict`] whose command depends on other aggregates' state, which the step
     /// loads again on each try.
@@ -245,13 +298,7 @@ impl EventStore {
         A: Stored,
         CommandError: From<AggregateError<A::Error>>,
     {
-        let sink = EventSink::default();
-        loaded
-            .aggregate
-            .handle(command, &(), &sink)
-            .await
-            .map_err(|refusal| CommandError::from(AggregateError::UserError(refusal)))?;
-        let events = sink.collect().await;
+        let events = decide(&mut loaded.aggregate, command).await?;
         let loaded = self
             .commit_events(loaded, events, &metadata.to_map())
             .await?;
@@ -261,4 +308,19 @@ impl EventStore {
             position,
         })
     }
+}
+
+/// What `aggregate` decides on `command` (its state moves with the events, as cqrs-es's
+/// `EventSink` applies them).
+async fn decide<A>(aggregate: &mut A, command: A::Command) -> Result<Vec<A::Event>, CommandError>
+where
+    A: Stored,
+    CommandError: From<AggregateError<A::Error>>,
+{
+    let sink = EventSink::default();
+    aggregate
+        .handle(command, &(), &sink)
+        .await
+        .map_err(|refusal| CommandError::from(AggregateError::UserError(refusal)))?;
+    Ok(sink.collect().await)
 }

@@ -404,3 +404,85 @@ async fn a_command_that_lost_the_race_is_decided_again_on_the_new_state() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn two_aggregates_that_change_together_commit_in_one_transaction_or_not_at_all() {
+    // Arrange: a second device; both loaded, then another writer appends to the second.
+    let mut device = Fixture::with_linked_device().await;
+    let other_id = Uuid::new_v4().to_string();
+    let other_link = LinkAttemptId(Uuid::new_v4());
+    let metadata = Metadata {
+        actor: "test".into(),
+        request_id: Uuid::new_v4().to_string(),
+        account_id: Some("anna".into()),
+    };
+    let link = DeviceCommand::Link {
+        link_id: other_link,
+        account_id: AccountId("anna".into()),
+        device_name: DeviceName::parse("Anna's tablet").unwrap(),
+        method: LinkMethod::Qr,
+        product: None,
+        platform: Platform::Ios,
+        app_version: "2.4.1".into(),
+        at: device.at(),
+    };
+    let fresh = device.store.load::<Device>(&other_id).await.unwrap();
+    device.store.execute(fresh, link, &metadata).await.unwrap();
+    let first = device
+        .store
+        .load::<Device>(&device.device_id)
+        .await
+        .unwrap();
+    let stale = device.store.load::<Device>(&other_id).await.unwrap();
+    let meanwhile = device.store.load::<Device>(&other_id).await.unwrap();
+    let enable = |link_id, at| DeviceCommand::SetBiometrics {
+        link_id,
+        enabled: true,
+        at,
+    };
+    let (at, other_at, pair_at) = (device.at(), device.at(), device.at());
+    device
+        .store
+        .execute(meanwhile, enable(other_link, other_at), &metadata)
+        .await
+        .unwrap();
+
+    // Act: the pair's first commit conflicts on the second device, and is decided again.
+    let disable = DeviceCommand::SetBiometrics {
+        link_id: other_link,
+        enabled: false,
+        at: pair_at,
+    };
+    let (mine, other) = device
+        .store
+        .execute_pair(
+            (first, enable(device.link_id, at)),
+            (stale, disable),
+            &metadata,
+        )
+        .await
+        .unwrap();
+
+    // Assert: one event each, in one transaction (the conflict wrote nothing of the first).
+    assert_eq!((mine.position.sequence, other.position.sequence), (2, 3));
+    let written: Vec<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence, event_type, tx_id::text::bigint FROM events \
+         WHERE (aggregate_id, sequence) IN (($1, 2), ($2, 3)) ORDER BY aggregate_id = $2",
+    )
+    .bind(&device.device_id)
+    .bind(&other_id)
+    .fetch_all(device.pool())
+    .await
+    .unwrap();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(written[0].2, "BiometricsEnabled");
+    assert_eq!(written[1].2, "BiometricsDisabled");
+    assert_eq!(written[0].3, written[1].3, "one transaction: {written:?}");
+    let mine_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(&device.device_id)
+            .fetch_one(device.pool())
+            .await
+            .unwrap();
+    assert_eq!(mine_events, 2, "the conflicting try left nothing behind");
+}

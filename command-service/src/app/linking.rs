@@ -229,8 +229,11 @@ impl App {
             device_id,
             at: now,
         };
-        let consumed = self.store.execute(qr, consume, &metadata).await?;
-        let accepted = self.store.execute(attempt, accept, &metadata).await?;
+        // Both or neither: a QR code consumed for an attempt that did not accept it would be lost.
+        let (consumed, accepted) = self
+            .store
+            .execute_pair((qr, consume), (attempt, accept), &metadata)
+            .await?;
         // Read from the state, so that a retried scan answers as the first one did.
         let confirm_by = match accepted.state.confirmation() {
             Confirmation::NotRequired => None,

@@ -1,4 +1,5 @@
-//! Committing what a command decided: every event in one `INSERT`, then, every
+//! Committing what a command decided: every event (of one aggregate, or of two that change
+//! together) in one `INSERT`, then, every
 //! [`snapshot::SNAPSHOT_EVERY`] events, a snapshot of the state it left.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,42 @@ fn is_conflict(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code.as_ref(), "23505" | "40001" | "40P01"))
 }
 
+/// The rows of one `INSERT`: the events of one or more aggregates, column by column.
+#[derive(Debug, Default)]
+pub(super) struct Rows {
+    types: Vec<&'static str>,
+    ids: Vec<String>,
+    sequences: Vec<i64>,
+    event_types: Vec<String>,
+    versions: Vec<String>,
+    payloads: Vec<String>,
+}
+
+impl Rows {
+    /// Adds `events` of `loaded`, after its last event.
+    pub(super) fn push<A: Stored>(
+        &mut self,
+        loaded: &Loaded<A>,
+        events: &[A::Event],
+    ) -> Result<(), StoreError> {
+        for (n, event) in (1..).zip(events) {
+            self.types.push(A::TYPE);
+            self.ids.push(loaded.aggregate_id.clone());
+            self.sequences.push(loaded.sequence + n);
+            self.event_types.push(event.event_type());
+            self.versions.push(event.event_version());
+            self.payloads.push(
+                serde_json::to_string(event)
+                    .map_err(|e| StoreError::Corrupt(format!("serialising an event: {e}")))?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What the `INSERT` returned for one event: type, id, sequence, global position, chain hash.
+pub(super) type Written = (String, String, i64, i64, Vec<u8>);
+
 impl EventStore {
     /// Appends `events` after the loaded state, in one statement (atomic on its own), and
     /// returns where the aggregate's history now stands. A concurrent writer that appended first
@@ -29,37 +66,60 @@ impl EventStore {
         if events.is_empty() {
             return Ok(loaded);
         }
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for (n, event) in (1..).zip(&events) {
-            sequences.push(loaded.sequence + n);
-            types.push(event.event_type());
-            versions.push(event.event_version());
-            payloads.push(
-                serde_json::to_string(event)
-                    .map_err(|e| StoreError::Corrupt(format!("serialising an event: {e}")))?,
-            );
+        let mut rows = Rows::default();
+        rows.push(&loaded, &events)?;
+        let written = self.insert(rows, metadata).await?;
+        self.advance(&mut loaded, &written);
+        Ok(loaded)
+    }
+
+    /// Appends the events of two aggregates in one statement: both or neither. A concurrent
+    /// writer that appended to either first makes it fail with a conflict and write nothing.
+    pub(super) async fn commit_pair<A: Stored, B: Stored>(
+        &self,
+        (mut a, a_events): (Loaded<A>, Vec<A::Event>),
+        (mut b, b_events): (Loaded<B>, Vec<B::Event>),
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(Loaded<A>, Loaded<B>), StoreError> {
+        if a_events.is_empty() && b_events.is_empty() {
+            return Ok((a, b));
         }
+        let mut rows = Rows::default();
+        rows.push(&a, &a_events)?;
+        rows.push(&b, &b_events)?;
+        let written = self.insert(rows, metadata).await?;
+        self.advance(&mut a, &written);
+        self.advance(&mut b, &written);
+        Ok((a, b))
+    }
+
+    /// One `INSERT` of `rows`, in their order.
+    async fn insert(
+        &self,
+        rows: Rows,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<Written>, StoreError> {
         let metadata = serde_json::to_string(metadata)
             .map_err(|e| StoreError::Corrupt(format!("serialising metadata: {e}")))?;
-        let written: Result<Vec<(i64, i64, Vec<u8>)>, sqlx::Error> = sqlx::query_as(
+        let written: Result<Vec<Written>, sqlx::Error> = sqlx::query_as(
             "INSERT INTO events \
                  (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
                   metadata) \
-             SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json, $7::json \
-             FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY \
-                  AS e (sequence, event_type, event_version, payload, n) \
+             SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                    e.payload::json, $7::json \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                         $6::text[]) WITH ORDINALITY \
+                  AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+                        payload, n) \
              ORDER BY e.n \
-             RETURNING sequence, global_position, chain_hash",
+             RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash",
         )
-        .bind(A::TYPE)
-        .bind(&loaded.aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
+        .bind(&rows.types)
+        .bind(&rows.ids)
+        .bind(&rows.sequences)
+        .bind(&rows.event_types)
+        .bind(&rows.versions)
+        .bind(&rows.payloads)
         .bind(&metadata)
         .fetch_all(&self.pool)
         .await;
@@ -69,16 +129,22 @@ impl EventStore {
             Err(error) => return Err(error.into()),
         };
         self.committed.send_modify(|n| *n = n.wrapping_add(1));
-        if let Some((sequence, global_position, chain_hash)) =
-            written.into_iter().max_by_key(|(sequence, ..)| *sequence)
-        {
-            loaded.sequence = sequence;
-            loaded.global_position = global_position;
+        Ok(written)
+    }
+
+    /// Moves `loaded` to its last event among `written` (if any), and takes a snapshot when due.
+    fn advance<A: Stored>(&self, loaded: &mut Loaded<A>, written: &[Written]) {
+        let last = written
+            .iter()
+            .filter(|(kind, id, ..)| kind == A::TYPE && *id == loaded.aggregate_id)
+            .max_by_key(|(_, _, sequence, ..)| *sequence);
+        if let Some((_, _, sequence, global_position, chain_hash)) = last {
+            loaded.sequence = *sequence;
+            loaded.global_position = *global_position;
             if loaded.sequence - loaded.snapshot_sequence >= snapshot::SNAPSHOT_EVERY {
-                self.take_snapshot(&loaded, chain_hash);
+                self.take_snapshot(loaded, chain_hash.clone());
             }
         }
-        Ok(loaded)
     }
 
     /// Saves a snapshot of the state a command left (in the background: see [`snapshot`]).
