@@ -1,21 +1,45 @@
-//! Pull loop: one durable JetStream consumer per projector, explicit acknowledgements.
-//! decode -> apply (the messages already received, in one transaction: [`batch`]) -> ack; a gap
-//! or a database failure -> NAK with a delay (redelivered later); a message that can never
-//! apply -> dead-letter table, then TERM.
+//! Pull loop: one durable JetStream consumer for every read model, explicit acknowledgements.
+//! decode -> apply (the messages already received, to every read model, in one transaction:
+//! [`batch`]) -> ack once the commit is durable ([`durable_acks`]); a gap or a database failure
+//! -> NAK with a delay (redelivered later); a message that can never apply -> dead-letter table,
+//! then TERM.
+//!
+//! The consumer's transactions commit without waiting for their WAL flush
+//! (`synchronous_commit = off` on its connections): the read models can always be rebuilt from
+//! the stream, and a message is acknowledged only once PostgreSQL has flushed the WAL past the
+//! commit that applied it. A crash of PostgreSQL loses at most commits whose messages are still
+//! unacknowledged, which JetStream delivers again (ADR 0018).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 
 pub mod batch;
+pub mod durable_acks;
 
 /// The most messages applied in one transaction.
 const MAX_BATCH: usize = 256;
 
-use crate::projections::{self, Outcome, ProjectionError, Projector};
+/// The most messages delivered and not yet acknowledged: batches whose commit awaits its WAL
+/// flush stay unacknowledged for a few milliseconds (at most about 3 × `wal_writer_delay` when
+/// nothing else writes).
+const MAX_ACK_PENDING: i64 = 20_000;
+
+/// The durable consumer's name after the prefix: one consumer for every read model.
+pub const CONSUMER: &str = "read-models";
+
+/// The consumers of earlier versions (one per read model), removed at start.
+const LEGACY_CONSUMERS: [&str; 3] = ["devices", "audit", "notifier"];
+
+use crate::projections::{self, Outcome, ProjectionError, ReadModel};
+
+/// The read models one delivery feeds, in the order each event is applied to them.
+pub type ReadModels = Arc<[Box<dyn ReadModel>]>;
 
 /// Where to consume from.
 #[derive(Debug, Clone)]
@@ -26,8 +50,15 @@ pub struct ConsumerSettings {
     pub stream: String,
     /// Subject prefix.
     pub subject_prefix: String,
-    /// Durable consumer names are `<prefix>-<projector>`.
+    /// The durable consumer is `<prefix>-read-models`.
     pub consumer_prefix: String,
+}
+
+impl ConsumerSettings {
+    /// The durable consumer's name.
+    pub fn durable_name(&self) -> String {
+        format!("{}-{CONSUMER}", self.consumer_prefix)
+    }
 }
 
 impl ProjectionError {
@@ -49,50 +80,68 @@ impl ProjectionError {
     }
 }
 
-/// Consumes for `projector` until the task is dropped, reconnecting after failures.
-pub(crate) async fn run<P: Projector>(pool: PgPool, settings: ConsumerSettings, projector: P) {
-    service_kit::restarting("consumer", || consume(&pool, &settings, &projector)).await;
+/// Consumes for `models` until the task is dropped, reconnecting after failures. `pool`'s
+/// connections must commit without waiting for the flush (`synchronous_commit = off`), and
+/// acknowledgements wait for it instead.
+pub async fn run(pool: PgPool, settings: ConsumerSettings, models: ReadModels) {
+    service_kit::restarting("consumer", || consume(&pool, &settings, &models)).await;
 }
 
-/// The durable consumer of `projector`, created if missing.
-pub(crate) async fn durable<P: Projector>(
+/// The durable consumer, created if missing; the consumers of earlier versions are removed.
+pub async fn durable(
     context: &jetstream::Context,
     settings: &ConsumerSettings,
-    projector: &P,
 ) -> anyhow::Result<consumer::PullConsumer> {
     let stream = context
         .get_stream(&settings.stream)
         .await
         .with_context(|| format!("opening stream {} (the relay creates it)", settings.stream))?;
-    let name = format!("{}-{}", settings.consumer_prefix, projector.name());
-    stream
+    let name = settings.durable_name();
+    let consumer = stream
         .get_or_create_consumer(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
-                filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
+                filter_subject: format!("{}.>", settings.subject_prefix),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
+                max_ack_pending: MAX_ACK_PENDING,
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
             },
         )
         .await
-        .with_context(|| format!("creating or opening consumer {name}"))
+        .with_context(|| format!("creating or opening consumer {name}"))?;
+    for legacy in LEGACY_CONSUMERS {
+        let legacy = format!("{}-{legacy}", settings.consumer_prefix);
+        if stream
+            .get_consumer::<consumer::pull::Config>(&legacy)
+            .await
+            .is_ok()
+        {
+            stream
+                .delete_consumer(&legacy)
+                .await
+                .with_context(|| format!("removing the earlier version's consumer {legacy}"))?;
+            tracing::info!(consumer = %legacy, replaced_by = %name,
+                "removed an earlier version's consumer");
+        }
+    }
+    Ok(consumer)
 }
 
-async fn consume<P: Projector>(
+async fn consume(
     pool: &PgPool,
     settings: &ConsumerSettings,
-    projector: &P,
+    models: &ReadModels,
 ) -> anyhow::Result<()> {
     let client = async_nats::connect(&settings.nats_url)
         .await
         .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
     let context = jetstream::new(client);
-    let mut consumer = durable(&context, settings, projector).await?;
+    let mut consumer = durable(&context, settings).await?;
     if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {
-        let name = format!("{}-{}", settings.consumer_prefix, projector.name());
+        let name = settings.durable_name();
         tracing::warn!(consumer = %name, "the stream lost messages this consumer had seen; \
             recreating it to read the stream again (the guards skip what was applied)");
         context
@@ -102,10 +151,15 @@ async fn consume<P: Projector>(
             .delete_consumer(&name)
             .await
             .context("deleting the consumer")?;
-        consumer = durable(&context, settings, projector).await?;
+        consumer = durable(&context, settings).await?;
     }
     let mut messages = consumer.messages().await.context("pulling messages")?;
-    tracing::info!(projector = projector.name(), "consuming");
+    // Acknowledgements wait for the WAL flush on a task of their own; when this consumer stops,
+    // the task acknowledges what is durable and ends.
+    let (acks, committed) = mpsc::unbounded_channel();
+    tokio::spawn(durable_acks::run(pool.clone(), committed));
+    let models: Vec<&dyn ReadModel> = models.iter().map(AsRef::as_ref).collect();
+    tracing::info!(consumer = %settings.durable_name(), "consuming");
     let mut check = tokio::time::interval(Duration::from_secs(5));
     loop {
         let message = tokio::select! {
@@ -133,77 +187,75 @@ async fn consume<P: Projector>(
                 Some(None) | None => break,
             }
         }
-        handle(pool, projector, batch).await?;
+        let settled = handle(pool, settings, &models, batch).await?;
+        if !settled.is_empty() && acks.send(settled).is_err() {
+            anyhow::bail!("the acknowledging task ended");
+        }
         if let Some(error) = failed {
             return Err(anyhow::anyhow!(error).context("receiving a message"));
         }
     }
 }
 
-/// Applies a batch of messages and acknowledges each: applied, already applied or parked →
-/// ACK; a gap or a failure → NAK with backoff; undecodable → dead letter, then TERM.
-async fn handle<P: Projector>(
+/// Applies a batch of messages: a gap or a failure is NAKed with backoff at once; the rest
+/// (applied, already applied, parked, undecodable and recorded as a dead letter) is returned
+/// with its acknowledgement, to be sent once the commit is durable.
+async fn handle(
     pool: &PgPool,
-    projector: &P,
+    settings: &ConsumerSettings,
+    models: &[&dyn ReadModel],
     batch: Vec<jetstream::Message>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(jetstream::Message, AckKind)>> {
+    let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
         match projections::decode(&message.payload) {
             Ok(event) => decoded.push((message, event)),
-            Err(poison) => settle(pool, projector, &message, Err(poison)).await?,
+            Err(ProjectionError::Poison(reason)) => {
+                tracing::error!(subject = %message.subject, %reason, "parking a poison message");
+                park(
+                    pool,
+                    &settings.durable_name(),
+                    &message.subject,
+                    &reason,
+                    &message.payload,
+                )
+                .await?;
+                settled.push((message, AckKind::Term));
+            }
+            Err(other) => nak(&message, &other).await?,
         }
     }
     let (messages, events): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
     if events.is_empty() {
-        return Ok(());
+        return Ok(settled);
     }
-    let verdicts = match batch::apply(pool, projector, &events).await {
+    let verdicts = match batch::apply(pool, models, &events).await {
         Ok(verdicts) => verdicts,
         Err(error) => {
             tracing::debug!(%error, events = events.len(), "batch rolled back; one by one");
-            batch::one_by_one(pool, projector, &events).await
+            batch::one_by_one(pool, models, &events).await
         }
     };
-    for (message, verdict) in messages.iter().zip(verdicts) {
-        settle(pool, projector, message, verdict).await?;
-    }
-    Ok(())
-}
-
-/// Acknowledges one message according to what became of its event.
-async fn settle<P: Projector>(
-    pool: &PgPool,
-    projector: &P,
-    message: &jetstream::Message,
-    verdict: Result<Outcome, ProjectionError>,
-) -> anyhow::Result<()> {
-    match verdict {
-        Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => message
-            .ack()
-            .await
-            .map_err(|e| anyhow::anyhow!("acknowledging: {e}")),
-        Err(error) => {
-            if let ProjectionError::Poison(reason) = &error {
-                tracing::error!(subject = %message.subject, %reason, "parking a poison message");
-                park(
-                    pool,
-                    projector.name(),
-                    &message.subject,
-                    reason,
-                    &message.payload,
-                )
-                .await?;
-            } else {
-                tracing::debug!(subject = %message.subject, %error, "retrying later");
+    for (message, verdict) in messages.into_iter().zip(verdicts) {
+        match verdict {
+            Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => {
+                settled.push((message, AckKind::Ack));
             }
-            let delivered = message.info().map_or(1, |info| info.delivered);
-            message
-                .ack_with(error.ack_kind(delivered))
-                .await
-                .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))
+            Err(error) => nak(&message, &error).await?,
         }
     }
+    Ok(settled)
+}
+
+/// Asks for `message` again later, after a backoff that depends on why it did not apply.
+async fn nak(message: &jetstream::Message, error: &ProjectionError) -> anyhow::Result<()> {
+    tracing::debug!(subject = %message.subject, %error, "retrying later");
+    let delivered = message.info().map_or(1, |info| info.delivered);
+    message
+        .ack_with(error.ack_kind(delivered))
+        .await
+        .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))
 }
 
 /// Whether the consumer has been delivered stream positions the stream no longer holds: NATS
@@ -236,7 +288,7 @@ async fn consumer_ahead_of_stream(
 /// Records a message that can never be applied, for operators.
 async fn park(
     pool: &PgPool,
-    projector: &str,
+    consumer: &str,
     subject: &str,
     reason: &str,
     payload: &[u8],
@@ -248,7 +300,7 @@ async fn park(
         "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(projector)
+    .bind(consumer)
     .bind(subject)
     .bind(event_id)
     .bind(reason)

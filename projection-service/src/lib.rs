@@ -1,7 +1,9 @@
-//! linkd's read side: it reads and notifies. Durable JetStream pull consumers feed projectors
-//! that keep read models in the service's own PostgreSQL database — the devices of each account,
-//! the audit log, and the email outbox — each pulled batch applied in one transaction with the
-//! per-aggregate guards of its events (one event at a time when the batch fails; ADR 0009). `DeviceQueryService` (the holder's devices, read-your-writes) and
+//! linkd's read side: it reads and notifies. One durable JetStream pull consumer feeds the
+//! projectors that keep read models in the service's own PostgreSQL database — the devices of
+//! each account, the audit log, and the email outbox — each pulled batch applied to all of them
+//! in one transaction with each read model's per-aggregate guards (one event at a time when the
+//! batch fails; ADR 0009), committed without waiting for the WAL flush and acknowledged once it
+//! is flushed (ADR 0018). `DeviceQueryService` (the holder's devices, read-your-writes) and
 //! `AuditService` (an account's history, devices at an instant, the tamper-evidence check)
 //! answer from them. A worker sends the outbox's emails; `projection-service rebuild` replays
 //! the stream into fresh tables and switches the device read model over.
@@ -13,7 +15,8 @@
 //!
 //! - `config`: `Settings`, read once from the environment.
 //! - `startup`: pool, migrations, consumers, email worker, gRPC server with health and reflection.
-//! - `consumer`: the pull loop (and `consumer::batch`, a pull applied in one transaction).
+//! - `consumer`: the pull loop (`consumer::batch`, a pull applied to every read model in one
+//!   transaction; `consumer::durable_acks`, acknowledgements sent once the WAL is flushed).
 //! - `projections`: the guard, and the projectors `devices`, `audit` and `notifier` (which
 //!   queues emails); `projections::replay` applies many events per transaction for a rebuild.
 //! - `email`: the outbox worker and the email templates.

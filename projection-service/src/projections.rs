@@ -16,6 +16,7 @@ pub(crate) mod replay;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
+use futures_util::future::BoxFuture;
 use prost::Message as _;
 use proto::convert::{self, Unknown};
 use proto::v1::EventEnvelope;
@@ -129,90 +130,179 @@ pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
     Ok(envelope)
 }
 
-/// Applies `event` with `projector` exactly once, in order, per aggregate. An event that decodes
-/// but cannot apply is parked in `dead_letters` in the same transaction and the guard moves past
-/// it.
+/// A projector as the live consumer holds it: one delivery feeds several read models, each
+/// with its own guard (dyn-compatible, unlike [`Projector`]).
+pub trait ReadModel: Send + Sync {
+    /// The projector's name: its guard's key and its dead letters' `projector`.
+    fn guard(&self) -> &'static str;
+
+    /// Whether it reads events of `aggregate_type` (its [`Projector::filter`]).
+    fn reads(&self, aggregate_type: &str) -> bool;
+
+    /// [`Projector::apply`].
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+}
+
+impl<P: Projector> ReadModel for P {
+    fn guard(&self) -> &'static str {
+        self.name()
+    }
+
+    fn reads(&self, aggregate_type: &str) -> bool {
+        let filter = self.filter();
+        filter == ">" || filter.strip_suffix(".>") == Some(aggregate_type)
+    }
+
+    fn project<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(self.apply(tx, event))
+    }
+}
+
+/// What became of one event across the read models that read it: the first refusal if any
+/// (the message is delivered again; the read models that applied it skip it then), else applied
+/// if any applied it, else parked if any parked it, else already applied.
+pub fn verdict(
+    outcomes: impl IntoIterator<Item = Result<Outcome, ProjectionError>>,
+) -> Result<Outcome, ProjectionError> {
+    let mut combined = Outcome::AlreadyApplied;
+    for outcome in outcomes {
+        combined = match (outcome?, combined) {
+            (Outcome::Applied, _) | (_, Outcome::Applied) => Outcome::Applied,
+            (Outcome::Parked, _) | (_, Outcome::Parked) => Outcome::Parked,
+            (Outcome::AlreadyApplied, Outcome::AlreadyApplied) => Outcome::AlreadyApplied,
+        };
+    }
+    Ok(combined)
+}
+
+/// Applies `event` with `projector` exactly once, in order, per aggregate: [`apply_all`] with
+/// one read model.
 pub async fn apply<P: Projector>(
     pool: &PgPool,
     projector: &P,
     event: &EventEnvelope,
 ) -> Result<Outcome, ProjectionError> {
+    apply_all(pool, &[projector as &dyn ReadModel], event).await
+}
+
+/// Applies `event` to every read model of `models` that reads it, exactly once and in order per
+/// aggregate and read model, in one transaction. Each read model's work sits behind a savepoint:
+/// an event that decodes but cannot apply is parked in `dead_letters` for that read model and
+/// its guard moves past it; a gap or a wait leaves that read model's guard where it was (the
+/// message comes again, and the others skip it then).
+pub async fn apply_all(
+    pool: &PgPool,
+    models: &[&dyn ReadModel],
+    event: &EventEnvelope,
+) -> Result<Outcome, ProjectionError> {
     let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(models.len());
+    for model in models
+        .iter()
+        .filter(|model| model.reads(&event.aggregate_type))
+    {
+        outcomes.push(apply_one(&mut tx, *model, event).await?);
+    }
+    tx.commit().await?;
+    verdict(outcomes)
+}
+
+/// One read model's share of [`apply_all`]. The outer `Err` is a failure of the transaction
+/// itself; the inner one is this read model's refusal of the event.
+async fn apply_one(
+    tx: &mut Transaction<'static, Postgres>,
+    model: &dyn ReadModel,
+    event: &EventEnvelope,
+) -> Result<Result<Outcome, ProjectionError>, ProjectionError> {
     // The guard row exists before it is locked, so two instances handling an aggregate's first
     // event serialise on it too (FOR UPDATE on a missing row locks nothing).
     sqlx::query(
         "INSERT INTO projector_positions (projector, aggregate_type, aggregate_id, last_sequence) \
          VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
     )
-    .bind(projector.name())
+    .bind(model.guard())
     .bind(&event.aggregate_type)
     .bind(&event.aggregate_id)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let last: i64 = sqlx::query_scalar(
         "SELECT last_sequence FROM projector_positions \
          WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 FOR UPDATE",
     )
-    .bind(projector.name())
+    .bind(model.guard())
     .bind(&event.aggregate_type)
     .bind(&event.aggregate_id)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     if event.sequence <= last {
-        return Ok(Outcome::AlreadyApplied);
+        return Ok(Ok(Outcome::AlreadyApplied));
     }
     if event.sequence != last + 1 {
-        return Err(ProjectionError::Gap {
+        return Ok(Err(ProjectionError::Gap {
             aggregate: format!("{}/{}", event.aggregate_type, event.aggregate_id),
             expected: last + 1,
             got: event.sequence,
-        });
+        }));
     }
     sqlx::query("SAVEPOINT projecting")
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    let outcome = match projector.apply(&mut tx, event).await {
+    let outcome = match model.project(tx, event).await {
         Ok(()) => Outcome::Applied,
         // An event that decodes but can never apply: park it and move on, so that the
         // aggregate's later events are not blocked behind it for ever.
         Err(ProjectionError::Poison(reason)) => {
             sqlx::query("ROLLBACK TO SAVEPOINT projecting")
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            tracing::error!(event_id = %event.event_id, %reason, "parking an event that cannot apply");
+            tracing::error!(event_id = %event.event_id, projector = model.guard(), %reason,
+                "parking an event that cannot apply");
             sqlx::query(
                 "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
                  VALUES ($1, $2, $3, $4, $5)",
             )
-            .bind(projector.name())
+            .bind(model.guard())
             .bind(format!("{}.{}", event.aggregate_type, event.event_type))
             .bind(&event.event_id)
             .bind(&reason)
             .bind(prost::Message::encode_to_vec(event))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             Outcome::Parked
         }
-        Err(other) => return Err(other),
+        // Not yet (or the database refused this read model's statements): undo its share only.
+        Err(refusal) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT projecting")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(Err(refusal));
+        }
     };
     let moved = sqlx::query(
         "UPDATE projector_positions SET last_sequence = $4 \
          WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
          AND last_sequence = $4 - 1",
     )
-    .bind(projector.name())
+    .bind(model.guard())
     .bind(&event.aggregate_type)
     .bind(&event.aggregate_id)
     .bind(event.sequence)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     if moved.rows_affected() != 1 {
         return Err(ProjectionError::Transient(sqlx::Error::Protocol(
             "the guard moved under its lock".into(),
         )));
     }
-    tx.commit().await?;
-    Ok(outcome)
+    Ok(Ok(outcome))
 }
 
 /// The last sequence `projector` applied for an aggregate (0 if none).

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::consumer::ConsumerSettings;
 use crate::projections::replay::{self, BatchOutcome, Replayed};
-use crate::projections::{self, BatchProjector, Projector, devices::Devices};
+use crate::projections::{self, BatchProjector, Projector, ReadModel as _, devices::Devices};
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy)]
@@ -345,7 +345,11 @@ async fn pull(
             let message = message.map_err(|e| anyhow::anyhow!("receiving: {e}"))?;
             got += 1;
             match projections::decode(&message.payload) {
-                Ok(event) => events.push(event),
+                // As the live consumer chooses: by the envelope's aggregate type (a message on a
+                // device subject whose envelope names another aggregate is not the device read
+                // model's).
+                Ok(event) if Devices.reads(&event.aggregate_type) => events.push(event),
+                Ok(_) => {}
                 // Not an event at all: the live consumer parked it already.
                 Err(_) => {
                     tracing::warn!(subject = %message.subject, "skipping an undecodable message");

@@ -2,6 +2,8 @@
 //! reflection.
 
 use std::net::SocketAddr;
+use std::str::FromStr as _;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use identity::{Checks, KeySet};
@@ -9,15 +11,16 @@ use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::config::Settings;
-use crate::consumer;
+use crate::consumer::{self, ReadModels};
 use crate::email::{self, Templates};
 use crate::grpc::Queries;
 use crate::grpc::audit::Audits;
+use crate::projections::ReadModel;
 use crate::projections::audit::AuditLog;
 use crate::projections::devices::Devices;
 use crate::projections::notifier::Notifier;
@@ -28,9 +31,12 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     pool: PgPool,
-    /// The consumers' and email worker's own connections, so that queries waiting for a
-    /// consistency token can never starve them.
+    /// The email worker's own connections, so that queries waiting for a consistency token can
+    /// never starve it.
     worker_pool: PgPool,
+    /// The consumer's own connections, which commit without waiting for the WAL flush (its
+    /// acknowledgements wait for it instead: `consumer::durable_acks`).
+    consumer_pool: PgPool,
     settings: Settings,
     queries: Queries,
     audits: Audits,
@@ -51,6 +57,20 @@ pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// The live consumer's connections to the read-model database: its transactions commit without
+/// waiting for the WAL flush, and its acknowledgements wait for it instead.
+pub async fn consumer_pool(database_url: &str) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)
+        .context("LINKD_PROJECTION_DATABASE_URL is not a PostgreSQL URL")?
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .context("connecting the consumer to the read-model database")
+}
+
 impl Application {
     /// Connects, migrates, loads keys and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
@@ -66,11 +86,12 @@ impl Application {
         )
         .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
         let worker_pool = PgPoolOptions::new()
-            .max_connections(6)
+            .max_connections(2)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(&settings.database_url.0)
             .await
-            .context("connecting the consumers to the read-model database")?;
+            .context("connecting the email worker to the read-model database")?;
+        let consumer_pool = consumer_pool(&settings.database_url.0).await?;
         let queries = Queries {
             pool: pool.clone(),
             idp,
@@ -100,6 +121,7 @@ impl Application {
             local_addr,
             pool,
             worker_pool,
+            consumer_pool,
             settings,
             queries,
             audits,
@@ -124,27 +146,20 @@ impl Application {
         let consumer_settings = self.settings.consumers();
         let limits_sweeper =
             tokio::spawn(crate::limits::sweep_every_minute(self.queries.pool.clone()));
-        let devices = tokio::spawn(
-            consumer::run(self.worker_pool.clone(), consumer_settings.clone(), Devices)
-                .instrument(tracing::info_span!("consumer", projector = "devices")),
-        );
         let notifier = Notifier {
             templates: Templates::default(),
             sender: self.settings.email.sender.clone(),
             default_language: self.settings.email.default_language.clone(),
             max_event_age: self.settings.email.max_event_age,
         };
-        let audit_log = tokio::spawn(
-            consumer::run(
-                self.worker_pool.clone(),
-                consumer_settings.clone(),
-                AuditLog,
-            )
-            .instrument(tracing::info_span!("consumer", projector = "audit")),
-        );
-        let notifications = tokio::spawn(
-            consumer::run(self.worker_pool.clone(), consumer_settings, notifier)
-                .instrument(tracing::info_span!("consumer", projector = "notifier")),
+        let models: ReadModels = Arc::new([
+            Box::new(Devices) as Box<dyn ReadModel>,
+            Box::new(AuditLog),
+            Box::new(notifier),
+        ]);
+        let consumer = tokio::spawn(
+            consumer::run(self.consumer_pool.clone(), consumer_settings, models)
+                .instrument(tracing::info_span!("consumer")),
         );
         let sender = self.settings.email_enabled.then(|| {
             tokio::spawn(
@@ -165,9 +180,7 @@ impl Application {
             .serve(self.listener, shutdown)
             .await;
         limits_sweeper.abort();
-        devices.abort();
-        notifications.abort();
-        audit_log.abort();
+        consumer.abort();
         if let Some(sender) = sender {
             sender.abort();
         }

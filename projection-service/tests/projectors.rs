@@ -195,7 +195,7 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     let events = [linked(), linked(), biometrics(3), biometrics(2)];
 
     // Act
-    let verdicts = batch::apply(&pool, &Devices, &events).await.unwrap();
+    let verdicts = batch::apply(&pool, &[&Devices], &events).await.unwrap();
 
     // Assert
     assert!(
@@ -227,7 +227,7 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     );
     assert_eq!(guard(&pool).await, Some(2));
     // The held-back event applies when it is delivered again.
-    let again = batch::apply(&pool, &Devices, &[biometrics(3)])
+    let again = batch::apply(&pool, &[&Devices], &[biometrics(3)])
         .await
         .unwrap();
     assert!(matches!(again[0], Ok(Outcome::Applied)), "{:?}", again[0]);
@@ -240,7 +240,7 @@ async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
     let broken = broken();
     let events = [linked(), broken, biometrics(3)];
 
-    let refused = batch::apply(&pool, &Devices, &events).await;
+    let refused = batch::apply(&pool, &[&Devices], &events).await;
     assert!(
         matches!(refused, Err(ProjectionError::Poison(_))),
         "{refused:?}"
@@ -250,7 +250,7 @@ async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
         0,
         "nothing of the batch committed"
     );
-    let verdicts = batch::one_by_one(&pool, &Devices, &events).await;
+    let verdicts = batch::one_by_one(&pool, &[&Devices], &events).await;
 
     let outcomes: Vec<Outcome> = verdicts.into_iter().map(Result::unwrap).collect();
     assert_eq!(
@@ -270,7 +270,7 @@ async fn concurrent_batches_of_the_same_events_apply_each_once() {
         let (pool, events) = (pool.clone(), events.clone());
         workers.spawn(async move {
             loop {
-                match batch::apply(&pool, &Devices, &events).await {
+                match batch::apply(&pool, &[&Devices], &events).await {
                     Ok(verdicts) => {
                         assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
                         break;
@@ -329,7 +329,8 @@ async fn batch_guards_are_reached_by_key_whatever_the_statistics() {
                 .unwrap();
             let plan = |statement: &str| format!("EXPLAIN EXECUTE {statement}");
             let lock: Vec<String> = sqlx::query_scalar(&plan(
-                "lock_guards('devices', ARRAY['device', 'device'], ARRAY['device-7', 'device-9'])",
+                "lock_guards(ARRAY['devices', 'devices'], ARRAY['device', 'device'], \
+                 ARRAY['device-7', 'device-9'])",
             ))
             .fetch_all(&mut *connection)
             .await
@@ -357,4 +358,251 @@ async fn batch_guards_are_reached_by_key_whatever_the_statistics() {
             );
         }
     }
+}
+
+/// A read model of the test's own: counts how often each event reached it, so that an event
+/// applied twice shows (`n` = 2). With `wait_at`, it refuses that sequence the first
+/// `refusals` times it meets it, as a read model waiting for something another aggregate brings.
+struct Tally {
+    name: &'static str,
+    wait_at: Option<i64>,
+    refusals: std::sync::atomic::AtomicU32,
+}
+
+impl Tally {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            wait_at: None,
+            refusals: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+impl projections::Projector for Tally {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn filter(&self) -> &'static str {
+        ">"
+    }
+
+    async fn apply<'a>(
+        &'a self,
+        tx: &'a mut sqlx::Transaction<'static, sqlx::Postgres>,
+        event: &'a EventEnvelope,
+    ) -> Result<(), ProjectionError> {
+        let refuse = |left: u32| left.checked_sub(1);
+        if self.wait_at == Some(event.sequence)
+            && self
+                .refusals
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    refuse,
+                )
+                .is_ok()
+        {
+            return Err(ProjectionError::Waiting("the test says not yet".into()));
+        }
+        sqlx::query(
+            "INSERT INTO tally (projector, event_id, n) VALUES ($1, $2, 1) \
+             ON CONFLICT (projector, event_id) DO UPDATE SET n = tally.n + 1",
+        )
+        .bind(self.name)
+        .bind(&event.event_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn with_tally() -> (TestDatabase, sqlx::PgPool) {
+    let (database, pool) = read_model().await;
+    sqlx::query(
+        "CREATE TABLE tally (projector text, event_id text, n int, PRIMARY KEY (projector, event_id))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    (database, pool)
+}
+
+/// `(projector, event_id, n)` for every event a tally saw, in order.
+async fn tallied(pool: &sqlx::PgPool) -> Vec<(String, String, i32)> {
+    sqlx::query_as("SELECT projector, event_id, n FROM tally ORDER BY projector, event_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn guards(pool: &sqlx::PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT projector, last_sequence FROM projector_positions ORDER BY projector")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn outcomes(verdicts: batch::Verdicts) -> Vec<Outcome> {
+    verdicts.into_iter().map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn one_batch_feeds_every_read_model_each_with_its_own_guard() {
+    // Arrange
+    let (_database, pool) = with_tally().await;
+    let tally = Tally::new("tally");
+    let models: [&dyn projections::ReadModel; 2] = [&Devices, &tally];
+
+    // Act: two events, then a redelivery of both with a third.
+    let first = batch::apply(&pool, &models, &[linked(), biometrics(2)])
+        .await
+        .unwrap();
+    let again = batch::apply(&pool, &models, &[linked(), biometrics(2), biometrics(3)])
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(outcomes(first), [Outcome::Applied, Outcome::Applied]);
+    assert_eq!(
+        outcomes(again),
+        [
+            Outcome::AlreadyApplied,
+            Outcome::AlreadyApplied,
+            Outcome::Applied
+        ]
+    );
+    assert_eq!(
+        guards(&pool).await,
+        [("devices".to_owned(), 3), ("tally".to_owned(), 3)]
+    );
+    let seen = tallied(&pool).await;
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|(.., n)| *n == 1), "{seen:?}");
+    let biometrics: bool = sqlx::query_scalar("SELECT biometrics_enabled FROM devices")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(biometrics);
+}
+
+#[tokio::test]
+async fn a_read_model_ahead_of_the_others_skips_what_they_apply() {
+    // Arrange: `rebuilt` already holds the first two events (as after a rebuild of it alone).
+    let (_database, pool) = with_tally().await;
+    let (live, rebuilt) = (Tally::new("live"), Tally::new("rebuilt"));
+    sqlx::query("INSERT INTO projector_positions VALUES ('rebuilt', 'device', $1, 2)")
+        .bind(DEVICE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO tally VALUES ('rebuilt', $1, 1), ('rebuilt', $2, 1)")
+        .bind(linked().event_id)
+        .bind(biometrics(2).event_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // Act
+    let verdicts = batch::apply(
+        &pool,
+        &[&live, &rebuilt],
+        &[linked(), biometrics(2), biometrics(3)],
+    )
+    .await
+    .unwrap();
+
+    // Assert
+    assert_eq!(outcomes(verdicts), [Outcome::Applied; 3]);
+    assert_eq!(
+        guards(&pool).await,
+        [("live".to_owned(), 3), ("rebuilt".to_owned(), 3)]
+    );
+    let seen = tallied(&pool).await;
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|(.., n)| *n == 1), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_read_model_that_must_wait_does_not_hold_the_others_back() {
+    // Arrange: `picky` refuses the second event the first two times it meets it.
+    let (_database, pool) = with_tally().await;
+    let tally = Tally::new("tally");
+    let picky = Tally {
+        wait_at: Some(2),
+        refusals: 2.into(),
+        ..Tally::new("picky")
+    };
+    let models: [&dyn projections::ReadModel; 2] = [&tally, &picky];
+    let events = [linked(), biometrics(2), biometrics(3)];
+
+    // Act: the batch rolls back and goes one by one; then the refused events come again.
+    let refused = batch::apply(&pool, &models, &events).await;
+    let verdicts = batch::one_by_one(&pool, &models, &events).await;
+    let again = batch::apply(&pool, &models, &events[1..]).await.unwrap();
+
+    // Assert
+    assert!(
+        matches!(refused, Err(ProjectionError::Waiting(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(verdicts[0], Ok(Outcome::Applied)), "{verdicts:?}");
+    assert!(
+        matches!(verdicts[1], Err(ProjectionError::Waiting(_))),
+        "{verdicts:?}"
+    );
+    assert!(
+        matches!(verdicts[2], Err(ProjectionError::Gap { .. })),
+        "{verdicts:?}"
+    );
+    assert_eq!(outcomes(again), [Outcome::Applied, Outcome::Applied]);
+    assert_eq!(
+        guards(&pool).await,
+        [("picky".to_owned(), 3), ("tally".to_owned(), 3)]
+    );
+    let seen = tallied(&pool).await;
+    assert_eq!(seen.len(), 6);
+    assert!(seen.iter().all(|(.., n)| *n == 1), "{seen:?}");
+}
+
+#[tokio::test]
+async fn concurrent_batches_for_several_read_models_apply_each_event_once_to_each() {
+    // Twelve workers deliver overlapping batches at once (redeliveries, two instances).
+    let (_database, pool) = with_tally().await;
+    let events = vec![linked(), biometrics(2), biometrics(3)];
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..12 {
+        let (pool, events) = (pool.clone(), events.clone());
+        workers.spawn(async move {
+            let tally = Tally::new("tally");
+            let models: [&dyn projections::ReadModel; 2] = [&Devices, &tally];
+            // Half the workers deliver the batch from its second event, as a redelivery might.
+            let from = worker % 2;
+            loop {
+                match batch::apply(&pool, &models, &events[from..]).await {
+                    Ok(verdicts)
+                        if verdicts
+                            .iter()
+                            .all(|v| !matches!(v, Err(ProjectionError::Gap { .. }))) =>
+                    {
+                        assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+                        break;
+                    }
+                    Ok(_) | Err(ProjectionError::Transient(_)) => tokio::task::yield_now().await,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        });
+    }
+    while let Some(done) = workers.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(
+        guards(&pool).await,
+        [("devices".to_owned(), 3), ("tally".to_owned(), 3)]
+    );
+    let seen = tallied(&pool).await;
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|(.., n)| *n == 1), "{seen:?}");
 }

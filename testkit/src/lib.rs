@@ -1,7 +1,8 @@
 //! The plumbing linkd's tests share, whatever they test: a scratch PostgreSQL database per test
 //! ([`TestDatabase`], dropped with its guard), a scratch JetStream stream and subject prefix per
 //! test on the shared nats-server ([`TestStream`], deleted with its guard), a nats-server of a
-//! test's own for tests that stop and start NATS ([`OwnNats`]), and [`eventually`] for
+//! test's own for tests that stop and start NATS ([`OwnNats`]), a PostgreSQL cluster of a
+//! test's own for tests that crash PostgreSQL ([`OwnPostgres`]), and [`eventually`] for
 //! assertions on what settles asynchronously.
 //!
 //! It knows nothing of linkd: it must not depend on the services (the services' own tests use
@@ -15,6 +16,7 @@
 mod database;
 mod nats;
 mod own_nats;
+mod own_postgres;
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use std::time::Duration;
 pub use database::{TestDatabase, admin_url, with_database};
 pub use nats::{TestStream, nats_url};
 pub use own_nats::OwnNats;
+pub use own_postgres::OwnPostgres;
 
 /// Polls `check` until it returns `Some`, or panics after `within` naming `what` it waited for.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T

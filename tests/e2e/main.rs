@@ -24,6 +24,7 @@ mod malformed_input;
 mod qr_codes;
 mod rate_limits;
 mod read_side;
+mod read_side_crash;
 mod rebuild;
 mod secret_code;
 mod serving;

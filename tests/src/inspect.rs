@@ -73,3 +73,74 @@ impl TestApp {
         .await;
     }
 }
+
+impl TestApp {
+    /// Waits until every read model matches the event store exactly: the devices as
+    /// [`Self::wait_until_read_model_is_exact`] checks them; the audit log one row per stored
+    /// event and nothing else; each read model's guard at the last sequence of each aggregate it
+    /// reads; one queued email per `DeviceLinked`.
+    pub async fn wait_until_every_read_model_is_exact(&self, within: Duration) {
+        self.wait_until_read_model_is_exact(within).await;
+        let read = self.read_pool();
+        eventually(
+            within,
+            "the audit log, the guards and the outbox to match the event store",
+            || async {
+                let stored: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT aggregate_type, aggregate_id, sequence FROM events \
+                     ORDER BY aggregate_type, aggregate_id, sequence",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .ok()?;
+                let event_ids: Vec<String> = stored
+                    .iter()
+                    .map(|(kind, id, sequence)| format!("{kind}/{id}/{sequence}"))
+                    .collect();
+                let mut last: Vec<(String, String, i64)> = Vec::new();
+                for (kind, id, sequence) in stored {
+                    match last.last_mut() {
+                        Some((k, i, s)) if *k == kind && *i == id => *s = sequence,
+                        _ => last.push((kind, id, sequence)),
+                    }
+                }
+                last.sort();
+                let mut audited: Vec<String> = sqlx::query_scalar("SELECT event_id FROM audit_log")
+                    .fetch_all(&read)
+                    .await
+                    .ok()?;
+                let mut expected_ids = event_ids;
+                audited.sort();
+                expected_ids.sort();
+                if audited != expected_ids {
+                    return None;
+                }
+                for projector in ["audit", "notifier"] {
+                    let guards: Vec<(String, String, i64)> = sqlx::query_as(
+                        "SELECT aggregate_type, aggregate_id, last_sequence \
+                         FROM projector_positions WHERE projector = $1 \
+                         ORDER BY aggregate_type, aggregate_id",
+                    )
+                    .bind(projector)
+                    .fetch_all(&read)
+                    .await
+                    .ok()?;
+                    let mut guards = guards;
+                    guards.sort();
+                    if guards != last {
+                        return None;
+                    }
+                }
+                let linked = self.events_of_type("DeviceLinked").await;
+                let queued: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM email_outbox WHERE kind = 'device_linked'",
+                )
+                .fetch_one(&read)
+                .await
+                .ok()?;
+                (queued == linked).then_some(())
+            },
+        )
+        .await;
+    }
+}
