@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The benchmark suite in one command. Starts PostgreSQL and NATS if they are down, builds linkd in
-# release mode, creates scratch databases (linkd_bench_command, linkd_bench_projection), a scratch
+# The benchmark suite in one command. Starts NATS if it is down, builds linkd in release mode,
+# starts a PostgreSQL cluster of its own (initdb in a scratch folder, a free port, the shared
+# server's durability and autovacuum settings, and pg_stat_statements loaded so that statements
+# per call are counted; LINKD_PG_ADMIN_URL=postgres://… uses that server instead), creates scratch
+# databases (linkd_bench_command, linkd_bench_projection), a scratch
 # stream and subject prefix, fresh development keys and pepper, a local SMTP sink on a free port,
 # starts both services on 127.0.0.1:50061 / :50062 (so ./scripts/run.sh can keep running), runs
 # `linkd-bench suite`, which writes its report into docs/performance.md, and always tears down
@@ -20,8 +23,8 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
 
-PG_ADMIN=${LINKD_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-PG_SERVER=${PG_ADMIN%/*}
+SHARED_PG=postgres://postgres@127.0.0.1:5432/postgres
+PG_ADMIN=${LINKD_PG_ADMIN_URL:-}
 NATS_URL=${LINKD_NATS_URL:-nats://127.0.0.1:4222}
 COMMAND_DB=linkd_bench_command
 PROJECTION_DB=linkd_bench_projection
@@ -46,16 +49,23 @@ cargo build --locked --release -q -p command-service -p projection-service -p li
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/linkd-bench.XXXXXX")
 pids=()
+OWN_PG=
 teardown() {
   local status=$?
   trap - EXIT INT TERM
   echo "tearing down…" >&2
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for db in "$COMMAND_DB" "$PROJECTION_DB"; do
-    psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 ||
-      echo "warning: could not drop database $db" >&2
-  done
+  if [ -n "$OWN_PG" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast stop >/dev/null 2>&1 ||
+      echo "warning: could not stop the bench's PostgreSQL cluster" >&2
+    cp "$WORK/pg/server.log" "$LOGS/postgres.log" 2>/dev/null || true
+  elif [ -n "$PG_ADMIN" ]; then
+    for db in "$COMMAND_DB" "$PROJECTION_DB"; do
+      psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 ||
+        echo "warning: could not drop database $db" >&2
+    done
+  fi
   "$BIN/linkd-bench" drop-stream --nats-url "$NATS_URL" --stream "$STREAM" ||
     echo "warning: could not delete stream $STREAM" >&2
   rm -rf "$WORK"
@@ -64,11 +74,51 @@ teardown() {
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
+# PostgreSQL's programs run as `postgres` when this script runs as root (PostgreSQL refuses root).
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+if [ -z "$PG_ADMIN" ]; then
+  PG_BIN=$(pg_config --bindir 2>/dev/null || true)
+  [ -x "$PG_BIN/initdb" ] || PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  if [ ! -x "$PG_BIN/initdb" ]; then
+    echo "error: PostgreSQL's initdb was not found; install Debian's postgresql package, or set" \
+         "LINKD_PG_ADMIN_URL to run against a server of yours" >&2
+    exit 1
+  fi
+  # The cluster mirrors the shared server's settings that shape the figures.
+  mirrored=()
+  for setting in autovacuum fsync synchronous_commit shared_buffers max_connections; do
+    value=$(psql "$SHARED_PG" -Atc "SHOW $setting" 2>/dev/null || true)
+    [ -n "$value" ] && mirrored+=("$setting = '$value'")
+  done
+  mkdir -p "$WORK/pg"
+  if [ "$(id -u)" = 0 ]; then chmod 711 "$WORK" && chown postgres: "$WORK/pg"; fi
+  as_postgres "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-sync >/dev/null
+  PG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  {
+    echo "port = $PG_PORT"
+    echo "listen_addresses = '127.0.0.1'"
+    echo "unix_socket_directories = '$WORK/pg'"
+    echo "shared_preload_libraries = 'pg_stat_statements'"
+    echo "pg_stat_statements.track = all"
+    printf '%s\n' "${mirrored[@]}"
+  } | as_postgres tee -a "$WORK/pg/data/postgresql.conf" >/dev/null
+  OWN_PG=1
+  as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/server.log" -w start >/dev/null
+  PG_ADMIN=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+fi
+PG_SERVER=${PG_ADMIN%/*}
+
 # Fresh scratch state (a previous run that was killed may have left some behind).
 for db in "$COMMAND_DB" "$PROJECTION_DB"; do
   psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)"
   psql "$PG_ADMIN" -qc "CREATE DATABASE $db"
 done
+# Statements per call are read from the event store's database (where the server loads
+# pg_stat_statements; elsewhere the report shows "—").
+psql "$PG_SERVER/$COMMAND_DB" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" 2>/dev/null ||
+  echo "note: pg_stat_statements is not loaded on $PG_SERVER; statements per call are not counted" >&2
 "$BIN/linkd-bench" drop-stream --nats-url "$NATS_URL" --stream "$STREAM"
 "$BIN/linkctl" dev keys --dir "$WORK/keys" >/dev/null
 PEPPER=$(head -c 48 /dev/urandom | base64 -w0)

@@ -9,8 +9,11 @@
 //! count of the events table every 50 ms while it waits for the projectors) is counted under
 //! `postgres` and `bench`, as it would be on any run.
 //!
-//! Statements per call would need `pg_stat_statements`, which the shared server does not load;
-//! write transactions are read from the next transaction id instead (no lag, unlike
+//! Statements come from `pg_stat_statements` (which `scripts/bench.sh` loads in the PostgreSQL
+//! cluster it starts for the run; on a server without it they are not counted): every call of
+//! every statement, `BEGIN` and `COMMIT` included, on the command service's database and on the
+//! others (the read models'), the bench's own queries left out (they are marked
+//! `AS linkd_bench`). Write transactions are read from the next transaction id (no lag, unlike
 //! `pg_stat_database`, whose counters backends flush up to seconds late). Read-only
 //! transactions take no transaction id and are not counted: they write no WAL.
 
@@ -27,11 +30,27 @@ pub(crate) const GROUPS: [&str; 5] = [
     "bench",
 ];
 
-/// CPU time per group and PostgreSQL's next transaction id, at one instant.
+/// CPU time per group, PostgreSQL's next transaction id and statements executed so far, at
+/// one instant.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reading {
     ticks: [u64; 5],
     next_xid: i64,
+    /// The highest global position in the event store.
+    events: i64,
+    statements: Option<Statements>,
+}
+
+/// Statements executed, on the command service's database and on the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Statements {
+    /// On the event store's database.
+    pub(crate) command: u64,
+    /// On every other database of the server (the read models').
+    pub(crate) read_side: u64,
+    /// Of those on the event store's, the relay's (reading committed events, moving its
+    /// checkpoint, checking its lock when idle).
+    pub(crate) relay: u64,
 }
 
 /// CPU time per group and write transactions over a span, summed over spans.
@@ -41,6 +60,12 @@ pub(crate) struct Cost {
     pub(crate) cpu: [Duration; 5],
     /// Write transactions committed (or rolled back) on the PostgreSQL server.
     pub(crate) transactions: u64,
+    /// Events stored.
+    pub(crate) events: u64,
+    /// Statements executed, if the server counts them (every span did).
+    pub(crate) statements: Option<Statements>,
+    /// Spans added so far.
+    spans: u32,
 }
 
 impl Cost {
@@ -55,6 +80,44 @@ impl Cost {
             *slot += per_tick * u32::try_from(a.saturating_sub(*b)).unwrap_or(u32::MAX);
         }
         self.transactions += u64::try_from(after.next_xid - before.next_xid).unwrap_or(0);
+        self.events += u64::try_from(after.events - before.events).unwrap_or(0);
+        let span = match (before.statements, after.statements) {
+            (Some(before), Some(after)) => Some(Statements {
+                command: after.command.saturating_sub(before.command),
+                read_side: after.read_side.saturating_sub(before.read_side),
+                relay: after.relay.saturating_sub(before.relay),
+            }),
+            _ => None,
+        };
+        self.statements = match (self.spans, self.statements, span) {
+            (0, _, span) => span,
+            (_, Some(sum), Some(span)) => Some(Statements {
+                command: sum.command + span.command,
+                read_side: sum.read_side + span.read_side,
+                relay: sum.relay + span.relay,
+            }),
+            _ => None,
+        };
+        self.spans += 1;
+    }
+
+    /// Statements per call on the command service's database and on the read models', for
+    /// `calls` calls.
+    pub(crate) fn statements_per_call(&self, calls: u64) -> Option<(f64, f64)> {
+        let calls = calls.max(1) as f64;
+        self.statements
+            .map(|s| (s.command as f64 / calls, s.read_side as f64 / calls))
+    }
+
+    /// Events stored per call.
+    pub(crate) fn events_per_call(&self, calls: u64) -> f64 {
+        self.events as f64 / calls.max(1) as f64
+    }
+
+    /// The relay's statements per event it published.
+    pub(crate) fn relay_statements_per_event(&self) -> Option<f64> {
+        self.statements
+            .map(|s| s.relay as f64 / self.events.max(1) as f64)
     }
 
     /// CPU milliseconds of each group per call, for `calls` calls.
@@ -69,11 +132,13 @@ impl Cost {
     }
 }
 
-/// A [`Cost`] summed over the spans between `start` and `stop`.
+/// A [`Cost`] summed over the spans between `start` and `stop`, and each span's own.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Meter {
     /// What the spans cost so far.
     pub(crate) cost: Cost,
+    /// Each span that measured an operation: its name, its successful calls and its cost.
+    pub(crate) spans: Vec<(String, u64, Cost)>,
     since: Option<Reading>,
 }
 
@@ -84,24 +149,59 @@ impl Meter {
         Ok(())
     }
 
-    /// Ends the span started last (nothing if none is open).
-    pub(crate) async fn stop(&mut self, db: &PgPool) -> anyhow::Result<()> {
+    /// Ends the span started last (nothing if none is open), which measured `op` (its name and
+    /// successful calls) if any.
+    pub(crate) async fn stop(
+        &mut self,
+        db: &PgPool,
+        op: Option<(&str, u64)>,
+    ) -> anyhow::Result<()> {
         if let Some(before) = self.since.take() {
             let after = read(db).await?;
             self.cost.add(before, after);
+            if let Some((name, calls)) = op {
+                let mut span = Cost::default();
+                span.add(before, after);
+                self.spans.push((name.to_owned(), calls, span));
+            }
         }
         Ok(())
     }
 }
 
-/// Reads the CPU time of each group and the next transaction id now.
+/// Reads the CPU time of each group, the next transaction id and the statements executed now.
 pub(crate) async fn read(db: &PgPool) -> anyhow::Result<Reading> {
-    let next_xid: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-            .fetch_one(db)
-            .await?;
+    let (next_xid, events): (i64, i64) = sqlx::query_as(
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS linkd_bench, \
+         (SELECT coalesce(max(global_position), 0) FROM events)",
+    )
+    .fetch_one(db)
+    .await?;
+    // `None` where pg_stat_statements is not loaded.
+    let statements: Option<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT coalesce(sum(s.calls) FILTER (WHERE d.datname = current_database()), 0)::bigint, \
+         coalesce(sum(s.calls) FILTER (WHERE d.datname <> current_database()), 0)::bigint, \
+         coalesce(sum(s.calls) FILTER (WHERE d.datname = current_database() AND \
+             (s.query LIKE '%relay_checkpoint%' OR s.query LIKE '%pg_snapshot_xmin%' \
+              OR s.query = 'SELECT $1')), 0)::bigint AS linkd_bench \
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+         WHERE s.query NOT LIKE '%linkd_bench%' AND d.datname <> 'postgres'",
+    )
+    .fetch_one(db)
+    .await
+    .ok();
+    let statements = statements.map(|(command, read_side, relay)| Statements {
+        command: u64::try_from(command).unwrap_or(0),
+        read_side: u64::try_from(read_side).unwrap_or(0),
+        relay: u64::try_from(relay).unwrap_or(0),
+    });
     let ticks = tokio::task::spawn_blocking(cpu_ticks).await?;
-    Ok(Reading { ticks, next_xid })
+    Ok(Reading {
+        ticks,
+        next_xid,
+        events,
+        statements,
+    })
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be asked).
@@ -203,13 +303,24 @@ mod tests {
     #[test]
     fn costs_divide_by_calls() {
         let mut cost = Cost::default();
+        let statements = |command, read_side, relay| {
+            Some(Statements {
+                command,
+                read_side,
+                relay,
+            })
+        };
         let before = Reading {
             ticks: [0; 5],
             next_xid: 10,
+            events: 100,
+            statements: statements(1_000, 500, 10),
         };
         let after = Reading {
             ticks: [100, 0, 200, 0, 0],
             next_xid: 40,
+            events: 120,
+            statements: statements(1_060, 530, 14),
         };
         cost.add(before, after);
         let per_call = cost.cpu_ms_per_call(10);
@@ -217,5 +328,26 @@ mod tests {
         assert!((per_call[0] - 10.0 * tick_ms).abs() < 1e-9);
         assert!((per_call[2] - 20.0 * tick_ms).abs() < 1e-9);
         assert!((cost.transactions_per_call(10) - 3.0).abs() < 1e-9);
+        assert!((cost.events_per_call(10) - 2.0).abs() < 1e-9);
+        assert_eq!(cost.statements_per_call(10), Some((6.0, 3.0)));
+        assert_eq!(cost.relay_statements_per_event(), Some(0.2));
+    }
+
+    #[test]
+    fn statements_are_counted_only_if_every_span_counted_them() {
+        let reading = |statements| Reading {
+            ticks: [0; 5],
+            next_xid: 0,
+            events: 0,
+            statements,
+        };
+        let counted = Some(Statements::default());
+        let mut cost = Cost::default();
+        cost.add(reading(counted), reading(counted));
+        assert!(cost.statements.is_some());
+        cost.add(reading(None), reading(counted));
+        assert!(cost.statements.is_none());
+        cost.add(reading(counted), reading(counted));
+        assert!(cost.statements.is_none());
     }
 }

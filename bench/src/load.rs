@@ -77,6 +77,8 @@ pub(crate) struct Level {
     pub(crate) peer: Option<OpStats>,
     /// CPU and write transactions of the non-hashing phases (each with its catch-up).
     pub(crate) non_hashing_cost: Cost,
+    /// What each non-hashing operation's phase cost (with its catch-up), and its calls.
+    pub(crate) cost_by_op: Vec<(String, u64, Cost)>,
     /// Lag samples of links (device visible).
     pub(crate) link_lag: Lags,
     /// Lag samples of unlinks (device shown as unlinked).
@@ -182,7 +184,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
-    meter.stop(&system.command_db).await?;
+    let measured = ops.last().map(|o| (o.name.as_str(), o.count));
+    meter.stop(&system.command_db, measured).await?;
     meter.start(&system.command_db).await?;
 
     // 2. StartLink (QR), one per QR code issued.
@@ -214,7 +217,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
-    meter.stop(&system.command_db).await?;
+    let measured = ops.last().map(|o| (o.name.as_str(), o.count));
+    meter.stop(&system.command_db, measured).await?;
     meter.start(&system.command_db).await?;
 
     // 3. ScanQr: each attempt consumes the QR code issued before it.
@@ -243,7 +247,8 @@ pub(crate) async fn level(
     non_hashing.0.merge(all);
     non_hashing.1 += elapsed;
     system.quiesce(QUIET).await?;
-    meter.stop(&system.command_db).await?;
+    let measured = ops.last().map(|o| (o.name.as_str(), o.count));
+    meter.stop(&system.command_db, measured).await?;
     meter.start(&system.command_db).await?;
 
     // 4. ConfirmLink of each scanned attempt by its account's holder (when asked for).
@@ -283,7 +288,13 @@ pub(crate) async fn level(
         non_hashing.1 += elapsed;
         system.quiesce(QUIET).await?;
     }
-    meter.stop(&system.command_db).await?;
+    let confirmed_op = confirming.then(|| ops.last()).flatten();
+    meter
+        .stop(
+            &system.command_db,
+            confirmed_op.map(|o| (o.name.as_str(), o.count)),
+        )
+        .await?;
 
     // 5. SetSecretCode over the confirmed attempts, for a fixed time.
     let deadline = Deadline::after(sizing.hash_phase);
@@ -408,7 +419,8 @@ pub(crate) async fn level(
     non_hashing.1 += elapsed;
     let unlink_lag = lags_of(probes).await;
     system.quiesce(QUIET).await?;
-    meter.stop(&system.command_db).await?;
+    let measured = ops.last().map(|o| (o.name.as_str(), o.count));
+    meter.stop(&system.command_db, measured).await?;
 
     let non_hashing = non_hashing.0.summary(op::NON_HASHING, non_hashing.1);
     Ok(Level {
@@ -417,6 +429,7 @@ pub(crate) async fn level(
         ops,
         non_hashing,
         non_hashing_cost: meter.cost,
+        cost_by_op: meter.spans,
         peer: None,
         link_lag,
         unlink_lag,

@@ -36,6 +36,7 @@ mod report;
 mod session;
 mod stats;
 mod suite;
+mod sustained;
 mod system;
 
 use config::{SizingArgs, Target};

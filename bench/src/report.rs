@@ -14,11 +14,15 @@ use crate::machine::Machine;
 use crate::open_loop::OpenLoop;
 use crate::rebuild::Rebuild;
 use crate::stats::{OpStats, ms};
+use crate::sustained::Sustained;
 
 mod sections;
 mod targets;
 
-use sections::{cost_section, growth_section, level_section, open_loop_section, rebuild_section};
+use sections::{
+    cost_section, growth_section, level_section, open_loop_section, rebuild_section,
+    sustained_section,
+};
 use targets::targets_section;
 
 /// The report's opening marker.
@@ -42,6 +46,8 @@ pub(crate) struct Results {
     pub(crate) levels: Vec<Level>,
     /// The paced lag phase.
     pub(crate) open_loop: Option<OpenLoop>,
+    /// The sustained-throughput search.
+    pub(crate) sustained: Option<Sustained>,
     /// History growth.
     pub(crate) growth: Option<Growth>,
     /// Rebuild.
@@ -159,6 +165,9 @@ pub(crate) fn markdown(results: &Results) -> String {
     cost_section(&mut out, &results.levels);
     if let Some(paced) = &results.open_loop {
         open_loop_section(&mut out, paced);
+    }
+    if let Some(sustained) = &results.sustained {
+        sustained_section(&mut out, sustained, &results.levels);
     }
     if let Some(growth) = &results.growth {
         growth_section(&mut out, growth);

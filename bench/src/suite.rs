@@ -15,6 +15,7 @@ use crate::open_loop::{self, Pace};
 use crate::peer::Peer;
 use crate::report::Results;
 use crate::stats::ms;
+use crate::sustained;
 use crate::system::System;
 use crate::{growth, rebuild};
 
@@ -63,6 +64,7 @@ pub(crate) async fn run(
         sizing,
         levels: Vec::new(),
         open_loop: None,
+        sustained: None,
         growth: None,
         rebuild: None,
         failures: Vec::new(),
@@ -172,6 +174,20 @@ async fn run_load(bench: &Bench, results: &mut Results) -> anyhow::Result<()> {
     };
     eprintln!("paced lag phase");
     results.open_loop = Some(open_loop::run(target, keys, system, run_id, pace).await?);
+    eprintln!("sustained-throughput search");
+    let steps = if sizing.quick { 2 } else { 5 };
+    results.sustained = Some(
+        sustained::search(
+            target,
+            keys,
+            system,
+            run_id,
+            pace.based_on.1 / 2.0,
+            sizing.open_loop,
+            steps,
+        )
+        .await?,
+    );
     Ok(())
 }
 

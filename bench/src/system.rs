@@ -65,7 +65,8 @@ impl System {
     /// Events in the store, optionally of one aggregate type.
     pub(crate) async fn stored_events(&self, aggregate_type: Option<&str>) -> anyhow::Result<u64> {
         let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE $1::text IS NULL OR aggregate_type = $1",
+            "SELECT count(*) AS linkd_bench FROM events \
+             WHERE $1::text IS NULL OR aggregate_type = $1",
         )
         .bind(aggregate_type)
         .fetch_one(&self.command_db)

@@ -7,6 +7,7 @@ use crate::load::Level;
 use crate::open_loop::OpenLoop;
 use crate::rebuild::Rebuild;
 use crate::stats::{Lags, OpStats};
+use crate::sustained::Sustained;
 
 pub(super) fn lag_line(lags: &Lags) -> String {
     if lags.samples.is_empty() && lags.timeouts == 0 {
@@ -128,9 +129,10 @@ pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
     out.push(
         "CPU time of each process over the non-hashing phases and the catch-up after each \
          (from `/proc/<pid>/stat`), divided by their successful calls; write transactions from \
-         PostgreSQL's transaction ids over the same spans (statements per call would need \
-         `pg_stat_statements`, which this server does not load). These figures survive a slow \
-         day; wall-clock figures do not."
+         PostgreSQL's transaction ids, and statements (`BEGIN` and `COMMIT` included) from \
+         `pg_stat_statements`, over the same spans: on the event store's database (the command \
+         service and its relay) and on the read models' (the projection service, and the lag \
+         probes' queries). These figures survive a slow day; wall-clock figures do not."
             .to_owned(),
     );
     out.push(String::new());
@@ -140,8 +142,11 @@ pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
         header.push_str(&format!(" {group} (CPU ms) |"));
         rule.push_str("--:|");
     }
-    header.push_str(" **all processes (CPU ms)** | write transactions |");
-    rule.push_str("--:|--:|");
+    header.push_str(
+        " **all processes (CPU ms)** | write transactions | statements (event store) | \
+         statements (read models) |",
+    );
+    rule.push_str("--:|--:|--:|--:|");
     out.push(header);
     out.push(rule);
     for level in levels {
@@ -152,13 +157,67 @@ pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
             row.push_str(&format!(" {ms:.2} |"));
         }
         row.push_str(&format!(
-            " **{:.2}** | {:.2} |",
+            " **{:.2}** | {:.2} | {} |",
             per_call.iter().sum::<f64>(),
-            level.non_hashing_cost.transactions_per_call(calls)
+            level.non_hashing_cost.transactions_per_call(calls),
+            statements(&level.non_hashing_cost, calls)
         ));
         out.push(row);
     }
     out.push(String::new());
+    out.push(
+        "Each non-hashing operation on its own (its phase and the catch-up after it), per \
+         successful call:"
+            .to_owned(),
+    );
+    out.push(String::new());
+    out.push(
+        "| clients | operation | calls | events | all processes (CPU ms) | write transactions | \
+         statements (event store) | statements (read models) |"
+            .to_owned(),
+    );
+    out.push("|--:|---|--:|--:|--:|--:|--:|--:|".to_owned());
+    for level in levels {
+        for (name, calls, cost) in &level.cost_by_op {
+            out.push(format!(
+                "| {} | {name} | {calls} | {:.2} | {:.2} | {:.2} | {} |",
+                level.concurrency,
+                cost.events_per_call(*calls),
+                cost.cpu_ms_per_call(*calls).iter().sum::<f64>(),
+                cost.transactions_per_call(*calls),
+                statements(cost, *calls)
+            ));
+        }
+    }
+    out.push(String::new());
+    let relay: Vec<String> = levels
+        .iter()
+        .filter_map(|level| {
+            let per_event = level.non_hashing_cost.relay_statements_per_event()?;
+            Some(format!(
+                "{} at {} clients",
+                format_args!("{per_event:.3}"),
+                level.concurrency
+            ))
+        })
+        .collect();
+    if !relay.is_empty() {
+        out.push(format!(
+            "The relay's own statements (reading committed events, moving its checkpoint, \
+             checking its lock when idle) per event it published: {}.",
+            relay.join(", ")
+        ));
+        out.push(String::new());
+    }
+}
+
+/// Statements per call on the event store's database and on the read models', as two table
+/// cells ("—" where the server does not count them).
+fn statements(cost: &crate::cost::Cost, calls: u64) -> String {
+    match cost.statements_per_call(calls) {
+        Some((command, read_side)) => format!("{command:.2} | {read_side:.2}"),
+        None => "— | —".to_owned(),
+    }
 }
 
 pub(super) fn open_loop_section(out: &mut Vec<String>, paced: &OpenLoop) {
@@ -301,6 +360,62 @@ pub(super) fn rebuild_section(out: &mut Vec<String>, rebuild: &Rebuild) {
              only (start-up and the final switch weigh more).",
             thousands(MEANINGFUL_REBUILD)
         ));
+    }
+    out.push(String::new());
+}
+
+pub(super) fn sustained_section(out: &mut Vec<String>, sustained: &Sustained, levels: &[Level]) {
+    out.push("### Sustained throughput".to_owned());
+    out.push(String::new());
+    out.push(format!(
+        "The highest paced rate of non-hashing commands (IssueLinkQr, StartLink and ScanQr in \
+         turn, sent on a schedule for {:.0} s) at which the read side keeps its lag p99 within \
+         {} ms: the lag runs from a sampled IssueLinkQr's answer until the read models' guard \
+         shows its event applied (store, relay, stream, consumer and commit). A step holds when \
+         at least 95 % of the rate was sent, nothing failed and the p99 stayed within the bound.",
+        sustained.length.as_secs_f64(),
+        crate::sustained::LAG_BOUND.as_millis()
+    ));
+    out.push(String::new());
+    out.push("| rate asked | sent | failed | lag p50 | lag p99 | samples | held |".to_owned());
+    out.push("|--:|--:|--:|--:|--:|--:|---|".to_owned());
+    for step in &sustained.steps {
+        let (p50, p99, _) = step.lag.quantiles();
+        out.push(format!(
+            "| {}/s | {}/s | {} | {} | {} | {}{} | {} |",
+            rate(step.rate),
+            rate(step.sent_rate),
+            step.failures,
+            duration(p50),
+            duration(p99),
+            step.lag.samples.len(),
+            if step.lag.timeouts > 0 {
+                format!(" ({} unseen)", step.lag.timeouts)
+            } else {
+                String::new()
+            },
+            if step.held { "yes" } else { "no" }
+        ));
+    }
+    out.push(String::new());
+    let ceiling = levels
+        .iter()
+        .find(|level| level.concurrency == 32)
+        .or_else(|| levels.iter().max_by_key(|level| level.concurrency))
+        .map(|level| level.ceiling.ops_per_second());
+    match (sustained.best(), ceiling) {
+        (Some(best), Some(ceiling)) => out.push(format!(
+            "**Sustained: {}/s, {:.3}× the ceiling ({}/s at {} clients).**",
+            rate(best.rate),
+            best.rate / ceiling.max(1e-9),
+            rate(ceiling),
+            levels
+                .iter()
+                .find(|level| level.concurrency == 32)
+                .or_else(|| levels.iter().max_by_key(|level| level.concurrency))
+                .map_or(0, |level| level.concurrency)
+        )),
+        _ => out.push("**No rate held.**".to_owned()),
     }
     out.push(String::new());
 }

@@ -109,6 +109,23 @@ pub(super) fn targets_section(out: &mut Vec<String>, results: &Results) {
             None,
         ),
     }
+    let ceiling = level_for(&results.levels, 32).map(|(level, _)| level.ceiling.ops_per_second());
+    match (results.sustained.as_ref(), ceiling) {
+        (Some(sustained), Some(ceiling)) => {
+            let best = sustained.best().map_or(0.0, |step| step.rate);
+            let ratio = best / ceiling.max(1e-9);
+            row(
+                "Sustained throughput with projection lag p99 ≤ 100 ms: ≥ 0.2× the ceiling",
+                format!("{ratio:.3}× ({}/s against {}/s)", rate(best), rate(ceiling)),
+                Some(ratio >= 0.2),
+            );
+        }
+        _ => row(
+            "Sustained throughput with projection lag p99 ≤ 100 ms: ≥ 0.2× the ceiling",
+            "—".into(),
+            None,
+        ),
+    }
     match results
         .growth
         .as_ref()
