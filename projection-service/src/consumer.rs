@@ -26,9 +26,11 @@ pub mod durable_acks;
 const MAX_BATCH: usize = 256;
 
 /// The most messages delivered and not yet acknowledged: batches whose commit awaits its WAL
-/// flush stay unacknowledged for a few milliseconds (at most about 3 × `wal_writer_delay` when
-/// nothing else writes).
+/// flush stay unacknowledged for a few milliseconds (at most about 50 ms, when a flush is forced).
 const MAX_ACK_PENDING: i64 = 20_000;
+
+/// How long JetStream waits for an acknowledgement before delivering a message again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// The durable consumer's name after the prefix: one consumer for every read model.
 pub const CONSUMER: &str = "read-models";
@@ -104,7 +106,7 @@ pub async fn durable(
                 durable_name: Some(name.clone()),
                 filter_subject: format!("{}.>", settings.subject_prefix),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: ACK_WAIT,
                 max_ack_pending: MAX_ACK_PENDING,
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()
@@ -153,11 +155,14 @@ async fn consume(
             .context("deleting the consumer")?;
         consumer = durable(&context, settings).await?;
     }
-    let mut messages = consumer.messages().await.context("pulling messages")?;
     // Acknowledgements wait for the WAL flush on a task of their own; when this consumer stops,
     // the task acknowledges what is durable and ends.
     let (acks, committed) = mpsc::unbounded_channel();
-    tokio::spawn(durable_acks::run(pool.clone(), committed));
+    let (generation, acknowledging) = durable_acks::start(pool, committed, ACK_WAIT)
+        .await
+        .context("connecting to the read models' database to follow the WAL")?;
+    tokio::spawn(acknowledging);
+    let mut messages = consumer.messages().await.context("pulling messages")?;
     let models: Vec<&dyn ReadModel> = models.iter().map(AsRef::as_ref).collect();
     tracing::info!(consumer = %settings.durable_name(), "consuming");
     let mut check = tokio::time::interval(Duration::from_secs(5));
@@ -187,8 +192,10 @@ async fn consume(
                 Some(None) | None => break,
             }
         }
-        let settled = handle(pool, settings, &models, batch).await?;
-        if !settled.is_empty() && acks.send(settled).is_err() {
+        // Read before the batch begins: its commit comes after this generation's connection.
+        let tagged = generation.current();
+        let settled = handle(pool, settings, &models, batch).await;
+        if !settled.is_empty() && acks.send((tagged, settled)).is_err() {
             anyhow::bail!("the acknowledging task ended");
         }
         if let Some(error) = failed {
@@ -199,13 +206,14 @@ async fn consume(
 
 /// Applies a batch of messages: a gap or a failure is NAKed with backoff at once; the rest
 /// (applied, already applied, parked, undecodable and recorded as a dead letter) is returned
-/// with its acknowledgement, to be sent once the commit is durable.
+/// with its acknowledgement, to be sent once the commit is durable. Never fails: what could not
+/// be recorded is NAKed (or, if even that fails, delivered again after `ack_wait`).
 async fn handle(
     pool: &PgPool,
     settings: &ConsumerSettings,
     models: &[&dyn ReadModel],
     batch: Vec<jetstream::Message>,
-) -> anyhow::Result<Vec<(jetstream::Message, AckKind)>> {
+) -> Vec<(jetstream::Message, AckKind)> {
     let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
@@ -213,22 +221,28 @@ async fn handle(
             Ok(event) => decoded.push((message, event)),
             Err(ProjectionError::Poison(reason)) => {
                 tracing::error!(subject = %message.subject, %reason, "parking a poison message");
-                park(
+                let parked = park(
                     pool,
                     &settings.durable_name(),
                     &message.subject,
                     &reason,
                     &message.payload,
                 )
-                .await?;
-                settled.push((message, AckKind::Term));
+                .await;
+                match parked {
+                    Ok(()) => settled.push((message, AckKind::Term)),
+                    Err(error) => {
+                        let error = ProjectionError::Transient(error);
+                        nak(&message, &error).await;
+                    }
+                }
             }
-            Err(other) => nak(&message, &other).await?,
+            Err(other) => nak(&message, &other).await,
         }
     }
     let (messages, events): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
     if events.is_empty() {
-        return Ok(settled);
+        return settled;
     }
     let verdicts = match batch::apply(pool, models, &events).await {
         Ok(verdicts) => verdicts,
@@ -242,20 +256,20 @@ async fn handle(
             Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => {
                 settled.push((message, AckKind::Ack));
             }
-            Err(error) => nak(&message, &error).await?,
+            Err(error) => nak(&message, &error).await,
         }
     }
-    Ok(settled)
+    settled
 }
 
-/// Asks for `message` again later, after a backoff that depends on why it did not apply.
-async fn nak(message: &jetstream::Message, error: &ProjectionError) -> anyhow::Result<()> {
+/// Asks for `message` again later, after a backoff that depends on why it did not apply (if the
+/// NAK is lost, JetStream delivers it again after `ack_wait`).
+async fn nak(message: &jetstream::Message, error: &ProjectionError) {
     tracing::debug!(subject = %message.subject, %error, "retrying later");
     let delivered = message.info().map_or(1, |info| info.delivered);
-    message
-        .ack_with(error.ack_kind(delivered))
-        .await
-        .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))
+    if let Err(error) = message.ack_with(error.ack_kind(delivered)).await {
+        tracing::debug!(%error, "NAK lost; delivered again after ack_wait");
+    }
 }
 
 /// Whether the consumer has been delivered stream positions the stream no longer holds: NATS
@@ -292,10 +306,12 @@ async fn park(
     subject: &str,
     reason: &str,
     payload: &[u8],
-) -> anyhow::Result<()> {
-    let event_id = projections::decode(payload)
+) -> Result<(), sqlx::Error> {
+    // An incomplete envelope may still name its event.
+    let event_id = <proto::v1::EventEnvelope as prost::Message>::decode(payload)
         .ok()
-        .map(|event| event.event_id);
+        .map(|envelope| envelope.event_id)
+        .filter(|id| !id.is_empty());
     sqlx::query(
         "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -306,7 +322,6 @@ async fn park(
     .bind(reason)
     .bind(payload)
     .execute(pool)
-    .await
-    .context("recording a dead letter")?;
+    .await?;
     Ok(())
 }

@@ -203,13 +203,18 @@ pub async fn apply_all(
     models: &[&dyn ReadModel],
     event: &EventEnvelope,
 ) -> Result<Outcome, ProjectionError> {
-    let mut tx = pool.begin().await?;
-    let mut outcomes = Vec::with_capacity(models.len());
-    for model in models
+    // Guards are locked in one order everywhere (by read model, then aggregate), as a batch
+    // locks them, so that a batch and an event taken alone cannot deadlock.
+    let mut readers: Vec<&dyn ReadModel> = models
         .iter()
+        .copied()
         .filter(|model| model.reads(&event.aggregate_type))
-    {
-        outcomes.push(apply_one(&mut tx, *model, event).await?);
+        .collect();
+    readers.sort_by_key(|model| model.guard());
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(readers.len());
+    for model in readers {
+        outcomes.push(apply_one(&mut tx, model, event).await?);
     }
     tx.commit().await?;
     verdict(outcomes)

@@ -152,9 +152,10 @@ impl Application {
             default_language: self.settings.email.default_language.clone(),
             max_event_age: self.settings.email.max_event_age,
         };
+        // In the order their guards are locked (by name).
         let models: ReadModels = Arc::new([
-            Box::new(Devices) as Box<dyn ReadModel>,
-            Box::new(AuditLog),
+            Box::new(AuditLog) as Box<dyn ReadModel>,
+            Box::new(Devices),
             Box::new(notifier),
         ]);
         let consumer = tokio::spawn(

@@ -1,7 +1,7 @@
 //! The read side commits without waiting for its WAL flush and acknowledges only what is
-//! flushed (ADR 0018): PostgreSQL crashed right after a batch loses no acknowledged message.
-//! The test crashes a PostgreSQL cluster of its own (`pg_ctl stop -m immediate`), never the
-//! shared server.
+//! flushed (ADR 0018): PostgreSQL crashed right after a batch, or while acknowledgements wait
+//! for the flush, loses no acknowledged message. The test crashes a PostgreSQL cluster of its
+//! own (`pg_ctl stop -m immediate`), never the shared server.
 
 use std::time::Duration;
 
@@ -13,9 +13,11 @@ use testkit::{OwnPostgres, TestStream};
 
 use e2e::spawn_read_side;
 
-/// Accounts registered per round; rounds, each ended by a crash.
+/// Accounts registered per round; rounds ended by a crash once everything is acknowledged, and
+/// rounds ended by a crash while the read side is at work (after these many milliseconds).
 const PER_ROUND: usize = 150;
 const ROUNDS: usize = 4;
+const MIDWAY_MS: [u64; 4] = [5, 20, 40, 70];
 
 fn registered(account: &str) -> EventEnvelope {
     let at = Some(prost_types::Timestamp {
@@ -54,66 +56,102 @@ async fn a_crash_of_postgres_right_after_a_batch_loses_no_acknowledged_message()
 
     for round in 0..ROUNDS {
         // Act: a round of events, and the crash as soon as JetStream holds none unacknowledged.
-        for n in 0..PER_ROUND {
-            let account = format!("crash-{round}-{n}");
-            context
-                .publish(
-                    format!("{}.account.AccountRegistered", stream.prefix),
-                    registered(&account).encode_to_vec().into(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        publish_round(&context, &stream, round).await;
         let published = (round + 1) * PER_ROUND;
         let started = tokio::time::Instant::now();
-        let acknowledged = loop {
-            let mut consumer: PullConsumer = context
-                .get_stream(&stream.name)
-                .await
-                .unwrap()
-                .get_consumer(&format!(
-                    "linkd-test-{}",
-                    projection_service::consumer::CONSUMER
-                ))
-                .await
-                .unwrap();
-            let info = consumer.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break info.ack_floor.stream_sequence;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "round {round}: the read side did not acknowledge everything: {info:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
+        let acknowledged = all_acknowledged(&context, &stream, round).await;
         eprintln!("round {round}: acknowledged after {:?}", started.elapsed());
         postgres.crash();
         postgres.resume().await;
-        eprintln!("round {round}: restarted after {:?}", started.elapsed());
 
         // Assert: every acknowledged message's effects survived the crash.
         assert_eq!(acknowledged, u64::try_from(published).unwrap());
-        let pool = sqlx::PgPool::connect(&postgres.database_url("postgres"))
-            .await
-            .unwrap();
-        let (audited, guards, accounts): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM audit_log), \
-             (SELECT count(*) FROM projector_positions WHERE last_sequence = 1), \
-             (SELECT count(*) FROM email_accounts)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        let published = i64::try_from(published).unwrap();
         assert_eq!(
-            (audited, guards, accounts),
-            (published, 2 * published, published),
+            applied(&postgres).await,
+            expected(published),
             "round {round}: acknowledged events lost in the crash"
         );
-        pool.close().await;
+    }
+    for (n, midway) in MIDWAY_MS.into_iter().enumerate() {
+        // Act: a round of events, and the crash while batches are applied and acknowledgements
+        // wait for the flush; then everything is delivered and acknowledged.
+        let round = ROUNDS + n;
+        publish_round(&context, &stream, round).await;
+        tokio::time::sleep(std::time::Duration::from_millis(midway)).await;
+        postgres.crash();
+        postgres.resume().await;
+        all_acknowledged(&context, &stream, round).await;
+
+        // Assert: nothing acknowledged was lost (a lost one would never be applied again).
+        assert_eq!(
+            applied(&postgres).await,
+            expected((round + 1) * PER_ROUND),
+            "round {round} (crash after {midway} ms): an acknowledged event was lost"
+        );
     }
     drop(read_side);
+}
+
+async fn publish_round(context: &jetstream::Context, stream: &TestStream, round: usize) {
+    for n in 0..PER_ROUND {
+        let account = format!("crash-{round}-{n}");
+        context
+            .publish(
+                format!("{}.account.AccountRegistered", stream.prefix),
+                registered(&account).encode_to_vec().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the read side's consumer has every message acknowledged; its ack floor.
+async fn all_acknowledged(context: &jetstream::Context, stream: &TestStream, round: usize) -> u64 {
+    let started = tokio::time::Instant::now();
+    loop {
+        let mut consumer: PullConsumer = context
+            .get_stream(&stream.name)
+            .await
+            .unwrap()
+            .get_consumer(&format!(
+                "linkd-test-{}",
+                projection_service::consumer::CONSUMER
+            ))
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return info.ack_floor.stream_sequence;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "round {round}: the read side did not acknowledge everything: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// (audit rows, guards at their first event, notifier accounts) in the cluster.
+async fn applied(postgres: &OwnPostgres) -> (i64, i64, i64) {
+    let pool = sqlx::PgPool::connect(&postgres.database_url("postgres"))
+        .await
+        .unwrap();
+    let counts = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM audit_log), \
+         (SELECT count(*) FROM projector_positions WHERE last_sequence = 1), \
+         (SELECT count(*) FROM email_accounts)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    counts
+}
+
+/// What `published` registrations leave in the read models.
+fn expected(published: usize) -> (i64, i64, i64) {
+    let published = i64::try_from(published).unwrap();
+    (published, 2 * published, published)
 }

@@ -3,8 +3,9 @@
 //! all read models instead of one per event and read model; docs/adr/0009, docs/adr/0018):
 //!
 //! 1. The guards of the batch's aggregates, one per aggregate and read model that reads it, are
-//!    created if missing, then locked in a fixed order (`FOR UPDATE`, one primary-key probe per
-//!    guard in key order: two instances locking overlapping batches cannot deadlock). One
+//!    created if missing, then locked in one order (`FOR UPDATE`, one primary-key probe per
+//!    guard in key order: read model, then aggregate), the order [`projections::apply_all`]
+//!    locks an event's guards in too, so that two instances cannot deadlock on guards. One
 //!    statement each for all read models.
 //! 2. Each event, in stream order, is compared with each of its guards as the batch has moved
 //!    them so far: at or below → already applied; the next one → applied through that read
