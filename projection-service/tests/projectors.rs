@@ -181,6 +181,13 @@ fn biometrics(sequence: i64) -> EventEnvelope {
     )
 }
 
+async fn biometrics_enabled(pool: &sqlx::PgPool) -> bool {
+    sqlx::query_scalar("SELECT biometrics_enabled FROM devices")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn guard(pool: &sqlx::PgPool) -> Option<i64> {
     sqlx::query_scalar("SELECT last_sequence FROM projector_positions")
         .fetch_optional(pool)
@@ -285,11 +292,7 @@ async fn concurrent_batches_of_the_same_events_apply_each_once() {
         done.unwrap();
     }
     assert_eq!(guard(&pool).await, Some(3));
-    let biometrics: bool = sqlx::query_scalar("SELECT biometrics_enabled FROM devices")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(biometrics);
+    assert!(biometrics_enabled(&pool).await);
 }
 
 #[tokio::test]
@@ -480,11 +483,7 @@ async fn one_batch_feeds_every_read_model_each_with_its_own_guard() {
     let seen = tallied(&pool).await;
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|(.., n)| *n == 1), "{seen:?}");
-    let biometrics: bool = sqlx::query_scalar("SELECT biometrics_enabled FROM devices")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert!(biometrics);
+    assert!(biometrics_enabled(&pool).await);
 }
 
 #[tokio::test]

@@ -83,7 +83,16 @@ impl OwnPostgres {
     /// Stops the server at once, as a crash does (`pg_ctl stop -m immediate`: no checkpoint, the
     /// next start recovers from the WAL).
     pub fn crash(&self) {
-        let stopped = self.run(
+        let stopped = self.stop_immediately();
+        assert!(
+            stopped.status.success(),
+            "pg_ctl stop: {}",
+            describe(&stopped)
+        );
+    }
+
+    fn stop_immediately(&self) -> Output {
+        self.run(
             "pg_ctl",
             &[
                 "stop",
@@ -92,12 +101,7 @@ impl OwnPostgres {
                 "-m",
                 "immediate",
             ],
-        );
-        assert!(
-            stopped.status.success(),
-            "pg_ctl stop: {}",
-            describe(&stopped)
-        );
+        )
     }
 
     /// Starts the server (again) and waits until it accepts connections.
@@ -156,16 +160,7 @@ impl OwnPostgres {
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
         if self.data().join("postmaster.pid").exists() {
-            let _ = self.run(
-                "pg_ctl",
-                &[
-                    "stop",
-                    "-D",
-                    &self.data().to_string_lossy(),
-                    "-m",
-                    "immediate",
-                ],
-            );
+            let _ = self.stop_immediately();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
