@@ -62,7 +62,7 @@ impl OpenLoop {
 
 /// One paced command's outcome: its kind (0 Issue, 1 Start, 2 Scan, 3 Unlink; `None`: a
 /// skipped scan), latency and outcome, and for a sampled unlink its lag probe.
-type Done = (Option<usize>, Duration, Result<(), Failure>, Option<Probe>);
+pub(crate) type Done = (Option<usize>, Duration, Result<(), Failure>, Option<Probe>);
 
 /// How the paced phase runs.
 #[derive(Debug, Clone, Copy)]
@@ -268,7 +268,10 @@ async fn issue(
     (Some(0), elapsed, outcome.map(drop), None)
 }
 
-async fn start_link(mut session: Session, pair: oneshot::Sender<Option<String>>) -> Done {
+pub(crate) async fn start_link(
+    mut session: Session,
+    pair: oneshot::Sender<Option<String>>,
+) -> Done {
     let started = Instant::now();
     let outcome = session.start_link(LinkMethod::Qr).await;
     let elapsed = started.elapsed();
@@ -276,7 +279,7 @@ async fn start_link(mut session: Session, pair: oneshot::Sender<Option<String>>)
     (Some(1), elapsed, outcome.map(drop), None)
 }
 
-async fn scan(
+pub(crate) async fn scan(
     mut session: Session,
     qr: Option<oneshot::Receiver<Option<String>>>,
     link: Option<oneshot::Receiver<Option<String>>>,

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use linkctl::dev::DevKeys;
-use proto::v1::LinkMethod;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::config::Target;
 use crate::load::QUIET;
+use crate::open_loop::{self, Done};
 use crate::session::{self, Session};
 use crate::stats::{Lags, Probe};
 use crate::system::System;
@@ -138,15 +138,16 @@ async fn paced(
 ) -> anyhow::Result<Step> {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = tokio::time::Instant::now();
-    let mut tasks: JoinSet<(Result<(), ()>, Option<Probe>)> = JoinSet::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
     let mut qr: Option<oneshot::Receiver<Option<String>>> = None;
     let mut link: Option<oneshot::Receiver<Option<String>>> = None;
     let (mut sent, mut failures, mut lag) = (0_u64, 0_u64, Lags::default());
-    let mut collect = |done: (Result<(), ()>, Option<Probe>)| {
-        if done.0.is_err() {
+    // A scan skipped because its IssueLinkQr or StartLink failed (kind `None`) counts as failed.
+    let mut collect = |(kind, _, outcome, probe): Done| {
+        if kind.is_none() || outcome.is_err() {
             failures += 1;
         }
-        if let Some(probe) = done.1 {
+        if let Some(probe) = probe {
             lag.push(probe);
         }
     };
@@ -156,7 +157,7 @@ async fn paced(
             break;
         }
         tokio::time::sleep_until(at).await;
-        let mut session = sessions[k as usize % sessions.len()].clone();
+        let session = sessions[k as usize % sessions.len()].clone();
         let account = accounts[(k / 3) as usize % accounts.len()].clone();
         match k % 3 {
             0 => {
@@ -165,40 +166,15 @@ async fn paced(
                 let probe = (k / 3)
                     .is_multiple_of(SAMPLE_EVERY)
                     .then(|| read_db.clone());
-                tasks.spawn(async move {
-                    let outcome = session.issue_qr(&account).await;
-                    let answered = Instant::now();
-                    let _ = tx.send(outcome.as_ref().ok().map(|qr| qr.payload.clone()));
-                    let probe = match (&outcome, probe) {
-                        (Ok(qr), Some(read_db)) => Some(applied(&read_db, &qr.id, answered).await),
-                        _ => None,
-                    };
-                    (outcome.map(drop).map_err(drop), probe)
-                });
+                tasks.spawn(issue(session, account, tx, probe));
             }
             1 => {
                 let (tx, rx) = oneshot::channel();
                 link = Some(rx);
-                tasks.spawn(async move {
-                    let outcome = session.start_link(LinkMethod::Qr).await;
-                    let _ = tx.send(outcome.as_ref().ok().map(|(_, s)| s.link_token.clone()));
-                    (outcome.map(drop).map_err(drop), None)
-                });
+                tasks.spawn(open_loop::start_link(session, tx));
             }
             _ => {
-                let (qr, link) = (qr.take(), link.take());
-                tasks.spawn(async move {
-                    let (Some(qr), Some(link)) = (qr, link) else {
-                        return (Err(()), None);
-                    };
-                    let (Ok(Some(qr)), Ok(Some(token))) = (qr.await, link.await) else {
-                        return (Err(()), None);
-                    };
-                    (
-                        session.scan_qr(&token, &qr).await.map(drop).map_err(drop),
-                        None,
-                    )
-                });
+                tasks.spawn(open_loop::scan(session, qr.take(), link.take()));
             }
         }
         sent += 1;
@@ -224,6 +200,25 @@ async fn paced(
         lag,
         held,
     })
+}
+
+/// IssueLinkQr for `account`, its payload sent on to the scan; with `probe`, then polls the read
+/// models until they applied it.
+async fn issue(
+    mut session: Session,
+    account: String,
+    pair: oneshot::Sender<Option<String>>,
+    probe: Option<PgPool>,
+) -> Done {
+    let started = Instant::now();
+    let outcome = session.issue_qr(&account).await;
+    let elapsed = started.elapsed();
+    let _ = pair.send(outcome.as_ref().ok().map(|qr| qr.payload.clone()));
+    let probe = match (&outcome, probe) {
+        (Ok(qr), Some(read_db)) => Some(applied(&read_db, &qr.id, started + elapsed).await),
+        _ => None,
+    };
+    (Some(0), elapsed, outcome.map(drop), probe)
 }
 
 /// Polls the read models' guard for QR code `qr_id` until its first event is applied.

@@ -71,14 +71,15 @@ struct Reader {
 impl Reader {
     /// A connection of its own (a new generation), if there is none.
     async fn connect(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        if self.connection.is_none() {
-            let connection = PgConnection::connect_with(&self.options).await?;
-            self.generation.0.fetch_add(1, Ordering::SeqCst);
-            self.connection = Some(connection);
-        }
-        self.connection
-            .as_mut()
-            .ok_or_else(|| sqlx::Error::Protocol("no connection".into()))
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => {
+                let connection = PgConnection::connect_with(&self.options).await?;
+                self.generation.0.fetch_add(1, Ordering::SeqCst);
+                connection
+            }
+        };
+        Ok(self.connection.insert(connection))
     }
 
     /// The WAL's insert and flush positions; with `force`, after a synchronous commit has
