@@ -79,6 +79,23 @@ pub trait Projector: Send + Sync {
         tx: &'a mut Transaction<'static, Postgres>,
         event: &'a EventEnvelope,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
+
+    /// Applies `events` inside `tx`, in order, with the same effect and the same refusals as
+    /// [`Projector::apply`] on each in turn (a live batch's events for this read model, each
+    /// the next of its aggregate). A projector overrides it to write a batch with fewer
+    /// statements.
+    fn apply_many<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        events: &'a [&'a EventEnvelope],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a {
+        async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A projector that can also apply a batch of events in one transaction (the rebuild's path):
@@ -145,6 +162,13 @@ pub trait ReadModel: Send + Sync {
         tx: &'a mut Transaction<'static, Postgres>,
         event: &'a EventEnvelope,
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+
+    /// [`Projector::apply_many`].
+    fn project_many<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
 }
 
 impl<P: Projector> ReadModel for P {
@@ -163,6 +187,14 @@ impl<P: Projector> ReadModel for P {
         event: &'a EventEnvelope,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(self.apply(tx, event))
+    }
+
+    fn project_many<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(self.apply_many(tx, events))
     }
 }
 

@@ -11,7 +11,7 @@ use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
@@ -44,9 +44,7 @@ pub struct Application {
 
 /// Connects to the read-model database and applies the migrations.
 pub async fn connect_and_migrate(database_url: &str) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+    let pool = service_kit::database::pool_options(10)
         .connect(database_url)
         .await
         .context("connecting to the read-model database (LINKD_PROJECTION_DATABASE_URL)")?;
@@ -63,9 +61,7 @@ pub async fn consumer_pool(database_url: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(database_url)
         .context("LINKD_PROJECTION_DATABASE_URL is not a PostgreSQL URL")?
         .options([("synchronous_commit", "off")]);
-    PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+    service_kit::database::pool_options(4)
         .connect_with(options)
         .await
         .context("connecting the consumer to the read-model database")
@@ -85,9 +81,7 @@ impl Application {
             },
         )
         .context("loading the identity provider's keys (LINKD_IDP_PUBLIC_KEYS_FILE)")?;
-        let worker_pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+        let worker_pool = service_kit::database::pool_options(2)
             .connect(&settings.database_url.0)
             .await
             .context("connecting the email worker to the read-model database")?;
@@ -100,9 +94,7 @@ impl Application {
         };
         let event_store = match &settings.event_store_url {
             Some(url) => Some(
-                PgPoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(std::time::Duration::from_secs(5))
+                service_kit::database::pool_options(2)
                     .connect_lazy(&url.0)
                     .context("LINKD_EVENT_STORE_URL is not a PostgreSQL URL")?,
             ),

@@ -11,6 +11,8 @@
 //!    them so far: at or below → already applied; the next one → applied through that read
 //!    model; beyond → a gap, held back (NAKed after the commit and redelivered; the read models
 //!    that applied it skip it then).
+//!    Each read model then writes its share of the batch at once ([`ReadModel::project_many`]:
+//!    a few statements for the whole share where the read model can fold events in memory).
 //! 3. The guards the batch moved are written back through the row addresses (`ctid`) the lock
 //!    returned, in one statement, and the keys written are checked against the keys moved.
 //!
@@ -31,6 +33,9 @@ use proto::v1::EventEnvelope;
 use sqlx::PgPool;
 
 use crate::projections::{self, Outcome, ProjectionError, ReadModel};
+
+#[cfg(test)]
+mod tests;
 
 /// A guard: read model, aggregate type, aggregate id.
 type Key = (&'static str, String, String);
@@ -141,12 +146,17 @@ pub async fn apply(
         })
         .collect();
 
+    // Each read model's share of the batch, written after the verdicts (read models do not read
+    // each other's tables, so the order between them does not matter; within one, it is the
+    // stream's).
+    let mut shares: Vec<Vec<&EventEnvelope>> = vec![Vec::new(); models.len()];
     let mut verdicts = Vec::with_capacity(events.len());
     for event in events {
         let mut outcomes = Vec::with_capacity(models.len());
-        for model in models
+        for (model, share) in models
             .iter()
-            .filter(|model| model.reads(&event.aggregate_type))
+            .zip(shares.iter_mut())
+            .filter(|(model, _)| model.reads(&event.aggregate_type))
         {
             let key = (
                 model.guard(),
@@ -167,12 +177,19 @@ pub async fn apply(
                     got: event.sequence,
                 }));
             } else {
-                model.project(&mut tx, event).await?;
+                share.push(event);
                 guard.to = event.sequence;
                 outcomes.push(Ok(Outcome::Applied));
             }
         }
         verdicts.push(projections::verdict(outcomes));
+    }
+    // A refusal here (poison, or a wait) rolls the whole batch back, as it would one event at
+    // a time: the caller then takes the events one by one.
+    for (model, share) in models.iter().zip(&shares) {
+        if !share.is_empty() {
+            model.project_many(&mut tx, share).await?;
+        }
     }
 
     // In key order, as `guards` is.

@@ -1,6 +1,8 @@
 //! The audit log: one row per event (every aggregate), with its account and device resolved:
 //! a link attempt's events before authentication get the account once it is known.
 
+use std::collections::HashMap;
+
 use proto::convert::{TextForm as _, aggregate};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
@@ -102,6 +104,67 @@ fn device_and_details(
     })
 }
 
+/// One event's row, as [`AuditLog`] writes it.
+struct Row<'a> {
+    event: &'a EventEnvelope,
+    account: String,
+    /// `None`: a link attempt's event that names its device through the attempt's first one.
+    device: Option<String>,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    details: serde_json::Value,
+}
+
+impl<'a> Row<'a> {
+    fn of(event: &'a EventEnvelope) -> Result<Self, ProjectionError> {
+        let Some(payload) = &event.event else {
+            return Err(ProjectionError::Poison("no event".into()));
+        };
+        let (device, details) = device_and_details(event, payload)?;
+        let device = match device {
+            None if event.aggregate_type == aggregate::LINK_ATTEMPT => None,
+            other => Some(other.unwrap_or_default()),
+        };
+        let occurred_at = event_time(event.occurred_at.as_ref())?;
+        let account = if event.account_id.is_empty() && event.aggregate_type == aggregate::ACCOUNT {
+            event.aggregate_id.clone()
+        } else {
+            event.account_id.clone()
+        };
+        Ok(Self {
+            event,
+            account,
+            device,
+            occurred_at,
+            details,
+        })
+    }
+
+    /// A link attempt's event that names its account.
+    fn gives_attempt_account(&self) -> bool {
+        self.event.aggregate_type == aggregate::LINK_ATTEMPT && !self.account.is_empty()
+    }
+}
+
+impl AuditLog {
+    /// The devices of link attempts `ids` as their first events' rows name them.
+    async fn attempt_devices(
+        tx: &mut Transaction<'static, Postgres>,
+        ids: &[&str],
+    ) -> Result<HashMap<String, String>, ProjectionError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregate_id, device_id FROM audit_log WHERE aggregate_type = 'link_attempt' \
+             AND aggregate_id = ANY($1) AND sequence = 1",
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(found.into_iter().collect())
+    }
+}
+
 impl Projector for AuditLog {
     fn name(&self) -> &'static str {
         NAME
@@ -116,60 +179,115 @@ impl Projector for AuditLog {
         tx: &'a mut Transaction<'static, Postgres>,
         event: &'a EventEnvelope,
     ) -> Result<(), ProjectionError> {
-        let Some(payload) = &event.event else {
-            return Err(ProjectionError::Poison("no event".into()));
-        };
-        let (device, details) = device_and_details(event, payload)?;
-        // A link attempt's later events name its device through its first one.
-        let device = match device {
-            Some(device) => device,
-            None if event.aggregate_type == aggregate::LINK_ATTEMPT => sqlx::query_scalar(
-                "SELECT device_id FROM audit_log WHERE aggregate_type = 'link_attempt' \
-                 AND aggregate_id = $1 AND sequence = 1",
-            )
-            .bind(&event.aggregate_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .unwrap_or_default(),
-            None => String::new(),
-        };
-        let occurred_at = event_time(event.occurred_at.as_ref())?;
-        let account = if event.account_id.is_empty() && event.aggregate_type == aggregate::ACCOUNT {
-            event.aggregate_id.clone()
-        } else {
-            event.account_id.clone()
-        };
-        sqlx::query(
-            "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
-             sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(&event.event_id)
-        .bind(event.global_position)
-        .bind(&event.aggregate_type)
-        .bind(&event.aggregate_id)
-        .bind(event.sequence)
-        .bind(&event.event_type)
-        .bind(occurred_at)
-        .bind(&event.actor)
-        .bind(&event.request_id)
-        .bind(&account)
-        .bind(&device)
-        .bind(details)
-        .execute(&mut **tx)
-        .await?;
-        // Once a link attempt knows its account, its earlier events belong to it too.
-        if event.aggregate_type == aggregate::LINK_ATTEMPT && !account.is_empty() {
+        self.apply_many(tx, &[event]).await
+    }
+
+    /// Up to three statements for any number of events: the devices of the link attempts
+    /// involved, the accounts of earlier rows of link attempts that now name one, and every row
+    /// in one `INSERT`. Each row is what applying the events one at a time would write: a link
+    /// attempt's event names the device of the attempt's first event (stored before the share, or
+    /// earlier in it), and an attempt's event that names its account gives it to the attempt's
+    /// earlier rows that have none.
+    async fn apply_many<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        events: &'a [&'a EventEnvelope],
+    ) -> Result<(), ProjectionError> {
+        let mut rows = events
+            .iter()
+            .map(|event| Row::of(event))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut unresolved: Vec<&str> = rows
+            .iter()
+            .filter(|row| row.device.is_none())
+            .map(|row| row.event.aggregate_id.as_str())
+            .collect();
+        unresolved.sort_unstable();
+        unresolved.dedup();
+        let stored = Self::attempt_devices(tx, &unresolved).await?;
+        // The first account each link attempt is given in this share: the rows stored before it
+        // without one take it (one at a time, the first such event gives it to them).
+        let mut given: Vec<(String, String)> = Vec::new();
+        for index in 0..rows.len() {
+            let event = rows[index].event;
+            if rows[index].device.is_none() {
+                let first = stored.get(&event.aggregate_id).cloned().or_else(|| {
+                    rows[..index]
+                        .iter()
+                        .find(|earlier| {
+                            earlier.event.aggregate_type == aggregate::LINK_ATTEMPT
+                                && earlier.event.aggregate_id == event.aggregate_id
+                                && earlier.event.sequence == 1
+                        })
+                        .and_then(|earlier| earlier.device.clone())
+                });
+                rows[index].device = Some(first.unwrap_or_default());
+            }
+            if rows[index].gives_attempt_account() {
+                let account = rows[index].account.clone();
+                if !given.iter().any(|(id, _)| *id == event.aggregate_id) {
+                    given.push((event.aggregate_id.clone(), account.clone()));
+                }
+                for earlier in &mut rows[..index] {
+                    if earlier.event.aggregate_type == aggregate::LINK_ATTEMPT
+                        && earlier.event.aggregate_id == event.aggregate_id
+                        && earlier.account.is_empty()
+                    {
+                        earlier.account.clone_from(&account);
+                    }
+                }
+            }
+        }
+        if !given.is_empty() {
+            let (ids, accounts): (Vec<String>, Vec<String>) = given.into_iter().unzip();
+            // Before the share's rows go in: only rows stored before it take the account here.
             sqlx::query(
-                "UPDATE audit_log SET account_id = $2 WHERE aggregate_type = 'link_attempt' \
-                 AND aggregate_id = $1 AND account_id = ''",
+                "UPDATE audit_log SET account_id = ($2::text[])[array_position($1::text[], \
+                 aggregate_id)] WHERE aggregate_type = 'link_attempt' \
+                 AND aggregate_id = ANY($1) AND account_id = ''",
             )
-            .bind(&event.aggregate_id)
-            .bind(&account)
+            .bind(&ids)
+            .bind(&accounts)
             .execute(&mut **tx)
             .await?;
         }
+
+        let column =
+            |f: for<'r> fn(&'r Row<'a>) -> &'r str| rows.iter().map(f).collect::<Vec<&str>>();
+        sqlx::query(
+            "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
+             sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], \
+             $6::text[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::jsonb[]) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(column(|row| &row.event.event_id))
+        .bind(
+            rows.iter()
+                .map(|row| row.event.global_position)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|row| &row.event.aggregate_type))
+        .bind(column(|row| &row.event.aggregate_id))
+        .bind(
+            rows.iter()
+                .map(|row| row.event.sequence)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|row| &row.event.event_type))
+        .bind(rows.iter().map(|row| row.occurred_at).collect::<Vec<_>>())
+        .bind(column(|row| &row.event.actor))
+        .bind(column(|row| &row.event.request_id))
+        .bind(column(|row| &row.account))
+        .bind(column(|row| row.device.as_deref().unwrap_or_default()))
+        .bind(
+            rows.iter()
+                .map(|row| row.details.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 }

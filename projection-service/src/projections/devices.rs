@@ -2,8 +2,9 @@
 //! and for "is this device linked, and to which account".
 //!
 //! What an event does to its row is decided once, by `change`; the live path turns that into
-//! one statement per event ([`Projector::apply`]), the rebuild folds many events into rows in
-//! memory and writes them back in bulk (`BatchProjector`). The row type and its columns are
+//! one statement per event ([`Projector::apply`]); the rebuild, and the live consumer for a
+//! batch with several device events ([`Projector::apply_many`]), fold many events into rows in
+//! memory and write them back in bulk (`BatchProjector`). The row type and its columns are
 //! `read::devices`'s, which the queries read; an event naming a value this build does
 //! not know is poison (`proto::convert`'s rule).
 
@@ -215,6 +216,30 @@ impl Projector for Devices {
             Change::Nothing => {}
         }
         Ok(())
+    }
+
+    /// Two statements for a share of three events or more (the rebuild's load, fold and store);
+    /// one statement per event below that.
+    async fn apply_many<'a>(
+        &'a self,
+        tx: &'a mut Transaction<'static, Postgres>,
+        events: &'a [&'a EventEnvelope],
+    ) -> Result<(), ProjectionError> {
+        if events.len() < 3 {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            return Ok(());
+        }
+        let aggregates: Vec<(&str, &str)> = events
+            .iter()
+            .map(|event| (event.aggregate_type.as_str(), event.aggregate_id.as_str()))
+            .collect();
+        let mut state = self.load(tx, &aggregates).await?;
+        for event in events {
+            self.fold(&mut state, event)?;
+        }
+        self.store(tx, state).await
     }
 }
 

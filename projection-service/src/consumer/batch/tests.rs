@@ -1,0 +1,253 @@
+//! A live batch writes exactly what the same events write one at a time, whether the batch holds
+//! a whole history or continues one stored before it.
+
+use proto::v1::event_envelope::Event;
+use proto::v1::{self, EventEnvelope};
+use sqlx::PgPool;
+use testkit::TestDatabase;
+
+use super::*;
+use crate::email::Templates;
+use crate::projections::audit::AuditLog;
+use crate::projections::devices::Devices;
+use crate::projections::notifier::Notifier;
+
+const ACCOUNT: &str = "anna";
+const DEVICE: &str = "7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01";
+const ATTEMPT: &str = "0b5c7a12-9f3e-4d2a-8c61-5e4f3a2b1c0d";
+const QR: &str = "c3a1e5f7-2b4d-4e6f-8a0c-1d3e5f7a9b2c";
+const LINK: &str = "6f1d2e3c-4b5a-4c6d-8e7f-9a0b1c2d3e4f";
+
+fn now() -> Option<prost_types::Timestamp> {
+    let now = chrono::Utc::now();
+    Some(prost_types::Timestamp {
+        seconds: now.timestamp(),
+        nanos: 0,
+    })
+}
+
+fn linked(name: &str) -> Event {
+    Event::DeviceLinked(v1::DeviceLinked {
+        link_id: LINK.into(),
+        device_name: name.into(),
+        method: v1::LinkMethod::Qr.into(),
+        product: None,
+        platform: v1::Platform::Android.into(),
+        app_version: "2.1".into(),
+        at: now(),
+    })
+}
+
+/// A history over four aggregates, in stream order: a link attempt whose first events name no
+/// account and whose later ones do (and one after them that names none again), a device linked,
+/// used, unlinked and linked again.
+fn history() -> Vec<EventEnvelope> {
+    let steps: Vec<(&str, &str, i64, &str, Event)> = vec![
+        (
+            "account",
+            ACCOUNT,
+            1,
+            "",
+            Event::AccountRegistered(v1::AccountRegistered {
+                email: "anna@example.lu".into(),
+                language: "fr".into(),
+                at: now(),
+            }),
+        ),
+        (
+            "link_qr",
+            QR,
+            1,
+            ACCOUNT,
+            Event::QrIssued(v1::QrIssued {
+                at: now(),
+                expires_at: now(),
+                browser_address: "192.0.2.1".into(),
+            }),
+        ),
+        (
+            "link_attempt",
+            ATTEMPT,
+            1,
+            "",
+            Event::LinkRequested(v1::LinkRequested {
+                device_id: DEVICE.into(),
+                device_name: "Anna's phone".into(),
+                method: v1::LinkMethod::Qr.into(),
+                platform: v1::Platform::Android.into(),
+                app_version: "2.1".into(),
+                at: now(),
+                expires_at: now(),
+                device_model: "Pixel 8".into(),
+            }),
+        ),
+        (
+            "link_qr",
+            QR,
+            2,
+            ACCOUNT,
+            Event::QrConsumed(v1::QrConsumed {
+                link_attempt_id: ATTEMPT.into(),
+                device_id: DEVICE.into(),
+                at: now(),
+            }),
+        ),
+        (
+            "link_attempt",
+            ATTEMPT,
+            2,
+            "",
+            Event::QrAccepted(v1::QrAccepted {
+                qr_id: QR.into(),
+                at: now(),
+                confirm_by: None,
+                client_address: "198.51.100.7".into(),
+            }),
+        ),
+        (
+            "link_attempt",
+            ATTEMPT,
+            3,
+            ACCOUNT,
+            Event::LinkCompleted(v1::LinkCompleted { at: now() }),
+        ),
+        ("device", DEVICE, 1, ACCOUNT, linked("Anna's phone")),
+        (
+            "link_attempt",
+            ATTEMPT,
+            4,
+            "",
+            Event::LinkCompleted(v1::LinkCompleted { at: now() }),
+        ),
+        (
+            "device",
+            DEVICE,
+            2,
+            ACCOUNT,
+            Event::BiometricsEnabled(v1::BiometricsEnabled { at: now() }),
+        ),
+        (
+            "device",
+            DEVICE,
+            3,
+            ACCOUNT,
+            Event::SecretCodeVerified(v1::SecretCodeVerified { at: now() }),
+        ),
+        (
+            "device",
+            DEVICE,
+            4,
+            ACCOUNT,
+            Event::DeviceUnlinked(v1::DeviceUnlinked {
+                link_id: LINK.into(),
+                reason: v1::UnlinkReason::FromPortal.into(),
+                at: now(),
+                in_bulk: false,
+            }),
+        ),
+        ("device", DEVICE, 5, ACCOUNT, linked("Anna's other phone")),
+    ];
+    steps
+        .into_iter()
+        .zip(1..)
+        .map(
+            |((aggregate_type, id, sequence, account, event), position)| EventEnvelope {
+                event_id: format!("{aggregate_type}/{id}/{sequence}"),
+                global_position: position,
+                aggregate_type: aggregate_type.into(),
+                aggregate_id: id.into(),
+                sequence,
+                event_type: "Test".into(),
+                occurred_at: now(),
+                account_id: account.into(),
+                actor: "test".into(),
+                request_id: format!("request-{position}"),
+                event: Some(event),
+            },
+        )
+        .collect()
+}
+
+async fn database() -> (TestDatabase, PgPool) {
+    let database = TestDatabase::create("linkd_batchtest").await.unwrap();
+    let pool = crate::startup::connect_and_migrate(&database.url)
+        .await
+        .unwrap();
+    (database, pool)
+}
+
+/// Every row of every read model, as text, in a fixed order.
+async fn contents(pool: &PgPool) -> Vec<String> {
+    let mut rows = Vec::new();
+    for query in [
+        "SELECT concat_ws('|', event_id, global_position, aggregate_type, aggregate_id, sequence, \
+         event_type, occurred_at, actor, request_id, account_id, device_id, details::text) \
+         FROM audit_log ORDER BY event_id",
+        "SELECT concat_ws('|', device_id, account_id, link_id, name, method, product_kind, \
+         product_serial, platform, app_version, linked_at, last_used_at, biometrics_enabled, \
+         status, unlinked_at, unlink_reason) FROM devices ORDER BY device_id",
+        "SELECT concat_ws('|', event_id, kind, recipient, language, message_id, subject, \
+         text_body, html_body) FROM email_outbox ORDER BY message_id",
+        "SELECT concat_ws('|', account_id, email, language) FROM email_accounts",
+        "SELECT concat_ws('|', device_id, name) FROM email_devices",
+        "SELECT concat_ws('|', projector, aggregate_type, aggregate_id, last_sequence) \
+         FROM projector_positions ORDER BY 1",
+    ] {
+        let found: Vec<String> = sqlx::query_scalar(query).fetch_all(pool).await.unwrap();
+        rows.push(format!("-- {query}"));
+        rows.extend(found);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn a_batch_writes_what_its_events_write_one_at_a_time() {
+    let notifier = Notifier {
+        templates: Templates::default(),
+        sender: "usermanagement@security.public.lu".into(),
+        default_language: "en".into(),
+        max_event_age: std::time::Duration::from_secs(3600),
+    };
+    let models: [&dyn ReadModel; 3] = [&AuditLog, &Devices, &notifier];
+    let events = history();
+
+    let (_one, one_at_a_time) = database().await;
+    for event in &events {
+        let outcome = projections::apply_all(&one_at_a_time, &models, event).await;
+        assert_eq!(outcome.unwrap(), Outcome::Applied, "{}", event.event_id);
+    }
+    let expected = contents(&one_at_a_time).await;
+    for (needle, what) in [
+        ("device_linked", "a link email"),
+        ("device_unlinked", "an unlink email"),
+        (
+            "|anna|7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01|{\"qr_id\"",
+            "an attempt's row resolved",
+        ),
+        ("Anna's other phone", "the relinked device"),
+    ] {
+        assert!(
+            expected.iter().any(|row| row.contains(needle)),
+            "the history leaves {what}: {expected:#?}"
+        );
+    }
+
+    // The whole history in one batch, and split at every point (the second batch continues
+    // what the first stored).
+    for split in 0..events.len() {
+        let (_batched, batched) = database().await;
+        for part in [&events[..split], &events[split..]] {
+            if part.is_empty() {
+                continue;
+            }
+            let verdicts = apply(&batched, &models, part).await.unwrap();
+            assert!(
+                verdicts
+                    .iter()
+                    .all(|verdict| matches!(verdict, Ok(Outcome::Applied))),
+                "split at {split}: {verdicts:?}"
+            );
+        }
+        assert_eq!(contents(&batched).await, expected, "split at {split}");
+    }
+}
