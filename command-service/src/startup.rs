@@ -9,7 +9,6 @@ use proto::v1::device_service_server::DeviceServiceServer;
 use proto::v1::portal_service_server::PortalServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
@@ -38,9 +37,7 @@ pub struct Application {
 
 /// Connects to the database named in `settings` and applies the migrations.
 pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(5))
+    let pool = service_kit::database::pool_options(settings.db_max_connections)
         .connect(&settings.database_url.0)
         .await
         .context("connecting to the event store database (LINKD_COMMAND_DATABASE_URL)")?;
