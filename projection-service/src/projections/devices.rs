@@ -243,6 +243,20 @@ impl Projector for Devices {
     }
 }
 
+/// Loads the rows of the devices `$1` (ids), one primary-key probe each (`OFFSET 0` keeps the
+/// planner from turning the probes into a join or, with `= ANY` and no statistics, a scan).
+pub(crate) fn load_statement() -> String {
+    let columns = COLUMNS
+        .split(',')
+        .map(|column| format!("d.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {columns} FROM unnest($1::uuid[]) AS k (id) \
+         CROSS JOIN LATERAL (SELECT * FROM devices WHERE device_id = k.id OFFSET 0) AS d"
+    )
+}
+
 /// The rows of one batch's devices, as loaded (`None`: no row yet) and folded.
 #[derive(Debug, Default)]
 pub(crate) struct DeviceRows {
@@ -257,17 +271,17 @@ impl BatchProjector for Devices {
         connection: &'a mut PgConnection,
         aggregates: &'a [(&'a str, &'a str)],
     ) -> Result<DeviceRows, ProjectionError> {
-        let ids: Vec<Uuid> = aggregates
+        let mut ids: Vec<Uuid> = aggregates
             .iter()
             .filter(|(aggregate_type, _)| *aggregate_type == aggregate::DEVICE)
             .filter_map(|(_, id)| Uuid::try_parse(id).ok())
             .collect();
-        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM devices WHERE device_id = ANY($1)"
-        ))
-        .bind(&ids)
-        .fetch_all(connection)
-        .await?;
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<DeviceRow> = sqlx::query_as(&load_statement())
+            .bind(&ids)
+            .fetch_all(connection)
+            .await?;
         let mut state = DeviceRows {
             rows: HashMap::with_capacity(ids.len()),
         };

@@ -240,7 +240,7 @@ async fn a_batch_writes_what_its_events_write_one_at_a_time() {
             if part.is_empty() {
                 continue;
             }
-            let verdicts = apply(&batched, &models, part).await.unwrap();
+            let verdicts = apply(&batched, &models, part, None).await.unwrap();
             assert!(
                 verdicts
                     .iter()
@@ -249,5 +249,83 @@ async fn a_batch_writes_what_its_events_write_one_at_a_time() {
             );
         }
         assert_eq!(contents(&batched).await, expected, "split at {split}");
+    }
+}
+
+#[tokio::test]
+async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
+    // Arrange: 30,000 audit rows (a third of them link attempts', some without an account) and
+    // 5,000 devices, no statistics (autovacuum off, or a table that grew since its last ANALYZE).
+    let (_database, pool) = database().await;
+    sqlx::raw_sql(
+        "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
+         sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
+         SELECT 'e' || n, n, CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, \
+         'id' || n / 3, n % 3 + 1, 'Test', now(), 'test', 'test', \
+         CASE WHEN n % 5 = 0 THEN '' ELSE 'anna' END, '', '{}' \
+         FROM generate_series(1, 30000) AS n; \
+         INSERT INTO devices (device_id, account_id, link_id, name, method, platform, \
+         app_version, linked_at, status) \
+         SELECT gen_random_uuid(), 'anna', gen_random_uuid(), 'phone', 'qr', 'ios', '1.0', \
+         now(), 'linked' FROM generate_series(1, 5000);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE attempt_devices AS {}; PREPARE give_accounts AS {}; PREPARE load_devices AS {};",
+        crate::projections::audit::ATTEMPT_DEVICES,
+        crate::projections::audit::GIVE_ACCOUNTS,
+        crate::projections::devices::load_statement(),
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::raw_sql("ANALYZE audit_log; ANALYZE devices")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            // Act
+            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let mut plan = async |statement: &str| {
+                let lines: Vec<String> =
+                    sqlx::query_scalar(&format!("EXPLAIN EXECUTE {statement}"))
+                        .fetch_all(&mut *connection)
+                        .await
+                        .unwrap();
+                lines.join("\n")
+            };
+            let devices = plan("attempt_devices(ARRAY['id5', 'id7'])").await;
+            let accounts = plan("give_accounts(ARRAY['id5', 'id7'], ARRAY['anna', 'bob'])").await;
+            let loaded = plan(&format!(
+                "load_devices(ARRAY['{DEVICE}', '{LINK}']::uuid[])"
+            ))
+            .await;
+
+            // Assert
+            let context = format!("analyzed: {analyzed}, {mode}");
+            for (what, plan) in [("attempt devices", &devices), ("accounts", &accounts)] {
+                assert!(
+                    plan.contains("aggregate_id = k.id")
+                        && !plan.contains("Seq Scan on audit_log")
+                        && !plan.contains("BitmapAnd")
+                        && !plan.contains("Hash Join"),
+                    "{context}: {what} are not reached by key:\n{plan}"
+                );
+            }
+            assert!(
+                loaded.contains("device_id = k.id") && !loaded.contains("Seq Scan on devices"),
+                "{context}: devices are not loaded by key:\n{loaded}"
+            );
+        }
     }
 }
