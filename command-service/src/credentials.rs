@@ -75,26 +75,6 @@ impl Credentials {
         Self { pool }
     }
 
-    /// Stores the hash of a bearer token (link attempt or QR).
-    pub(crate) async fn insert_bearer(
-        &self,
-        kind: TokenKind,
-        id: Uuid,
-        hash: &[u8],
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), CommandError> {
-        sqlx::query(
-            "INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(kind.table_kind())
-        .bind(id)
-        .bind(hash)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// The stored hash of the link token of attempt `id`, if it is still alive: a link token
     /// dies when its attempt expires or links its device (DESIGN §4 rule 7).
     pub(crate) async fn live_link_token(&self, id: Uuid) -> Result<Option<Vec<u8>>, CommandError> {

@@ -14,6 +14,8 @@ mod commit;
 mod load;
 pub(crate) mod retry;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -124,6 +126,20 @@ pub struct Executed<A> {
     pub position: Written,
 }
 
+/// The hash of a bearer token (a QR code's, a link attempt's) that names a new aggregate, stored
+/// in `bearer_tokens` with the aggregate's first events ([`EventStore::execute_with_bearer`]).
+#[derive(Debug, Clone)]
+pub(crate) struct BearerRow {
+    /// `bearer_tokens.kind`.
+    pub(crate) kind: &'static str,
+    /// The aggregate's id.
+    pub(crate) id: uuid::Uuid,
+    /// SHA-256 of the token.
+    pub(crate) hash: Vec<u8>,
+    /// When the token dies.
+    pub(crate) expires_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 enum StoreError {
@@ -215,6 +231,41 @@ impl EventStore {
         A::Command: Clone,
         CommandError: From<AggregateError<A::Error>>,
     {
+        self.execute_storing(loaded, command, metadata, None).await
+    }
+
+    /// [`EventStore::execute`] for a command that starts an aggregate named by a bearer token:
+    /// the token's hash is stored by the same statement as the events (both or neither), so a
+    /// token never exists for an aggregate that does not, and the call costs one round trip
+    /// less. A command that decides nothing stores no token and fails.
+    pub(crate) async fn execute_with_bearer<A>(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+        bearer: &BearerRow,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Stored,
+        A::Command: Clone,
+        CommandError: From<AggregateError<A::Error>>,
+    {
+        self.execute_storing(loaded, command, metadata, Some(bearer))
+            .await
+    }
+
+    async fn execute_storing<A>(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+        bearer: Option<&BearerRow>,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Stored,
+        A::Command: Clone,
+        CommandError: From<AggregateError<A::Error>>,
+    {
         let id = loaded.aggregate_id.clone();
         let mut first = Some(loaded);
         retry_on_conflict(|| {
@@ -226,7 +277,8 @@ impl EventStore {
                     Some(loaded) => loaded,
                     None => self.load_context::<A>(id).await?,
                 };
-                self.execute_once(loaded, command, metadata).await
+                self.execute_once_storing(loaded, command, metadata, bearer)
+                    .await
             }
         })
         .await
@@ -290,7 +342,7 @@ impl EventStore {
     /// loads again on each try.
     pub(crate) async fn execute_once<A>(
         &self,
-        mut loaded: Loaded<A>,
+        loaded: Loaded<A>,
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Executed<A>, CommandError>
@@ -298,9 +350,24 @@ impl EventStore {
         A: Stored,
         CommandError: From<AggregateError<A::Error>>,
     {
+        self.execute_once_storing(loaded, command, metadata, None)
+            .await
+    }
+
+    async fn execute_once_storing<A>(
+        &self,
+        mut loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &Metadata,
+        bearer: Option<&BearerRow>,
+    ) -> Result<Executed<A>, CommandError>
+    where
+        A: Stored,
+        CommandError: From<AggregateError<A::Error>>,
+    {
         let events = decide(&mut loaded.aggregate, command).await?;
         let loaded = self
-            .commit_events(loaded, events, &metadata.to_map())
+            .commit_events(loaded, events, &metadata.to_map(), bearer)
             .await?;
         let position = loaded.position();
         Ok(Executed {

@@ -18,7 +18,7 @@ use super::{App, Call};
 use crate::error::CommandError;
 use crate::matching::{MatchingCode, account_hint};
 use crate::secrets::{self, PresentedToken, TokenKind};
-use crate::store::{Metadata, retry_on_conflict};
+use crate::store::{BearerRow, Metadata, retry_on_conflict};
 
 /// A QR code issued to a browser session (no `Debug`: the payload is a secret).
 pub(crate) struct IssuedQr {
@@ -107,10 +107,16 @@ impl App {
         let token = secrets::mint(TokenKind::Qr, qr_id.0);
         let svg = crate::qr::svg(&token.text)
             .map_err(|e| CommandError::Internal(format!("rendering the QR code: {e}")))?;
-        self.credentials
-            .insert_bearer(TokenKind::Qr, qr_id.0, &token.hash, expires_at)
+        let bearer = BearerRow {
+            kind: TokenKind::Qr.table_kind(),
+            id: qr_id.0,
+            hash: token.hash,
+            expires_at,
+        };
+        let executed = self
+            .store
+            .execute_with_bearer(qr, command, holder.metadata(), &bearer)
             .await?;
-        let executed = self.store.execute(qr, command, holder.metadata()).await?;
         Ok(IssuedQr {
             qr_id,
             payload: token.text,
@@ -151,20 +157,21 @@ impl App {
         attempt.state().decide(command.clone())?;
         tracing::Span::current().record("link_attempt_id", tracing::field::display(attempt_id));
         let token = secrets::mint(TokenKind::LinkAttempt, attempt_id.0);
-        self.credentials
-            .insert_bearer(
-                TokenKind::LinkAttempt,
-                attempt_id.0,
-                &token.hash,
-                expires_at,
-            )
-            .await?;
+        let bearer = BearerRow {
+            kind: TokenKind::LinkAttempt.table_kind(),
+            id: attempt_id.0,
+            hash: token.hash,
+            expires_at,
+        };
         let metadata = Metadata {
             actor: format!("app:{}", request.device_id),
             request_id: call.call_id.clone(),
             account_id: None,
         };
-        let executed = self.store.execute(attempt, command, &metadata).await?;
+        let executed = self
+            .store
+            .execute_with_bearer(attempt, command, &metadata, &bearer)
+            .await?;
         Ok(StartedLink {
             link_token: token.text,
             luxtrust_nonce: nonce,

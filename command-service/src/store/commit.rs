@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cqrs_es::DomainEvent;
 
-use super::{EventStore, Loaded, StoreError, Stored, snapshot};
+use super::{BearerRow, EventStore, Loaded, StoreError, Stored, snapshot};
 
 /// SQLSTATEs that mean "someone else wrote first": unique violation on the event's key, and the
 /// serialisation failures PostgreSQL may report instead.
@@ -50,6 +50,32 @@ impl Rows {
     }
 }
 
+/// Every event of a commit in one `INSERT`, returning where each went.
+const EVENTS: &str = "INSERT INTO events \
+         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+            e.payload::json, $7::json \
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+          WITH ORDINALITY \
+          AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, n) \
+     ORDER BY e.n \
+     RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash";
+
+/// [`EVENTS`] and a bearer token's row (`$8`–`$11`), in one statement: a data-modifying `WITH`
+/// runs exactly once, and the statement is atomic.
+const WITH_BEARER: &str = "WITH bearer AS ( \
+         INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) \
+         VALUES ($8, $9, $10, $11)) \
+     INSERT INTO events \
+         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+            e.payload::json, $7::json \
+     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+          WITH ORDINALITY \
+          AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, n) \
+     ORDER BY e.n \
+     RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash";
+
 /// What the `INSERT` returned for one event: type, id, sequence, global position, chain hash.
 pub(super) type Written = (String, String, i64, i64, Vec<u8>);
 
@@ -57,18 +83,25 @@ impl EventStore {
     /// Appends `events` after the loaded state, in one statement (atomic on its own), and
     /// returns where the aggregate's history now stands. A concurrent writer that appended first
     /// makes it fail with a conflict and write nothing.
+    /// With `bearer`, the token's row goes in with the events.
     pub(super) async fn commit_events<A: Stored>(
         &self,
         mut loaded: Loaded<A>,
         events: Vec<A::Event>,
         metadata: &BTreeMap<String, String>,
+        bearer: Option<&BearerRow>,
     ) -> Result<Loaded<A>, StoreError> {
         if events.is_empty() {
-            return Ok(loaded);
+            return match bearer {
+                None => Ok(loaded),
+                Some(_) => Err(StoreError::Corrupt(
+                    "a bearer token for an aggregate its command did not start".into(),
+                )),
+            };
         }
         let mut rows = Rows::default();
         rows.push(&loaded, &events)?;
-        let written = self.insert(rows, metadata).await?;
+        let written = self.insert(rows, metadata, bearer).await?;
         self.advance(&mut loaded, &written);
         Ok(loaded)
     }
@@ -87,42 +120,43 @@ impl EventStore {
         let mut rows = Rows::default();
         rows.push(&a, &a_events)?;
         rows.push(&b, &b_events)?;
-        let written = self.insert(rows, metadata).await?;
+        let written = self.insert(rows, metadata, None).await?;
         self.advance(&mut a, &written);
         self.advance(&mut b, &written);
         Ok((a, b))
     }
 
-    /// One `INSERT` of `rows`, in their order.
+    /// One `INSERT` of `rows`, in their order (and of `bearer`'s row, in the same statement).
     async fn insert(
         &self,
         rows: Rows,
         metadata: &BTreeMap<String, String>,
+        bearer: Option<&BearerRow>,
     ) -> Result<Vec<Written>, StoreError> {
         let metadata = serde_json::to_string(metadata)
             .map_err(|e| StoreError::Corrupt(format!("serialising metadata: {e}")))?;
-        let written: Result<Vec<Written>, sqlx::Error> = sqlx::query_as(
-            "INSERT INTO events \
-                 (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-                  metadata) \
-             SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-                    e.payload::json, $7::json \
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-                         $6::text[]) WITH ORDINALITY \
-                  AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-                        payload, n) \
-             ORDER BY e.n \
-             RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash",
-        )
-        .bind(&rows.types)
-        .bind(&rows.ids)
-        .bind(&rows.sequences)
-        .bind(&rows.event_types)
-        .bind(&rows.versions)
-        .bind(&rows.payloads)
-        .bind(&metadata)
-        .fetch_all(&self.pool)
-        .await;
+        let statement = if bearer.is_some() {
+            WITH_BEARER
+        } else {
+            EVENTS
+        };
+        let query = sqlx::query_as(statement)
+            .bind(&rows.types)
+            .bind(&rows.ids)
+            .bind(&rows.sequences)
+            .bind(&rows.event_types)
+            .bind(&rows.versions)
+            .bind(&rows.payloads)
+            .bind(&metadata);
+        let query = match bearer {
+            Some(bearer) => query
+                .bind(bearer.kind)
+                .bind(bearer.id)
+                .bind(&bearer.hash)
+                .bind(bearer.expires_at),
+            None => query,
+        };
+        let written: Result<Vec<Written>, sqlx::Error> = query.fetch_all(&self.pool).await;
         let written = match written {
             Ok(written) => written,
             Err(error) if is_conflict(&error) => return Err(StoreError::Conflict),
