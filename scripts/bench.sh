@@ -17,6 +17,9 @@
 # Extra arguments go to `linkd-bench suite` (see `target/release/linkd-bench suite --help`), or
 # to the part named first.
 # LINKD_BENCH_REPORT=path writes the report elsewhere than docs/performance.md.
+# LINKD_BENCH_SERVICE_BIN=dir runs the command-service and projection-service binaries found there
+# (e.g. an older commit's release build) under this harness: a before/after comparison measures
+# both with the same bench (docs/performance.md, "Before and after").
 # The services' logs stay in .dev/logs/bench/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +37,7 @@ CONSUMERS=linkd-bench
 COMMAND_ADDR=127.0.0.1:${LINKD_BENCH_COMMAND_PORT:-50061}
 PROJECTION_ADDR=127.0.0.1:${LINKD_BENCH_PROJECTION_PORT:-50062}
 BIN=target/release
+SERVICE_BIN=${LINKD_BENCH_SERVICE_BIN:-$BIN}
 LOGS=.dev/logs/bench
 export PGOPTIONS="${PGOPTIONS:-} --client-min-messages=warning"
 
@@ -156,7 +160,7 @@ env "${COMMON[@]}" \
   LINKD_SECRET_CODE_PEPPER="$PEPPER" \
   LINKD_QR_CONFIRMATION_SECONDS=600 \
   LINKD_RATE_LIMITS="$BENCH_RATE_LIMITS" \
-  "$BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
+  "$SERVICE_BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &
 pids+=($!)
 env "${COMMON[@]}" \
   LINKD_PROJECTION_DATABASE_URL="$PG_SERVER/$PROJECTION_DB" \
@@ -165,7 +169,7 @@ env "${COMMON[@]}" \
   LINKD_EVENT_STORE_URL="$PG_SERVER/$COMMAND_DB" \
   LINKD_SMTP_HOST=127.0.0.1 LINKD_SMTP_PORT="$SMTP_PORT" LINKD_SMTP_TLS=none \
   LINKD_QUERY_RATE_LIMITS="list_devices.account=1000000/1,get_device.account=1000000/1,audit.caller=1000000/1" \
-  "$BIN/projection-service" >>"$LOGS/projection-service.log" 2>&1 &
+  "$SERVICE_BIN/projection-service" >>"$LOGS/projection-service.log" 2>&1 &
 pids+=($!)
 wait_for_port "command service (log: $LOGS/command-service.log)" "${COMMAND_ADDR##*:}"
 wait_for_port "projection service (log: $LOGS/projection-service.log)" "${PROJECTION_ADDR##*:}"
@@ -189,6 +193,6 @@ echo "linkd (release) is up on $COMMAND_ADDR and $PROJECTION_ADDR; running $PART
   --stream "$STREAM" \
   --subject-prefix "$PREFIX" \
   --consumer-prefix "$CONSUMERS" \
-  --projection-bin "$BIN/projection-service" \
+  --projection-bin "$SERVICE_BIN/projection-service" \
   "${REPORT[@]}" \
   "$@"

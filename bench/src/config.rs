@@ -93,6 +93,10 @@ pub(crate) struct SizingArgs {
     /// [default: 60000; quick: 0].
     #[arg(long)]
     pub(crate) rebuild_min_events: Option<u64>,
+    /// CPU milliseconds per non-hashing command at 32 clients (all processes) measured on this
+    /// machine before issue 15's changes: the CPU target is half of it (unset: not judged).
+    #[arg(long)]
+    pub(crate) cpu_before_ms: Option<f64>,
 }
 
 /// Resolved sizes.
@@ -124,6 +128,8 @@ pub(crate) struct Sizing {
     pub(crate) growth_toggles: usize,
     /// Device events the stream should hold before a rebuild.
     pub(crate) rebuild_min_events: u64,
+    /// CPU ms per non-hashing command before issue 15 (the CPU target is half of it).
+    pub(crate) cpu_before_ms: Option<f64>,
 }
 
 impl SizingArgs {
@@ -173,6 +179,7 @@ impl SizingArgs {
             rebuild_min_events: self
                 .rebuild_min_events
                 .unwrap_or(if quick { 0 } else { 60_000 }),
+            cpu_before_ms: self.cpu_before_ms.filter(|ms| *ms > 0.0),
             concurrency,
             growth_sizes,
         })
