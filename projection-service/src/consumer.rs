@@ -17,17 +17,13 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures_util::{FutureExt as _, StreamExt as _};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub mod batch;
 pub mod durable_acks;
 
 /// The most messages applied in one transaction.
 const MAX_BATCH: usize = 256;
-
-/// How many batches are applied at once. The second begins once the first holds its guards, so
-/// its round trips overlap the first's where their aggregates differ (ADR 0018).
-const IN_FLIGHT: usize = 2;
 
 /// The most messages delivered and not yet acknowledged: batches whose commit awaits its WAL
 /// flush stay unacknowledged for a few milliseconds (at most about 50 ms, when a flush is forced).
@@ -167,7 +163,7 @@ async fn consume(
         .context("connecting to the read models' database to follow the WAL")?;
     tokio::spawn(acknowledging);
     let mut messages = consumer.messages().await.context("pulling messages")?;
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let models: Vec<&dyn ReadModel> = models.iter().map(AsRef::as_ref).collect();
     tracing::info!(consumer = %settings.durable_name(), "consuming");
     let mut check = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -196,36 +192,12 @@ async fn consume(
                 Some(None) | None => break,
             }
         }
-        if acks.is_closed() {
-            anyhow::bail!("the acknowledging task ended");
-        }
         // Read before the batch begins: its commit comes after this generation's connection.
         let tagged = generation.current();
-        let permit = Arc::clone(&in_flight)
-            .acquire_owned()
-            .await
-            .context("waiting for a batch to finish")?;
-        let (locked, holding) = oneshot::channel();
-        let (pool, consumer, models, acks) = (
-            pool.clone(),
-            settings.durable_name(),
-            Arc::clone(models),
-            acks.clone(),
-        );
-        tokio::spawn(async move {
-            let models: Vec<&dyn ReadModel> = models.iter().map(AsRef::as_ref).collect();
-            let settled = handle(&pool, &consumer, &models, batch, locked).await;
-            // Should the acknowledging task have ended, JetStream delivers these again after
-            // `ack_wait`, and the guards skip them.
-            if !settled.is_empty() && acks.send((tagged, settled)).is_err() {
-                tracing::warn!("a batch's acknowledgements could not be handed over");
-            }
-            drop(permit);
-        });
-        // The next batch begins once this one holds its guards (or gave up): where the two
-        // overlap, the next one waits for this commit and then finds the guards moved, so
-        // events of one aggregate are still applied in stream order.
-        let _held = holding.await;
+        let settled = handle(pool, settings, &models, batch).await;
+        if !settled.is_empty() && acks.send((tagged, settled)).is_err() {
+            anyhow::bail!("the acknowledging task ended");
+        }
         if let Some(error) = failed {
             return Err(anyhow::anyhow!(error).context("receiving a message"));
         }
@@ -236,13 +208,11 @@ async fn consume(
 /// (applied, already applied, parked, undecodable and recorded as a dead letter) is returned
 /// with its acknowledgement, to be sent once the commit is durable. Never fails: what could not
 /// be recorded is NAKed (or, if even that fails, delivered again after `ack_wait`).
-/// `locked` is told once the batch holds its guards, or dropped if it will not.
 async fn handle(
     pool: &PgPool,
-    consumer: &str,
+    settings: &ConsumerSettings,
     models: &[&dyn ReadModel],
     batch: Vec<jetstream::Message>,
-    locked: oneshot::Sender<()>,
 ) -> Vec<(jetstream::Message, AckKind)> {
     let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
@@ -251,8 +221,14 @@ async fn handle(
             Ok(event) => decoded.push((message, event)),
             Err(ProjectionError::Poison(reason)) => {
                 tracing::error!(subject = %message.subject, %reason, "parking a poison message");
-                let parked =
-                    park(pool, consumer, &message.subject, &reason, &message.payload).await;
+                let parked = park(
+                    pool,
+                    &settings.durable_name(),
+                    &message.subject,
+                    &reason,
+                    &message.payload,
+                )
+                .await;
                 match parked {
                     Ok(()) => settled.push((message, AckKind::Term)),
                     Err(error) => {
@@ -268,7 +244,7 @@ async fn handle(
     if events.is_empty() {
         return settled;
     }
-    let verdicts = match batch::apply(pool, models, &events, Some(locked)).await {
+    let verdicts = match batch::apply(pool, models, &events).await {
         Ok(verdicts) => verdicts,
         Err(error) => {
             tracing::debug!(%error, events = events.len(), "batch rolled back; one by one");

@@ -202,9 +202,7 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     let events = [linked(), linked(), biometrics(3), biometrics(2)];
 
     // Act
-    let verdicts = batch::apply(&pool, &[&Devices], &events, None)
-        .await
-        .unwrap();
+    let verdicts = batch::apply(&pool, &[&Devices], &events).await.unwrap();
 
     // Assert
     assert!(
@@ -236,7 +234,7 @@ async fn a_batch_applies_in_order_skips_what_was_applied_and_holds_back_gaps() {
     );
     assert_eq!(guard(&pool).await, Some(2));
     // The held-back event applies when it is delivered again.
-    let again = batch::apply(&pool, &[&Devices], &[biometrics(3)], None)
+    let again = batch::apply(&pool, &[&Devices], &[biometrics(3)])
         .await
         .unwrap();
     assert!(matches!(again[0], Ok(Outcome::Applied)), "{:?}", again[0]);
@@ -249,7 +247,7 @@ async fn a_poison_event_rolls_its_batch_back_and_is_parked_one_by_one() {
     let broken = broken();
     let events = [linked(), broken, biometrics(3)];
 
-    let refused = batch::apply(&pool, &[&Devices], &events, None).await;
+    let refused = batch::apply(&pool, &[&Devices], &events).await;
     assert!(
         matches!(refused, Err(ProjectionError::Poison(_))),
         "{refused:?}"
@@ -279,7 +277,7 @@ async fn concurrent_batches_of_the_same_events_apply_each_once() {
         let (pool, events) = (pool.clone(), events.clone());
         workers.spawn(async move {
             loop {
-                match batch::apply(&pool, &[&Devices], &events, None).await {
+                match batch::apply(&pool, &[&Devices], &events).await {
                     Ok(verdicts) => {
                         assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
                         break;
@@ -461,17 +459,12 @@ async fn one_batch_feeds_every_read_model_each_with_its_own_guard() {
     let models: [&dyn projections::ReadModel; 2] = [&Devices, &tally];
 
     // Act: two events, then a redelivery of both with a third.
-    let first = batch::apply(&pool, &models, &[linked(), biometrics(2)], None)
+    let first = batch::apply(&pool, &models, &[linked(), biometrics(2)])
         .await
         .unwrap();
-    let again = batch::apply(
-        &pool,
-        &models,
-        &[linked(), biometrics(2), biometrics(3)],
-        None,
-    )
-    .await
-    .unwrap();
+    let again = batch::apply(&pool, &models, &[linked(), biometrics(2), biometrics(3)])
+        .await
+        .unwrap();
 
     // Assert
     assert_eq!(outcomes(first), [Outcome::Applied, Outcome::Applied]);
@@ -515,7 +508,6 @@ async fn a_read_model_ahead_of_the_others_skips_what_they_apply() {
         &pool,
         &[&live, &rebuilt],
         &[linked(), biometrics(2), biometrics(3)],
-        None,
     )
     .await
     .unwrap();
@@ -545,11 +537,9 @@ async fn a_read_model_that_must_wait_does_not_hold_the_others_back() {
     let events = [linked(), biometrics(2), biometrics(3)];
 
     // Act: the batch rolls back and goes one by one; then the refused events come again.
-    let refused = batch::apply(&pool, &models, &events, None).await;
+    let refused = batch::apply(&pool, &models, &events).await;
     let verdicts = batch::one_by_one(&pool, &models, &events).await;
-    let again = batch::apply(&pool, &models, &events[1..], None)
-        .await
-        .unwrap();
+    let again = batch::apply(&pool, &models, &events[1..]).await.unwrap();
 
     // Assert
     assert!(
@@ -602,7 +592,7 @@ async fn concurrent_batches_for_several_read_models_apply_each_event_once_to_eac
             let from = worker % 2;
             loop {
                 let verdicts = if worker % 4 < 2 {
-                    batch::apply(&pool, &models, &events[from..], None).await
+                    batch::apply(&pool, &models, &events[from..]).await
                 } else {
                     Ok(batch::one_by_one(&pool, &models, &events[from..]).await)
                 };

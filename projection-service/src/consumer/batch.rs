@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 
 use proto::v1::EventEnvelope;
 use sqlx::PgPool;
-use tokio::sync::oneshot;
 
 use crate::projections::{self, Outcome, ProjectionError, ReadModel};
 
@@ -74,13 +73,11 @@ struct Guard {
 }
 
 /// Applies `events` (in stream order) to every read model of `models` that reads them, in one
-/// transaction. `Err` means nothing was committed. `holding`, if given, is told once the batch
-/// holds every guard it needs (dropped if it never does).
+/// transaction. `Err` means nothing was committed.
 pub async fn apply(
     pool: &PgPool,
     models: &[&dyn ReadModel],
     events: &[EventEnvelope],
-    holding: Option<oneshot::Sender<()>>,
 ) -> Result<Verdicts, ProjectionError> {
     let mut keys: Vec<Key> = events
         .iter()
@@ -135,10 +132,6 @@ pub async fn apply(
         return Err(ProjectionError::Transient(sqlx::Error::Protocol(
             "a guard the batch created is missing".into(),
         )));
-    }
-    if let Some(holding) = holding {
-        // The caller may have stopped listening; the batch goes on all the same.
-        let _told = holding.send(());
     }
     let mut guards: BTreeMap<Key, Guard> = keys
         .into_iter()

@@ -240,7 +240,7 @@ async fn a_batch_writes_what_its_events_write_one_at_a_time() {
             if part.is_empty() {
                 continue;
             }
-            let verdicts = apply(&batched, &models, part, None).await.unwrap();
+            let verdicts = apply(&batched, &models, part).await.unwrap();
             assert!(
                 verdicts
                     .iter()
