@@ -50,31 +50,34 @@ impl Rows {
     }
 }
 
-/// Every event of a commit in one `INSERT`, returning where each went.
-const EVENTS: &str = "INSERT INTO events \
-         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-     SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-            e.payload::json, $7::json \
-     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
-          WITH ORDINALITY \
-          AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, n) \
-     ORDER BY e.n \
-     RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash";
+/// The events' `INSERT`: every event of a commit in one statement, returning where each went.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events \
+             (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+              metadata) \
+         SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                e.payload::json, $7::json \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+              WITH ORDINALITY \
+              AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+                    n) \
+         ORDER BY e.n \
+         RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash"
+    };
+}
+
+/// Every event of a commit in one `INSERT`.
+const EVENTS: &str = insert_events!();
 
 /// [`EVENTS`] and a bearer token's row (`$8`–`$11`), in one statement: a data-modifying `WITH`
 /// runs exactly once, and the statement is atomic.
-const WITH_BEARER: &str = "WITH bearer AS ( \
+const WITH_BEARER: &str = concat!(
+    "WITH bearer AS ( \
          INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) \
-         VALUES ($8, $9, $10, $11)) \
-     INSERT INTO events \
-         (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-     SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-            e.payload::json, $7::json \
-     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
-          WITH ORDINALITY \
-          AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, n) \
-     ORDER BY e.n \
-     RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash";
+         VALUES ($8, $9, $10, $11)) ",
+    insert_events!()
+);
 
 /// What the `INSERT` returned for one event: type, id, sequence, global position, chain hash.
 pub(super) type Written = (String, String, i64, i64, Vec<u8>);
