@@ -67,7 +67,8 @@ pub struct Settings {
     pub hash_capacity: usize,
     /// How much the gRPC server takes on (`LINKD_MAX_CONCURRENT_CALLS`, `LINKD_CALL_TIMEOUT_SECONDS`).
     pub grpc_limits: service_kit::grpc::Limits,
-    /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
+    /// The NATS server or comma-separated seed list (`LINKD_NATS_URL`, default
+    /// `nats://127.0.0.1:4222`).
     pub nats_url: String,
     /// The JetStream stream events are published to (`LINKD_STREAM`, default `LINKD_EVENTS`).
     pub stream: String,
@@ -165,7 +166,7 @@ impl Settings {
                     ConfigError::invalid("LINKD_MAX_QR_WATCHES", "must be between 1 and 100000")
                 })?,
             grpc_limits: env.grpc_limits()?,
-            nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url: env.nats_servers("LINKD_NATS_URL", "nats://127.0.0.1:4222")?,
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
             stream_limits: stream_limits(&env)?,
@@ -292,6 +293,28 @@ mod tests {
         env.insert("LINKD_QR_CONFIRMATION", "sometimes".into());
         let error = read(&env).unwrap_err().to_string();
         assert!(error.contains("LINKD_QR_CONFIRMATION"), "{error}");
+    }
+
+    #[test]
+    fn nats_takes_a_seed_list_and_names_a_wrong_entry() {
+        let mut env = base();
+        env.insert(
+            "LINKD_NATS_URL",
+            "nats://127.0.0.1:4223,nats://127.0.0.1:4224".into(),
+        );
+        assert_eq!(
+            read(&env).unwrap().nats_url,
+            "nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+        );
+        env.insert(
+            "LINKD_NATS_URL",
+            "nats://127.0.0.1:4223,nats://127.0.0.1:99999".into(),
+        );
+        let error = read(&env).unwrap_err().to_string();
+        assert!(
+            error.contains("LINKD_NATS_URL") && error.contains("nats://127.0.0.1:99999"),
+            "{error}"
+        );
     }
 
     #[test]

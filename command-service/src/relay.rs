@@ -150,9 +150,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     tracing::info!("relay leading");
     let _leading = Leading::start(&settings.leading);
     let mut wake = settings.wake.clone();
-    let client = async_nats::connect(&settings.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
+    let client = service_kit::nats::connect(&settings.nats_url).await?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, settings).await?;
     let mut listener = PgListener::connect_with(pool).await?;

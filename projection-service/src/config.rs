@@ -16,7 +16,8 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// The read-model database (`LINKD_PROJECTION_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
-    /// The NATS server (`LINKD_NATS_URL`, default `nats://127.0.0.1:4222`).
+    /// The NATS server or comma-separated seed list (`LINKD_NATS_URL`, default
+    /// `nats://127.0.0.1:4222`).
     pub nats_url: String,
     /// The stream the relay publishes to (`LINKD_STREAM`, default `LINKD_EVENTS`).
     pub stream: String,
@@ -111,7 +112,7 @@ impl Settings {
         Ok(Self {
             grpc_addr: env.socket_addr("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:50052")?,
             database_url: Redacted(env.required("LINKD_PROJECTION_DATABASE_URL")?),
-            nats_url: env.or("LINKD_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url: env.nats_servers("LINKD_NATS_URL", "nats://127.0.0.1:4222")?,
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
             consumer_prefix: env.nats_name("LINKD_CONSUMER_PREFIX", "linkd")?,
@@ -161,6 +162,16 @@ mod tests {
         assert_eq!(settings.reauth_max_age, Duration::from_secs(300));
         assert_eq!(settings.email.sender, "usermanagement@security.public.lu");
         assert!(settings.email_enabled);
+    }
+
+    #[test]
+    fn nats_takes_a_seed_list_and_names_a_wrong_entry() {
+        let mut env = base();
+        env.insert("LINKD_NATS_URL", "127.0.0.1:4223, 127.0.0.1:4224".into());
+        assert!(read(&env).is_ok());
+        env.insert("LINKD_NATS_URL", "nats://127.0.0.1:4223,nats://[::1".into());
+        let error = read(&env).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("LINKD_NATS_URL"), "{error}");
     }
 
     #[test]

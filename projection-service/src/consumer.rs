@@ -137,9 +137,7 @@ async fn consume(
     settings: &ConsumerSettings,
     models: &ReadModels,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(&settings.nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", settings.nats_url))?;
+    let client = service_kit::nats::connect(&settings.nats_url).await?;
     let context = jetstream::new(client);
     let mut consumer = durable(&context, settings).await?;
     if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {

@@ -128,6 +128,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .map_err(|e| ConfigError::invalid(key, format!("{e}")))
     }
 
+    /// A NATS server URL or comma-separated seed list ([`crate::nats::seed_list`]), or
+    /// `default`: a wrong entry is a configuration error at start, not a connection that fails
+    /// for ever.
+    pub fn nats_servers(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let seeds = self.or(key, default);
+        crate::nats::seed_list(&seeds).map_err(|reason| ConfigError::invalid(key, reason))?;
+        Ok(seeds)
+    }
+
     /// A JetStream stream or consumer name: letters, digits, `-` and `_`, or `default`.
     pub fn nats_name(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
         let name = self.or(key, default);

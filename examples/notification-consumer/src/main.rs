@@ -29,7 +29,7 @@ use proto::v1::{EventEnvelope, UnlinkReason};
 #[derive(Debug, Parser)]
 #[command(name = "notification-consumer", version, about)]
 struct Args {
-    /// The NATS server.
+    /// The NATS server, or a comma-separated seed list of a cluster's servers.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// The stream linkd publishes to (its `LINKD_STREAM`).
@@ -68,7 +68,14 @@ async fn connect(args: &Args) -> anyhow::Result<async_nats::Client> {
     };
     options
         .name("notification-consumer")
-        .connect(args.nats_url.as_str())
+        // One URL or a comma-separated seed list, as NATS clients accept.
+        .connect(
+            args.nats_url
+                .split(',')
+                .map(str::trim)
+                .filter(|seed| !seed.is_empty())
+                .collect::<Vec<_>>(),
+        )
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))
 }
