@@ -75,6 +75,9 @@ pub struct Settings {
     /// The stream's bounds (`LINKD_STREAM_MAX_AGE_DAYS`, default 30; `LINKD_STREAM_MAX_BYTES`,
     /// default 10 GiB).
     pub stream_limits: crate::relay::StreamLimits,
+    /// Copies of the stream kept by a NATS cluster when the relay creates it
+    /// (`LINKD_STREAM_REPLICAS`, 1 to 5, default 1: a development server has one node).
+    pub stream_replicas: usize,
     /// Subject prefix (`LINKD_SUBJECT_PREFIX`, default `linkd.events`).
     pub subject_prefix: String,
     /// Whether this instance runs the relay (`LINKD_RELAY`, default `on`; one leader is elected
@@ -170,6 +173,15 @@ impl Settings {
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,
             subject_prefix: env.subject_prefix("LINKD_SUBJECT_PREFIX", "linkd.events")?,
             stream_limits: stream_limits(&env)?,
+            stream_replicas: usize::try_from(env.number("LINKD_STREAM_REPLICAS", 1)?)
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "LINKD_STREAM_REPLICAS",
+                        "must be between 1 and 5 (JetStream's limit)",
+                    )
+                })?,
             relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
     }

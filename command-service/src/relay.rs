@@ -49,6 +49,8 @@ pub(crate) struct RelaySettings {
     /// The stream's bounds: messages older than this, or beyond this many bytes, are dropped
     /// oldest first (the event store keeps everything; `republish` restores the stream).
     pub(crate) limits: StreamLimits,
+    /// Copies of the stream a NATS cluster keeps, when the relay creates it.
+    pub(crate) replicas: usize,
     /// How long to wait for new events when notifications are quiet.
     pub(crate) poll_interval: Duration,
     /// Changes when this process commits events (see [`announce`] for the other processes').
@@ -93,8 +95,10 @@ pub struct StreamLimits {
 }
 
 /// Creates the stream if it does not exist (all subjects under the prefix, 2-minute duplicate
-/// window, file storage, the configured bounds), and brings an existing stream's bounds to the
-/// configured ones.
+/// window, file storage, the configured bounds and replicas), and brings an existing stream's
+/// bounds to the configured ones. Any other setting of an existing stream that differs from
+/// what the relay would create (replicas, subjects, storage, duplicate window) is left as it is
+/// and named in a warning at start: changing it is an operator's decision.
 pub(crate) async fn ensure_stream(
     context: &jetstream::Context,
     settings: &RelaySettings,
@@ -106,6 +110,7 @@ pub(crate) async fn ensure_stream(
         duplicate_window: Duration::from_secs(120),
         max_age: settings.limits.max_age,
         max_bytes: settings.limits.max_bytes,
+        num_replicas: settings.replicas,
         ..Default::default()
     };
     let mut stream = context
@@ -113,6 +118,12 @@ pub(crate) async fn ensure_stream(
         .await
         .with_context(|| format!("creating or opening stream {}", settings.stream))?;
     let current = &stream.info().await?.config;
+    let differences = differences(current, &config);
+    if !differences.is_empty() {
+        tracing::warn!(stream = %settings.stream, differences = %differences.join("; "),
+            "the stream exists with other settings than configured; left as they are \
+            (change them with `nats stream edit`, or recreate the stream and republish)");
+    }
     if current.max_age != config.max_age || current.max_bytes != config.max_bytes {
         let mut updated = current.clone();
         updated.max_age = config.max_age;
@@ -125,6 +136,37 @@ pub(crate) async fn ensure_stream(
         stream = context.get_stream(&settings.stream).await?;
     }
     Ok(stream)
+}
+
+/// How an existing stream's settings differ from those the relay would create it with, apart
+/// from the bounds (which the relay updates): one phrase per setting.
+fn differences(current: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let mut found = Vec::new();
+    if current.num_replicas != wanted.num_replicas {
+        found.push(format!(
+            "replicas {} (configured {}, LINKD_STREAM_REPLICAS)",
+            current.num_replicas, wanted.num_replicas
+        ));
+    }
+    if current.subjects != wanted.subjects {
+        found.push(format!(
+            "subjects {:?} (configured {:?}, LINKD_SUBJECT_PREFIX)",
+            current.subjects, wanted.subjects
+        ));
+    }
+    if current.storage != wanted.storage {
+        found.push(format!(
+            "storage {:?} (the relay creates {:?})",
+            current.storage, wanted.storage
+        ));
+    }
+    if current.duplicate_window != wanted.duplicate_window {
+        found.push(format!(
+            "duplicate window {:?} (the relay creates {:?}; republished events rely on it)",
+            current.duplicate_window, wanted.duplicate_window
+        ));
+    }
+    found
 }
 
 /// One term as leader (returns `Ok` if another instance leads).
@@ -440,6 +482,50 @@ pub(crate) async fn announce(
             .await
         {
             tracing::debug!(%error, "could not notify the relay leader; it will poll");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> stream::Config {
+        stream::Config {
+            name: "LINKD_EVENTS".into(),
+            subjects: vec!["linkd.events.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(3600),
+            num_replicas: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stream_as_configured_differs_in_nothing_the_bounds_aside() {
+        let mut current = wanted();
+        current.max_age = Duration::from_secs(60);
+        assert!(differences(&current, &wanted()).is_empty());
+    }
+
+    #[test]
+    fn each_other_difference_is_named_with_its_setting() {
+        let current = stream::Config {
+            num_replicas: 1,
+            subjects: vec!["other.>".into()],
+            storage: stream::StorageType::Memory,
+            duplicate_window: Duration::from_secs(10),
+            ..wanted()
+        };
+        let found = differences(&current, &wanted()).join("; ");
+        for phrase in [
+            "replicas 1 (configured 3, LINKD_STREAM_REPLICAS)",
+            "LINKD_SUBJECT_PREFIX",
+            "storage Memory",
+            "duplicate window 10s",
+        ] {
+            assert!(found.contains(phrase), "{phrase} not in {found}");
         }
     }
 }

@@ -177,6 +177,7 @@ impl Application {
                 stream: self.settings.stream.clone(),
                 subject_prefix: self.settings.subject_prefix.clone(),
                 limits: self.settings.stream_limits,
+                replicas: self.settings.stream_replicas,
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
                 leading,

@@ -44,7 +44,7 @@ impl TestStream {
     /// Creates the stream as linkd's relay does: file storage, subjects `<prefix>.>`, and a
     /// two-minute window in which a repeated `Nats-Msg-Id` is dropped.
     pub async fn create(&self) -> anyhow::Result<()> {
-        let client = async_nats::connect(&self.nats_url).await?;
+        let client = async_nats::connect(seeds(&self.nats_url)).await?;
         jetstream::new(client)
             .create_stream(stream::Config {
                 name: self.name.clone(),
@@ -58,6 +58,14 @@ impl TestStream {
     }
 }
 
+/// A URL or comma-separated seed list as the client's server list.
+fn seeds(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
 impl Drop for TestStream {
     fn drop(&mut self) {
         let (url, name) = (self.nats_url.clone(), self.name.clone());
@@ -69,7 +77,7 @@ impl Drop for TestStream {
                 .build()?;
             runtime.block_on(async {
                 let client =
-                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(&url))
+                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(seeds(&url)))
                         .await??;
                 let _ = jetstream::new(client).delete_stream(&name).await;
                 anyhow::Ok(())

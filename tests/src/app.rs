@@ -70,7 +70,13 @@ pub async fn spawn_system_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Starts both services on `nats_url` (instead of the shared server).
 pub async fn spawn_system_on(nats_url: String) -> TestApp {
-    let (database, stream, settings) = fresh_system(nats_url).await;
+    spawn_system_on_and(nats_url, |_| {}).await
+}
+
+/// [`spawn_system_on`] after `adjust` changed the command service's settings.
+pub async fn spawn_system_on_and(nats_url: String, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let (database, stream, mut settings) = fresh_system(nats_url).await;
+    adjust(&mut settings);
     start(database, settings, Some(stream)).await
 }
 

@@ -25,8 +25,8 @@ mod servers;
 mod settings;
 
 pub use app::{
-    TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_with,
-    spawn_system_with_mail, spawn_system_with_mail_and,
+    TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_on_and,
+    spawn_system_with, spawn_system_with_mail, spawn_system_with_mail_and,
 };
 pub use flows::{CODE, Clients, Linked};
 pub use keys::bearer;
@@ -34,7 +34,9 @@ pub use servers::{
     CommandServer, ReadSide, run_command_service, spawn_read_side, spawn_read_side_with,
 };
 pub use settings::{generous_rate_limits, projection_settings, rate_limits_with, test_settings};
-pub use testkit::{OwnNats, TestDatabase, TestStream, admin_url, eventually, nats_url};
+pub use testkit::{
+    OwnNats, OwnNatsCluster, TestDatabase, TestStream, admin_url, eventually, nats_url,
+};
 
 /// Fails the test unless `outcome` is refused with `INVALID_ARGUMENT` (`case` names it).
 pub fn assert_invalid<T: std::fmt::Debug>(case: &str, outcome: Result<T, tonic::Status>) {

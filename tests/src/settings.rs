@@ -42,6 +42,7 @@ pub fn test_settings(database_url: String) -> Settings {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_bytes: 1 << 30,
         },
+        stream_replicas: 1,
         max_devices_per_account: 100,
         rate_limits: generous_rate_limits(),
         nats_url: nats_url(),
