@@ -277,8 +277,7 @@ impl EventStore {
                     Some(loaded) => loaded,
                     None => self.load_context::<A>(id).await?,
                 };
-                self.execute_once_storing(loaded, command, metadata, bearer)
-                    .await
+                self.execute_once(loaded, command, metadata, bearer).await
             }
         })
         .await
@@ -339,22 +338,9 @@ impl EventStore {
 
     /// Executes `command` on `loaded` once: a conflict is returned to the caller. For a step of
     /// [`retry_on_conflict`] whose command depends on other aggregates' state, which the step
-    /// loads again on each try.
+    /// loads again on each try. With `bearer`, the token's row goes in with the events
+    /// ([`EventStore::execute_with_bearer`]).
     pub(crate) async fn execute_once<A>(
-        &self,
-        loaded: Loaded<A>,
-        command: A::Command,
-        metadata: &Metadata,
-    ) -> Result<Executed<A>, CommandError>
-    where
-        A: Stored,
-        CommandError: From<AggregateError<A::Error>>,
-    {
-        self.execute_once_storing(loaded, command, metadata, None)
-            .await
-    }
-
-    async fn execute_once_storing<A>(
         &self,
         mut loaded: Loaded<A>,
         command: A::Command,

@@ -303,7 +303,9 @@ impl App {
                 nonce: assertion.nonce.clone(),
                 at: now,
             };
-            self.store.execute_once(attempt, command, &metadata).await
+            self.store
+                .execute_once(attempt, command, &metadata, None)
+                .await
         })
         .await?;
         Ok(LuxTrustAuthenticated {

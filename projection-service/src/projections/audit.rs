@@ -163,11 +163,6 @@ impl<'a> Row<'a> {
             details,
         })
     }
-
-    /// A link attempt's event that names its account.
-    fn gives_attempt_account(&self) -> bool {
-        self.event.aggregate_type == aggregate::LINK_ATTEMPT && !self.account.is_empty()
-    }
 }
 
 impl AuditLog {
@@ -228,37 +223,37 @@ impl Projector for AuditLog {
         unresolved.sort_unstable();
         unresolved.dedup();
         let stored = Self::attempt_devices(tx, &unresolved).await?;
-        // The first account each link attempt is given in this share: the rows stored before it
-        // without one take it (one at a time, the first such event gives it to them).
+        // Per link attempt, as the share goes: the device its first event named (stored before
+        // the share, which wins as it would one event at a time, or met earlier in it); its
+        // rows in this share still without an account; and the first account it is given here,
+        // which the rows stored before the share without one take (one at a time, the first
+        // such event gives it to them).
+        let mut first_devices: HashMap<String, String> = stored;
+        let mut without_account: HashMap<String, Vec<usize>> = HashMap::new();
         let mut given: Vec<(String, String)> = Vec::new();
         for index in 0..rows.len() {
-            let event = rows[index].event;
-            if rows[index].device.is_none() {
-                let first = stored.get(&event.aggregate_id).cloned().or_else(|| {
-                    rows[..index]
-                        .iter()
-                        .find(|earlier| {
-                            earlier.event.aggregate_type == aggregate::LINK_ATTEMPT
-                                && earlier.event.aggregate_id == event.aggregate_id
-                                && earlier.event.sequence == 1
-                        })
-                        .and_then(|earlier| earlier.device.clone())
-                });
-                rows[index].device = Some(first.unwrap_or_default());
+            let row = &mut rows[index];
+            if row.event.aggregate_type != aggregate::LINK_ATTEMPT {
+                continue;
             }
-            if rows[index].gives_attempt_account() {
-                let account = rows[index].account.clone();
-                if !given.iter().any(|(id, _)| *id == event.aggregate_id) {
-                    given.push((event.aggregate_id.clone(), account.clone()));
-                }
-                for earlier in &mut rows[..index] {
-                    if earlier.event.aggregate_type == aggregate::LINK_ATTEMPT
-                        && earlier.event.aggregate_id == event.aggregate_id
-                        && earlier.account.is_empty()
-                    {
-                        earlier.account.clone_from(&account);
-                    }
-                }
+            let id = row.event.aggregate_id.clone();
+            if row.device.is_none() {
+                row.device = Some(first_devices.get(&id).cloned().unwrap_or_default());
+            }
+            if row.event.sequence == 1 {
+                let device = row.device.clone().unwrap_or_default();
+                first_devices.entry(id.clone()).or_insert(device);
+            }
+            if row.account.is_empty() {
+                without_account.entry(id).or_default().push(index);
+                continue;
+            }
+            let account = row.account.clone();
+            if !given.iter().any(|(given_id, _)| *given_id == id) {
+                given.push((id.clone(), account.clone()));
+            }
+            for earlier in without_account.remove(&id).unwrap_or_default() {
+                rows[earlier].account.clone_from(&account);
             }
         }
         if !given.is_empty() {

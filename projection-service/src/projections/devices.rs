@@ -9,6 +9,7 @@
 //! not know is poison (`proto::convert`'s rule).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use proto::convert::{TextForm as _, aggregate, text};
@@ -245,7 +246,8 @@ impl Projector for Devices {
 
 /// Loads the rows of the devices `$1` (ids), one primary-key probe each (`OFFSET 0` keeps the
 /// planner from turning the probes into a join or, with `= ANY` and no statistics, a scan).
-pub(crate) fn load_statement() -> String {
+/// Built once.
+pub(crate) static LOAD: LazyLock<String> = LazyLock::new(|| {
     let columns = COLUMNS
         .split(',')
         .map(|column| format!("d.{}", column.trim()))
@@ -255,7 +257,7 @@ pub(crate) fn load_statement() -> String {
         "SELECT {columns} FROM unnest($1::uuid[]) AS k (id) \
          CROSS JOIN LATERAL (SELECT * FROM devices WHERE device_id = k.id OFFSET 0) AS d"
     )
-}
+});
 
 /// The rows of one batch's devices, as loaded (`None`: no row yet) and folded.
 #[derive(Debug, Default)]
@@ -278,7 +280,7 @@ impl BatchProjector for Devices {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let rows: Vec<DeviceRow> = sqlx::query_as(&load_statement())
+        let rows: Vec<DeviceRow> = sqlx::query_as(LOAD.as_str())
             .bind(&ids)
             .fetch_all(connection)
             .await?;

@@ -277,7 +277,7 @@ async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
         "PREPARE attempt_devices AS {}; PREPARE give_accounts AS {}; PREPARE load_devices AS {};",
         crate::projections::audit::ATTEMPT_DEVICES,
         crate::projections::audit::GIVE_ACCOUNTS,
-        crate::projections::devices::load_statement(),
+        crate::projections::devices::LOAD.as_str(),
     ))
     .execute(&mut *connection)
     .await
