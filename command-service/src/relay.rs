@@ -192,7 +192,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     tracing::info!("relay leading");
     let _leading = Leading::start(&settings.leading);
     let mut wake = settings.wake.clone();
-    let client = service_kit::nats::connect(&settings.nats_url).await?;
+    let client = service_kit::nats::connect(&settings.nats_url, "linkd-relay").await?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, settings).await?;
     let mut listener = PgListener::connect_with(pool).await?;

@@ -137,7 +137,7 @@ async fn consume(
     settings: &ConsumerSettings,
     models: &ReadModels,
 ) -> anyhow::Result<()> {
-    let client = service_kit::nats::connect(&settings.nats_url).await?;
+    let client = service_kit::nats::connect(&settings.nats_url, "linkd-projection").await?;
     let context = jetstream::new(client);
     let mut consumer = durable(&context, settings).await?;
     if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {

@@ -25,10 +25,17 @@ pub fn seed_list(seeds: &str) -> Result<Vec<ServerAddr>, String> {
     Ok(servers)
 }
 
-/// A client connected to one server of the seed list `seeds`.
-pub async fn connect(seeds: &str) -> anyhow::Result<async_nats::Client> {
+/// A client connected to one server of the seed list `seeds`, under the connection name `name`
+/// (what the servers' monitoring shows: `nats server report connections`, `/connz`).
+///
+/// Once connected, a lost connection is not an error here: async-nats reconnects by itself,
+/// without limit, to any server it knows (the seeds and the nodes the cluster announced), the
+/// first attempt at once and the next ones after 2 ms doubling up to 4 s.
+pub async fn connect(seeds: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     let servers = seed_list(seeds).map_err(anyhow::Error::msg)?;
-    async_nats::connect(servers)
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {seeds}"))
 }

@@ -21,7 +21,7 @@ async fn a_service_whose_first_seed_is_down_connects_to_another() {
             format!("{},{live}", closed_port()),
             format!("{live} , {}", closed_port()),
         ] {
-            let client = service_kit::nats::connect(&seeds)
+            let client = service_kit::nats::connect(&seeds, "linkd-test")
                 .await
                 .unwrap_or_else(|e| panic!("{seeds}: {e:#}"));
             client.flush().await.unwrap();
@@ -32,6 +32,8 @@ async fn a_service_whose_first_seed_is_down_connects_to_another() {
 #[tokio::test]
 async fn a_seed_list_with_no_server_up_is_an_error_that_names_it() {
     let seeds = format!("{},{}", closed_port(), closed_port());
-    let error = service_kit::nats::connect(&seeds).await.unwrap_err();
+    let error = service_kit::nats::connect(&seeds, "linkd-test")
+        .await
+        .unwrap_err();
     assert!(format!("{error:#}").contains(&seeds), "{error:#}");
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use database::{TestDatabase, admin_url, with_database};
 pub use nats::{TestStream, nats_url};
-pub use own_nats::{OwnNats, OwnNatsCluster};
+pub use own_nats::{OwnNats, OwnNatsCluster, nats_server_binary};
 pub use own_postgres::OwnPostgres;
 
 /// Polls `check` until it returns `Some`, or panics after `within` naming `what` it waited for.

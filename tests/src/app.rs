@@ -90,7 +90,16 @@ pub async fn spawn_system_with_mail_and(
     email: projection_service::email::EmailSettings,
     adjust: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let (database, stream, mut settings) = fresh_system(nats_url()).await;
+    spawn_system_on_with_mail_and(nats_url(), email, adjust).await
+}
+
+/// [`spawn_system_with_mail_and`] on `nats_url` (instead of the shared server).
+pub async fn spawn_system_on_with_mail_and(
+    nats_url: String,
+    email: projection_service::email::EmailSettings,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let (database, stream, mut settings) = fresh_system(nats_url).await;
     adjust(&mut settings);
     start_with_email(database, settings, Some(stream), Some(email)).await
 }

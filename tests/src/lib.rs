@@ -26,7 +26,8 @@ mod settings;
 
 pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_on_and,
-    spawn_system_with, spawn_system_with_mail, spawn_system_with_mail_and,
+    spawn_system_on_with_mail_and, spawn_system_with, spawn_system_with_mail,
+    spawn_system_with_mail_and,
 };
 pub use flows::{CODE, Clients, Linked};
 pub use keys::bearer;
@@ -35,7 +36,8 @@ pub use servers::{
 };
 pub use settings::{generous_rate_limits, projection_settings, rate_limits_with, test_settings};
 pub use testkit::{
-    OwnNats, OwnNatsCluster, TestDatabase, TestStream, admin_url, eventually, nats_url,
+    OwnNats, OwnNatsCluster, TestDatabase, TestStream, admin_url, eventually, nats_server_binary,
+    nats_url,
 };
 
 /// Fails the test unless `outcome` is refused with `INVALID_ARGUMENT` (`case` names it).

@@ -81,12 +81,29 @@ pub struct ReadSide {
     pub channel: Channel,
     /// The read-model database.
     pub pool: PgPool,
+    /// The settings it was started with.
+    pub settings: projection_service::Settings,
+    shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Drop for ReadSide {
     fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
         self.server.abort();
+    }
+}
+
+impl ReadSide {
+    /// Stops the instance as on SIGTERM (its consumer and email worker with it) and waits for
+    /// it, up to `within`; whether it finished in time.
+    pub async fn stop_gracefully(mut self, within: std::time::Duration) -> bool {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(within, &mut self.server).await.is_ok()
     }
 }
 
@@ -97,12 +114,15 @@ pub async fn spawn_read_side(database_url: String, stream: &TestStream) -> ReadS
 
 /// Starts a projection service with `settings`.
 pub async fn spawn_read_side_with(settings: projection_service::Settings) -> ReadSide {
-    let app = projection_service::Application::build(settings)
+    let app = projection_service::Application::build(settings.clone())
         .await
         .expect("building the projection service");
     let addr = app.local_addr();
     let pool = app.pool();
-    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
     let channel = Channel::from_shared(format!("http://{addr}"))
         .expect("a channel URL")
         .connect()
@@ -112,6 +132,8 @@ pub async fn spawn_read_side_with(settings: projection_service::Settings) -> Rea
         queries: DeviceQueryServiceClient::new(channel.clone()),
         channel,
         pool,
+        settings,
+        shutdown: Some(shutdown),
         server,
     }
 }
