@@ -33,6 +33,9 @@ export LINKD_PROJECTION_DATABASE_URL=${LINKD_PROJECTION_DATABASE_URL:-postgres:/
 export LINKD_EVENT_STORE_URL=${LINKD_EVENT_STORE_URL:-$LINKD_COMMAND_DATABASE_URL}
 export LINKD_COMMAND_GRPC_ADDR=${LINKD_COMMAND_GRPC_ADDR:-127.0.0.1:50051}
 export LINKD_PROJECTION_GRPC_ADDR=${LINKD_PROJECTION_GRPC_ADDR:-127.0.0.1:50052}
+# Prometheus metrics (set either to an empty value to turn its endpoint off).
+export LINKD_COMMAND_METRICS_ADDR=${LINKD_COMMAND_METRICS_ADDR-127.0.0.1:9101}
+export LINKD_PROJECTION_METRICS_ADDR=${LINKD_PROJECTION_METRICS_ADDR-127.0.0.1:9102}
 export LINKD_WEB_ADDR=${LINKD_WEB_ADDR:-127.0.0.1:8080}
 export LINKD_WEB_COMMAND_URL=${LINKD_WEB_COMMAND_URL:-http://$LINKD_COMMAND_GRPC_ADDR}
 export LINKD_WEB_QUERY_URL=${LINKD_WEB_QUERY_URL:-http://$LINKD_PROJECTION_GRPC_ADDR}
@@ -53,10 +56,12 @@ if [ -z "${LINKD_SMTP_HOST:-}" ]; then
   MAIL_DIR=$PWD/.dev/mail
 fi
 
-for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR" "$LINKD_WEB_ADDR"; do
+for addr in "$LINKD_COMMAND_GRPC_ADDR" "$LINKD_PROJECTION_GRPC_ADDR" "$LINKD_WEB_ADDR" \
+    $LINKD_COMMAND_METRICS_ADDR $LINKD_PROJECTION_METRICS_ADDR; do
   if port_open "${addr##*:}"; then
     echo "error: $addr is already in use (is linkd already running?); stop it or set" \
-         "LINKD_COMMAND_GRPC_ADDR / LINKD_PROJECTION_GRPC_ADDR / LINKD_WEB_ADDR" >&2
+         "LINKD_COMMAND_GRPC_ADDR / LINKD_PROJECTION_GRPC_ADDR / LINKD_WEB_ADDR /" \
+         "LINKD_COMMAND_METRICS_ADDR / LINKD_PROJECTION_METRICS_ADDR" >&2
     exit 1
   fi
 done
@@ -99,6 +104,7 @@ linkd is running (development configuration):
   command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService (+ relay to NATS)
   projection service  $LINKD_PROJECTION_GRPC_ADDR  DeviceQueryService (read models fed from NATS)
   both                grpc.health.v1 and server reflection
+  metrics             http://${LINKD_COMMAND_METRICS_ADDR:-(off)}/metrics, http://${LINKD_PROJECTION_METRICS_ADDR:-(off)}/metrics (Prometheus; docs/metrics.md)
   portal page         http://$LINKD_WEB_ADDR  portal-web: sign in, link a device, my devices, history
   event store         $LINKD_COMMAND_DATABASE_URL
   read models         $LINKD_PROJECTION_DATABASE_URL

@@ -12,6 +12,9 @@ pub use service_kit::config::{ConfigError, Redacted};
 pub struct Settings {
     /// Where the gRPC server listens (`LINKD_COMMAND_GRPC_ADDR`, default `127.0.0.1:50051`).
     pub grpc_addr: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (`LINKD_COMMAND_METRICS_ADDR`, e.g. `127.0.0.1:9101`;
+    /// unset or empty: no metrics endpoint).
+    pub metrics_addr: Option<SocketAddr>,
     /// The event store database (`LINKD_COMMAND_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
     /// Pool size (`LINKD_COMMAND_DB_MAX_CONNECTIONS`, default 10).
@@ -122,6 +125,7 @@ impl Settings {
         }
         Ok(Self {
             grpc_addr: env.socket_addr("LINKD_COMMAND_GRPC_ADDR", "127.0.0.1:50051")?,
+            metrics_addr: env.optional_socket_addr("LINKD_COMMAND_METRICS_ADDR")?,
             database_url: Redacted(env.required("LINKD_COMMAND_DATABASE_URL")?),
             db_max_connections,
             idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),
@@ -289,6 +293,22 @@ mod tests {
         assert_eq!(settings.grpc_addr.port(), 50051);
         assert_eq!(settings.qr_confirmation, Some(Duration::from_secs(120)));
         assert_eq!(settings.trusted_proxy_hops, 0);
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_given_an_address() {
+        let mut env = base();
+        assert_eq!(read(&env).unwrap().metrics_addr, None);
+        env.insert("LINKD_COMMAND_METRICS_ADDR", " ".into());
+        assert_eq!(read(&env).unwrap().metrics_addr, None);
+        env.insert("LINKD_COMMAND_METRICS_ADDR", "127.0.0.1:9101".into());
+        assert_eq!(
+            read(&env).unwrap().metrics_addr,
+            Some("127.0.0.1:9101".parse().unwrap())
+        );
+        env.insert("LINKD_COMMAND_METRICS_ADDR", "9101".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_COMMAND_METRICS_ADDR"), "{error}");
     }
 
     #[test]

@@ -15,6 +15,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use service_kit::metrics::Metrics;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -42,6 +47,20 @@ pub(crate) struct CodeHasher {
     held: Arc<Semaphore>,
     /// The callers with a job held.
     callers: Arc<Mutex<HashSet<Uuid>>>,
+    /// How long jobs waited for a thread, in seconds.
+    wait: Histogram,
+    /// Jobs refused, by reason.
+    refused: Family<RefusedLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    reason: &'static str,
+}
+
+/// 1 ms to about 4 s, doubling.
+fn wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
 }
 
 impl std::fmt::Debug for CodeHasher {
@@ -85,7 +104,42 @@ impl CodeHasher {
             threads: Arc::new(threads),
             held: Arc::new(Semaphore::new(capacity.max(1))),
             callers: Arc::new(Mutex::new(HashSet::new())),
+            wait: wait_histogram(),
+            refused: Family::default(),
         })
+    }
+
+    /// Reports the pool in `metrics`: jobs held and the capacity (read at each scrape), how
+    /// long jobs wait for a thread, and the jobs refused.
+    #[must_use]
+    pub(crate) fn with_metrics(self, metrics: &Metrics) -> Self {
+        let held = metrics.gauge(
+            "hashing_jobs",
+            "Secret-code hashing jobs held, running or waiting for a thread",
+        );
+        let capacity = metrics.gauge(
+            "hashing_capacity",
+            "The most hashing jobs held at once; more are refused (RESOURCE_EXHAUSTED)",
+        );
+        capacity.set(i64::try_from(self.held.available_permits()).unwrap_or(i64::MAX));
+        let callers = Arc::clone(&self.callers);
+        metrics.on_scrape(move || {
+            let jobs = callers.lock().unwrap_or_else(PoisonError::into_inner).len();
+            held.set(i64::try_from(jobs).unwrap_or(i64::MAX));
+            std::future::ready(())
+        });
+        metrics.register(
+            "hashing_wait_seconds",
+            "Time a hashing job waited for a thread",
+            self.wait.clone(),
+        );
+        metrics.register(
+            "hashing_refused",
+            "Hashing jobs refused: reason=busy (the pool was full), caller_busy (the caller had a \
+             job held already)",
+            self.refused.clone(),
+        );
+        self
     }
 
     /// How many jobs the pool holds now (running or waiting).
@@ -110,7 +164,9 @@ impl CodeHasher {
         let place = self.take_place(caller)?;
         let (answer, result) = tokio::sync::oneshot::channel();
         let hasher = self.clone();
+        let queued = std::time::Instant::now();
         self.threads.spawn(move || {
+            hasher.wait.observe(queued.elapsed().as_secs_f64());
             if !answer.is_closed() {
                 let _ = answer.send(work(&hasher));
             }
@@ -122,12 +178,16 @@ impl CodeHasher {
 
     fn take_place(&self, caller: Uuid) -> Result<Place, Refused> {
         let mut callers = self.callers.lock().unwrap_or_else(PoisonError::into_inner);
+        let refused = |reason: &'static str, refusal: Refused| {
+            self.refused.get_or_create(&RefusedLabels { reason }).inc();
+            refusal
+        };
         if callers.contains(&caller) {
-            return Err(Refused::CallerBusy);
+            return Err(refused("caller_busy", Refused::CallerBusy));
         }
         let permit = Arc::clone(&self.held)
             .try_acquire_owned()
-            .map_err(|_| Refused::Busy)?;
+            .map_err(|_| refused("busy", Refused::Busy))?;
         callers.insert(caller);
         Ok(Place {
             caller,

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
+use prometheus_client::metrics::counter::Counter;
 use prost::Message as _;
+use service_kit::metrics::Metrics;
 use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection as _, PgPool};
 use tokio::sync::watch;
@@ -60,6 +62,85 @@ pub(crate) struct RelaySettings {
     /// Test-only crash point: when set, the relay stops after publishing a batch and before
     /// saving its checkpoint, once.
     pub(crate) crash_after_publish: Option<Arc<AtomicBool>>,
+    /// What it counts.
+    pub(crate) metrics: RelayMetrics,
+}
+
+/// What the relay counts as it publishes; [`RelayMetrics::register`] also reports, at each
+/// scrape, whether this instance leads and how far the stream is behind the store.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RelayMetrics {
+    published: Counter,
+    publish_errors: Counter,
+}
+
+/// The relay's position and lag as the database tells them: the last committed position, the
+/// checkpoint's, and how many events (up to 100,000) wait behind it and since when. The events
+/// that wait are read in the relay's own order, through the index it uses.
+const LAG: &str = "\
+    WITH checkpoint AS (SELECT tx_id, global_position FROM relay_checkpoint WHERE id = 1), \
+    behind AS (SELECT e.occurred_at FROM events e, checkpoint c \
+        WHERE (e.tx_id, e.global_position) > (c.tx_id::text::xid8, c.global_position) \
+        ORDER BY e.tx_id, e.global_position LIMIT 100000) \
+    SELECT (SELECT coalesce(max(global_position), 0) FROM events), \
+        (SELECT global_position FROM checkpoint), \
+        (SELECT count(*) FROM behind), \
+        (SELECT coalesce(extract(epoch FROM now() - min(occurred_at))::float8, 0) FROM behind)";
+
+impl RelayMetrics {
+    /// Registers the relay's series in `metrics`; `leading` tells whether this instance leads.
+    pub(crate) fn register(metrics: &Metrics, pool: PgPool, leading: Arc<AtomicBool>) -> Self {
+        let counted = Self::default();
+        metrics.register(
+            "relay_published_events",
+            "Events this instance's relay published and JetStream acknowledged",
+            counted.published.clone(),
+        );
+        metrics.register(
+            "relay_publish_errors",
+            "Publishing rounds that failed (NATS unreachable, no acknowledgement); the relay \
+             starts over from its checkpoint",
+            counted.publish_errors.clone(),
+        );
+        let leader = metrics.gauge("relay_leader", "1 if this instance's relay leads, else 0");
+        let store = metrics.gauge(
+            "relay_store_position",
+            "The highest global position committed to the event store",
+        );
+        let published = metrics.gauge(
+            "relay_published_position",
+            "The global position of the last event the relay published (its checkpoint)",
+        );
+        let lag_events = metrics.gauge(
+            "relay_lag_events",
+            "Committed events not yet published (counted up to 100000)",
+        );
+        let lag_seconds = metrics.gauge_f64(
+            "relay_lag_seconds",
+            "Age of the oldest committed event not yet published (0 when none waits)",
+        );
+        metrics.on_scrape(move || {
+            let (pool, leading) = (pool.clone(), leading.clone());
+            let (leader, store, published) = (leader.clone(), store.clone(), published.clone());
+            let (lag_events, lag_seconds) = (lag_events.clone(), lag_seconds.clone());
+            async move {
+                leader.set(i64::from(leading.load(Ordering::Relaxed)));
+                match sqlx::query_as::<_, (i64, i64, i64, f64)>(LAG)
+                    .fetch_one(&pool)
+                    .await
+                {
+                    Ok((last, checkpoint, behind, age)) => {
+                        store.set(last);
+                        published.set(checkpoint);
+                        lag_events.set(behind);
+                        lag_seconds.set(age);
+                    }
+                    Err(error) => tracing::warn!(%error, "metrics: reading the relay's lag"),
+                }
+            }
+        });
+        counted
+    }
 }
 
 /// A position in commit order.
@@ -269,7 +350,18 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
             tx_id: last.tx_id,
             global_position: last.global_position,
         };
-        published_up_to = published_up_to.max(publish(&context, settings, &batch).await?);
+        let acknowledged = match publish(&context, settings, &batch).await {
+            Ok(acknowledged) => acknowledged,
+            Err(error) => {
+                settings.metrics.publish_errors.inc();
+                return Err(error);
+            }
+        };
+        settings
+            .metrics
+            .published
+            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+        published_up_to = published_up_to.max(acknowledged);
         if let Some(crash) = &settings.crash_after_publish
             && crash.swap(false, Ordering::SeqCst)
         {

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use proto::v1::device_service_server::DeviceServiceServer;
 use proto::v1::portal_service_server::PortalServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
@@ -18,7 +19,7 @@ use crate::credentials::Credentials;
 use crate::grpc::Api;
 use crate::hashing::CodeHasher;
 use crate::idempotency::RequestLog;
-use crate::relay::RelaySettings;
+use crate::relay::{RelayMetrics, RelaySettings};
 use crate::store::{EventStore, snapshot};
 use identity::{Checks, KeySet};
 
@@ -33,6 +34,9 @@ pub struct Application {
     relay_crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Told when shutdown begins, so that open `WatchLinkQr` streams end and the drain finishes.
     stopping: tokio::sync::watch::Sender<bool>,
+    metrics: Metrics,
+    /// Bound when `LINKD_COMMAND_METRICS_ADDR` is set.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Connects to the database named in `settings` and applies the migrations.
@@ -78,8 +82,11 @@ impl Application {
             },
         )
         .context("loading the LuxTrust keys (LINKD_LUXTRUST_PUBLIC_KEYS_FILE)")?;
+        let metrics = Metrics::new();
+        metrics.watch_pool("command", pool.clone());
         let app = Arc::new(App {
-            store: EventStore::new(pool.clone(), snapshot::key(&settings.secret_code_pepper.0)),
+            store: EventStore::new(pool.clone(), snapshot::key(&settings.secret_code_pepper.0))
+                .with_metrics(&metrics),
             credentials: Credentials::new(pool.clone()),
             idp,
             luxtrust,
@@ -87,7 +94,8 @@ impl Application {
                 settings.secret_code_pepper.0.clone(),
                 settings.hash_capacity,
             )
-            .context("starting the secret-code hashing threads")?,
+            .context("starting the secret-code hashing threads")?
+            .with_metrics(&metrics),
             lifetimes: Lifetimes {
                 qr: duration(settings.qr_ttl)?,
                 link_attempt: duration(settings.link_attempt_ttl)?,
@@ -114,6 +122,10 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(service_kit::metrics::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -122,6 +134,8 @@ impl Application {
             settings,
             relay_crash_point: None,
             stopping,
+            metrics,
+            metrics_listener,
         })
     }
 
@@ -138,6 +152,13 @@ impl Application {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served, if `LINKD_COMMAND_METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The database pool (tests inspect the event store through it).
@@ -180,6 +201,7 @@ impl Application {
                 replicas: self.settings.stream_replicas,
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
+                metrics: RelayMetrics::register(&self.metrics, self.pool.clone(), leading.clone()),
                 leading,
                 crash_after_publish: self.relay_crash_point.clone(),
             };
@@ -188,6 +210,14 @@ impl Application {
                 crate::relay::run(self.pool.clone(), database_url, settings)
                     .instrument(tracing::info_span!("relay")),
             )
+        });
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics served on /metrics");
+            tokio::spawn(service_kit::metrics::serve(
+                listener,
+                self.metrics.clone(),
+                std::future::pending(),
+            ))
         });
         tracing::info!(addr = %self.local_addr, "command service listening");
         let stopping = self.stopping;
@@ -198,6 +228,7 @@ impl Application {
         };
         let served = GrpcServer::new()
             .limits(self.settings.grpc_limits)
+            .metrics(&self.metrics)
             .service(
                 PortalServiceServer::new(self.api.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -213,6 +244,9 @@ impl Application {
         announcer.abort();
         if let Some(relay) = relay {
             relay.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         served
     }

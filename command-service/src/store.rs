@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateError};
 use domain::{Account, Device, LinkAttempt, LinkQr};
+use prometheus_client::metrics::counter::Counter;
 use proto::consistency::Written;
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -167,6 +169,17 @@ pub struct EventStore {
     committed: watch::Sender<u64>,
     /// Authenticates snapshots ([`snapshot::key`]).
     snapshot_key: std::sync::Arc<Vec<u8>>,
+    metrics: StoreMetrics,
+}
+
+/// What the store counts: transactions that appended events, the events, and the appends
+/// refused because another writer got to the aggregate first (each decided again, up to
+/// [`retry::MAX_ATTEMPTS`] times).
+#[derive(Debug, Clone, Default)]
+struct StoreMetrics {
+    commits: Counter,
+    events: Counter,
+    conflicts: Counter,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -183,7 +196,35 @@ impl EventStore {
             pool,
             committed: watch::Sender::new(0),
             snapshot_key: std::sync::Arc::new(snapshot_key),
+            metrics: StoreMetrics::default(),
         }
+    }
+
+    /// Counts commits, events and conflicts in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let StoreMetrics {
+            commits,
+            events,
+            conflicts,
+        } = &self.metrics;
+        metrics.register(
+            "event_store_commits",
+            "Transactions that appended events to the store",
+            commits.clone(),
+        );
+        metrics.register(
+            "event_store_events",
+            "Events appended to the store",
+            events.clone(),
+        );
+        metrics.register(
+            "event_store_conflicts",
+            "Appends refused because another writer appended to the aggregate first (the \
+             command is decided again)",
+            conflicts.clone(),
+        );
+        self
     }
 
     /// Changes whenever this process commits events (the relay waits on it).

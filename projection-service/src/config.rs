@@ -14,6 +14,9 @@ use crate::email::{EmailSettings, SmtpTls};
 pub struct Settings {
     /// Where the gRPC server listens (`LINKD_PROJECTION_GRPC_ADDR`, default `127.0.0.1:50052`).
     pub grpc_addr: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (`LINKD_PROJECTION_METRICS_ADDR`, e.g. `127.0.0.1:9101`;
+    /// unset or empty: no metrics endpoint).
+    pub metrics_addr: Option<SocketAddr>,
     /// The read-model database (`LINKD_PROJECTION_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
     /// The NATS server or comma-separated seed list (`LINKD_NATS_URL`, default
@@ -111,6 +114,7 @@ impl Settings {
         };
         Ok(Self {
             grpc_addr: env.socket_addr("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:50052")?,
+            metrics_addr: env.optional_socket_addr("LINKD_PROJECTION_METRICS_ADDR")?,
             database_url: Redacted(env.required("LINKD_PROJECTION_DATABASE_URL")?),
             nats_url: env.nats_servers("LINKD_NATS_URL", "nats://127.0.0.1:4222")?,
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,

@@ -10,12 +10,17 @@
 //! commit that applied it. A crash of PostgreSQL loses at most commits whose messages are still
 //! unacknowledged, which JetStream delivers again (ADR 0018).
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures_util::{FutureExt as _, StreamExt as _};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
@@ -85,8 +90,123 @@ impl ProjectionError {
 /// Consumes for `models` until the task is dropped, reconnecting after failures. `pool`'s
 /// connections must commit without waiting for the flush (`synchronous_commit = off`), and
 /// acknowledgements wait for it instead.
-pub async fn run(pool: PgPool, settings: ConsumerSettings, models: ReadModels) {
-    service_kit::restarting("consumer", || consume(&pool, &settings, &models)).await;
+pub async fn run(
+    pool: PgPool,
+    settings: ConsumerSettings,
+    models: ReadModels,
+    metrics: ConsumerMetrics,
+) {
+    service_kit::restarting("consumer", || consume(&pool, &settings, &models, &metrics)).await;
+}
+
+/// What the consumer counts as it applies, and (at each scrape) how far behind it is.
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    stream_sequence: Gauge,
+    applied: Counter,
+    parked: Counter,
+    batches: Histogram,
+    /// When the last message applied was published, in seconds since the epoch (0: none yet).
+    last_published: Gauge<f64, AtomicU64>,
+    /// The consumer being read, once there is one.
+    consumer: Arc<Mutex<Option<consumer::PullConsumer>>>,
+}
+
+impl ConsumerMetrics {
+    /// Registers the consumer's series in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let counted = Self {
+            stream_sequence: metrics.gauge(
+                "consumer_stream_sequence",
+                "Stream sequence of the last message applied to the read models",
+            ),
+            applied: Counter::default(),
+            parked: Counter::default(),
+            batches: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            last_published: Gauge::default(),
+            consumer: Arc::default(),
+        };
+        metrics.register(
+            "consumer_applied_messages",
+            "Messages settled: applied to every read model, found applied already, or parked",
+            counted.applied.clone(),
+        );
+        metrics.register(
+            "consumer_parked_messages",
+            "Messages that can never apply, recorded in the dead-letter table",
+            counted.parked.clone(),
+        );
+        metrics.register(
+            "consumer_batch_messages",
+            "Messages applied per transaction",
+            counted.batches.clone(),
+        );
+        let pending = metrics.gauge(
+            "consumer_pending_messages",
+            "Messages of the stream not yet acknowledged by the read models' consumer (waiting \
+             or in flight)",
+        );
+        let lag = metrics.gauge_f64(
+            "consumer_lag_seconds",
+            "While messages are pending: time since the last message applied was published \
+             (0 when none is pending)",
+        );
+        let (consumer, last_published) = (counted.consumer.clone(), counted.last_published.clone());
+        metrics.on_scrape(move || {
+            let consumer = consumer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let (pending, lag, last_published) =
+                (pending.clone(), lag.clone(), last_published.clone());
+            async move {
+                let Some(mut consumer) = consumer else {
+                    return;
+                };
+                match consumer.info().await {
+                    Ok(info) => {
+                        let waiting = info.num_pending
+                            + u64::try_from(info.num_ack_pending).unwrap_or_default();
+                        pending.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                        let published = last_published.get();
+                        lag.set(if waiting == 0 || published == 0.0 {
+                            0.0
+                        } else {
+                            (seconds_since_epoch(std::time::SystemTime::now()) - published).max(0.0)
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "metrics: reading the consumer's state"),
+                }
+            }
+        });
+        counted
+    }
+
+    /// A batch of `size` messages was handed to the read models; `settled` of them are done.
+    fn settled(&self, size: usize, settled: &[(jetstream::Message, AckKind)]) {
+        self.batches.observe(size as f64);
+        self.applied
+            .inc_by(u64::try_from(settled.len()).unwrap_or(u64::MAX));
+        let last = settled
+            .iter()
+            .filter_map(|(message, _)| message.info().ok())
+            .max_by_key(|info| info.stream_sequence);
+        if let Some(info) = last {
+            self.stream_sequence
+                .set(i64::try_from(info.stream_sequence).unwrap_or(i64::MAX));
+            #[allow(
+                clippy::cast_precision_loss,
+                reason = "seconds since the epoch as f64 keep microseconds until far beyond 2100"
+            )]
+            let published = info.published.unix_timestamp_nanos() as f64 / 1e9;
+            self.last_published.set(published);
+        }
+    }
+}
+
+fn seconds_since_epoch(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// The durable consumer, created if missing; the consumers of earlier versions are removed.
@@ -136,6 +256,7 @@ async fn consume(
     pool: &PgPool,
     settings: &ConsumerSettings,
     models: &ReadModels,
+    metrics: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
     let client = service_kit::nats::connect(&settings.nats_url, "linkd-projection").await?;
     let context = jetstream::new(client);
@@ -160,6 +281,10 @@ async fn consume(
         .await
         .context("connecting to the read models' database to follow the WAL")?;
     tokio::spawn(acknowledging);
+    *metrics
+        .consumer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(consumer.clone());
     let mut messages = consumer.messages().await.context("pulling messages")?;
     let models: Vec<&dyn ReadModel> = models.iter().map(AsRef::as_ref).collect();
     tracing::info!(consumer = %settings.durable_name(), "consuming");
@@ -192,7 +317,9 @@ async fn consume(
         }
         // Read before the batch begins: its commit comes after this generation's connection.
         let tagged = generation.current();
-        let settled = handle(pool, settings, &models, batch).await;
+        let size = batch.len();
+        let settled = handle(pool, settings, &models, batch, metrics).await;
+        metrics.settled(size, &settled);
         if !settled.is_empty() && acks.send((tagged, settled)).is_err() {
             anyhow::bail!("the acknowledging task ended");
         }
@@ -211,6 +338,7 @@ async fn handle(
     settings: &ConsumerSettings,
     models: &[&dyn ReadModel],
     batch: Vec<jetstream::Message>,
+    metrics: &ConsumerMetrics,
 ) -> Vec<(jetstream::Message, AckKind)> {
     let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
@@ -228,7 +356,10 @@ async fn handle(
                 )
                 .await;
                 match parked {
-                    Ok(()) => settled.push((message, AckKind::Term)),
+                    Ok(()) => {
+                        metrics.parked.inc();
+                        settled.push((message, AckKind::Term));
+                    }
                     Err(error) => {
                         let error = ProjectionError::Transient(error);
                         nak(&message, &error).await;
@@ -251,7 +382,11 @@ async fn handle(
     };
     for (message, verdict) in messages.into_iter().zip(verdicts) {
         match verdict {
-            Ok(Outcome::Applied | Outcome::AlreadyApplied | Outcome::Parked) => {
+            Ok(Outcome::Applied | Outcome::AlreadyApplied) => {
+                settled.push((message, AckKind::Ack));
+            }
+            Ok(Outcome::Parked) => {
+                metrics.parked.inc();
                 settled.push((message, AckKind::Ack));
             }
             Err(error) => nak(&message, &error).await,

@@ -17,6 +17,11 @@ use chrono::{DateTime, Utc};
 use lettre::message::{Mailbox, MultiPart, header};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 
 /// How to reach the SMTP relay and what to send from.
@@ -261,8 +266,81 @@ fn message(settings: &EmailSettings, due: &Due) -> anyhow::Result<Message> {
         )?)
 }
 
+/// What the email worker counts; [`EmailMetrics::register`] also reports the outbox's backlog
+/// at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct EmailMetrics {
+    sent: Counter,
+    send_errors: Counter,
+    given_up: Counter,
+}
+
+impl EmailMetrics {
+    /// Registers the email series in `metrics`; the outbox is read through `pool`.
+    pub fn register(metrics: &Metrics, pool: PgPool) -> Self {
+        let counted = Self::default();
+        metrics.register(
+            "email_sent",
+            "Emails the SMTP server accepted",
+            counted.sent.clone(),
+        );
+        metrics.register(
+            "email_send_errors",
+            "Attempts to send an email that failed (each retried later, until given up)",
+            counted.send_errors.clone(),
+        );
+        metrics.register(
+            "email_given_up",
+            "Emails marked failed after their last attempt",
+            counted.given_up.clone(),
+        );
+        let outbox = Family::<StatusLabels, Gauge>::default();
+        metrics.register(
+            "email_outbox_messages",
+            "Emails in the outbox waiting to be sent (status=pending) or given up on \
+             (status=failed)",
+            outbox.clone(),
+        );
+        let oldest = metrics.gauge_f64(
+            "email_outbox_oldest_pending_seconds",
+            "Age of the oldest email waiting to be sent (0 when none waits)",
+        );
+        metrics.on_scrape(move || {
+            let (pool, outbox, oldest) = (pool.clone(), outbox.clone(), oldest.clone());
+            async move {
+                let backlog = sqlx::query_as::<_, (i64, f64, i64)>(
+                    "SELECT (SELECT count(*) FROM email_outbox WHERE status = 'pending'), \
+                     (SELECT coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) \
+                      FROM email_outbox WHERE status = 'pending'), \
+                     (SELECT count(*) FROM email_outbox WHERE status = 'failed')",
+                )
+                .fetch_one(&pool)
+                .await;
+                match backlog {
+                    Ok((pending, age, failed)) => {
+                        outbox
+                            .get_or_create(&StatusLabels { status: "pending" })
+                            .set(pending);
+                        outbox
+                            .get_or_create(&StatusLabels { status: "failed" })
+                            .set(failed);
+                        oldest.set(age);
+                    }
+                    Err(error) => tracing::warn!(%error, "metrics: reading the email outbox"),
+                }
+            }
+        });
+        counted
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
 /// Sends due emails until the task is dropped.
-pub async fn run(pool: PgPool, settings: EmailSettings) {
+pub async fn run(pool: PgPool, settings: EmailSettings, metrics: EmailMetrics) {
     let transport = match transport(&settings) {
         Ok(transport) => transport,
         Err(error) => {
@@ -271,7 +349,7 @@ pub async fn run(pool: PgPool, settings: EmailSettings) {
         }
     };
     loop {
-        match send_one(&pool, &transport, &settings).await {
+        match send_one(&pool, &transport, &settings, &metrics).await {
             Ok(true) => {}
             Ok(false) => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(error) => {
@@ -290,6 +368,7 @@ async fn send_one(
     pool: &PgPool,
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     settings: &EmailSettings,
+    metrics: &EmailMetrics,
 ) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     // Claimed with a transaction-scoped advisory lock, not `FOR UPDATE`: a row lock gives the
@@ -338,6 +417,7 @@ async fn send_one(
                 .bind(due.id)
                 .execute(&mut *tx)
                 .await?;
+            metrics.sent.inc();
             tracing::info!(message_id = %due.message_id, "email sent");
         }
         Err(error) => {
@@ -357,7 +437,9 @@ async fn send_one(
             .bind(delay.as_secs_f64())
             .execute(&mut *tx)
             .await?;
+            metrics.send_errors.inc();
             if failed {
+                metrics.given_up.inc();
                 tracing::error!(message_id = %due.message_id, %error, attempts, "email failed for good");
             } else {
                 tracing::warn!(message_id = %due.message_id, %error, attempts, "email not sent; will retry");

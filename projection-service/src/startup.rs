@@ -10,6 +10,7 @@ use identity::{Checks, KeySet};
 use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::device_query_service_server::DeviceQueryServiceServer;
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
@@ -40,6 +41,9 @@ pub struct Application {
     settings: Settings,
     queries: Queries,
     audits: Audits,
+    metrics: Metrics,
+    /// Bound when `LINKD_PROJECTION_METRICS_ADDR` is set.
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Connects to the read-model database and applies the migrations.
@@ -108,6 +112,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
+        let metrics = Metrics::new();
+        metrics.watch_pool("queries", pool.clone());
+        metrics.watch_pool("consumer", consumer_pool.clone());
+        metrics.watch_pool("email", worker_pool.clone());
+        let metrics_listener = match settings.metrics_addr {
+            Some(addr) => Some(service_kit::metrics::bind(addr).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -117,12 +129,21 @@ impl Application {
             settings,
             queries,
             audits,
+            metrics,
+            metrics_listener,
         })
     }
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served, if `LINKD_PROJECTION_METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The database pool.
@@ -151,18 +172,36 @@ impl Application {
             Box::new(notifier),
         ]);
         let consumer = tokio::spawn(
-            consumer::run(self.consumer_pool.clone(), consumer_settings, models)
-                .instrument(tracing::info_span!("consumer")),
+            consumer::run(
+                self.consumer_pool.clone(),
+                consumer_settings,
+                models,
+                consumer::ConsumerMetrics::register(&self.metrics),
+            )
+            .instrument(tracing::info_span!("consumer")),
         );
         let sender = self.settings.email_enabled.then(|| {
             tokio::spawn(
-                email::run(self.worker_pool.clone(), self.settings.email.clone())
-                    .instrument(tracing::info_span!("email")),
+                email::run(
+                    self.worker_pool.clone(),
+                    self.settings.email.clone(),
+                    email::EmailMetrics::register(&self.metrics, self.worker_pool.clone()),
+                )
+                .instrument(tracing::info_span!("email")),
             )
+        });
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "metrics served on /metrics");
+            tokio::spawn(service_kit::metrics::serve(
+                listener,
+                self.metrics.clone(),
+                std::future::pending(),
+            ))
         });
         tracing::info!(addr = %self.local_addr, "projection service listening");
         let served = GrpcServer::new()
             .limits(self.settings.grpc_limits)
+            .metrics(&self.metrics)
             .service(
                 DeviceQueryServiceServer::new(self.queries)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -176,6 +215,9 @@ impl Application {
         consumer.abort();
         if let Some(sender) = sender {
             sender.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         served
     }

@@ -128,6 +128,21 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .map_err(|e| ConfigError::invalid(key, format!("{e}")))
     }
 
+    /// A listen address, or `None` when `key` is unset or empty (the feature it serves is off).
+    pub fn optional_socket_addr(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.get(key).filter(|value| !value.trim().is_empty()) {
+            None => Ok(None),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| ConfigError::invalid(key, format!("{e}"))),
+        }
+    }
+
     /// A NATS server URL or comma-separated seed list ([`crate::nats::seed_list`]), or
     /// `default`: a wrong entry is a configuration error at start, not a connection that fails
     /// for ever.

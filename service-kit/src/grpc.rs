@@ -5,10 +5,12 @@
 //! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit, and
 //! requests that do not decode answered `INVALID_ARGUMENT` too, not `INTERNAL`
 //! ([`malformed`]); admission ([`admission`]): a bound on calls in progress and on how long
-//! one may take; and TCP_NODELAY on every accepted connection.
+//! one may take; per-call metrics when given a registry ([`metered`]); and TCP_NODELAY on every
+//! accepted connection.
 
 mod admission;
 mod malformed;
+mod metered;
 
 pub use admission::Limits;
 
@@ -49,6 +51,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     serving: Vec<&'static str>,
     limits: Limits,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl GrpcServer {
@@ -81,6 +84,14 @@ impl GrpcServer {
         self
     }
 
+    /// Counts every call in `metrics` ([`metered`]: calls by method and status code, and their
+    /// latency).
+    #[must_use]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
+    }
+
     /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(
         mut self,
@@ -101,9 +112,20 @@ impl GrpcServer {
         self.routes
             .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
             .add_service(reflection.max_decoding_message_size(MAX_MESSAGE_BYTES));
+        let metered = self.metrics.as_ref().map(|metrics| {
+            metered::RpcMetrics::register(
+                metrics,
+                &[
+                    proto::FILE_DESCRIPTOR_SET,
+                    tonic_health::pb::FILE_DESCRIPTOR_SET,
+                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                ],
+            )
+        });
         tonic::transport::Server::builder()
             .layer(
                 tower::ServiceBuilder::new()
+                    .layer(metered::MeteredLayer::new(metered))
                     .layer(tower::util::MapResponseLayer::new(
                         malformed::malformed_is_invalid_argument,
                     ))

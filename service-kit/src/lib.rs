@@ -17,6 +17,7 @@ pub mod config;
 pub mod database;
 pub mod forwarded;
 pub mod grpc;
+pub mod metrics;
 pub mod nats;
 pub mod ratelimit;
 pub mod telemetry;

@@ -295,6 +295,7 @@ async fn three_workers_at_once_send_each_email_exactly_once() {
         workers.push(tokio::spawn(projection_service::email::run(
             app.read_pool(),
             sink.settings(),
+            projection_service::email::EmailMetrics::default(),
         )));
     }
     app.register("anna").await;

@@ -21,6 +21,7 @@ mod linkctl_confirmation;
 mod linkctl_containment;
 mod linking;
 mod malformed_input;
+mod metrics;
 mod nats_cluster;
 mod qr_codes;
 mod rate_limits;

@@ -215,6 +215,36 @@ impl TestApp {
         self.command = Some(command);
     }
 
+    /// Stops the projection service gracefully and starts it again on the same database and
+    /// stream, after `adjust` changed its settings; the query clients now talk to the new one.
+    pub async fn restart_read_side(
+        &mut self,
+        adjust: impl FnOnce(&mut projection_service::Settings),
+    ) {
+        let read = self.read.take().expect("a test started with spawn_system");
+        let mut settings = read.settings.clone();
+        read.stop_gracefully(std::time::Duration::from_secs(10))
+            .await;
+        adjust(&mut settings);
+        self.read = Some(spawn_read_side_with(settings).await);
+    }
+
+    /// Where the command service serves `/metrics` (started with `metrics_addr` set).
+    pub fn command_metrics_addr(&self) -> std::net::SocketAddr {
+        self.command
+            .as_ref()
+            .and_then(|command| command.metrics_addr)
+            .expect("a command service started with metrics_addr")
+    }
+
+    /// Where the projection service serves `/metrics` (started with `metrics_addr` set).
+    pub fn read_metrics_addr(&self) -> std::net::SocketAddr {
+        self.read
+            .as_ref()
+            .and_then(|read| read.metrics_addr)
+            .expect("a projection service started with metrics_addr")
+    }
+
     /// The read-model database's URL (for more projection-service instances).
     pub fn read_database_url(&self) -> String {
         self.read_database

@@ -20,6 +20,7 @@ mod flows;
 mod inspect;
 mod keys;
 pub mod mail;
+pub mod metrics;
 pub mod portal;
 mod servers;
 mod settings;

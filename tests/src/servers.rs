@@ -18,6 +18,8 @@ pub struct CommandServer {
     pub channel: Channel,
     /// Its pool.
     pub pool: PgPool,
+    /// Where it serves `/metrics`, if its settings asked for it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -55,6 +57,7 @@ pub async fn run_command_service(
     }
     let addr = app.local_addr();
     let pool = app.pool();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -67,6 +70,7 @@ pub async fn run_command_service(
     CommandServer {
         channel,
         pool,
+        metrics_addr,
         shutdown: Some(shutdown),
         server,
     }
@@ -83,6 +87,8 @@ pub struct ReadSide {
     pub pool: PgPool,
     /// The settings it was started with.
     pub settings: projection_service::Settings,
+    /// Where it serves `/metrics`, if its settings asked for it.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -119,6 +125,7 @@ pub async fn spawn_read_side_with(settings: projection_service::Settings) -> Rea
         .expect("building the projection service");
     let addr = app.local_addr();
     let pool = app.pool();
+    let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -133,6 +140,7 @@ pub async fn spawn_read_side_with(settings: projection_service::Settings) -> Rea
         channel,
         pool,
         settings,
+        metrics_addr,
         shutdown: Some(shutdown),
         server,
     }

@@ -162,9 +162,16 @@ impl EventStore {
         let written: Result<Vec<Written>, sqlx::Error> = query.fetch_all(&self.pool).await;
         let written = match written {
             Ok(written) => written,
-            Err(error) if is_conflict(&error) => return Err(StoreError::Conflict),
+            Err(error) if is_conflict(&error) => {
+                self.metrics.conflicts.inc();
+                return Err(StoreError::Conflict);
+            }
             Err(error) => return Err(error.into()),
         };
+        self.metrics.commits.inc();
+        self.metrics
+            .events
+            .inc_by(u64::try_from(written.len()).unwrap_or(u64::MAX));
         self.committed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(written)
     }
