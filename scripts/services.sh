@@ -55,3 +55,24 @@ ensure_aiosmtpd() {
     return 1
   }
 }
+
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus's alert rules
+# (tests/e2e/monitoring.rs). LINKD_PROMTOOL, when set, names a binary of one's own instead.
+ensure_promtool() {
+  if [ -n "${LINKD_PROMTOOL:-}" ] || command -v promtool >/dev/null 2>&1; then return 0; fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+    echo "error: promtool is missing; as root, run: apt-get install -y --no-install-recommends" \
+         "prometheus (or point LINKD_PROMTOOL at a promtool)" >&2
+    return 1
+  fi
+  echo "installing promtool (apt-get install prometheus)…" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2 ||
+    { apt-get update >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >&2; } ||
+    { echo "error: could not install Debian's prometheus package (promtool)" >&2; return 1; }
+  # The package starts a Prometheus server where an init system runs it; the tests need only
+  # promtool.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl stop prometheus >/dev/null 2>&1 || true
+  fi
+}

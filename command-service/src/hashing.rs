@@ -133,6 +133,10 @@ impl CodeHasher {
             "Time a hashing job waited for a thread",
             self.wait.clone(),
         );
+        // Both series exist from the start, at 0: the first refusal is then an increase.
+        for reason in ["busy", "caller_busy"] {
+            drop(self.refused.get_or_create(&RefusedLabels { reason }));
+        }
         metrics.register(
             "hashing_refused",
             "Hashing jobs refused: reason=busy (the pool was full), caller_busy (the caller had a \

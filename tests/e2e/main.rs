@@ -22,6 +22,7 @@ mod linkctl_containment;
 mod linking;
 mod malformed_input;
 mod metrics;
+mod monitoring;
 mod nats_cluster;
 mod qr_codes;
 mod rate_limits;

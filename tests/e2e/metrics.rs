@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::mail::SmtpSink;
-use e2e::metrics::{Scrape, get, scrape};
+use e2e::metrics::{Scrape, documented_series, get, scrape};
 use e2e::{bearer, eventually, spawn_system_with_mail_and};
 use proto::v1::ListDevicesRequest;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -144,6 +144,15 @@ async fn both_services_report_a_link_flow() {
         "{}",
         sent.text
     );
+    // Every series docs/metrics.md documents is served by one service or the other.
+    for documented in documented_series() {
+        let family = documented.strip_suffix("_total").unwrap_or(&documented);
+        let declared = format!("# TYPE {family} ");
+        assert!(
+            relay.text.contains(&declared) || sent.text.contains(&declared),
+            "docs/metrics.md documents {documented}, which neither service serves"
+        );
+    }
     for pool in ["queries", "consumer", "email"] {
         assert!(
             sent.value(&format!(

@@ -78,3 +78,36 @@ pub async fn get(addr: SocketAddr, path: &str) -> Scrape {
 pub async fn scrape(addr: SocketAddr) -> Scrape {
     get(addr, "/metrics").await
 }
+
+/// Every series docs/metrics.md documents (the first column of its tables), as written there.
+pub fn documented_series() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(&path).expect("docs/metrics.md");
+    text.lines()
+        .filter_map(|line| {
+            let name = line.strip_prefix("| `")?.split('`').next()?;
+            name.starts_with("linkd_").then(|| name.to_owned())
+        })
+        .collect()
+}
+
+/// The `linkd_` metric names `text` mentions (a histogram's `_bucket`, `_count` and `_sum`
+/// series named by their histogram).
+pub fn mentioned_series(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("linkd_") {
+        let after = &rest[start..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..end];
+        let name = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(name.to_owned());
+        rest = &after[end..];
+    }
+    names
+}
