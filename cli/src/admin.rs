@@ -19,6 +19,10 @@ pub struct OutboxRow {
     pub event_id: String,
     /// The last SMTP error, if any.
     pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When the worker tries it next (pending rows; for the others, when it would have).
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Outbox rows with `status` (`all` for every row), newest first.
@@ -28,7 +32,8 @@ pub async fn emails(pool: &PgPool, status: &str, limit: i64) -> anyhow::Result<V
         "--status must be pending, sent, failed or all"
     );
     Ok(sqlx::query_as(
-        "SELECT id, status, attempts, recipient, kind, event_id, last_error FROM email_outbox \
+        "SELECT id, status, attempts, recipient, kind, event_id, last_error, created_at, \
+         next_attempt_at FROM email_outbox \
          WHERE $1 = 'all' OR status = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(status)

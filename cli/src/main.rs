@@ -322,11 +322,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("connecting")?;
             for row in linkctl::admin::emails(&pool, &status, limit).await? {
+                let next = if row.status == "pending" {
+                    format!(
+                        "next attempt {}",
+                        row.next_attempt_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:>6}  {:<7} attempts {:<2} {:<18} {:<32} {}  {}",
+                    "{:>6}  {:<7} attempts {:<3} queued {}  {}  {:<18} {:<32} {}  {}",
                     row.id,
                     row.status,
                     row.attempts,
+                    row.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    next,
                     row.kind,
                     row.recipient,
                     row.event_id,

@@ -101,11 +101,18 @@ impl Settings {
                 .map(|user| (user, env.get("LINKD_SMTP_PASSWORD").unwrap_or_default())),
             sender: env.or("LINKD_EMAIL_SENDER", "usermanagement@security.public.lu"),
             default_language,
-            max_attempts: i32::try_from(env.number("LINKD_EMAIL_MAX_ATTEMPTS", 8)?.max(1))
-                .unwrap_or(i32::MAX),
             retry_base: Duration::from_millis(
                 env.number("LINKD_EMAIL_RETRY_BASE_MS", 1000)?.max(1),
             ),
+            retry_max_delay: env.seconds("LINKD_EMAIL_RETRY_MAX_DELAY_SECONDS", 900)?,
+            give_up_after: env.seconds("LINKD_EMAIL_GIVE_UP_AFTER_SECONDS", 48 * 3600)?,
+            max_attempts: match env.get("LINKD_EMAIL_MAX_ATTEMPTS") {
+                None => None,
+                Some(_) => Some(
+                    i32::try_from(env.number("LINKD_EMAIL_MAX_ATTEMPTS", 0)?.max(1))
+                        .unwrap_or(i32::MAX),
+                ),
+            },
             max_event_age: Duration::from_secs(
                 env.number("LINKD_EMAIL_MAX_EVENT_AGE_HOURS", 24)?
                     .saturating_mul(3600),
@@ -166,6 +173,29 @@ mod tests {
         assert_eq!(settings.reauth_max_age, Duration::from_secs(300));
         assert_eq!(settings.email.sender, "usermanagement@security.public.lu");
         assert!(settings.email_enabled);
+        // An email is retried for two days, with no cap on attempts, before it is given up.
+        assert_eq!(settings.email.give_up_after, Duration::from_secs(48 * 3600));
+        assert_eq!(settings.email.retry_max_delay, Duration::from_secs(900));
+        assert_eq!(settings.email.max_attempts, None);
+    }
+
+    #[test]
+    fn an_attempt_cap_applies_only_when_set() {
+        let mut env = base();
+        env.insert("LINKD_EMAIL_MAX_ATTEMPTS", "20".into());
+        assert_eq!(
+            read(&env)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .email
+                .max_attempts,
+            Some(20)
+        );
+        env.insert("LINKD_EMAIL_GIVE_UP_AFTER_SECONDS", "0".into());
+        let error = read(&env).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            error.contains("LINKD_EMAIL_GIVE_UP_AFTER_SECONDS"),
+            "{error}"
+        );
     }
 
     #[test]

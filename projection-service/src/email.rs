@@ -39,10 +39,17 @@ pub struct EmailSettings {
     pub sender: String,
     /// Language when an account has none of ours.
     pub default_language: String,
-    /// Attempts before a row is marked failed.
-    pub max_attempts: i32,
-    /// First retry delay; doubles each attempt (capped at 1 hour).
+    /// First retry delay; doubles each attempt up to `retry_max_delay`, with jitter
+    /// ([`retry_delay`]).
     pub retry_base: Duration,
+    /// The longest wait between two attempts.
+    pub retry_max_delay: Duration,
+    /// An email still not sent this long after it was queued is marked failed at its next
+    /// failed attempt (default 48 hours: an SMTP outage over a weekend night loses nothing).
+    pub give_up_after: Duration,
+    /// Attempts after which an email is marked failed even within `give_up_after` (`None`, the
+    /// default: no such limit).
+    pub max_attempts: Option<i32>,
     /// Events older than this when the notifier first sees them send no email (a notifier
     /// attached to an old stream, or a rebuild, must not email people about the past).
     pub max_event_age: Duration,
@@ -222,6 +229,17 @@ struct Due {
     text_body: String,
     html_body: String,
     attempts: i32,
+}
+
+/// How long to wait after the `attempts`-th failed attempt: `base` doubling per attempt, at
+/// most `max`, of which a random part (up to half) is left out, so that emails queued together
+/// (an outage's backlog) do not all come back at the same instant.
+pub fn retry_delay(base: Duration, max: Duration, attempts: i32) -> Duration {
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
+    let full = base.saturating_mul(2u32.saturating_pow(exponent)).min(max);
+    full.mul_f64(1.0 - rand::random::<f64>() / 2.0)
 }
 
 fn transport(settings: &EmailSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
@@ -422,27 +440,32 @@ async fn send_one(
         }
         Err(error) => {
             let attempts = due.attempts + 1;
-            let exponent = u32::try_from(attempts - 1).unwrap_or(0).min(12);
-            let delay = (settings.retry_base * 2u32.pow(exponent)).min(Duration::from_secs(3600));
-            let failed = attempts >= settings.max_attempts;
-            sqlx::query(
+            let delay = retry_delay(settings.retry_base, settings.retry_max_delay, attempts);
+            let over_attempts = settings.max_attempts.is_some_and(|most| attempts >= most);
+            // Given up when it has been waiting for `give_up_after` (the database's clock, as
+            // for `created_at`), or after the most attempts if an operator set them.
+            let (status, next_attempt_at): (String, DateTime<Utc>) = sqlx::query_as(
                 "UPDATE email_outbox SET attempts = $2, last_error = $3, \
-                 status = CASE WHEN $4 THEN 'failed' ELSE 'pending' END, \
-                 next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1",
+                 status = CASE WHEN $4 OR created_at <= now() - make_interval(secs => $6) \
+                     THEN 'failed' ELSE 'pending' END, \
+                 next_attempt_at = now() + make_interval(secs => $5) WHERE id = $1 \
+                 RETURNING status, next_attempt_at",
             )
             .bind(due.id)
             .bind(attempts)
             .bind(&error)
-            .bind(failed)
+            .bind(over_attempts)
             .bind(delay.as_secs_f64())
-            .execute(&mut *tx)
+            .bind(settings.give_up_after.as_secs_f64())
+            .fetch_one(&mut *tx)
             .await?;
             metrics.send_errors.inc();
-            if failed {
+            if status == "failed" {
                 metrics.given_up.inc();
                 tracing::error!(message_id = %due.message_id, %error, attempts, "email failed for good");
             } else {
-                tracing::warn!(message_id = %due.message_id, %error, attempts, "email not sent; will retry");
+                tracing::warn!(message_id = %due.message_id, %error, attempts,
+                    next_attempt_at = %next_attempt_at, "email not sent; will retry");
             }
         }
     }
@@ -453,6 +476,32 @@ async fn send_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_double_up_to_the_ceiling_and_are_spread_over_their_second_half() {
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(900));
+        for _ in 0..100 {
+            for (attempts, full) in [(1, 1), (2, 2), (5, 16), (10, 512), (11, 900), (400, 900)] {
+                let delay = retry_delay(base, max, attempts);
+                let full = Duration::from_secs(full);
+                assert!(delay <= full && delay >= full / 2, "{attempts}: {delay:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_schedule_keeps_trying_for_a_day_and_more() {
+        // The deployment defaults (config.rs): 1 s doubling to 15 minutes, given up after 48 h.
+        let (base, max) = (Duration::from_secs(1), Duration::from_secs(900));
+        let mut waited = Duration::ZERO;
+        let mut attempts = 0;
+        while waited < Duration::from_secs(24 * 3600) {
+            attempts += 1;
+            waited += retry_delay(base, max, attempts);
+        }
+        // At most 15 minutes apart even late in an outage: a day takes about a hundred tries.
+        assert!(attempts > 96, "{attempts}");
+    }
 
     #[test]
     fn every_language_has_every_text() {

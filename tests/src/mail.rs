@@ -200,8 +200,10 @@ impl SmtpSink {
             smtp_credentials: None,
             sender: "usermanagement@security.public.lu".into(),
             default_language: "en".into(),
-            max_attempts: 4,
             retry_base: Duration::from_millis(100),
+            retry_max_delay: Duration::from_millis(400),
+            give_up_after: Duration::from_secs(2),
+            max_attempts: None,
             max_event_age: Duration::from_secs(24 * 3600),
             crash_after_send: None,
         }
