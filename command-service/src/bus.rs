@@ -30,6 +30,8 @@ pub(crate) struct StoredEvent {
     pub(crate) tx_id: i64,
     /// When it was written.
     pub(crate) occurred_at: DateTime<Utc>,
+    /// Its link in the aggregate's hash chain (docs/audit.md).
+    pub(crate) chain_hash: Vec<u8>,
 }
 
 /// A stored event that cannot be turned into a bus message (a bug or corrupted row).
@@ -43,12 +45,25 @@ pub(crate) struct Unpublishable {
 }
 
 impl StoredEvent {
-    /// `<aggregate_type>/<aggregate_id>/<sequence>`, also the `Nats-Msg-Id`.
+    /// `<aggregate_type>/<aggregate_id>/<sequence>`.
     pub(crate) fn event_id(&self) -> String {
         format!(
             "{}/{}/{}",
             self.aggregate_type, self.aggregate_id, self.sequence
         )
+    }
+
+    /// The `Nats-Msg-Id`: the event id and the first 16 bytes of its chain hash, in hex. The
+    /// same event published again has the same id (JetStream drops the copy); a different event
+    /// at the same aggregate and sequence (written after the database went back in time) has
+    /// another, and is not dropped as a duplicate of the one it replaces.
+    pub(crate) fn message_id(&self) -> String {
+        let mut id = self.event_id();
+        id.push('/');
+        for byte in self.chain_hash.iter().take(16) {
+            id.push_str(&format!("{byte:02x}"));
+        }
+        id
     }
 
     /// `<prefix>.<aggregate_type>.<EventType>`.
@@ -281,5 +296,39 @@ fn device_event(event: DeviceEvent) -> Event {
             at: ts(at),
             in_bulk,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(sequence: i64, chain_hash: Vec<u8>) -> StoredEvent {
+        StoredEvent {
+            aggregate_type: "device".into(),
+            aggregate_id: "d-1".into(),
+            sequence,
+            event_type: "DeviceLinked".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            global_position: 7,
+            tx_id: 700,
+            occurred_at: DateTime::<Utc>::UNIX_EPOCH,
+            chain_hash,
+        }
+    }
+
+    #[test]
+    fn the_message_id_tells_apart_two_events_at_the_same_place_in_an_aggregate() {
+        let before = stored(3, vec![0xab; 32]);
+        let after_a_restore = stored(3, vec![0xcd; 32]);
+        assert_eq!(before.event_id(), after_a_restore.event_id());
+        assert_ne!(before.message_id(), after_a_restore.message_id());
+        assert_eq!(
+            before.message_id(),
+            format!("device/d-1/3/{}", "ab".repeat(16))
+        );
+        // The same event published twice keeps its id (JetStream drops the copy).
+        assert_eq!(before.message_id(), stored(3, vec![0xab; 32]).message_id());
     }
 }

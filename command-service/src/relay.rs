@@ -3,12 +3,16 @@
 //! - Reads `events` only below the transaction horizon (`tx_id < pg_snapshot_xmin(...)`), in
 //!   `(tx_id, global_position)` order, from a compound cursor: a row whose transaction commits
 //!   late is never skipped (a `global_position`-only cursor would skip it).
-//! - Publishes each event with `Nats-Msg-Id` = `aggregate_type/aggregate_id/sequence`, awaits
+//! - Publishes each event with `Nats-Msg-Id` = `aggregate_type/aggregate_id/sequence/<chain
+//!   hash prefix>` ([`StoredEvent::message_id`]), awaits
 //!   every acknowledgement, and only then moves its checkpoint (compare-and-set, so an
 //!   operator's republish is noticed). A crash in between republishes; consumers deduplicate.
 //! - One leader: the instance holding a PostgreSQL advisory lock on a dedicated connection.
 //! - On taking the lead it resumes from the lower of its checkpoint and the last event the
 //!   stream holds, because Debian's NATS server (2.9) can lose acknowledged messages.
+//! - It refuses to go on when the event store is not the history it published from
+//!   ([`discontinuity`]: another cluster, a checkpoint or a stream ahead of the store), says
+//!   why and what to do, and looks again every [`HALT_RECHECK`] (ADR 0021).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +21,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
 use service_kit::metrics::Metrics;
 use sqlx::postgres::{PgConnection, PgListener};
@@ -72,6 +77,67 @@ pub(crate) struct RelaySettings {
 pub(crate) struct RelayMetrics {
     published: Counter,
     publish_errors: Counter,
+    halted: Gauge,
+}
+
+/// How often a relay stopped by a discontinuity ([`discontinuity`]) looks again.
+const HALT_RECHECK: Duration = Duration::from_secs(10);
+
+/// Why the relay must not go on from its checkpoint: the event store is not the history the
+/// checkpoint (or the stream) was written from. `None` when it is; on the first lead after
+/// this check was introduced, the cluster is recorded.
+async fn discontinuity(
+    pool: &PgPool,
+    checkpoint: Cursor,
+    held: Option<Cursor>,
+) -> anyhow::Result<Option<String>> {
+    let (cluster, recorded, next_tx, store_position): (i64, Option<i64>, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT system_identifier FROM pg_control_system()), \
+             (SELECT system_identifier FROM relay_checkpoint WHERE id = 1), \
+             pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+             (SELECT coalesce(max(global_position), 0) FROM events)",
+        )
+        .fetch_one(pool)
+        .await
+        .context("reading the cluster's identity and the store's end")?;
+    match recorded {
+        Some(recorded) if recorded != cluster => {
+            return Ok(Some(format!(
+                "its checkpoint was written on another PostgreSQL cluster (system identifier \
+                 {recorded}; this one is {cluster}): transaction ids from there mean nothing here"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            sqlx::query(
+                "UPDATE relay_checkpoint SET system_identifier = $1 \
+                 WHERE id = 1 AND system_identifier IS NULL",
+            )
+            .bind(cluster)
+            .execute(pool)
+            .await?;
+        }
+    }
+    let ahead = |cursor: Cursor| cursor.tx_id >= next_tx || cursor.global_position > store_position;
+    if ahead(checkpoint) {
+        return Ok(Some(format!(
+            "its checkpoint (transaction {}, position {}) is ahead of the event store (next \
+             transaction {next_tx}, last position {store_position}): the database went back \
+             in time",
+            checkpoint.tx_id, checkpoint.global_position
+        )));
+    }
+    // A stream whose last message is not the relay's says nothing (`stream_last_cursor`).
+    if let Some(held) = held.filter(|held| held.tx_id != i64::MAX && ahead(*held)) {
+        return Ok(Some(format!(
+            "the stream holds events the event store does not (its last: transaction {}, \
+             position {}; the store's next transaction {next_tx}, last position \
+             {store_position}): the database went back in time",
+            held.tx_id, held.global_position
+        )));
+    }
+    Ok(None)
 }
 
 /// The relay's position and lag as the database tells them: the last committed position, the
@@ -101,6 +167,13 @@ impl RelayMetrics {
             "Publishing rounds that failed (NATS unreachable, no acknowledgement); the relay \
              starts over from its checkpoint",
             counted.publish_errors.clone(),
+        );
+        metrics.register(
+            "relay_halted",
+            "1 while this instance's relay refuses to publish because the event store is not \
+             the history its checkpoint or the stream was written from (restore, failover, \
+             another cluster); the log says what to do",
+            counted.halted.clone(),
         );
         let leader = metrics.gauge("relay_leader", "1 if this instance's relay leads, else 0");
         let store = metrics.gauge(
@@ -270,8 +343,6 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .execute(&mut lock)
         .await
         .context("setting up the lock connection")?;
-    tracing::info!("relay leading");
-    let _leading = Leading::start(&settings.leading);
     let mut wake = settings.wake.clone();
     let client = service_kit::nats::connect(&settings.nats_url, "linkd-relay").await?;
     let context = jetstream::new(client);
@@ -280,7 +351,28 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     listener.listen(CHANNEL).await?;
 
     let checkpoint = load_checkpoint(pool).await?;
-    let mut cursor = match stream_last_cursor(&mut stream).await? {
+    let held = stream_last_cursor(&mut stream).await?;
+    if let Some(halt) = discontinuity(pool, checkpoint, held).await? {
+        settings.metrics.halted.set(1);
+        tracing::error!(
+            stream = %settings.stream,
+            "the relay stopped: {halt}. Until this is resolved, commands are stored but not \
+             published. If the database was restored or failed over on purpose: purge the \
+             stream (nats stream purge {stream}), run `command-service republish --from 0` \
+             (it records this cluster), then `projection-service rebuild`; the relay resumes \
+             by itself within {recheck} s",
+            stream = settings.stream,
+            recheck = HALT_RECHECK.as_secs(),
+        );
+        // The lock is released with its connection, and checked again later.
+        drop(lock);
+        tokio::time::sleep(HALT_RECHECK).await;
+        return Ok(());
+    }
+    settings.metrics.halted.set(0);
+    tracing::info!("relay leading");
+    let _leading = Leading::start(&settings.leading);
+    let mut cursor = match held {
         Some(held) if held < checkpoint => {
             tracing::warn!(
                 ?held,
@@ -384,8 +476,8 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
 async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
     Ok(sqlx::query_as(
         "SELECT aggregate_type, aggregate_id, sequence, event_type, payload::jsonb AS payload, \
-         metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at \
-         FROM events \
+         metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at, \
+         chain_hash FROM events \
          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
          AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY tx_id, global_position LIMIT $3",
@@ -407,7 +499,7 @@ async fn publish(
         let envelope = event.envelope()?;
         let message = jetstream::message::PublishMessage::build()
             .payload(envelope.encode_to_vec().into())
-            .message_id(event.event_id())
+            .message_id(event.message_id())
             .header(
                 "Linkd-Global-Position",
                 event.global_position.to_string().as_str(),
@@ -520,9 +612,10 @@ pub async fn republish_from(pool: &PgPool, position: i64) -> anyhow::Result<Curs
             global_position: global_position - 1,
         }
     };
+    // Also the operator's word that this cluster's history is the one to publish from.
     sqlx::query(
-        "UPDATE relay_checkpoint SET tx_id = $1, global_position = $2, updated_at = now() \
-         WHERE id = 1",
+        "UPDATE relay_checkpoint SET tx_id = $1, global_position = $2, updated_at = now(), \
+         system_identifier = (SELECT system_identifier FROM pg_control_system()) WHERE id = 1",
     )
     .bind(cursor.tx_id)
     .bind(cursor.global_position)

@@ -29,6 +29,7 @@ mod rate_limits;
 mod read_side;
 mod read_side_crash;
 mod rebuild;
+mod relay_continuity;
 mod secret_code;
 mod serving;
 mod stream_limits;
