@@ -143,6 +143,9 @@ COMMON=(
   LINKD_SUBJECT_PREFIX="$PREFIX"
   LINKD_IDP_PUBLIC_KEYS_FILE="$WORK/keys/idp.pub.pem"
   LINKD_IDP_ISSUER=linkd-dev-idp
+  # Signed as in production: the relay signs, the projection service verifies (ADR 0022).
+  LINKD_BUS_SIGNING_KEY_FILE="$WORK/keys/bus.key.pem"
+  LINKD_BUS_VERIFY_KEYS_FILE="$WORK/keys/bus.pub.pem"
   RUST_LOG="${RUST_LOG:-info}"
 )
 # The bench measures throughput from one address and a few accounts: every rate limit is lifted.

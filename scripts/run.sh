@@ -44,6 +44,9 @@ export LINKD_WEB_QUERY_URL=${LINKD_WEB_QUERY_URL:-http://$LINKD_PROJECTION_GRPC_
 export LINKD_WEB_DEV_KEYS_DIR=${LINKD_WEB_DEV_KEYS_DIR:-$PWD/.dev/keys}
 export LINKD_IDP_PUBLIC_KEYS_FILE=${LINKD_IDP_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/idp.pub.pem}
 export LINKD_LUXTRUST_PUBLIC_KEYS_FILE=${LINKD_LUXTRUST_PUBLIC_KEYS_FILE:-$PWD/.dev/keys/luxtrust.pub.pem}
+# The relay signs every message on the bus; the projection service applies only what it signed.
+export LINKD_BUS_SIGNING_KEY_FILE=${LINKD_BUS_SIGNING_KEY_FILE:-$PWD/.dev/keys/bus.key.pem}
+export LINKD_BUS_VERIFY_KEYS_FILE=${LINKD_BUS_VERIFY_KEYS_FILE:-$PWD/.dev/keys/bus.pub.pem}
 # The issuers of the development keys' tokens (`linkctl dev token`, linkctl demo).
 export LINKD_IDP_ISSUER=${LINKD_IDP_ISSUER:-linkd-dev-idp}
 export LINKD_LUXTRUST_ISSUER=${LINKD_LUXTRUST_ISSUER:-linkd-dev-luxtrust}

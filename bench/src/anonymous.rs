@@ -278,6 +278,10 @@ fn settings(
             linkctl::dev::LUXTRUST_ISSUER.to_owned(),
         ),
         ("LINKD_SECRET_CODE_PEPPER", "bench-pepper-".repeat(4)),
+        (
+            "LINKD_BUS_SIGNING_KEY_FILE",
+            files.bus_private.display().to_string(),
+        ),
         ("LINKD_NATS_URL", nats_url.to_owned()),
         ("LINKD_STREAM", stream.to_owned()),
         ("LINKD_SUBJECT_PREFIX", prefix.to_owned()),

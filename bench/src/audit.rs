@@ -100,6 +100,9 @@ async fn measure(args: &AuditArgs, keys: &DevKeys, url: &str) -> anyhow::Result<
         "LINKD_IDP_PUBLIC_KEYS_FILE" => {
             Some(args.keys.join("idp.pub.pem").to_string_lossy().into_owned())
         }
+        "LINKD_BUS_VERIFY_KEYS_FILE" => {
+            Some(args.keys.join("bus.pub.pem").to_string_lossy().into_owned())
+        }
         "LINKD_EMAIL" => Some("off".to_owned()),
         "LINKD_STREAM" => Some("LINKD_BENCH_UNUSED".to_owned()),
         _ => None,

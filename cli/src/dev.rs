@@ -42,6 +42,10 @@ pub struct KeyFiles {
     pub idp_public: PathBuf,
     /// The LuxTrust signer's public key (for `LINKD_LUXTRUST_PUBLIC_KEYS_FILE`).
     pub luxtrust_public: PathBuf,
+    /// The relay's bus signing key (for `LINKD_BUS_SIGNING_KEY_FILE`).
+    pub bus_private: PathBuf,
+    /// Its public half (for `LINKD_BUS_VERIFY_KEYS_FILE`).
+    pub bus_public: PathBuf,
 }
 
 fn random_signing_key() -> anyhow::Result<SigningKey> {
@@ -69,6 +73,8 @@ impl KeyFiles {
         Self {
             idp_public: dir.join("idp.pub.pem"),
             luxtrust_public: dir.join("luxtrust.pub.pem"),
+            bus_private: dir.join("bus.key.pem"),
+            bus_public: dir.join("bus.pub.pem"),
         }
     }
 }
@@ -76,7 +82,7 @@ impl KeyFiles {
 /// Writes new key pairs into `dir` unless they exist already; returns the public key files.
 pub fn generate(dir: &Path) -> anyhow::Result<KeyFiles> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for name in ["idp", "luxtrust"] {
+    for name in ["idp", "luxtrust", "bus"] {
         let private = dir.join(format!("{name}.key.pem"));
         if private.exists() {
             continue;

@@ -290,6 +290,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "LINKD_LUXTRUST_PUBLIC_KEYS_FILE={}",
                 files.luxtrust_public.display()
             );
+            println!("LINKD_BUS_SIGNING_KEY_FILE={}", files.bus_private.display());
+            println!("LINKD_BUS_VERIFY_KEYS_FILE={}", files.bus_public.display());
         }
         Command::Dev(DevCommand::Token { keys, kind }) => {
             let keys = dev::DevKeys::load(&keys)?;

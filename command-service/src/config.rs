@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use service_kit::bus_signing::BusKeys;
 use service_kit::config::Env;
 pub use service_kit::config::{ConfigError, Redacted};
 
@@ -86,6 +87,10 @@ pub struct Settings {
     /// Whether this instance runs the relay (`LINKD_RELAY`, default `on`; one leader is elected
     /// among the instances that do).
     pub relay_enabled: bool,
+    /// The Ed25519 private key the relay signs every message with
+    /// (`LINKD_BUS_SIGNING_KEY_FILE`, PKCS#8 PEM; required when the relay is on, unless
+    /// `LINKD_BUS_UNSIGNED=on` for development).
+    pub bus_signing_key: BusKeys,
 }
 
 impl Settings {
@@ -186,6 +191,11 @@ impl Settings {
                         "must be between 1 and 5 (JetStream's limit)",
                     )
                 })?,
+            bus_signing_key: if env.switch("LINKD_RELAY", true)? {
+                env.bus_keys("LINKD_BUS_SIGNING_KEY_FILE")?
+            } else {
+                BusKeys::Unsigned
+            },
             relay_enabled: env.switch("LINKD_RELAY", true)?,
         })
     }
@@ -273,6 +283,7 @@ mod tests {
             ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
             ("LINKD_LUXTRUST_PUBLIC_KEYS_FILE", "/keys/lt.pem".to_owned()),
             ("LINKD_SECRET_CODE_PEPPER", "p".repeat(32)),
+            ("LINKD_BUS_SIGNING_KEY_FILE", "/keys/bus.key.pem".to_owned()),
             ("LINKD_IDP_ISSUER", "https://idp.example.lu".to_owned()),
             (
                 "LINKD_LUXTRUST_ISSUER",
@@ -293,6 +304,28 @@ mod tests {
         assert_eq!(settings.grpc_addr.port(), 50051);
         assert_eq!(settings.qr_confirmation, Some(Duration::from_secs(120)));
         assert_eq!(settings.trusted_proxy_hops, 0);
+    }
+
+    #[test]
+    fn the_relay_signs_unless_told_it_is_a_development_set_up() {
+        let mut env = base();
+        assert_eq!(
+            read(&env).unwrap().bus_signing_key,
+            BusKeys::File("/keys/bus.key.pem".into())
+        );
+        env.remove("LINKD_BUS_SIGNING_KEY_FILE");
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_BUS_SIGNING_KEY_FILE"), "{error}");
+        env.insert("LINKD_BUS_UNSIGNED", "on".into());
+        assert_eq!(read(&env).unwrap().bus_signing_key, BusKeys::Unsigned);
+        env.insert("LINKD_BUS_SIGNING_KEY_FILE", "/keys/bus.key.pem".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("choose one"), "{error}");
+        // An instance without the relay publishes nothing, and needs no key.
+        env.remove("LINKD_BUS_SIGNING_KEY_FILE");
+        env.remove("LINKD_BUS_UNSIGNED");
+        env.insert("LINKD_RELAY", "off".into());
+        assert!(read(&env).is_ok());
     }
 
     #[test]

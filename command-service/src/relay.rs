@@ -23,6 +23,7 @@ use async_nats::jetstream::{self, stream};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
+use service_kit::bus_signing::{self, BusSigner, BusVerifier, Signed};
 use service_kit::metrics::Metrics;
 use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection as _, PgPool};
@@ -69,6 +70,8 @@ pub(crate) struct RelaySettings {
     pub(crate) crash_after_publish: Option<Arc<AtomicBool>>,
     /// What it counts.
     pub(crate) metrics: RelayMetrics,
+    /// The key every message is signed with (`None`: unsigned, development only).
+    pub(crate) signer: Option<Arc<BusSigner>>,
 }
 
 /// What the relay counts as it publishes; [`RelayMetrics::register`] also reports, at each
@@ -351,7 +354,8 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     listener.listen(CHANNEL).await?;
 
     let checkpoint = load_checkpoint(pool).await?;
-    let held = stream_last_cursor(&mut stream).await?;
+    let verifier = settings.signer.as_ref().map(|signer| signer.verifier());
+    let held = stream_last_cursor(&mut stream, verifier.as_ref()).await?;
     if let Some(halt) = discontinuity(pool, checkpoint, held).await? {
         settings.metrics.halted.set(1);
         tracing::error!(
@@ -496,17 +500,30 @@ async fn publish(
 ) -> anyhow::Result<u64> {
     let mut acks = Vec::with_capacity(batch.len());
     for event in batch {
-        let envelope = event.envelope()?;
-        let message = jetstream::message::PublishMessage::build()
-            .payload(envelope.encode_to_vec().into())
-            .message_id(event.message_id())
-            .header(
-                "Linkd-Global-Position",
-                event.global_position.to_string().as_str(),
-            )
-            .header("Linkd-Tx-Id", event.tx_id.to_string().as_str());
+        let payload = event.envelope()?.encode_to_vec();
+        let subject = event.subject(&settings.subject_prefix);
+        let message_id = event.message_id();
+        let global_position = event.global_position.to_string();
+        let tx_id = event.tx_id.to_string();
+        let mut message = jetstream::message::PublishMessage::build()
+            .message_id(message_id.as_str())
+            .header("Linkd-Global-Position", global_position.as_str())
+            .header("Linkd-Tx-Id", tx_id.as_str());
+        if let Some(signer) = &settings.signer {
+            let (key_id, signature) = signer.sign(&Signed {
+                subject: &subject,
+                message_id: &message_id,
+                global_position: &global_position,
+                tx_id: &tx_id,
+                payload: &payload,
+            });
+            message = message
+                .header(bus_signing::KEY_ID_HEADER, key_id)
+                .header(bus_signing::SIGNATURE_HEADER, signature.as_str());
+        }
+        let message = message.payload(payload.into());
         let ack = context
-            .send_publish(event.subject(&settings.subject_prefix), message)
+            .send_publish(subject, message)
             .await
             .with_context(|| format!("publishing {}", event.event_id()))?;
         acks.push(ack);
@@ -519,8 +536,12 @@ async fn publish(
     Ok(highest)
 }
 
-/// The commit-order cursor of the last event the stream holds, from its headers.
-async fn stream_last_cursor(stream: &mut stream::Stream) -> anyhow::Result<Option<Cursor>> {
+/// The commit-order cursor of the last event the stream holds, from its headers (trusted only
+/// if the relay's key signed them, when it has one).
+async fn stream_last_cursor(
+    stream: &mut stream::Stream,
+    verifier: Option<&BusVerifier>,
+) -> anyhow::Result<Option<Cursor>> {
     let last = stream
         .info()
         .await
@@ -534,20 +555,36 @@ async fn stream_last_cursor(stream: &mut stream::Stream) -> anyhow::Result<Optio
         .get_raw_message(last)
         .await
         .context("reading the stream's last event")?;
-    let header = |name: &str| -> Option<i64> {
+    let text = |name: &str| {
         message
             .headers
             .get(name)
-            .and_then(|value| value.as_str().parse().ok())
+            .map(async_nats::HeaderValue::as_str)
     };
+    let header = |name: &str| -> Option<i64> { text(name).and_then(|value| value.parse().ok()) };
+    let signed = verifier.is_none_or(|verifier| {
+        verifier
+            .verify(
+                text(bus_signing::KEY_ID_HEADER),
+                text(bus_signing::SIGNATURE_HEADER),
+                &Signed {
+                    subject: message.subject.as_str(),
+                    message_id: text("Nats-Msg-Id").unwrap_or_default(),
+                    global_position: text("Linkd-Global-Position").unwrap_or_default(),
+                    tx_id: text("Linkd-Tx-Id").unwrap_or_default(),
+                    payload: &message.payload,
+                },
+            )
+            .is_ok()
+    });
     match (header("Linkd-Tx-Id"), header("Linkd-Global-Position")) {
-        (Some(tx_id), Some(global_position)) => Ok(Some(Cursor {
+        (Some(tx_id), Some(global_position)) if signed => Ok(Some(Cursor {
             tx_id,
             global_position,
         })),
         _ => {
-            // Published by someone else (an operator's copy, say): it tells nothing about what
-            // the stream holds of ours, so trust the checkpoint.
+            // Published by someone else (an operator's copy, or a stranger's message): it
+            // tells nothing about what the stream holds of ours, so trust the checkpoint.
             tracing::warn!(
                 sequence = last,
                 "the stream's last message is not the relay's"

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use proto::v1::device_service_server::DeviceServiceServer;
 use proto::v1::portal_service_server::PortalServiceServer;
+use service_kit::bus_signing::{BusKeys, BusSigner};
 use service_kit::grpc::{GrpcServer, MAX_MESSAGE_BYTES};
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
@@ -37,6 +38,8 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `LINKD_COMMAND_METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
+    /// The relay's signing key, loaded at build.
+    bus_signer: Option<Arc<BusSigner>>,
 }
 
 /// Connects to the database named in `settings` and applies the migrations.
@@ -82,6 +85,23 @@ impl Application {
             },
         )
         .context("loading the LuxTrust keys (LINKD_LUXTRUST_PUBLIC_KEYS_FILE)")?;
+        let bus_signer = match &settings.bus_signing_key {
+            BusKeys::File(path) if settings.relay_enabled => Some(Arc::new(
+                BusSigner::from_pem_file(path).context("LINKD_BUS_SIGNING_KEY_FILE")?,
+            )),
+            BusKeys::File(_) => None,
+            BusKeys::Unsigned => {
+                if settings.relay_enabled {
+                    tracing::warn!(
+                        "LINKD_BUS_UNSIGNED=on: the relay publishes unsigned \
+                        messages; projection services must accept unsigned messages too, and \
+                        anyone who can publish on the stream's subjects can change the read \
+                        models (development only)"
+                    );
+                }
+                None
+            }
+        };
         let metrics = Metrics::new();
         metrics.watch_pool("command", pool.clone());
         let app = Arc::new(App {
@@ -136,6 +156,7 @@ impl Application {
             stopping,
             metrics,
             metrics_listener,
+            bus_signer,
         })
     }
 
@@ -202,6 +223,7 @@ impl Application {
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
                 metrics: RelayMetrics::register(&self.metrics, self.pool.clone(), leading.clone()),
+                signer: self.bus_signer.clone(),
                 leading,
                 crash_after_publish: self.relay_crash_point.clone(),
             };

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use service_kit::bus_signing::{BusKeys, BusVerifier};
 use service_kit::config::Env;
 pub use service_kit::config::{ConfigError, Redacted};
 
@@ -51,17 +53,28 @@ pub struct Settings {
     /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
     /// notifier queues them either way.
     pub email_enabled: bool,
+    /// The relay's public key(s): only messages signed by one of them are applied
+    /// (`LINKD_BUS_VERIFY_KEYS_FILE`, PEM, one or more keys during a rotation; required unless
+    /// `LINKD_BUS_UNSIGNED=on` for development).
+    pub bus_verify_keys: BusKeys,
 }
 
 impl Settings {
-    /// What the consumers need.
-    pub fn consumers(&self) -> crate::consumer::ConsumerSettings {
-        crate::consumer::ConsumerSettings {
+    /// What the consumers need (the bus keys read from their file).
+    pub fn consumers(&self) -> anyhow::Result<crate::consumer::ConsumerSettings> {
+        let verifier = match &self.bus_verify_keys {
+            BusKeys::File(path) => Some(std::sync::Arc::new(
+                BusVerifier::from_pem_file(path).context("LINKD_BUS_VERIFY_KEYS_FILE")?,
+            )),
+            BusKeys::Unsigned => None,
+        };
+        Ok(crate::consumer::ConsumerSettings {
             nats_url: self.nats_url.clone(),
             stream: self.stream.clone(),
             subject_prefix: self.subject_prefix.clone(),
             consumer_prefix: self.consumer_prefix.clone(),
-        }
+            verifier,
+        })
     }
 
     /// Reads the settings from the process environment.
@@ -140,6 +153,7 @@ impl Settings {
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
             email_enabled: env.switch("LINKD_EMAIL", true)?,
+            bus_verify_keys: env.bus_keys("LINKD_BUS_VERIFY_KEYS_FILE")?,
         })
     }
 }
@@ -158,6 +172,7 @@ mod tests {
             ),
             ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
             ("LINKD_IDP_ISSUER", "https://idp.example.lu".to_owned()),
+            ("LINKD_BUS_VERIFY_KEYS_FILE", "/keys/bus.pub.pem".to_owned()),
         ])
     }
 
@@ -206,6 +221,23 @@ mod tests {
         env.insert("LINKD_NATS_URL", "nats://127.0.0.1:4223,nats://[::1".into());
         let error = read(&env).map(|_| ()).unwrap_err().to_string();
         assert!(error.contains("LINKD_NATS_URL"), "{error}");
+    }
+
+    #[test]
+    fn only_signed_messages_are_accepted_unless_told_it_is_a_development_set_up() {
+        let mut env = base();
+        assert_eq!(
+            read(&env).unwrap_or_else(|e| panic!("{e}")).bus_verify_keys,
+            BusKeys::File("/keys/bus.pub.pem".into())
+        );
+        env.remove("LINKD_BUS_VERIFY_KEYS_FILE");
+        let error = read(&env).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("LINKD_BUS_VERIFY_KEYS_FILE"), "{error}");
+        env.insert("LINKD_BUS_UNSIGNED", "on".into());
+        assert_eq!(
+            read(&env).unwrap_or_else(|e| panic!("{e}")).bus_verify_keys,
+            BusKeys::Unsigned
+        );
     }
 
     #[test]

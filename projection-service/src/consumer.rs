@@ -20,6 +20,7 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use service_kit::bus_signing::BusVerifier;
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -59,6 +60,8 @@ pub struct ConsumerSettings {
     pub subject_prefix: String,
     /// The durable consumer is `<prefix>-read-models`.
     pub consumer_prefix: String,
+    /// The relay's public keys; `None`: unsigned messages are accepted (development).
+    pub verifier: Option<Arc<BusVerifier>>,
 }
 
 impl ConsumerSettings {
@@ -105,6 +108,7 @@ pub struct ConsumerMetrics {
     stream_sequence: Gauge,
     applied: Counter,
     parked: Counter,
+    forged: Counter,
     batches: Histogram,
     /// When the last message applied was published, in seconds since the epoch (0: none yet).
     last_published: Gauge<f64, AtomicU64>,
@@ -122,6 +126,7 @@ impl ConsumerMetrics {
             ),
             applied: Counter::default(),
             parked: Counter::default(),
+            forged: Counter::default(),
             batches: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             last_published: Gauge::default(),
             consumer: Arc::default(),
@@ -135,6 +140,12 @@ impl ConsumerMetrics {
             "consumer_parked_messages",
             "Messages that can never apply, recorded in the dead-letter table",
             counted.parked.clone(),
+        );
+        metrics.register(
+            "consumer_forged_messages",
+            "Messages not signed by the relay's key (unsigned, an unknown key, or a signature \
+             that does not verify): parked, never applied",
+            counted.forged.clone(),
         );
         metrics.register(
             "consumer_batch_messages",
@@ -343,6 +354,31 @@ async fn handle(
     let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
     for message in batch {
+        let verifier = settings.verifier.as_deref();
+        if let Err(forged) = projections::authenticate(verifier, &message) {
+            // Not the relay's: whoever published it does not hold its key. Parked, never
+            // applied; counted and logged as what it may be, an attack on the bus.
+            metrics.forged.inc();
+            tracing::error!(subject = %message.subject, %forged,
+                "parking a message that is not the relay's");
+            let reason = format!("not the relay's: {forged}");
+            match park(
+                pool,
+                &settings.durable_name(),
+                &message.subject,
+                &reason,
+                &message.payload,
+            )
+            .await
+            {
+                Ok(()) => {
+                    metrics.parked.inc();
+                    settled.push((message, AckKind::Term));
+                }
+                Err(error) => nak(&message, &ProjectionError::Transient(error)).await,
+            }
+            continue;
+        }
         match projections::decode(&message.payload) {
             Ok(event) => decoded.push((message, event)),
             Err(ProjectionError::Poison(reason)) => {

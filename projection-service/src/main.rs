@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         ["rebuild"] => {
             let rebuilt = projection_service::rebuild::rebuild(
                 &settings.database_url.0,
-                &settings.consumers(),
+                &settings.consumers()?,
             )
             .await?;
             tracing::info!(

@@ -20,6 +20,7 @@ use futures_util::future::BoxFuture;
 use prost::Message as _;
 use proto::convert::{self, Unknown};
 use proto::v1::EventEnvelope;
+use service_kit::bus_signing::{self, BusVerifier, Forged, Signed};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// What became of an event.
@@ -134,7 +135,36 @@ pub(crate) fn event_time(
         .ok_or_else(|| ProjectionError::Poison("an event without a valid time".into()))
 }
 
-/// Decodes a bus message.
+/// Whether `message` is the relay's: signed by one of `verifier`'s keys over its subject,
+/// headers and body (ADR 0022). `None` as verifier accepts anything (development).
+pub fn authenticate(
+    verifier: Option<&BusVerifier>,
+    message: &async_nats::Message,
+) -> Result<(), Forged> {
+    let Some(verifier) = verifier else {
+        return Ok(());
+    };
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    verifier.verify(
+        header(bus_signing::KEY_ID_HEADER),
+        header(bus_signing::SIGNATURE_HEADER),
+        &Signed {
+            subject: message.subject.as_str(),
+            message_id: header("Nats-Msg-Id").unwrap_or_default(),
+            global_position: header("Linkd-Global-Position").unwrap_or_default(),
+            tx_id: header("Linkd-Tx-Id").unwrap_or_default(),
+            payload: &message.payload,
+        },
+    )
+}
+
+/// Decodes a bus message's body, checked for what every read model relies on.
 pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
     let envelope = EventEnvelope::decode(payload)
         .map_err(|e| ProjectionError::Poison(format!("not an EventEnvelope: {e}")))?;

@@ -13,12 +13,14 @@
 //!    aside, the fresh ones take their place, and the lock is released; the live consumer
 //!    resumes on the fresh tables, its guard skipping what the rebuild already applied.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
 use proto::v1::EventEnvelope;
+use service_kit::bus_signing::BusVerifier;
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -133,6 +135,7 @@ async fn replay_and_switch(
         .with_context(|| format!("opening stream {}", settings.stream))?;
     let projector = Devices;
     let mut replay = Replay {
+        verifier: settings.verifier.clone(),
         consumer: stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
@@ -265,6 +268,8 @@ async fn replay_and_switch(
 /// The replay consumer and what came of its messages so far.
 struct Replay {
     consumer: consumer::PullConsumer,
+    /// The relay's keys: what they did not sign is skipped.
+    verifier: Option<Arc<BusVerifier>>,
     batch_size: usize,
     replayed: Replayed,
     read: u64,
@@ -281,8 +286,15 @@ impl Replay {
     ) -> anyhow::Result<()> {
         let (batches, mut received) = mpsc::channel::<Vec<EventEnvelope>>(2);
         // A task of its own, so that decoding runs beside the writer on another worker.
-        let reader =
-            tokio::spawn(pull(self.consumer.clone(), self.batch_size, batches).in_current_span());
+        let reader = tokio::spawn(
+            pull(
+                self.consumer.clone(),
+                self.batch_size,
+                self.verifier.clone(),
+                batches,
+            )
+            .in_current_span(),
+        );
         let replayed = &mut self.replayed;
         let written = async {
             let mut outcome = BatchOutcome::default();
@@ -323,6 +335,7 @@ impl Replay {
 async fn pull(
     mut consumer: consumer::PullConsumer,
     batch_size: usize,
+    verifier: Option<Arc<BusVerifier>>,
     batches: mpsc::Sender<Vec<EventEnvelope>>,
 ) -> anyhow::Result<u64> {
     let mut read = 0;
@@ -342,6 +355,12 @@ async fn pull(
         {
             let message = message.map_err(|e| anyhow::anyhow!("receiving: {e}"))?;
             got += 1;
+            if let Err(forged) = projections::authenticate(verifier.as_deref(), &message) {
+                // The live consumer parked it already.
+                tracing::warn!(subject = %message.subject, %forged,
+                    "skipping a message that is not the relay's");
+                continue;
+            }
             match projections::decode(&message.payload) {
                 // As the live consumer chooses: by the envelope's aggregate type (a message on a
                 // device subject whose envelope names another aggregate is not the device read

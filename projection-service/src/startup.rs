@@ -44,6 +44,8 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `LINKD_PROJECTION_METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
+    /// Where and how the consumer reads (its bus keys loaded at build).
+    consumer_settings: consumer::ConsumerSettings,
 }
 
 /// Connects to the read-model database and applies the migrations.
@@ -112,6 +114,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
+        let consumer_settings = settings.consumers()?;
+        if consumer_settings.verifier.is_none() {
+            tracing::warn!(
+                "LINKD_BUS_UNSIGNED=on: messages on the bus are applied without \
+                checking the relay's signature; anyone who can publish on the stream's subjects \
+                can change the read models (development only)"
+            );
+        }
         let metrics = Metrics::new();
         metrics.watch_pool("queries", pool.clone());
         metrics.watch_pool("consumer", consumer_pool.clone());
@@ -131,6 +141,7 @@ impl Application {
             audits,
             metrics,
             metrics_listener,
+            consumer_settings,
         })
     }
 
@@ -156,7 +167,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let consumer_settings = self.settings.consumers();
+        let consumer_settings = self.consumer_settings.clone();
         let limits_sweeper =
             tokio::spawn(crate::limits::sweep_every_minute(self.queries.pool.clone()));
         let notifier = Notifier {

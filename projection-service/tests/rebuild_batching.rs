@@ -51,6 +51,8 @@ impl Scratch {
             stream: self.stream.name.clone(),
             subject_prefix: self.stream.prefix.clone(),
             consumer_prefix: "linkd-rebuildtest".into(),
+            // These tests publish by hand, unsigned.
+            verifier: None,
         }
     }
 

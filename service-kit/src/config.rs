@@ -128,6 +128,25 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .map_err(|e| ConfigError::invalid(key, format!("{e}")))
     }
 
+    /// The bus key file named by `key`, or [`crate::bus_signing::BusKeys::Unsigned`] when
+    /// `LINKD_BUS_UNSIGNED=on` (development only); one of the two is required, not both.
+    pub fn bus_keys(&self, key: &'static str) -> Result<crate::bus_signing::BusKeys, ConfigError> {
+        let file = self.get(key).filter(|value| !value.trim().is_empty());
+        match (file, self.switch("LINKD_BUS_UNSIGNED", false)?) {
+            (Some(file), false) => Ok(crate::bus_signing::BusKeys::File(file.trim().into())),
+            (None, true) => Ok(crate::bus_signing::BusKeys::Unsigned),
+            (Some(_), true) => Err(ConfigError::invalid(
+                key,
+                "is set together with LINKD_BUS_UNSIGNED=on: choose one",
+            )),
+            (None, false) => Err(ConfigError::invalid(
+                key,
+                "is required: the bus's messages are signed (ADR 0022); for development only, \
+                 LINKD_BUS_UNSIGNED=on does without",
+            )),
+        }
+    }
+
     /// A listen address, or `None` when `key` is unset or empty (the feature it serves is off).
     pub fn optional_socket_addr(
         &self,

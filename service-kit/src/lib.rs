@@ -13,6 +13,7 @@
 //!
 //! It knows nothing of linking: no domain, no tables, no bus.
 
+pub mod bus_signing;
 pub mod config;
 pub mod database;
 pub mod forwarded;

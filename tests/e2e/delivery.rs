@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use e2e::bus::BusMessage;
 use e2e::{OwnNats, TestApp, run_command_service, spawn_read_side, spawn_system, spawn_system_on};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -124,12 +125,16 @@ async fn the_same_events_delivered_twice_leave_the_read_model_unchanged() {
     let last = source.info().await.unwrap().state.last_sequence;
     for sequence in 1..=last {
         let message = source.get_raw_message(sequence).await.unwrap();
-        context
-            .publish(message.subject.to_string(), message.payload)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let header = |name: &str| message.headers.get(name).unwrap().as_str().to_owned();
+        BusMessage {
+            subject: message.subject.to_string(),
+            message_id: format!("{}/again", header("Nats-Msg-Id")),
+            global_position: header("Linkd-Global-Position"),
+            tx_id: header("Linkd-Tx-Id"),
+            payload: message.payload.to_vec(),
+        }
+        .publish_as_relay(&context)
+        .await;
     }
     let started = tokio::time::Instant::now();
     loop {
@@ -143,9 +148,14 @@ async fn the_same_events_delivered_twice_leave_the_read_model_unchanged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Assert
+    // Assert: absorbed by the guards, not parked.
     assert_eq!(read_model(&app).await, before);
     app.wait_until_every_read_model_is_exact(WITHIN).await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&app.read_pool())
+        .await
+        .unwrap();
+    assert_eq!(parked, 0);
 }
 
 #[tokio::test]
@@ -283,18 +293,19 @@ async fn a_poison_message_is_parked_with_its_reason_and_the_rest_goes_on() {
     app.link_by_qr("anna").await;
     app.wait_until_read_model_is_exact(WITHIN).await;
 
-    // Act: garbage on a device subject, then more real events.
+    // Act: garbage on a device subject, signed by the relay's key (a relay bug, say), then
+    // more real events.
     let stream = app.stream.as_ref().unwrap();
     let client = async_nats::connect(&stream.nats_url).await.unwrap();
-    jetstream::new(client)
-        .publish(
-            format!("{}.device.DeviceLinked", stream.prefix),
-            "not protobuf".into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    BusMessage {
+        subject: format!("{}.device.DeviceLinked", stream.prefix),
+        message_id: "garbage".into(),
+        global_position: "1".into(),
+        tx_id: "1".into(),
+        payload: b"not protobuf".to_vec(),
+    }
+    .publish_as_relay(&jetstream::new(client))
+    .await;
     app.link_by_qr("anna").await;
 
     // Assert

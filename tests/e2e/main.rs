@@ -8,6 +8,7 @@
 mod admission;
 mod audit;
 mod authorization;
+mod bus_authentication;
 mod confirmation;
 mod containment;
 mod delivery;

@@ -92,10 +92,12 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     // Act
     let stream = app.stream.as_ref().unwrap();
     let settings = e2e::projection_settings(app.read_database_url(), stream);
-    let rebuilt =
-        projection_service::rebuild::rebuild(&app.read_database_url(), &settings.consumers())
-            .await
-            .unwrap();
+    let rebuilt = projection_service::rebuild::rebuild(
+        &app.read_database_url(),
+        &settings.consumers().unwrap(),
+    )
+    .await
+    .unwrap();
 
     // Assert: the same rows, and the live consumer carries on with the new tables.
     assert!(rebuilt.events >= 12, "{rebuilt:?}");

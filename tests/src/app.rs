@@ -14,7 +14,8 @@ use tonic::transport::Channel;
 use crate::flows::Clients;
 use crate::keys::keys;
 use crate::servers::{CommandServer, ReadSide, run_command_service, spawn_read_side_with};
-use crate::settings::{projection_settings, test_settings};
+use crate::settings::{bus_verify_keys, projection_settings, test_settings};
+use service_kit::bus_signing::BusKeys;
 
 /// A running command service with its own database, and clients for it.
 #[derive(Debug)]
@@ -145,6 +146,10 @@ async fn start_with_email(
                 .expect("creating a read database");
             let mut read_settings = projection_settings(read_database.url.clone(), stream);
             read_settings.event_store_url = Some(settings.database_url.clone());
+            // The relay signs: the read side checks (as in a deployment).
+            if matches!(settings.bus_signing_key, BusKeys::File(_)) {
+                read_settings.bus_verify_keys = bus_verify_keys();
+            }
             if let Some(email) = email {
                 read_settings.email = email;
                 read_settings.email_enabled = true;

@@ -11,6 +11,9 @@ pub(crate) struct Keys {
     pub(crate) signers: DevKeys,
     pub(crate) idp_public: PathBuf,
     pub(crate) luxtrust_public: PathBuf,
+    /// The relay's bus signing key, and its public half (ADR 0022).
+    pub(crate) bus_private: PathBuf,
+    pub(crate) bus_public: PathBuf,
 }
 
 /// One set of development keys per test process.
@@ -25,10 +28,17 @@ pub(crate) fn keys() -> &'static Keys {
         let luxtrust_public_path = dir.join("luxtrust.pub.pem");
         std::fs::write(&idp_public_path, idp_public).expect("writing a public key");
         std::fs::write(&luxtrust_public_path, lt_public).expect("writing a public key");
+        let (bus_private, bus_public) = key_pair_pem().expect("a bus key pair");
+        let bus_private_path = dir.join("bus.key.pem");
+        let bus_public_path = dir.join("bus.pub.pem");
+        std::fs::write(&bus_private_path, bus_private).expect("writing a private key");
+        std::fs::write(&bus_public_path, bus_public).expect("writing a public key");
         Keys {
             signers: DevKeys::from_pem(&idp_private, &lt_private).expect("loading signing keys"),
             idp_public: idp_public_path,
             luxtrust_public: luxtrust_public_path,
+            bus_private: bus_private_path,
+            bus_public: bus_public_path,
         }
     })
 }

@@ -16,6 +16,7 @@
 
 mod app;
 pub mod browser;
+pub mod bus;
 mod flows;
 mod inspect;
 mod keys;
@@ -35,7 +36,10 @@ pub use keys::bearer;
 pub use servers::{
     CommandServer, ReadSide, run_command_service, spawn_read_side, spawn_read_side_with,
 };
-pub use settings::{generous_rate_limits, projection_settings, rate_limits_with, test_settings};
+pub use settings::{
+    bus_signer, bus_verify_keys, generous_rate_limits, projection_settings, rate_limits_with,
+    test_settings,
+};
 pub use testkit::{
     OwnNats, OwnNatsCluster, TestDatabase, TestStream, admin_url, eventually, nats_server_binary,
     nats_url,

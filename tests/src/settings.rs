@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use command_service::Settings;
 use command_service::config::Redacted;
+use service_kit::bus_signing::BusKeys;
 use testkit::{TestStream, nats_url};
 
 use crate::keys::keys;
@@ -50,6 +51,8 @@ pub fn test_settings(database_url: String) -> Settings {
         stream: "UNUSED".into(),
         subject_prefix: "unused".into(),
         relay_enabled: false,
+        // The relay signs with the test key (spawn_system turns the relay on).
+        bus_signing_key: BusKeys::File(keys.bus_private.clone()),
     }
 }
 
@@ -92,8 +95,22 @@ pub fn projection_settings(
             crash_after_send: None,
         },
         email_enabled: false,
+        // Tests that publish by hand publish unsigned; a system whose relay signs checks the
+        // signatures (spawn_system).
+        bus_verify_keys: BusKeys::Unsigned,
         event_store_url: None,
     }
+}
+
+/// The public half of the relay's test signing key, for a read side that checks signatures.
+pub fn bus_verify_keys() -> BusKeys {
+    BusKeys::File(keys().bus_public.clone())
+}
+
+/// The relay's test signing key, for tests that publish a message as the relay would.
+pub fn bus_signer() -> service_kit::bus_signing::BusSigner {
+    service_kit::bus_signing::BusSigner::from_pem_file(&keys().bus_private)
+        .expect("the test bus key")
 }
 
 /// Rate limits no ordinary test reaches (tests of the limits set their own).
