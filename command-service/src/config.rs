@@ -7,6 +7,7 @@ use std::time::Duration;
 use service_kit::bus_signing::BusKeys;
 use service_kit::config::Env;
 pub use service_kit::config::{ConfigError, Redacted};
+use service_kit::nats::NatsAuth;
 
 /// Everything the command service needs to start.
 #[derive(Debug, Clone)]
@@ -91,6 +92,9 @@ pub struct Settings {
     /// (`LINKD_BUS_SIGNING_KEY_FILE`, PKCS#8 PEM; required when the relay is on, unless
     /// `LINKD_BUS_UNSIGNED=on` for development).
     pub bus_signing_key: BusKeys,
+    /// How the relay proves itself to NATS, and whether it requires TLS (`LINKD_NATS_*_FILE`,
+    /// `LINKD_NATS_USER`; README, Configuration).
+    pub nats_auth: NatsAuth,
 }
 
 impl Settings {
@@ -197,6 +201,7 @@ impl Settings {
                 BusKeys::Unsigned
             },
             relay_enabled: env.switch("LINKD_RELAY", true)?,
+            nats_auth: env.nats_auth()?,
         })
     }
 }
@@ -276,6 +281,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use service_kit::nats::NatsAuth;
 
     fn base() -> HashMap<&'static str, String> {
         HashMap::from([
@@ -326,6 +332,40 @@ mod tests {
         env.remove("LINKD_BUS_UNSIGNED");
         env.insert("LINKD_RELAY", "off".into());
         assert!(read(&env).is_ok());
+    }
+
+    #[test]
+    fn nats_credentials_come_from_files_one_way_at_a_time() {
+        let mut env = base();
+        assert_eq!(read(&env).unwrap().nats_auth, NatsAuth::default());
+        env.insert("LINKD_NATS_USER", "linkd".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_NATS_PASSWORD_FILE"), "{error}");
+        env.insert("LINKD_NATS_PASSWORD_FILE", "/secrets/nats.pw".into());
+        assert_eq!(
+            read(&env).unwrap().nats_auth.user,
+            Some(("linkd".into(), "/secrets/nats.pw".into()))
+        );
+        env.insert("LINKD_NATS_CREDS_FILE", "/secrets/linkd.creds".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("choose one"), "{error}");
+        env.remove("LINKD_NATS_USER");
+        env.remove("LINKD_NATS_PASSWORD_FILE");
+        env.insert("LINKD_NATS_TLS_CERT_FILE", "/secrets/client.pem".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(error.contains("LINKD_NATS_TLS_KEY_FILE"), "{error}");
+        env.insert("LINKD_NATS_TLS_KEY_FILE", "/secrets/client.key".into());
+        env.insert("LINKD_NATS_TLS_CA_FILE", "/secrets/ca.pem".into());
+        let auth = read(&env).unwrap().nats_auth;
+        assert_eq!(auth.creds_file, Some("/secrets/linkd.creds".into()));
+        assert_eq!(auth.tls_ca_file, Some("/secrets/ca.pem".into()));
+        // A password inside the URL is refused, and not repeated.
+        env.insert("LINKD_NATS_URL", "nats://linkd:hunter2@nats:4222".into());
+        let error = read(&env).unwrap_err().to_string();
+        assert!(
+            error.contains("LINKD_NATS_URL") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) struct RelaySettings {
     pub(crate) metrics: RelayMetrics,
     /// The key every message is signed with (`None`: unsigned, development only).
     pub(crate) signer: Option<Arc<BusSigner>>,
+    /// How to prove itself to NATS.
+    pub(crate) nats_auth: service_kit::nats::NatsAuth,
 }
 
 /// What the relay counts as it publishes; [`RelayMetrics::register`] also reports, at each
@@ -347,7 +349,8 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .await
         .context("setting up the lock connection")?;
     let mut wake = settings.wake.clone();
-    let client = service_kit::nats::connect(&settings.nats_url, "linkd-relay").await?;
+    let client =
+        service_kit::nats::connect(&settings.nats_url, "linkd-relay", &settings.nats_auth).await?;
     let context = jetstream::new(client);
     let mut stream = ensure_stream(&context, settings).await?;
     let mut listener = PgListener::connect_with(pool).await?;

@@ -224,6 +224,7 @@ impl Application {
                 wake: self.api.app.store.commits(),
                 metrics: RelayMetrics::register(&self.metrics, self.pool.clone(), leading.clone()),
                 signer: self.bus_signer.clone(),
+                nats_auth: self.settings.nats_auth.clone(),
                 leading,
                 crash_after_publish: self.relay_crash_point.clone(),
             };

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use service_kit::bus_signing::{BusKeys, BusVerifier};
 use service_kit::config::Env;
 pub use service_kit::config::{ConfigError, Redacted};
+use service_kit::nats::NatsAuth;
 
 use crate::email::{EmailSettings, SmtpTls};
 
@@ -57,6 +58,9 @@ pub struct Settings {
     /// (`LINKD_BUS_VERIFY_KEYS_FILE`, PEM, one or more keys during a rotation; required unless
     /// `LINKD_BUS_UNSIGNED=on` for development).
     pub bus_verify_keys: BusKeys,
+    /// How the consumer proves itself to NATS, and whether it requires TLS
+    /// (`LINKD_NATS_*_FILE`, `LINKD_NATS_USER`; README, Configuration).
+    pub nats_auth: NatsAuth,
 }
 
 impl Settings {
@@ -74,6 +78,7 @@ impl Settings {
             subject_prefix: self.subject_prefix.clone(),
             consumer_prefix: self.consumer_prefix.clone(),
             verifier,
+            nats_auth: self.nats_auth.clone(),
         })
     }
 
@@ -154,6 +159,7 @@ impl Settings {
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
             email_enabled: env.switch("LINKD_EMAIL", true)?,
             bus_verify_keys: env.bus_keys("LINKD_BUS_VERIFY_KEYS_FILE")?,
+            nats_auth: env.nats_auth()?,
         })
     }
 }

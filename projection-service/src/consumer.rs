@@ -62,6 +62,8 @@ pub struct ConsumerSettings {
     pub consumer_prefix: String,
     /// The relay's public keys; `None`: unsigned messages are accepted (development).
     pub verifier: Option<Arc<BusVerifier>>,
+    /// How to prove itself to NATS.
+    pub nats_auth: service_kit::nats::NatsAuth,
 }
 
 impl ConsumerSettings {
@@ -269,7 +271,9 @@ async fn consume(
     models: &ReadModels,
     metrics: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
-    let client = service_kit::nats::connect(&settings.nats_url, "linkd-projection").await?;
+    let client =
+        service_kit::nats::connect(&settings.nats_url, "linkd-projection", &settings.nats_auth)
+            .await?;
     let context = jetstream::new(client);
     let mut consumer = durable(&context, settings).await?;
     if consumer_ahead_of_stream(&context, settings, &mut consumer).await? {

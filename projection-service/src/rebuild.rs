@@ -128,7 +128,9 @@ async fn replay_and_switch(
     // flushed in order, so once the switch is durable every batch before it is too. A crash
     // before that loses only the fresh schema, which is never switched in (ADR 0007).
     shadow.execute("SET synchronous_commit TO off").await?;
-    let client = service_kit::nats::connect(&settings.nats_url, "linkd-rebuild").await?;
+    let client =
+        service_kit::nats::connect(&settings.nats_url, "linkd-rebuild", &settings.nats_auth)
+            .await?;
     let stream = jetstream::new(client)
         .get_stream(&settings.stream)
         .await

@@ -53,6 +53,7 @@ impl Scratch {
             consumer_prefix: "linkd-rebuildtest".into(),
             // These tests publish by hand, unsigned.
             verifier: None,
+            nats_auth: service_kit::nats::NatsAuth::default(),
         }
     }
 

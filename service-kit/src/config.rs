@@ -128,6 +128,73 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .map_err(|e| ConfigError::invalid(key, format!("{e}")))
     }
 
+    /// How to authenticate to NATS and whether TLS is required ([`crate::nats::NatsAuth`]).
+    pub fn nats_auth(&self) -> Result<crate::nats::NatsAuth, ConfigError> {
+        let path = |key: &str| {
+            self.get(key)
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        let user = match (path("LINKD_NATS_USER"), path("LINKD_NATS_PASSWORD_FILE")) {
+            (Some(user), Some(password)) => Some((user.display().to_string(), password)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "LINKD_NATS_PASSWORD_FILE",
+                    "is required with LINKD_NATS_USER",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "LINKD_NATS_USER",
+                    "is required with LINKD_NATS_PASSWORD_FILE",
+                ));
+            }
+        };
+        let tls_client = match (
+            path("LINKD_NATS_TLS_CERT_FILE"),
+            path("LINKD_NATS_TLS_KEY_FILE"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "LINKD_NATS_TLS_KEY_FILE",
+                    "is required with LINKD_NATS_TLS_CERT_FILE",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "LINKD_NATS_TLS_CERT_FILE",
+                    "is required with LINKD_NATS_TLS_KEY_FILE",
+                ));
+            }
+        };
+        let auth = crate::nats::NatsAuth {
+            creds_file: path("LINKD_NATS_CREDS_FILE"),
+            nkey_file: path("LINKD_NATS_NKEY_FILE"),
+            user,
+            token_file: path("LINKD_NATS_TOKEN_FILE"),
+            tls_ca_file: path("LINKD_NATS_TLS_CA_FILE"),
+            tls_client,
+        };
+        let ways = [
+            auth.creds_file.is_some(),
+            auth.nkey_file.is_some(),
+            auth.user.is_some(),
+            auth.token_file.is_some(),
+        ];
+        if ways.into_iter().filter(|&way| way).count() > 1 {
+            return Err(ConfigError::invalid(
+                "LINKD_NATS_CREDS_FILE",
+                "choose one of LINKD_NATS_CREDS_FILE, LINKD_NATS_NKEY_FILE, LINKD_NATS_USER (with \
+                 LINKD_NATS_PASSWORD_FILE) and LINKD_NATS_TOKEN_FILE",
+            ));
+        }
+        Ok(auth)
+    }
+
     /// The bus key file named by `key`, or [`crate::bus_signing::BusKeys::Unsigned`] when
     /// `LINKD_BUS_UNSIGNED=on` (development only); one of the two is required, not both.
     pub fn bus_keys(&self, key: &'static str) -> Result<crate::bus_signing::BusKeys, ConfigError> {

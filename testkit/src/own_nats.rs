@@ -42,7 +42,13 @@ impl OwnNats {
     /// Starts one (Debian's `/usr/sbin/nats-server`, or `LINKD_TEST_NATS_SERVER`) and waits
     /// until it listens.
     pub async fn start() -> Self {
-        let mut nats = Self::new(free_port(), None, Vec::new());
+        Self::start_with(&[]).await
+    }
+
+    /// [`OwnNats::start`] with more server arguments (`--user`, `--pass`, `--auth`, ...).
+    pub async fn start_with(args: &[&str]) -> Self {
+        let args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        let mut nats = Self::new(free_port(), None, args);
         nats.resume().await;
         nats
     }

@@ -267,3 +267,21 @@ fn the_example_cluster_configuration_is_one_nats_server_accepts() {
     }
     let _ = std::fs::remove_dir_all(&copy);
 }
+
+#[tokio::test]
+async fn both_services_link_through_a_nats_server_that_requires_a_password() {
+    // Arrange: a server that admits only linkd's user; the password is in a file.
+    let nats = e2e::OwnNats::start_with(&["--user", "linkd", "--pass", "bus-password"]).await;
+    let password = std::env::temp_dir().join(format!("linkd-nats-pw-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&password, "bus-password\n").unwrap();
+    let mut app = spawn_system_on_and(nats.url.clone(), |settings| {
+        settings.nats_auth.user = Some(("linkd".into(), password.clone()));
+    })
+    .await;
+
+    // Act, Assert: a link flow reaches every read model through it.
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    app.wait_until_every_read_model_is_exact(WITHIN).await;
+    let _ = std::fs::remove_file(&password);
+}

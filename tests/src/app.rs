@@ -146,6 +146,8 @@ async fn start_with_email(
                 .expect("creating a read database");
             let mut read_settings = projection_settings(read_database.url.clone(), stream);
             read_settings.event_store_url = Some(settings.database_url.clone());
+            // The same NATS account as the command service's.
+            read_settings.nats_auth = settings.nats_auth.clone();
             // The relay signs: the read side checks (as in a deployment).
             if matches!(settings.bus_signing_key, BusKeys::File(_)) {
                 read_settings.bus_verify_keys = bus_verify_keys();

@@ -53,6 +53,7 @@ pub fn test_settings(database_url: String) -> Settings {
         relay_enabled: false,
         // The relay signs with the test key (spawn_system turns the relay on).
         bus_signing_key: BusKeys::File(keys.bus_private.clone()),
+        nats_auth: service_kit::nats::NatsAuth::default(),
     }
 }
 
@@ -98,6 +99,7 @@ pub fn projection_settings(
         // Tests that publish by hand publish unsigned; a system whose relay signs checks the
         // signatures (spawn_system).
         bus_verify_keys: BusKeys::Unsigned,
+        nats_auth: service_kit::nats::NatsAuth::default(),
         event_store_url: None,
     }
 }
