@@ -42,11 +42,12 @@ pub async fn emails(pool: &PgPool, status: &str, limit: i64) -> anyhow::Result<V
     .await?)
 }
 
-/// Puts a failed email back in the queue, to be sent at once; `false` if it was not failed.
+/// Puts a failed email back in the queue, to be sent at once and retried for the whole
+/// give-up period again (it counts as queued now); `false` if it was not failed.
 pub async fn retry_email(pool: &PgPool, id: i64) -> anyhow::Result<bool> {
     let updated = sqlx::query(
-        "UPDATE email_outbox SET status = 'pending', attempts = 0, next_attempt_at = now() \
-         WHERE id = $1 AND status = 'failed'",
+        "UPDATE email_outbox SET status = 'pending', attempts = 0, next_attempt_at = now(), \
+         created_at = now() WHERE id = $1 AND status = 'failed'",
     )
     .bind(id)
     .execute(pool)

@@ -94,7 +94,7 @@ const HALT_RECHECK: Duration = Duration::from_secs(10);
 async fn discontinuity(
     pool: &PgPool,
     checkpoint: Cursor,
-    held: Option<Cursor>,
+    tail: Option<&Tail>,
 ) -> anyhow::Result<Option<String>> {
     let (cluster, recorded, next_tx, store_position): (i64, Option<i64>, i64, i64) =
         sqlx::query_as(
@@ -133,8 +133,11 @@ async fn discontinuity(
             checkpoint.tx_id, checkpoint.global_position
         )));
     }
-    // A stream whose last message is not the relay's says nothing (`stream_last_cursor`).
-    if let Some(held) = held.filter(|held| held.tx_id != i64::MAX && ahead(*held)) {
+    // The relay's last message in the stream must be an event of this store, the same one.
+    let Some((held, message_id)) = tail.and_then(|tail| tail.relay.as_ref()) else {
+        return Ok(None);
+    };
+    if ahead(*held) {
         return Ok(Some(format!(
             "the stream holds events the event store does not (its last: transaction {}, \
              position {}; the store's next transaction {next_tx}, last position \
@@ -142,7 +145,31 @@ async fn discontinuity(
             held.tx_id, held.global_position
         )));
     }
-    Ok(None)
+    let Some((aggregate_type, aggregate_id, sequence, hash)) = named_event(message_id) else {
+        return Ok(None);
+    };
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT encode(substring(chain_hash FROM 1 FOR 16), 'hex') FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await
+    .context("looking for the stream's last event in the store")?;
+    match (stored, hash) {
+        (None, _) => Ok(Some(format!(
+            "the stream's last event ({aggregate_type}/{aggregate_id}/{sequence}) is not in \
+             the event store: the database went back in time"
+        ))),
+        (Some(stored), Some(hash)) if stored != hash => Ok(Some(format!(
+            "the stream's last event ({aggregate_type}/{aggregate_id}/{sequence}) is not the \
+             one the event store holds there (another chain hash): the database went back in \
+             time and wrote another history"
+        ))),
+        (Some(_), _) => Ok(None),
+    }
 }
 
 /// The relay's position and lag as the database tells them: the last committed position, the
@@ -339,6 +366,8 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .fetch_one(&mut lock)
         .await?;
     if !leader {
+        // Another instance leads: whether the relay is halted is its to say.
+        settings.metrics.halted.set(0);
         return Ok(());
     }
     // The checkpoint is written on this connection without waiting for its WAL flush: a crash
@@ -349,17 +378,28 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         .await
         .context("setting up the lock connection")?;
     let mut wake = settings.wake.clone();
-    let client =
-        service_kit::nats::connect(&settings.nats_url, "linkd-relay", &settings.nats_auth).await?;
-    let context = jetstream::new(client);
-    let mut stream = ensure_stream(&context, settings).await?;
+    // NATS unreachable counts as a failed round too: an outage is counted every time the relay
+    // tries again, not once.
+    let reached = async {
+        let client =
+            service_kit::nats::connect(&settings.nats_url, "linkd-relay", &settings.nats_auth)
+                .await?;
+        let context = jetstream::new(client);
+        let stream = ensure_stream(&context, settings).await?;
+        anyhow::Ok((context, stream))
+    }
+    .await;
+    let (context, mut stream) = reached.inspect_err(|_| {
+        settings.metrics.publish_errors.inc();
+    })?;
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
 
     let checkpoint = load_checkpoint(pool).await?;
+    let saved_sequence = checkpoint_stream_sequence(pool).await?;
     let verifier = settings.signer.as_ref().map(|signer| signer.verifier());
-    let held = stream_last_cursor(&mut stream, verifier.as_ref()).await?;
-    if let Some(halt) = discontinuity(pool, checkpoint, held).await? {
+    let tail = stream_tail(&mut stream, verifier.as_ref()).await?;
+    if let Some(halt) = discontinuity(pool, checkpoint, tail.as_ref()).await? {
         settings.metrics.halted.set(1);
         tracing::error!(
             stream = %settings.stream,
@@ -379,20 +419,26 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     settings.metrics.halted.set(0);
     tracing::info!("relay leading");
     let _leading = Leading::start(&settings.leading);
-    let mut cursor = match held {
-        Some(held) if held < checkpoint => {
+    let mut cursor = match &tail {
+        // The stream ends before the relay's last acknowledged message (when that is known):
+        // NATS lost its tail. (A stream that ends with an old event but after that message
+        // holds a copy published again, not a loss.)
+        Some(Tail {
+            last_sequence,
+            relay: Some((held, _)),
+        }) if *held < checkpoint && (saved_sequence == 0 || *last_sequence < saved_sequence) => {
             tracing::warn!(
                 ?held,
                 ?checkpoint,
                 "the stream lost events; republishing from it"
             );
-            save_checkpoint(pool, checkpoint, held).await?;
-            held
+            save_checkpoint(pool, checkpoint, *held, *last_sequence).await?;
+            *held
         }
         Some(_) => checkpoint,
         None if checkpoint != Cursor::START => {
             tracing::warn!(?checkpoint, "the stream is empty; republishing everything");
-            save_checkpoint(pool, checkpoint, Cursor::START).await?;
+            save_checkpoint(pool, checkpoint, Cursor::START, 0).await?;
             Cursor::START
         }
         None => Cursor::START,
@@ -466,7 +512,7 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
         {
             anyhow::bail!("test crash point: published, checkpoint not saved");
         }
-        cursor = if save_checkpoint(&mut lock, cursor, next)
+        cursor = if save_checkpoint(&mut lock, cursor, next, acknowledged)
             .await
             .context("saving the checkpoint on the lock connection")?
         {
@@ -539,12 +585,26 @@ async fn publish(
     Ok(highest)
 }
 
-/// The commit-order cursor of the last event the stream holds, from its headers (trusted only
-/// if the relay's key signed them, when it has one).
-async fn stream_last_cursor(
+/// How many messages back from the stream's end the relay looks for its own last message.
+const TAIL_SEARCH: u64 = 1000;
+
+/// The end of the stream as the relay reads it on taking the lead.
+#[derive(Debug, Clone)]
+struct Tail {
+    /// The stream's last sequence.
+    last_sequence: u64,
+    /// The relay's last message among the last [`TAIL_SEARCH`]: its commit-order cursor and
+    /// its message id; `None` if none of them is the relay's (someone else's messages, or
+    /// messages signed with a key the relay no longer holds).
+    relay: Option<(Cursor, String)>,
+}
+
+/// The stream's end ([`Tail`]); `None` for an empty stream. A message counts as the relay's
+/// only if its key signed it (when the relay has one) and it carries the relay's headers.
+async fn stream_tail(
     stream: &mut stream::Stream,
     verifier: Option<&BusVerifier>,
-) -> anyhow::Result<Option<Cursor>> {
+) -> anyhow::Result<Option<Tail>> {
     let last = stream
         .info()
         .await
@@ -554,50 +614,75 @@ async fn stream_last_cursor(
     if last == 0 {
         return Ok(None);
     }
-    let message = stream
-        .get_raw_message(last)
-        .await
-        .context("reading the stream's last event")?;
-    let text = |name: &str| {
-        message
-            .headers
-            .get(name)
-            .map(async_nats::HeaderValue::as_str)
-    };
-    let header = |name: &str| -> Option<i64> { text(name).and_then(|value| value.parse().ok()) };
-    let signed = verifier.is_none_or(|verifier| {
-        verifier
-            .verify(
-                text(bus_signing::KEY_ID_HEADER),
-                text(bus_signing::SIGNATURE_HEADER),
-                &Signed {
-                    subject: message.subject.as_str(),
-                    message_id: text("Nats-Msg-Id").unwrap_or_default(),
-                    global_position: text("Linkd-Global-Position").unwrap_or_default(),
-                    tx_id: text("Linkd-Tx-Id").unwrap_or_default(),
-                    payload: &message.payload,
-                },
-            )
-            .is_ok()
-    });
-    match (header("Linkd-Tx-Id"), header("Linkd-Global-Position")) {
-        (Some(tx_id), Some(global_position)) if signed => Ok(Some(Cursor {
-            tx_id,
-            global_position,
-        })),
-        _ => {
-            // Published by someone else (an operator's copy, or a stranger's message): it
-            // tells nothing about what the stream holds of ours, so trust the checkpoint.
-            tracing::warn!(
-                sequence = last,
-                "the stream's last message is not the relay's"
-            );
-            Ok(Some(Cursor {
-                tx_id: i64::MAX,
-                global_position: i64::MAX,
-            }))
+    let mut relay = None;
+    for sequence in (last.saturating_sub(TAIL_SEARCH - 1).max(1)..=last).rev() {
+        // Gone (the stream's limits, or a purge): nothing older is there either.
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            break;
+        };
+        let text = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(async_nats::HeaderValue::as_str)
+        };
+        let number =
+            |name: &str| -> Option<i64> { text(name).and_then(|value| value.parse().ok()) };
+        let signed = verifier.is_none_or(|verifier| {
+            verifier
+                .verify_message(message.subject.as_str(), text, &message.payload)
+                .is_ok()
+        });
+        if let (true, Some(tx_id), Some(global_position), Some(id)) = (
+            signed,
+            number("Linkd-Tx-Id"),
+            number("Linkd-Global-Position"),
+            text("Nats-Msg-Id"),
+        ) {
+            let cursor = Cursor {
+                tx_id,
+                global_position,
+            };
+            relay = Some((cursor, id.to_owned()));
+            break;
         }
     }
+    if relay.is_none() {
+        // Published by someone else (an operator's copy, or a stranger's message): it tells
+        // nothing about what the stream holds of ours, so the checkpoint is trusted.
+        tracing::warn!(
+            last,
+            "none of the stream's last messages is the relay's; trusting the checkpoint"
+        );
+    }
+    Ok(Some(Tail {
+        last_sequence: last,
+        relay,
+    }))
+}
+
+/// The aggregate, id, sequence and chain-hash prefix a message id names
+/// ([`StoredEvent::message_id`]); no hash for ids written before it was added.
+fn named_event(message_id: &str) -> Option<(&str, &str, i64, Option<&str>)> {
+    let (rest, last) = message_id.rsplit_once('/')?;
+    let (rest, sequence, hash) = match last.parse::<i64>() {
+        Ok(sequence) => (rest, sequence, None),
+        Err(_) => {
+            let (rest, sequence) = rest.rsplit_once('/')?;
+            (rest, sequence.parse().ok()?, Some(last))
+        }
+    };
+    let (aggregate_type, aggregate_id) = rest.split_once('/')?;
+    Some((aggregate_type, aggregate_id, sequence, hash))
+}
+
+/// The stream sequence saved with the checkpoint (0: not known).
+async fn checkpoint_stream_sequence(pool: &PgPool) -> anyhow::Result<u64> {
+    let saved: i64 =
+        sqlx::query_scalar("SELECT stream_sequence FROM relay_checkpoint WHERE id = 1")
+            .fetch_one(pool)
+            .await?;
+    Ok(u64::try_from(saved).unwrap_or(0))
 }
 
 async fn load_checkpoint(pool: &PgPool) -> anyhow::Result<Cursor> {
@@ -611,20 +696,23 @@ async fn load_checkpoint(pool: &PgPool) -> anyhow::Result<Cursor> {
     })
 }
 
-/// Moves the checkpoint from `from` to `to`; `false` if it was not at `from` any more.
+/// Moves the checkpoint from `from` to `to`, whose event JetStream holds at `stream_sequence`
+/// (0: not known); `false` if it was not at `from` any more.
 async fn save_checkpoint<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     from: Cursor,
     to: Cursor,
+    stream_sequence: u64,
 ) -> anyhow::Result<bool> {
     let moved = sqlx::query(
-        "UPDATE relay_checkpoint SET tx_id = $3, global_position = $4, updated_at = now() \
-         WHERE id = 1 AND tx_id = $1 AND global_position = $2",
+        "UPDATE relay_checkpoint SET tx_id = $3, global_position = $4, stream_sequence = $5, \
+         updated_at = now() WHERE id = 1 AND tx_id = $1 AND global_position = $2",
     )
     .bind(from.tx_id)
     .bind(from.global_position)
     .bind(to.tx_id)
     .bind(to.global_position)
+    .bind(i64::try_from(stream_sequence).unwrap_or(i64::MAX))
     .execute(executor)
     .await?;
     Ok(moved.rows_affected() == 1)
@@ -655,6 +743,7 @@ pub async fn republish_from(pool: &PgPool, position: i64) -> anyhow::Result<Curs
     // Also the operator's word that this cluster's history is the one to publish from.
     sqlx::query(
         "UPDATE relay_checkpoint SET tx_id = $1, global_position = $2, updated_at = now(), \
+         stream_sequence = 0, \
          system_identifier = (SELECT system_identifier FROM pg_control_system()) WHERE id = 1",
     )
     .bind(cursor.tx_id)
@@ -752,5 +841,29 @@ mod tests {
         ] {
             assert!(found.contains(phrase), "{phrase} not in {found}");
         }
+    }
+}
+
+#[cfg(test)]
+mod message_id_tests {
+    use super::named_event;
+
+    #[test]
+    fn a_message_id_names_its_event_with_or_without_a_hash() {
+        assert_eq!(
+            named_event("device/d-1/3/abcdef"),
+            Some(("device", "d-1", 3, Some("abcdef")))
+        );
+        assert_eq!(
+            named_event("account/anna/1"),
+            Some(("account", "anna", 1, None))
+        );
+        // An id with a slash in it is read from the right.
+        assert_eq!(
+            named_event("account/a/b/2/ff"),
+            Some(("account", "a/b", 2, Some("ff")))
+        );
+        assert_eq!(named_event("garbage"), None);
+        assert_eq!(named_event("x/y/notanumber/ff"), None);
     }
 }

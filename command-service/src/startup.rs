@@ -234,14 +234,8 @@ impl Application {
                     .instrument(tracing::info_span!("relay")),
             )
         });
-        let metrics_server = self.metrics_listener.map(|listener| {
-            tracing::info!(addr = ?listener.local_addr().ok(), "metrics served on /metrics");
-            tokio::spawn(service_kit::metrics::serve(
-                listener,
-                self.metrics.clone(),
-                std::future::pending(),
-            ))
-        });
+        let metrics_server =
+            service_kit::metrics::spawn_endpoint(self.metrics_listener, &self.metrics);
         tracing::info!(addr = %self.local_addr, "command service listening");
         let stopping = self.stopping;
         let shutdown = async move {

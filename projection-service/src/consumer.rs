@@ -112,7 +112,8 @@ pub struct ConsumerMetrics {
     parked: Counter,
     forged: Counter,
     batches: Histogram,
-    /// When the last message applied was published, in seconds since the epoch (0: none yet).
+    /// When the last message applied was published, in seconds since the epoch (when the
+    /// service started, until one is).
     last_published: Gauge<f64, AtomicU64>,
     /// The consumer being read, once there is one.
     consumer: Arc<Mutex<Option<consumer::PullConsumer>>>,
@@ -133,6 +134,10 @@ impl ConsumerMetrics {
             last_published: Gauge::default(),
             consumer: Arc::default(),
         };
+        // Until a message is applied, the lag of what waits is counted from the start.
+        counted
+            .last_published
+            .set(seconds_since_epoch(std::time::SystemTime::now()));
         metrics.register(
             "consumer_applied_messages",
             "Messages settled: applied to every read model, found applied already, or parked",
@@ -182,7 +187,7 @@ impl ConsumerMetrics {
                             + u64::try_from(info.num_ack_pending).unwrap_or_default();
                         pending.set(i64::try_from(waiting).unwrap_or(i64::MAX));
                         let published = last_published.get();
-                        lag.set(if waiting == 0 || published == 0.0 {
+                        lag.set(if waiting == 0 {
                             0.0
                         } else {
                             (seconds_since_epoch(std::time::SystemTime::now()) - published).max(0.0)
@@ -365,13 +370,19 @@ async fn handle(
             metrics.forged.inc();
             tracing::error!(subject = %message.subject, %forged,
                 "parking a message that is not the relay's");
-            let reason = format!("not the relay's: {forged}");
+            // Its body is not kept (a stranger could fill the disk with bodies) nor read (it
+            // would name an event of someone else's choosing): its size and digest say enough.
+            let reason = format!(
+                "not the relay's: {forged} (body of {} bytes, SHA-256 {})",
+                message.payload.len(),
+                sha256_hex(&message.payload)
+            );
             match park(
                 pool,
                 &settings.durable_name(),
                 &message.subject,
                 &reason,
-                &message.payload,
+                &[],
             )
             .await
             {
@@ -473,6 +484,14 @@ async fn consumer_ahead_of_stream(
 }
 
 /// Records a message that can never be applied, for operators.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 async fn park(
     pool: &PgPool,
     consumer: &str,

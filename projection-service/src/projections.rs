@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use prost::Message as _;
 use proto::convert::{self, Unknown};
 use proto::v1::EventEnvelope;
-use service_kit::bus_signing::{self, BusVerifier, Forged, Signed};
+use service_kit::bus_signing::{BusVerifier, Forged};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// What became of an event.
@@ -151,17 +151,7 @@ pub fn authenticate(
             .and_then(|headers| headers.get(name))
             .map(async_nats::HeaderValue::as_str)
     };
-    verifier.verify(
-        header(bus_signing::KEY_ID_HEADER),
-        header(bus_signing::SIGNATURE_HEADER),
-        &Signed {
-            subject: message.subject.as_str(),
-            message_id: header("Nats-Msg-Id").unwrap_or_default(),
-            global_position: header("Linkd-Global-Position").unwrap_or_default(),
-            tx_id: header("Linkd-Tx-Id").unwrap_or_default(),
-            payload: &message.payload,
-        },
-    )
+    verifier.verify_message(message.subject.as_str(), header, &message.payload)
 }
 
 /// Decodes a bus message's body, checked for what every read model relies on.

@@ -165,6 +165,27 @@ impl BusVerifier {
         Ok(Self { keys })
     }
 
+    /// Whether a message on `subject` with body `payload` is the relay's, reading its headers
+    /// through `header` (the signature, the key id, and the signed headers).
+    pub fn verify_message<'h>(
+        &self,
+        subject: &str,
+        header: impl Fn(&str) -> Option<&'h str>,
+        payload: &[u8],
+    ) -> Result<(), Forged> {
+        self.verify(
+            header(KEY_ID_HEADER),
+            header(SIGNATURE_HEADER),
+            &Signed {
+                subject,
+                message_id: header("Nats-Msg-Id").unwrap_or_default(),
+                global_position: header("Linkd-Global-Position").unwrap_or_default(),
+                tx_id: header("Linkd-Tx-Id").unwrap_or_default(),
+                payload,
+            },
+        )
+    }
+
     /// Whether `signature` by key `key_id` (the headers' values, if present) is the relay's
     /// on `message`.
     pub fn verify(

@@ -187,6 +187,18 @@ pub async fn serve(
         .context("serving metrics")
 }
 
+/// Serves `metrics` on `listener` (if the service was given an address) on a task of its own,
+/// until the task is aborted.
+pub fn spawn_endpoint(
+    listener: Option<TcpListener>,
+    metrics: &Metrics,
+) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    listener.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "metrics served on /metrics");
+        tokio::spawn(serve(listener, metrics.clone(), std::future::pending()))
+    })
+}
+
 /// Binds `addr` for [`serve`] (at start, so that a taken port stops the service with a clear
 /// error instead of a metrics endpoint that silently never comes).
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {

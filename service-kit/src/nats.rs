@@ -16,9 +16,16 @@ pub fn seed_list(seeds: &str) -> Result<Vec<ServerAddr>, String> {
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
         .map(|entry| {
+            // An address that does not parse is named without what stood before an `@`, which
+            // may be a password.
+            let shown = entry
+                .rsplit_once('@')
+                .map_or(entry.to_owned(), |(_, host)| {
+                    format!("<credentials removed>@{host}")
+                });
             let server = entry
                 .parse::<ServerAddr>()
-                .map_err(|e| format!("{entry:?} is not a NATS server address: {e}"))?;
+                .map_err(|e| format!("{shown:?} is not a NATS server address: {e}"))?;
             // The address is logged: a secret inside it would be too.
             if server.has_user_pass() || server.password().is_some() {
                 return Err(format!(
@@ -151,6 +158,11 @@ mod tests {
                 !error.contains("s3cret") && !error.contains("t0ken"),
                 "{error}"
             );
+        }
+        // Nor in an address that does not parse at all.
+        for seeds in ["nats://u:s3cret@127.0.0.1:99999", "nats://u:s3cret@[::1"] {
+            let error = seed_list(seeds).unwrap_err();
+            assert!(!error.contains("s3cret"), "{error}");
         }
     }
 

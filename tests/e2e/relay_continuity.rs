@@ -114,29 +114,34 @@ async fn a_store_behind_its_stream_stops_the_relay() {
     app.wait_until_every_read_model_is_exact(WITHIN).await;
     let published = messages_in_stream(&app).await;
 
-    // Act: a command service on the same stream but an empty event store (restored to a
-    // point before those events), which then stores a registration of its own.
+    // Act: a command service on the same stream but another event store (restored to a point
+    // before those events, then written to): more events than the stream's last position, so
+    // only the stream's last event itself, missing from this store, tells.
     let restored = TestDatabase::create("linkd_e2e").await.unwrap();
     let mut settings = test_settings(restored.url.clone());
     settings.metrics_addr = any_port();
-    settings.relay_enabled = true;
     settings.nats_url = app.settings.nats_url.clone();
     settings.stream = app.settings.stream.clone();
     settings.subject_prefix = app.settings.subject_prefix.clone();
+    let quiet = run_command_service(settings.clone(), None).await;
+    let mut portal = e2e::TestApp::clients_on(&quiet.channel).portal;
+    for n in 0..12 {
+        portal
+            .register_account(e2e::bearer(
+                proto::v1::RegisterAccountRequest {
+                    account_id: format!("bob-{n}"),
+                    email: format!("bob-{n}@example.lu"),
+                    language: "en".into(),
+                    request_id: String::new(),
+                },
+                &app.system(),
+            ))
+            .await
+            .unwrap();
+    }
+    assert!(quiet.stop_gracefully(WITHIN).await);
+    settings.relay_enabled = true;
     let behind = run_command_service(settings, None).await;
-    let mut portal = e2e::TestApp::clients_on(&behind.channel).portal;
-    portal
-        .register_account(e2e::bearer(
-            proto::v1::RegisterAccountRequest {
-                account_id: "bob".into(),
-                email: "bob@example.lu".into(),
-                language: "en".into(),
-                request_id: String::new(),
-            },
-            &app.system(),
-        ))
-        .await
-        .unwrap();
 
     // Assert: that instance's relay stops instead of publishing over the stream's history.
     halted(behind.metrics_addr.unwrap()).await;

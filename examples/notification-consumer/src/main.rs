@@ -24,6 +24,7 @@ use futures_util::StreamExt as _;
 use prost::Message as _;
 use proto::v1::event_envelope::Event;
 use proto::v1::{EventEnvelope, UnlinkReason};
+use service_kit::bus_signing::BusVerifier;
 
 /// Prints linkd's DeviceLinked and DeviceUnlinked events, read from NATS JetStream.
 #[derive(Debug, Parser)]
@@ -44,6 +45,11 @@ struct Args {
     /// A NATS credentials file (user JWT and NKey seed), for a server that requires one.
     #[arg(long)]
     creds: Option<PathBuf>,
+    /// The relay's public key(s) (linkd's `LINKD_BUS_VERIFY_KEYS_FILE`): a message they did not
+    /// sign is set aside, never acted on. Without it every message is believed, which only a
+    /// development set-up should do.
+    #[arg(long)]
+    verify_keys: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -126,6 +132,16 @@ async fn durable(
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
+    let verifier = match &args.verify_keys {
+        Some(path) => Some(BusVerifier::from_pem_file(path)?),
+        None => {
+            eprintln!(
+                "warning: no --verify-keys: messages are believed without checking the relay's \
+                 signature (development only)"
+            );
+            None
+        }
+    };
     let client = connect(args).await?;
     let context = jetstream::new(client);
     let consumer = durable(&context, args).await?;
@@ -146,6 +162,20 @@ async fn run(args: &Args) -> anyhow::Result<()> {
 
     while let Some(message) = messages.next().await {
         let message = message.context("receiving a message")?;
+        if let Some(verifier) = &verifier
+            && let Err(forged) = signed_by_the_relay(verifier, &message)
+        {
+            // Someone without the relay's key published it: never act on it.
+            eprintln!(
+                "{}: not the relay's ({forged}); terminated",
+                message.subject
+            );
+            message
+                .ack_with(AckKind::Term)
+                .await
+                .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
+            continue;
+        }
         let ack = match EventEnvelope::decode(message.payload.as_ref()) {
             Ok(envelope) => {
                 handle(&envelope, &mut handled);
@@ -166,6 +196,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
     }
     anyhow::bail!("the message stream ended")
+}
+
+/// Whether the relay signed `message`: its signature (`Linkd-Signature`, by key
+/// `Linkd-Key-Id`) over the subject, three headers and the body.
+fn signed_by_the_relay(
+    verifier: &BusVerifier,
+    message: &async_nats::Message,
+) -> Result<(), service_kit::bus_signing::Forged> {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(async_nats::HeaderValue::as_str)
+    };
+    verifier.verify_message(message.subject.as_str(), header, &message.payload)
 }
 
 /// Prints the event unless this run has handled it already.
