@@ -37,8 +37,19 @@ export LINKD_PROJECTION_GRPC_ADDR=${LINKD_PROJECTION_GRPC_ADDR:-127.0.0.1:50052}
 export LINKD_COMMAND_METRICS_ADDR=${LINKD_COMMAND_METRICS_ADDR-127.0.0.1:9101}
 export LINKD_PROJECTION_METRICS_ADDR=${LINKD_PROJECTION_METRICS_ADDR-127.0.0.1:9102}
 export LINKD_WEB_ADDR=${LINKD_WEB_ADDR:-127.0.0.1:8080}
-export LINKD_WEB_COMMAND_URL=${LINKD_WEB_COMMAND_URL:-http://$LINKD_COMMAND_GRPC_ADDR}
-export LINKD_WEB_QUERY_URL=${LINKD_WEB_QUERY_URL:-http://$LINKD_PROJECTION_GRPC_ADDR}
+# LINKD_RUN_TLS=mutual: both gRPC servers serve mutual TLS with a development CA written to
+# .dev/tls (`linkctl dev tls`); portal-web and linkctl present its client certificate.
+SCHEME=http
+if [ "${LINKD_RUN_TLS:-off}" = mutual ]; then
+  SCHEME=https
+  # Exports the LINKD_*_TLS_* and LINKD_GRPC_* lines linkctl prints.
+  while IFS= read -r line; do export "$line"; done < <($BIN/linkctl dev tls --dir "$PWD/.dev/tls")
+elif [ "${LINKD_RUN_TLS:-off}" != off ]; then
+  echo "error: LINKD_RUN_TLS is ${LINKD_RUN_TLS}; expected off or mutual" >&2
+  exit 1
+fi
+export LINKD_WEB_COMMAND_URL=${LINKD_WEB_COMMAND_URL:-$SCHEME://$LINKD_COMMAND_GRPC_ADDR}
+export LINKD_WEB_QUERY_URL=${LINKD_WEB_QUERY_URL:-$SCHEME://$LINKD_PROJECTION_GRPC_ADDR}
 # portal-web's development sign-in signs portal tokens with the development key (never in
 # production: there the portal's own login stands in front of the page).
 export LINKD_WEB_DEV_KEYS_DIR=${LINKD_WEB_DEV_KEYS_DIR:-$PWD/.dev/keys}
@@ -106,7 +117,7 @@ cat <<MSG
 linkd is running (development configuration):
   command service     $LINKD_COMMAND_GRPC_ADDR  PortalService, DeviceService (+ relay to NATS)
   projection service  $LINKD_PROJECTION_GRPC_ADDR  DeviceQueryService (read models fed from NATS)
-  both                grpc.health.v1 and server reflection
+  both                grpc.health.v1 and server reflection; TLS: ${LINKD_RUN_TLS:-off}
   metrics             http://${LINKD_COMMAND_METRICS_ADDR:-(off)}/metrics, http://${LINKD_PROJECTION_METRICS_ADDR:-(off)}/metrics (Prometheus; docs/metrics.md)
   portal page         http://$LINKD_WEB_ADDR  portal-web: sign in, link a device, my devices, history
   event store         $LINKD_COMMAND_DATABASE_URL
@@ -116,6 +127,15 @@ linkd is running (development configuration):
   logs                .dev/logs/
 Open http://$LINKD_WEB_ADDR in a browser (development sign-in: any account id), or try it
 from another terminal in this folder:
+MSG
+if [ "$SCHEME" = https ]; then
+  cat <<MSG
+  (gRPC is mutual TLS: linkctl needs the development CA and client certificate)
+  export LINKD_ADDR=https://$LINKD_COMMAND_GRPC_ADDR LINKD_QUERY_ADDR=https://$LINKD_PROJECTION_GRPC_ADDR
+  export LINKD_GRPC_CA_FILE=$LINKD_GRPC_CA_FILE LINKD_GRPC_CERT_FILE=$LINKD_GRPC_CERT_FILE LINKD_GRPC_KEY_FILE=$LINKD_GRPC_KEY_FILE
+MSG
+fi
+cat <<MSG
   $BIN/linkctl demo
   $BIN/linkctl --help
 Press Ctrl-C to stop.

@@ -83,7 +83,8 @@ impl Session {
         query_addr: &str,
         keys: Arc<DevKeys>,
     ) -> anyhow::Result<Self> {
-        let grpc = Clients::connect(addr, query_addr).await?;
+        let grpc =
+            Clients::connect(addr, query_addr, &linkctl::client::ClientTls::default()).await?;
         Ok(Self {
             grpc,
             keys,

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use proto::v1::device_query_service_client::DeviceQueryServiceClient;
 use proto::v1::device_service_client::DeviceServiceClient;
 use proto::v1::portal_service_client::PortalServiceClient;
+pub use service_kit::tls::ClientTls;
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -18,9 +19,8 @@ pub struct Clients {
     pub queries: DeviceQueryServiceClient<Channel>,
 }
 
-async fn channel(addr: &str, what: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(addr.to_owned())
-        .with_context(|| format!("{addr} is not a valid address"))?
+async fn channel(addr: &str, what: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
+    tls.endpoint(addr)?
         .connect()
         .await
         .with_context(|| format!("connecting to the {what} at {addr}"))
@@ -28,13 +28,12 @@ async fn channel(addr: &str, what: &str) -> anyhow::Result<Channel> {
 
 impl Clients {
     /// Connects to the command service at `addr` and the projection service at `query_addr`
-    /// (e.g. `http://127.0.0.1:50051`, `http://127.0.0.1:50052`). The query channel connects
-    /// lazily, so commands work while the projection service is down.
-    pub async fn connect(addr: &str, query_addr: &str) -> anyhow::Result<Self> {
-        let commands = channel(addr, "command service").await?;
-        let queries = Channel::from_shared(query_addr.to_owned())
-            .with_context(|| format!("{query_addr} is not a valid address"))?
-            .connect_lazy();
+    /// (e.g. `http://127.0.0.1:50051`, `http://127.0.0.1:50052`; `https://` addresses with
+    /// `tls`). The query channel connects lazily, so commands work while the projection service
+    /// is down.
+    pub async fn connect(addr: &str, query_addr: &str, tls: &ClientTls) -> anyhow::Result<Self> {
+        let commands = channel(addr, "command service", tls).await?;
+        let queries = tls.endpoint(query_addr)?.connect_lazy();
         Ok(Self::from_channels(commands, queries))
     }
 

@@ -9,6 +9,13 @@ use tonic_types::StatusExt as _;
 /// `least recently used device: <id>` (a `DEVICE_LIMIT` violation).
 pub fn describe(status: &Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
+    // A failed connection (a TLS handshake refused, say) says why only in its sources.
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
     for line in details(status) {
         text.push_str("\n  ");
         text.push_str(&line);

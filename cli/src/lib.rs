@@ -6,6 +6,7 @@ pub mod audit;
 pub mod client;
 pub mod demo;
 pub mod dev;
+pub mod dev_tls;
 pub mod errors;
 pub mod qr;
 pub mod unlink;

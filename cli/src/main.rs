@@ -36,6 +36,26 @@ struct Cli {
     /// Bearer token for the call: a portal JWT, or a device credential for device calls.
     #[arg(long, env = "LINKCTL_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// The CA that issued the services' certificates, for `https://` addresses (default: the
+    /// system's roots).
+    #[arg(long, env = "LINKD_GRPC_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// A client certificate to present, for services that require one (mutual TLS).
+    #[arg(
+        long,
+        env = "LINKD_GRPC_CERT_FILE",
+        global = true,
+        requires = "key_file"
+    )]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(
+        long,
+        env = "LINKD_GRPC_KEY_FILE",
+        global = true,
+        requires = "cert_file"
+    )]
+    key_file: Option<PathBuf>,
     /// Idempotency key (a UUID); retrying with the same key returns the first answer.
     #[arg(long, global = true, default_value = "")]
     request_id: String,
@@ -228,6 +248,16 @@ enum DevCommand {
         #[command(subcommand)]
         kind: TokenKind,
     },
+    /// Creates a development CA, a server certificate (localhost, 127.0.0.1, ::1 and --name)
+    /// and a client certificate in a folder (kept if its ca.pem exists), and prints the
+    /// settings that use them.
+    Tls {
+        #[arg(long, default_value = ".dev/tls")]
+        dir: PathBuf,
+        /// Another name or address the server certificate is for (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +312,10 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let token = cli.token.clone().unwrap_or_default();
     let request_id = cli.request_id.clone();
+    let tls = linkctl::client::ClientTls {
+        ca_file: cli.ca_file.clone(),
+        identity: cli.cert_file.clone().zip(cli.key_file.clone()),
+    };
     match cli.command {
         Command::Dev(DevCommand::Keys { dir }) => {
             let files = dev::generate(&dir)?;
@@ -292,6 +326,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("LINKD_BUS_SIGNING_KEY_FILE={}", files.bus_private.display());
             println!("LINKD_BUS_VERIFY_KEYS_FILE={}", files.bus_public.display());
+        }
+        Command::Dev(DevCommand::Tls { dir, names }) => {
+            let files = linkctl::dev_tls::generate(&dir, &names)?;
+            for service in ["COMMAND", "PROJECTION"] {
+                println!(
+                    "LINKD_{service}_TLS_CERT_FILE={}",
+                    files.server_cert.display()
+                );
+                println!(
+                    "LINKD_{service}_TLS_KEY_FILE={}",
+                    files.server_key.display()
+                );
+                println!("LINKD_{service}_TLS_CLIENT_CA_FILE={}", files.ca.display());
+            }
+            println!("LINKD_GRPC_CA_FILE={}", files.ca.display());
+            println!("LINKD_GRPC_CERT_FILE={}", files.client_cert.display());
+            println!("LINKD_GRPC_KEY_FILE={}", files.client_key.display());
         }
         Command::Dev(DevCommand::Token { keys, kind }) => {
             let keys = dev::DevKeys::load(&keys)?;
@@ -313,7 +364,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { keys } => {
             let keys = dev::DevKeys::load(&keys)?;
-            demo::run(Clients::connect(&cli.addr, &cli.query_addr).await?, &keys).await?;
+            demo::run(
+                Clients::connect(&cli.addr, &cli.query_addr, &tls).await?,
+                &keys,
+            )
+            .await?;
         }
         Command::Admin(AdminCommand::Emails {
             database_url,
@@ -357,7 +412,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("email {id} queued again");
         }
         Command::Audit(command) => {
-            let channel = tonic::transport::Channel::from_shared(cli.query_addr.clone())?
+            let channel = tls
+                .endpoint(&cli.query_addr)?
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {}", cli.query_addr))?;
@@ -365,7 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rpc(rpc) => {
             call(
-                Clients::connect(&cli.addr, &cli.query_addr).await?,
+                Clients::connect(&cli.addr, &cli.query_addr, &tls).await?,
                 rpc,
                 &token,
                 request_id,

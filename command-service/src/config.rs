@@ -17,6 +17,10 @@ pub struct Settings {
     /// Where Prometheus scrapes `GET /metrics` (`LINKD_COMMAND_METRICS_ADDR`, e.g. `127.0.0.1:9101`;
     /// unset or empty: no metrics endpoint).
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the gRPC server (`LINKD_COMMAND_TLS_CERT_FILE` with `LINKD_COMMAND_TLS_KEY_FILE`;
+    /// with `LINKD_COMMAND_TLS_CLIENT_CA_FILE` too, callers must present a certificate that CA
+    /// issued). `None`: plain text.
+    pub tls: Option<service_kit::tls::ServerTls>,
     /// The event store database (`LINKD_COMMAND_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
     /// Pool size (`LINKD_COMMAND_DB_MAX_CONNECTIONS`, default 10).
@@ -135,6 +139,11 @@ impl Settings {
         Ok(Self {
             grpc_addr: env.socket_addr("LINKD_COMMAND_GRPC_ADDR", "127.0.0.1:50051")?,
             metrics_addr: env.optional_socket_addr("LINKD_COMMAND_METRICS_ADDR")?,
+            tls: env.server_tls(
+                "LINKD_COMMAND_TLS_CERT_FILE",
+                "LINKD_COMMAND_TLS_KEY_FILE",
+                "LINKD_COMMAND_TLS_CLIENT_CA_FILE",
+            )?,
             database_url: Redacted(env.required("LINKD_COMMAND_DATABASE_URL")?),
             db_max_connections,
             idp_public_keys_file: env.required("LINKD_IDP_PUBLIC_KEYS_FILE")?.into(),

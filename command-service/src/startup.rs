@@ -38,6 +38,8 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `LINKD_COMMAND_METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
+    /// The gRPC server's TLS, its files read and checked.
+    tls: Option<tonic::transport::ServerTlsConfig>,
     /// The relay's signing key, loaded at build.
     bus_signer: Option<Arc<BusSigner>>,
 }
@@ -138,6 +140,10 @@ impl Application {
             trusted_proxy_hops: settings.trusted_proxy_hops,
             qr_watches: crate::grpc::Watches::new(settings.max_qr_watches),
         };
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls.load().context("LINKD_COMMAND_TLS_CERT_FILE")?),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
@@ -156,6 +162,7 @@ impl Application {
             stopping,
             metrics,
             metrics_listener,
+            tls,
             bus_signer,
         })
     }
@@ -236,7 +243,12 @@ impl Application {
         });
         let metrics_server =
             service_kit::metrics::spawn_endpoint(self.metrics_listener, &self.metrics);
-        tracing::info!(addr = %self.local_addr, "command service listening");
+        let tls = match &self.settings.tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        };
+        tracing::info!(addr = %self.local_addr, tls, "command service listening");
         let stopping = self.stopping;
         let shutdown = async move {
             shutdown.await;
@@ -244,6 +256,7 @@ impl Application {
             stopping.send_replace(true);
         };
         let served = GrpcServer::new()
+            .tls(self.tls)
             .limits(self.settings.grpc_limits)
             .metrics(&self.metrics)
             .service(

@@ -23,11 +23,16 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Clients for the services at these addresses (`http://host:port`).
-    pub fn connect_lazy(command_url: &str, query_url: &str) -> anyhow::Result<Self> {
+    /// Clients for the services at these addresses (`http://host:port`, or `https://` with
+    /// `tls`).
+    pub fn connect_lazy(
+        command_url: &str,
+        query_url: &str,
+        tls: &service_kit::tls::ClientTls,
+    ) -> anyhow::Result<Self> {
         let channel = |url: &str| -> anyhow::Result<Channel> {
-            Ok(Channel::from_shared(url.to_owned())
-                .map_err(|e| anyhow::anyhow!("{url} is not a valid address: {e}"))?
+            Ok(tls
+                .endpoint(url)?
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(35))
                 .connect_lazy())

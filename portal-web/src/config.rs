@@ -20,6 +20,10 @@ pub struct Settings {
     pub command_url: String,
     /// The projection service (`LINKD_WEB_QUERY_URL`, default `http://127.0.0.1:50052`).
     pub query_url: String,
+    /// How the page reaches `https://` services (`LINKD_GRPC_CA_FILE`, and
+    /// `LINKD_GRPC_CERT_FILE` with `LINKD_GRPC_KEY_FILE` for services that require a client
+    /// certificate).
+    pub grpc_tls: service_kit::tls::ClientTls,
     /// How old a sign-in may be for the calls that need a recent one
     /// (`LINKD_REAUTH_MAX_AGE_SECONDS`, default 300, the services' own setting): older, and the
     /// page asks the holder to re-authenticate before calling.
@@ -77,6 +81,7 @@ impl Settings {
             public_url,
             command_url: env.or("LINKD_WEB_COMMAND_URL", "http://127.0.0.1:50051"),
             query_url: env.or("LINKD_WEB_QUERY_URL", "http://127.0.0.1:50052"),
+            grpc_tls: env.client_tls()?,
             reauth_max_age: env.seconds("LINKD_REAUTH_MAX_AGE_SECONDS", 300)?,
             max_sessions,
             session_idle: env.seconds("LINKD_WEB_SESSION_IDLE_SECONDS", 1800)?,

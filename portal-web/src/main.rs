@@ -10,7 +10,11 @@ use service_kit::{shutdown_signal, telemetry};
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let settings = Settings::from_env()?;
-    let backend = Backend::connect_lazy(&settings.command_url, &settings.query_url)?;
+    let backend = Backend::connect_lazy(
+        &settings.command_url,
+        &settings.query_url,
+        &settings.grpc_tls,
+    )?;
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     tracing::info!(
         addr = %settings.addr,

@@ -20,7 +20,12 @@ fn app(pairs: &[(&str, &str)]) -> App {
     })
     .unwrap();
     // Nothing listens there: these tests never reach a service.
-    let backend = Backend::connect_lazy("http://127.0.0.1:9", "http://127.0.0.1:9").unwrap();
+    let backend = Backend::connect_lazy(
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        &service_kit::tls::ClientTls::default(),
+    )
+    .unwrap();
     App::new(settings, backend)
 }
 

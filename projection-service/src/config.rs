@@ -20,6 +20,10 @@ pub struct Settings {
     /// Where Prometheus scrapes `GET /metrics` (`LINKD_PROJECTION_METRICS_ADDR`, e.g. `127.0.0.1:9101`;
     /// unset or empty: no metrics endpoint).
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the gRPC server (`LINKD_PROJECTION_TLS_CERT_FILE` with `LINKD_PROJECTION_TLS_KEY_FILE`;
+    /// with `LINKD_PROJECTION_TLS_CLIENT_CA_FILE` too, callers must present a certificate that CA
+    /// issued). `None`: plain text.
+    pub tls: Option<service_kit::tls::ServerTls>,
     /// The read-model database (`LINKD_PROJECTION_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
     /// The NATS server or comma-separated seed list (`LINKD_NATS_URL`, default
@@ -140,6 +144,11 @@ impl Settings {
         Ok(Self {
             grpc_addr: env.socket_addr("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:50052")?,
             metrics_addr: env.optional_socket_addr("LINKD_PROJECTION_METRICS_ADDR")?,
+            tls: env.server_tls(
+                "LINKD_PROJECTION_TLS_CERT_FILE",
+                "LINKD_PROJECTION_TLS_KEY_FILE",
+                "LINKD_PROJECTION_TLS_CLIENT_CA_FILE",
+            )?,
             database_url: Redacted(env.required("LINKD_PROJECTION_DATABASE_URL")?),
             nats_url: env.nats_servers("LINKD_NATS_URL", "nats://127.0.0.1:4222")?,
             stream: env.nats_name("LINKD_STREAM", "LINKD_EVENTS")?,

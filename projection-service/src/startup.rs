@@ -44,6 +44,8 @@ pub struct Application {
     metrics: Metrics,
     /// Bound when `LINKD_PROJECTION_METRICS_ADDR` is set.
     metrics_listener: Option<TcpListener>,
+    /// The gRPC server's TLS, its files read and checked.
+    tls: Option<tonic::transport::ServerTlsConfig>,
     /// Where and how the consumer reads (its bus keys loaded at build).
     consumer_settings: consumer::ConsumerSettings,
 }
@@ -110,6 +112,10 @@ impl Application {
             queries: queries.clone(),
             event_store,
         };
+        let tls = match &settings.tls {
+            Some(tls) => Some(tls.load().context("LINKD_PROJECTION_TLS_CERT_FILE")?),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
@@ -141,6 +147,7 @@ impl Application {
             audits,
             metrics,
             metrics_listener,
+            tls,
             consumer_settings,
         })
     }
@@ -203,8 +210,14 @@ impl Application {
         });
         let metrics_server =
             service_kit::metrics::spawn_endpoint(self.metrics_listener, &self.metrics);
-        tracing::info!(addr = %self.local_addr, "projection service listening");
+        let tls = match &self.settings.tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        };
+        tracing::info!(addr = %self.local_addr, tls, "projection service listening");
         let served = GrpcServer::new()
+            .tls(self.tls)
             .limits(self.settings.grpc_limits)
             .metrics(&self.metrics)
             .service(

@@ -214,6 +214,63 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// A file path, or `None` when `key` is unset.
+    fn path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.get(key).map(|value| value.trim().into())
+    }
+
+    /// Two paths that go together (a certificate and its key): both, or neither.
+    fn path_pair(
+        &self,
+        first: &'static str,
+        second: &'static str,
+    ) -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>, ConfigError> {
+        match (self.path(first), self.path(second)) {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::invalid(
+                second,
+                format!("is required with {first}"),
+            )),
+            (None, Some(_)) => Err(ConfigError::invalid(
+                first,
+                format!("is required with {second}"),
+            )),
+        }
+    }
+
+    /// A gRPC server's TLS ([`crate::tls::ServerTls`]): the certificate file `cert` with the
+    /// key file `key` turn TLS on; the CA file `client_ca` (only with them) makes it mutual.
+    /// `None`: plain text.
+    pub fn server_tls(
+        &self,
+        cert: &'static str,
+        key: &'static str,
+        client_ca: &'static str,
+    ) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+        match (self.path_pair(cert, key)?, self.path(client_ca)) {
+            (Some((cert_file, key_file)), client_ca_file) => Ok(Some(crate::tls::ServerTls {
+                cert_file,
+                key_file,
+                client_ca_file,
+            })),
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(ConfigError::invalid(
+                client_ca,
+                format!("needs TLS on: set {cert} and {key} too"),
+            )),
+        }
+    }
+
+    /// How a gRPC client reaches linkd over TLS ([`crate::tls::ClientTls`]):
+    /// `LINKD_GRPC_CA_FILE`, and `LINKD_GRPC_CERT_FILE` with `LINKD_GRPC_KEY_FILE`.
+    pub fn client_tls(&self) -> Result<crate::tls::ClientTls, ConfigError> {
+        Ok(crate::tls::ClientTls {
+            ca_file: self.path("LINKD_GRPC_CA_FILE"),
+            identity: self.path_pair("LINKD_GRPC_CERT_FILE", "LINKD_GRPC_KEY_FILE")?,
+        })
+    }
+
     /// A listen address, or `None` when `key` is unset or empty (the feature it serves is off).
     pub fn optional_socket_addr(
         &self,
@@ -321,6 +378,37 @@ mod tests {
             env.nats_name("unset", "LINKD_EVENTS").ok().as_deref(),
             Some("LINKD_EVENTS")
         );
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_a_client_ca_needs_tls() {
+        let keys = ("C", "K", "CA");
+        let read = |pairs: &[(&str, &str)]| env(pairs).server_tls(keys.0, keys.1, keys.2);
+        assert_eq!(read(&[]).unwrap(), None);
+        assert!(
+            read(&[("C", "c.pem")])
+                .unwrap_err()
+                .to_string()
+                .contains("K is invalid: is required with C")
+        );
+        assert!(read(&[("K", "k.pem")]).is_err());
+        assert!(
+            read(&[("CA", "ca.pem")])
+                .unwrap_err()
+                .to_string()
+                .contains("CA is invalid: needs TLS on")
+        );
+        let tls = read(&[("C", "c.pem"), ("K", " k.pem "), ("CA", "ca.pem")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.key_file, std::path::PathBuf::from("k.pem"));
+        assert!(tls.mutual());
+        let client = env(&[("LINKD_GRPC_CERT_FILE", "c.pem")]).client_tls();
+        assert!(client.is_err());
+        let client = env(&[("LINKD_GRPC_CA_FILE", "ca.pem")])
+            .client_tls()
+            .unwrap();
+        assert!(client.is_configured() && client.identity.is_none());
     }
 
     #[test]

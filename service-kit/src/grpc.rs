@@ -5,8 +5,8 @@
 //! [`MAX_MESSAGE_BYTES`] per request, refused with `INVALID_ARGUMENT` naming the limit, and
 //! requests that do not decode answered `INVALID_ARGUMENT` too, not `INTERNAL`
 //! ([`malformed`]); admission ([`admission`]): a bound on calls in progress and on how long
-//! one may take; per-call metrics when given a registry ([`metered`]); and TCP_NODELAY on every
-//! accepted connection.
+//! one may take; per-call metrics when given a registry ([`metered`]); TLS or mutual TLS when
+//! given a configuration ([`crate::tls`]); and TCP_NODELAY on every accepted connection.
 
 mod admission;
 mod malformed;
@@ -52,6 +52,7 @@ pub struct GrpcServer {
     serving: Vec<&'static str>,
     limits: Limits,
     metrics: Option<crate::metrics::Metrics>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl GrpcServer {
@@ -92,6 +93,13 @@ impl GrpcServer {
         self
     }
 
+    /// Serves TLS with `tls` ([`crate::tls::ServerTls::load`]); plain text without.
+    #[must_use]
+    pub fn tls(mut self, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Serves on `listener` until `shutdown` completes, then drains in-flight calls.
     pub async fn serve(
         mut self,
@@ -122,7 +130,13 @@ impl GrpcServer {
                 ],
             )
         });
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server
+                .tls_config(tls)
+                .context("configuring TLS on the gRPC server")?;
+        }
+        server
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(metered::MeteredLayer::new(metered))

@@ -6,6 +6,7 @@
 //! - [`grpc`]: the gRPC server every service runs ([`grpc::GrpcServer`]: health, reflection, the
 //!   64 KiB request limit answered `INVALID_ARGUMENT`, TCP_NODELAY) and the one rule for reading
 //!   `authorization: Bearer …` ([`grpc::bearer`]).
+//! - [`tls`]: TLS and mutual TLS on the gRPC servers, and how a client reaches them.
 //! - [`database::is_unavailable`]: which database errors mean "retry later".
 //! - [`forwarded::client_address`]: the client's address behind trusted proxies.
 //! - [`restarting`]: a long-running worker started again, with backoff, whenever it stops.
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod nats;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod tls;
 
 /// Runs `task` for ever: each time it ends it is started again after a pause: 200 ms after a
 /// clean end; after a failure (NATS or the database went away, say) 400 ms, doubling while it

@@ -35,4 +35,5 @@ mod secret_code;
 mod serving;
 mod stream_limits;
 mod tamper;
+mod tls;
 mod unlinking;

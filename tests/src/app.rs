@@ -148,6 +148,8 @@ async fn start_with_email(
             read_settings.event_store_url = Some(settings.database_url.clone());
             // The same NATS account as the command service's.
             read_settings.nats_auth = settings.nats_auth.clone();
+            // The same certificate (both run on this machine).
+            read_settings.tls = settings.tls.clone();
             // The relay signs: the read side checks (as in a deployment).
             if matches!(settings.bus_signing_key, BusKeys::File(_)) {
                 read_settings.bus_verify_keys = bus_verify_keys();
@@ -234,6 +236,22 @@ impl TestApp {
             .await;
         adjust(&mut settings);
         self.read = Some(spawn_read_side_with(settings).await);
+    }
+
+    /// Where the command service listens.
+    pub fn command_addr(&self) -> std::net::SocketAddr {
+        self.command
+            .as_ref()
+            .expect("the command service is running")
+            .addr
+    }
+
+    /// Where the projection service listens (for tests started with [`spawn_system`]).
+    pub fn read_addr(&self) -> std::net::SocketAddr {
+        self.read
+            .as_ref()
+            .expect("a test started with spawn_system")
+            .addr
     }
 
     /// Where the command service serves `/metrics` (started with `metrics_addr` set).

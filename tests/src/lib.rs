@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod portal;
 mod servers;
 mod settings;
+pub mod tls;
 
 pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_on_and,

@@ -14,6 +14,8 @@ use crate::settings::projection_settings;
 /// A command service instance running in this process.
 #[derive(Debug)]
 pub struct CommandServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
     /// A channel to it.
     pub channel: Channel,
     /// Its pool.
@@ -49,6 +51,7 @@ pub async fn run_command_service(
     settings: Settings,
     crash_point: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> CommandServer {
+    let settings_tls = settings.tls.clone();
     let mut app = Application::build(settings)
         .await
         .expect("building the command service");
@@ -62,12 +65,12 @@ pub async fn run_command_service(
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("a channel URL")
+    let channel = crate::tls::harness_channel(addr, settings_tls.as_ref())
         .connect()
         .await
         .expect("connecting to the command service");
     CommandServer {
+        addr,
         channel,
         pool,
         metrics_addr,
@@ -79,6 +82,8 @@ pub async fn run_command_service(
 /// A running projection service with its own database.
 #[derive(Debug)]
 pub struct ReadSide {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
     /// The query client.
     pub queries: DeviceQueryServiceClient<Channel>,
     /// The raw channel.
@@ -124,18 +129,19 @@ pub async fn spawn_read_side_with(settings: projection_service::Settings) -> Rea
         .await
         .expect("building the projection service");
     let addr = app.local_addr();
+    let settings_tls = settings.tls.clone();
     let pool = app.pool();
     let metrics_addr = app.metrics_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("a channel URL")
+    let channel = crate::tls::harness_channel(addr, settings_tls.as_ref())
         .connect()
         .await
         .expect("connecting to the projection service");
     ReadSide {
+        addr,
         queries: DeviceQueryServiceClient::new(channel.clone()),
         channel,
         pool,

@@ -16,6 +16,7 @@ pub fn test_settings(database_url: String) -> Settings {
     Settings {
         grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
         metrics_addr: None,
+        tls: None,
         database_url: Redacted(database_url),
         db_max_connections: 10,
         idp_public_keys_file: keys.idp_public.clone(),
@@ -66,6 +67,7 @@ pub fn projection_settings(
     projection_service::Settings {
         grpc_addr: "127.0.0.1:0".parse().expect("a socket address"),
         metrics_addr: None,
+        tls: None,
         database_url: Redacted(database_url),
         nats_url: stream.nats_url.clone(),
         stream: stream.name.clone(),
