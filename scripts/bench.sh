@@ -20,6 +20,8 @@
 # LINKD_BENCH_SERVICE_BIN=dir runs the command-service and projection-service binaries found there
 # (e.g. an older commit's release build) under this harness: a before/after comparison measures
 # both with the same bench (docs/performance.md, "Before and after").
+# LINKD_BENCH_TRACES=on exports every span of both services over OTLP to a receiver that counts
+# them (`linkd-bench otlp-sink`): run once with it and once without to see what tracing costs.
 # The services' logs stay in .dev/logs/bench/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,6 +132,7 @@ mkdir -p "$LOGS"
 : >"$LOGS/command-service.log"
 : >"$LOGS/projection-service.log"
 : >"$LOGS/smtp-sink.log"
+: >"$LOGS/otlp-sink.log"
 
 # The email worker runs as in production, against a local SMTP sink on a free port.
 SMTP_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -137,7 +140,17 @@ python3 scripts/smtp-sink.py --port "$SMTP_PORT" --dir "$WORK/mail" >>"$LOGS/smt
 pids+=($!)
 wait_for_port "SMTP sink (log: $LOGS/smtp-sink.log)" "$SMTP_PORT"
 
+TRACES=()
+if [ "${LINKD_BENCH_TRACES:-off}" = on ]; then
+  OTLP_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$BIN/linkd-bench" otlp-sink --addr "127.0.0.1:$OTLP_PORT" >>"$LOGS/otlp-sink.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "OTLP receiver (log: $LOGS/otlp-sink.log)" "$OTLP_PORT"
+  TRACES=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT")
+  echo "traces: exported to 127.0.0.1:$OTLP_PORT (count in $LOGS/otlp-sink.log after the run)" >&2
+fi
 COMMON=(
+  "${TRACES[@]}"
   LINKD_NATS_URL="$NATS_URL"
   LINKD_STREAM="$STREAM"
   LINKD_SUBJECT_PREFIX="$PREFIX"

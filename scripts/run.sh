@@ -42,8 +42,9 @@ export LINKD_WEB_ADDR=${LINKD_WEB_ADDR:-127.0.0.1:8080}
 SCHEME=http
 if [ "${LINKD_RUN_TLS:-off}" = mutual ]; then
   SCHEME=https
-  # Exports the LINKD_*_TLS_* and LINKD_GRPC_* lines linkctl prints.
-  while IFS= read -r line; do export "$line"; done < <($BIN/linkctl dev tls --dir "$PWD/.dev/tls")
+  # Exports the LINKD_*_TLS_* and LINKD_GRPC_* lines linkctl prints (a failure stops here).
+  tls_settings=$($BIN/linkctl dev tls --dir "$PWD/.dev/tls")
+  while IFS= read -r line; do export "$line"; done <<<"$tls_settings"
 elif [ "${LINKD_RUN_TLS:-off}" != off ]; then
   echo "error: LINKD_RUN_TLS is ${LINKD_RUN_TLS}; expected off or mutual" >&2
   exit 1

@@ -30,6 +30,7 @@ mod lag;
 mod load;
 mod machine;
 mod open_loop;
+mod otlp_sink;
 mod peer;
 mod rebuild;
 mod report;
@@ -60,6 +61,13 @@ enum Bench {
     Anonymous(anonymous::AnonymousArgs),
     /// One device's VerifySecretCode loops against other accounts' links: latencies and memory.
     Hammer(hammer::HammerArgs),
+    /// An OTLP trace receiver that counts spans (`scripts/bench.sh` with LINKD_BENCH_TRACES=on).
+    #[command(hide = true)]
+    OtlpSink {
+        /// Where to listen.
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+    },
     /// Deletes a stream if it exists (`scripts/bench.sh` tears its scratch stream down with it).
     #[command(hide = true)]
     DropStream {
@@ -134,5 +142,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Anonymous(args) => anonymous::run(args).await,
         Bench::Hammer(args) => hammer::run(args).await,
         Bench::DropStream { nats_url, stream } => system::drop_stream(&nats_url, &stream).await,
+        Bench::OtlpSink { addr } => otlp_sink::run(addr).await,
     }
 }

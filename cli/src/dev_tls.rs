@@ -25,6 +25,8 @@ pub struct TlsFiles {
     pub client_cert: PathBuf,
     /// Its key (`LINKD_GRPC_KEY_FILE`).
     pub client_key: PathBuf,
+    /// The folder held them already: nothing was written.
+    pub existing: bool,
 }
 
 impl TlsFiles {
@@ -36,6 +38,7 @@ impl TlsFiles {
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
+            existing: false,
         }
     }
 }
@@ -44,11 +47,15 @@ impl TlsFiles {
 pub const LOCAL_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Writes a new CA, a server certificate for [`LOCAL_NAMES`] and `extra_names`, and a client
-/// certificate into `dir`, unless its CA certificate exists already (then nothing is written).
+/// certificate into `dir`, unless its CA certificate exists already (then nothing is written,
+/// and `existing` is true).
 pub fn generate(dir: &Path, extra_names: &[String]) -> anyhow::Result<TlsFiles> {
     let files = TlsFiles::in_dir(dir);
     if files.ca.exists() {
-        return Ok(files);
+        return Ok(TlsFiles {
+            existing: true,
+            ..files
+        });
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -92,15 +99,21 @@ pub fn generate(dir: &Path, extra_names: &[String]) -> anyhow::Result<TlsFiles> 
     Ok(files)
 }
 
+/// Writes `contents` to a new `path`; a key (`secret`) is readable by its owner only from the
+/// moment the file exists.
 fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if secret { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = secret;
-    Ok(())
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }

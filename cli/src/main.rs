@@ -329,6 +329,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev(DevCommand::Tls { dir, names }) => {
             let files = linkctl::dev_tls::generate(&dir, &names)?;
+            if files.existing && !names.is_empty() {
+                eprintln!(
+                    "note: {} holds certificates already; --name is not added to them \
+                     (remove the folder to issue new ones)",
+                    dir.display()
+                );
+            }
             for service in ["COMMAND", "PROJECTION"] {
                 println!(
                     "LINKD_{service}_TLS_CERT_FILE={}",

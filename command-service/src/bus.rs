@@ -66,6 +66,14 @@ impl StoredEvent {
         id
     }
 
+    /// The W3C `traceparent` of the call that wrote it, if traces were exported then.
+    pub(crate) fn traceparent(&self) -> Option<&str> {
+        self.metadata
+            .get(service_kit::traces::TRACEPARENT)?
+            .as_str()
+            .filter(|value| !value.is_empty())
+    }
+
     /// `<prefix>.<aggregate_type>.<EventType>`.
     pub(crate) fn subject(&self, prefix: &str) -> String {
         format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
@@ -106,6 +114,7 @@ impl StoredEvent {
             account_id,
             actor: metadata.get("actor").cloned().unwrap_or_default(),
             request_id: metadata.get("request_id").cloned().unwrap_or_default(),
+            traceparent: metadata.get("traceparent").cloned().unwrap_or_default(),
             event: Some(event),
         })
     }

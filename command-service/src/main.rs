@@ -9,7 +9,13 @@ use service_kit::{shutdown_signal, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let telemetry = telemetry::init("linkd-command")?;
+    let outcome = run().await;
+    telemetry.shutdown().await;
+    outcome
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args

@@ -548,6 +548,9 @@ async fn publish(
     batch: &[StoredEvent],
 ) -> anyhow::Result<u64> {
     let mut acks = Vec::with_capacity(batch.len());
+    // A span per event written by a traced call, continuing its trace and ended with the
+    // batch's acknowledgements; its context travels as the message's `traceparent` header.
+    let mut spans = Vec::new();
     for event in batch {
         let payload = event.envelope()?.encode_to_vec();
         let subject = event.subject(&settings.subject_prefix);
@@ -558,6 +561,27 @@ async fn publish(
             .message_id(message_id.as_str())
             .header("Linkd-Global-Position", global_position.as_str())
             .header("Linkd-Tx-Id", tx_id.as_str());
+        if let Some(traceparent) = event
+            .traceparent()
+            .filter(|_| service_kit::traces::exporting())
+        {
+            let span = tracing::info_span!(
+                parent: None,
+                "relay.publish",
+                otel.name = format!("publish {}", event.event_type),
+                otel.kind = "producer",
+                messaging.system = "nats",
+                messaging.destination.name = %subject,
+                event_id = %event.event_id(),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            service_kit::traces::continue_from(&span, Some(traceparent));
+            if let Some(header) = service_kit::traces::traceparent(&span) {
+                message = message.header(service_kit::traces::TRACEPARENT, header.as_str());
+            }
+            spans.push(span);
+        }
         if let Some(signer) = &settings.signer {
             let (key_id, signature) = signer.sign(&Signed {
                 subject: &subject,
@@ -582,6 +606,7 @@ async fn publish(
         let ack = ack.await.context("awaiting JetStream's acknowledgement")?;
         highest = highest.max(ack.sequence);
     }
+    drop(spans);
     Ok(highest)
 }
 

@@ -141,7 +141,10 @@ impl Application {
             qr_watches: crate::grpc::Watches::new(settings.max_qr_watches),
         };
         let tls = match &settings.tls {
-            Some(tls) => Some(tls.load().context("LINKD_COMMAND_TLS_CERT_FILE")?),
+            Some(tls) => Some(
+                tls.load()
+                    .context("the gRPC server's TLS settings (LINKD_COMMAND_TLS_*)")?,
+            ),
             None => None,
         };
         let listener = TcpListener::bind(settings.grpc_addr)

@@ -72,6 +72,11 @@ impl Metadata {
         if let Some(account_id) = &self.account_id {
             map.insert("account_id".to_owned(), account_id.clone());
         }
+        // The call's trace, for the relay and the read side to continue (ADR 0024); only while
+        // traces are exported.
+        if let Some(traceparent) = service_kit::traces::current_traceparent() {
+            map.insert(service_kit::traces::TRACEPARENT.to_owned(), traceparent);
+        }
         map
     }
 

@@ -8,7 +8,8 @@ use service_kit::{shutdown_signal, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    // Logs only: the page starts no trace of its own (ADR 0024).
+    let _telemetry = telemetry::init_with("linkd-portal-web", None)?;
     let settings = Settings::from_env()?;
     let backend = Backend::connect_lazy(
         &settings.command_url,

@@ -362,6 +362,8 @@ async fn handle(
 ) -> Vec<(jetstream::Message, AckKind)> {
     let mut settled = Vec::with_capacity(batch.len());
     let mut decoded = Vec::with_capacity(batch.len());
+    // The spans of the traced messages, ended when their batch is settled.
+    let mut spans = Vec::new();
     for message in batch {
         let verifier = settings.verifier.as_deref();
         if let Err(forged) = projections::authenticate(verifier, &message) {
@@ -395,7 +397,12 @@ async fn handle(
             continue;
         }
         match projections::decode(&message.payload) {
-            Ok(event) => decoded.push((message, event)),
+            Ok(event) => {
+                if let Some(span) = applying(&message, &event) {
+                    spans.push(span);
+                }
+                decoded.push((message, event));
+            }
             Err(ProjectionError::Poison(reason)) => {
                 tracing::error!(subject = %message.subject, %reason, "parking a poison message");
                 let parked = park(
@@ -444,6 +451,35 @@ async fn handle(
         }
     }
     settled
+}
+
+/// A span for applying `event`, continuing the trace of the relay's publish (the message's
+/// `traceparent` header, ADR 0024); `None` for a message without one, or while traces are not
+/// exported.
+fn applying(
+    message: &jetstream::Message,
+    event: &proto::v1::EventEnvelope,
+) -> Option<tracing::Span> {
+    if !service_kit::traces::exporting() {
+        return None;
+    }
+    let traceparent = message
+        .headers
+        .as_ref()?
+        .get(service_kit::traces::TRACEPARENT)?
+        .as_str();
+    let span = tracing::info_span!(
+        parent: None,
+        "consumer.apply",
+        otel.name = format!("apply {}", event.event_type),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        event_id = %event.event_id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    service_kit::traces::continue_from(&span, Some(traceparent));
+    Some(span)
 }
 
 /// Asks for `message` again later, after a backoff that depends on why it did not apply (if the

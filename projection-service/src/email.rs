@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use service_kit::metrics::Metrics;
 use sqlx::PgPool;
+use tracing::Instrument as _;
 
 /// How to reach the SMTP relay and what to send from.
 #[derive(Clone)]
@@ -229,6 +230,8 @@ struct Due {
     text_body: String,
     html_body: String,
     attempts: i32,
+    /// The trace of the call whose event queued it (ADR 0024), if traces were exported.
+    traceparent: Option<String>,
 }
 
 /// How long to wait after the `attempts`-th failed attempt: `base` doubling per attempt, at
@@ -395,8 +398,8 @@ async fn send_one(
     // The lock is tried on the first due rows in order until one is free.
     let due: Option<Due> = sqlx::query_as(
         "SELECT * FROM ( \
-             SELECT id, recipient, message_id, subject, text_body, html_body, attempts \
-             FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
+             SELECT id, recipient, message_id, subject, text_body, html_body, attempts, \
+             traceparent FROM email_outbox WHERE status = 'pending' AND next_attempt_at <= now() \
              ORDER BY next_attempt_at, id LIMIT 16) AS due \
          WHERE pg_try_advisory_xact_lock(id) LIMIT 1",
     )
@@ -416,14 +419,36 @@ async fn send_one(
     if !still_pending {
         return Ok(true);
     }
-    let outcome = match message(settings, &due) {
-        Ok(email) => transport
-            .send(email)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(error) => Err(format!("the email cannot be built: {error}")),
+    // The attempt continues the trace of the call that caused the email (ADR 0024).
+    let span = match &due.traceparent {
+        Some(traceparent) if service_kit::traces::exporting() => {
+            let span = tracing::info_span!(
+                parent: None,
+                "email.send",
+                otel.name = "send email",
+                otel.kind = "client",
+                message_id = %due.message_id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            );
+            service_kit::traces::continue_from(&span, Some(traceparent));
+            span
+        }
+        // Untraced: the worker's own span, as the log lines always had.
+        Some(_) | None => tracing::Span::current(),
     };
+    let outcome = async {
+        match message(settings, &due) {
+            Ok(email) => transport
+                .send(email)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(format!("the email cannot be built: {error}")),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     match outcome {
         Ok(()) => {
             if let Some(crash) = &settings.crash_after_send
@@ -436,7 +461,7 @@ async fn send_one(
                 .execute(&mut *tx)
                 .await?;
             metrics.sent.inc();
-            tracing::info!(message_id = %due.message_id, "email sent");
+            tracing::info!(parent: &span, message_id = %due.message_id, "email sent");
         }
         Err(error) => {
             let attempts = due.attempts + 1;
@@ -462,9 +487,9 @@ async fn send_one(
             metrics.send_errors.inc();
             if status == "failed" {
                 metrics.given_up.inc();
-                tracing::error!(message_id = %due.message_id, %error, attempts, "email failed for good");
+                tracing::error!(parent: &span, message_id = %due.message_id, %error, attempts, "email failed for good");
             } else {
-                tracing::warn!(message_id = %due.message_id, %error, attempts,
+                tracing::warn!(parent: &span, message_id = %due.message_id, %error, attempts,
                     next_attempt_at = %next_attempt_at, "email not sent; will retry");
             }
         }

@@ -113,7 +113,10 @@ impl Application {
             event_store,
         };
         let tls = match &settings.tls {
-            Some(tls) => Some(tls.load().context("LINKD_PROJECTION_TLS_CERT_FILE")?),
+            Some(tls) => Some(
+                tls.load()
+                    .context("the gRPC server's TLS settings (LINKD_PROJECTION_TLS_*)")?,
+            ),
             None => None,
         };
         let listener = TcpListener::bind(settings.grpc_addr)

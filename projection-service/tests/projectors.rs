@@ -30,6 +30,7 @@ fn envelope(sequence: i64, event: Event) -> EventEnvelope {
         account_id: "anna".into(),
         actor: "test".into(),
         request_id: "test".into(),
+        traceparent: String::new(),
         event: Some(event),
     }
 }

@@ -187,6 +187,7 @@ fn envelope(
             account_id: account.into(),
             actor: format!("device:{aggregate_id}"),
             request_id: format!("req-{sequence}-{time}"),
+            traceparent: String::new(),
             event: Some(event),
         },
     }

@@ -6,11 +6,13 @@
 //! requests that do not decode answered `INVALID_ARGUMENT` too, not `INTERNAL`
 //! ([`malformed`]); admission ([`admission`]): a bound on calls in progress and on how long
 //! one may take; per-call metrics when given a registry ([`metered`]); TLS or mutual TLS when
-//! given a configuration ([`crate::tls`]); and TCP_NODELAY on every accepted connection.
+//! given a configuration ([`crate::tls`]); a span per call continuing the caller's W3C trace
+//! while traces are exported ([`traced`]); and TCP_NODELAY on every accepted connection.
 
 mod admission;
 mod malformed;
 mod metered;
+mod traced;
 
 pub use admission::Limits;
 
@@ -120,16 +122,16 @@ impl GrpcServer {
         self.routes
             .add_service(health_service.max_decoding_message_size(MAX_MESSAGE_BYTES))
             .add_service(reflection.max_decoding_message_size(MAX_MESSAGE_BYTES));
-        let metered = self.metrics.as_ref().map(|metrics| {
-            metered::RpcMetrics::register(
-                metrics,
-                &[
-                    proto::FILE_DESCRIPTOR_SET,
-                    tonic_health::pb::FILE_DESCRIPTOR_SET,
-                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                ],
-            )
-        });
+        let served = [
+            proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ];
+        let metered = self
+            .metrics
+            .as_ref()
+            .map(|metrics| metered::RpcMetrics::register(metrics, &served));
+        let traced = traced::TracedLayer::new(metered::methods(&served).into_keys().collect());
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
             server = server
@@ -139,6 +141,7 @@ impl GrpcServer {
         server
             .layer(
                 tower::ServiceBuilder::new()
+                    .layer(traced)
                     .layer(metered::MeteredLayer::new(metered))
                     .layer(tower::util::MapResponseLayer::new(
                         malformed::malformed_is_invalid_argument,

@@ -1,6 +1,7 @@
 //! How a linkd service starts and meets the network, written once for both services:
 //!
-//! - [`telemetry`]: structured logs (`RUST_LOG`, `LINKD_LOG_FORMAT=json`).
+//! - [`telemetry`]: structured logs (`RUST_LOG`, `LINKD_LOG_FORMAT=json`), and OpenTelemetry
+//!   traces with `OTEL_EXPORTER_OTLP_ENDPOINT`; [`traces`]: the W3C trace context carried along.
 //! - [`config`]: reading settings from the environment or any lookup, [`config::ConfigError`],
 //!   and [`config::Redacted`] for secrets.
 //! - [`grpc`]: the gRPC server every service runs ([`grpc::GrpcServer`]: health, reflection, the
@@ -24,6 +25,7 @@ pub mod nats;
 pub mod ratelimit;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 /// Runs `task` for ever: each time it ends it is started again after a pause: 200 ms after a
 /// clean end; after a failure (NATS or the database went away, say) 400 ms, doubling while it

@@ -17,6 +17,9 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 
+/// How long a client has to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A server's TLS settings: `LINKD_<SERVICE>_TLS_CERT_FILE`, `…_TLS_KEY_FILE`, and
 /// `…_TLS_CLIENT_CA_FILE` for mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +38,11 @@ impl ServerTls {
     pub fn load(&self) -> anyhow::Result<ServerTlsConfig> {
         let certificates = read_certificates(&self.cert_file)?;
         let key = read_key(&self.key_file)?;
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(certificates, key));
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(certificates, key))
+            // A connection that does not finish its handshake in time is closed: a stranger
+            // cannot hold connections (and their tasks) open without authenticating.
+            .timeout(HANDSHAKE_TIMEOUT);
         if let Some(ca) = &self.client_ca_file {
             config = config
                 .client_ca_root(Certificate::from_pem(read_certificates(ca)?))

@@ -37,6 +37,7 @@ fn registered(account: &str) -> EventEnvelope {
         account_id: account.into(),
         actor: "system".into(),
         request_id: "forged".into(),
+        traceparent: String::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@attacker.example"),
             language: "en".into(),
@@ -60,6 +61,7 @@ fn linked(account: &str) -> EventEnvelope {
         account_id: account.into(),
         actor: "device".into(),
         request_id: "forged".into(),
+        traceparent: String::new(),
         event: Some(Event::DeviceLinked(v1::DeviceLinked {
             link_id: uuid::Uuid::new_v4().to_string(),
             device_name: "Mallory's phone".into(),

@@ -35,6 +35,7 @@ fn registered(account: &str) -> EventEnvelope {
         account_id: account.into(),
         actor: "test".into(),
         request_id: "test".into(),
+        traceparent: String::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@example.test"),
             language: "en".into(),

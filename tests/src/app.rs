@@ -81,6 +81,19 @@ pub async fn spawn_system_on_and(nats_url: String, adjust: impl FnOnce(&mut Sett
     start(database, settings, Some(stream)).await
 }
 
+/// Starts both services on `stream` (its server, name and prefix, chosen by the test: e.g. to
+/// write a server configuration that names them) after `adjust` changed the command service's
+/// settings.
+pub async fn spawn_system_on_stream_and(
+    stream: TestStream,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let (database, mut settings) = fresh_database().await;
+    relay_to(&mut settings, &stream);
+    adjust(&mut settings);
+    start(database, settings, Some(stream)).await
+}
+
 /// Starts both services with the email worker sending through `email`.
 pub async fn spawn_system_with_mail(email: projection_service::email::EmailSettings) -> TestApp {
     spawn_system_with_mail_and(email, |_| {}).await
@@ -117,12 +130,17 @@ async fn fresh_database() -> (TestDatabase, Settings) {
 /// [`fresh_database`], a new stream on `nats_url`, and settings with the relay publishing to it.
 async fn fresh_system(nats_url: String) -> (TestDatabase, TestStream, Settings) {
     let (database, mut settings) = fresh_database().await;
-    let stream = TestStream::new(nats_url.clone());
+    let stream = TestStream::new(nats_url);
+    relay_to(&mut settings, &stream);
+    (database, stream, settings)
+}
+
+/// Settings with the relay publishing to `stream`.
+fn relay_to(settings: &mut Settings, stream: &TestStream) {
     settings.relay_enabled = true;
-    settings.nats_url = nats_url;
+    settings.nats_url = stream.nats_url.clone();
     settings.stream = stream.name.clone();
     settings.subject_prefix = stream.prefix.clone();
-    (database, stream, settings)
 }
 
 async fn start(database: TestDatabase, settings: Settings, stream: Option<TestStream>) -> TestApp {
@@ -136,7 +154,7 @@ async fn start_with_email(
     email: Option<projection_service::email::EmailSettings>,
 ) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
-        service_kit::telemetry::init();
+        let _ = service_kit::telemetry::init_with("linkd-test", None);
     }
     let command = run_command_service(settings.clone(), None).await;
     let (read, read_database) = match &stream {

@@ -29,8 +29,8 @@ pub mod tls;
 
 pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_system, spawn_system_on, spawn_system_on_and,
-    spawn_system_on_with_mail_and, spawn_system_with, spawn_system_with_mail,
-    spawn_system_with_mail_and,
+    spawn_system_on_stream_and, spawn_system_on_with_mail_and, spawn_system_with,
+    spawn_system_with_mail, spawn_system_with_mail_and,
 };
 pub use flows::{CODE, Clients, Linked};
 pub use keys::bearer;

@@ -24,6 +24,7 @@ pub(crate) fn envelope(aggregate_type: &str, aggregate_id: &str, event: Event) -
         account_id: "anna".into(),
         actor: "test".into(),
         request_id: "test".into(),
+        traceparent: String::new(),
         event: Some(event),
     }
 }

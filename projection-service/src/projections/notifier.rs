@@ -91,8 +91,8 @@ impl Notifier {
             .render(email.language, email.kind, &email.values);
         sqlx::query(
             "INSERT INTO email_outbox (event_id, kind, recipient, language, message_id, subject, \
-             text_body, html_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (message_id) DO NOTHING",
+             text_body, html_body, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             NULLIF($9, '')) ON CONFLICT (message_id) DO NOTHING",
         )
         .bind(&email.event.event_id)
         .bind(email.kind)
@@ -106,6 +106,7 @@ impl Notifier {
         .bind(&rendered.subject)
         .bind(&rendered.text)
         .bind(&rendered.html)
+        .bind(&email.event.traceparent)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -50,7 +50,7 @@ const CODES: [&str; 17] = [
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MethodLabels {
+pub(super) struct MethodLabels {
     grpc_service: String,
     grpc_method: String,
 }
@@ -119,7 +119,7 @@ impl RpcMetrics {
 }
 
 /// `/<package>.<Service>/<Method>` of every method in `descriptor_sets`.
-fn methods(descriptor_sets: &[&[u8]]) -> HashMap<String, MethodLabels> {
+pub(super) fn methods(descriptor_sets: &[&[u8]]) -> HashMap<String, MethodLabels> {
     let mut known = HashMap::new();
     for encoded in descriptor_sets {
         let Ok(set) = prost_types::FileDescriptorSet::decode(*encoded) else {

@@ -162,6 +162,7 @@ fn history() -> Vec<EventEnvelope> {
                 account_id: account.into(),
                 actor: "test".into(),
                 request_id: format!("request-{position}"),
+                traceparent: String::new(),
                 event: Some(event),
             },
         )
