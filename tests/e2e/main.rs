@@ -25,6 +25,7 @@ mod malformed_input;
 mod metrics;
 mod monitoring;
 mod nats_cluster;
+mod nats_security;
 mod qr_codes;
 mod rate_limits;
 mod read_side;
