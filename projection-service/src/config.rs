@@ -58,6 +58,10 @@ pub struct Settings {
     /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
     /// notifier queues them either way.
     pub email_enabled: bool,
+    /// How long sent and failed emails and dead letters are kept
+    /// (`LINKD_RETENTION_SENT_EMAIL_DAYS`, `…_FAILED_EMAIL_DAYS`, `…_DEAD_LETTER_DAYS`,
+    /// `LINKD_RETENTION_EVERY_SECONDS`).
+    pub retention: crate::retention::Retention,
     /// The relay's public key(s): only messages signed by one of them are applied
     /// (`LINKD_BUS_VERIFY_KEYS_FILE`, PEM, one or more keys during a rotation; required unless
     /// `LINKD_BUS_UNSIGNED=on` for development).
@@ -167,9 +171,27 @@ impl Settings {
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
             email_enabled: env.switch("LINKD_EMAIL", true)?,
+            retention: crate::retention::Retention {
+                sent_emails: days(&env, "LINKD_RETENTION_SENT_EMAIL_DAYS", 30)?,
+                failed_emails: days(&env, "LINKD_RETENTION_FAILED_EMAIL_DAYS", 90)?,
+                dead_letters: days(&env, "LINKD_RETENTION_DEAD_LETTER_DAYS", 90)?,
+                every: env.seconds("LINKD_RETENTION_EVERY_SECONDS", 3600)?,
+            },
             bus_verify_keys: env.bus_keys("LINKD_BUS_VERIFY_KEYS_FILE")?,
             nats_auth: env.nats_auth()?,
         })
+    }
+}
+
+/// A whole number of days, at least 1, or `default`.
+fn days(
+    env: &Env<impl Fn(&str) -> Option<String>>,
+    key: &'static str,
+    default: u64,
+) -> Result<std::time::Duration, ConfigError> {
+    match env.number(key, default)? {
+        0 => Err(ConfigError::invalid(key, "must be at least 1 day")),
+        n => Ok(std::time::Duration::from_secs(n.saturating_mul(24 * 3600))),
     }
 }
 
@@ -207,6 +229,25 @@ mod tests {
         assert_eq!(settings.email.give_up_after, Duration::from_secs(48 * 3600));
         assert_eq!(settings.email.retry_max_delay, Duration::from_secs(900));
         assert_eq!(settings.email.max_attempts, None);
+    }
+
+    #[test]
+    fn retention_periods_are_whole_days_of_at_least_one() {
+        let mut env = base();
+        let defaults = read(&env).unwrap_or_else(|e| panic!("{e}")).retention;
+        assert_eq!(defaults, crate::retention::Retention::default());
+        assert_eq!(defaults.sent_emails, Duration::from_secs(30 * 24 * 3600));
+        env.insert("LINKD_RETENTION_DEAD_LETTER_DAYS", "7".into());
+        assert_eq!(
+            read(&env)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .retention
+                .dead_letters,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        env.insert("LINKD_RETENTION_SENT_EMAIL_DAYS", "0".into());
+        let error = read(&env).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("LINKD_RETENTION_SENT_EMAIL_DAYS"), "{error}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod limits;
 pub mod projections;
 mod read;
 pub mod rebuild;
+pub mod retention;
 pub mod startup;
 mod status;
 

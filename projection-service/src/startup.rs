@@ -180,6 +180,10 @@ impl Application {
         let consumer_settings = self.consumer_settings.clone();
         let limits_sweeper =
             tokio::spawn(crate::limits::sweep_every_minute(self.queries.pool.clone()));
+        let retention = tokio::spawn(crate::retention::run(
+            self.queries.pool.clone(),
+            self.settings.retention,
+        ));
         let notifier = Notifier {
             templates: Templates::default(),
             sender: self.settings.email.sender.clone(),
@@ -233,6 +237,7 @@ impl Application {
             .serve(self.listener, shutdown)
             .await;
         limits_sweeper.abort();
+        retention.abort();
         consumer.abort();
         if let Some(sender) = sender {
             sender.abort();

@@ -98,6 +98,7 @@ pub fn projection_settings(
             crash_after_send: None,
         },
         email_enabled: false,
+        retention: projection_service::retention::Retention::default(),
         // Tests that publish by hand publish unsigned; a system whose relay signs checks the
         // signatures (spawn_system).
         bus_verify_keys: BusKeys::Unsigned,

@@ -1,0 +1,111 @@
+//! Retention on the read side (issue 19, fourth point; docs/privacy.md): emails that were sent
+//! or given up on, and dead letters, are deleted once older than their periods, so that the
+//! personal data they hold (addresses, device names, a poison message's envelope) does not stay
+//! for ever. Pending emails are never touched.
+//!
+//! One instance sweeps per round: each round runs in one transaction that first takes a
+//! transaction-scoped advisory lock, and an instance that does not get it skips the round.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// How long each kind of row is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Sent emails, from when they were sent (`LINKD_RETENTION_SENT_EMAIL_DAYS`, default 30).
+    pub sent_emails: Duration,
+    /// Emails given up on, from when they were queued (`LINKD_RETENTION_FAILED_EMAIL_DAYS`,
+    /// default 90: time for an operator to look at them, `linkctl admin emails`).
+    pub failed_emails: Duration,
+    /// Dead letters, from when they were parked (`LINKD_RETENTION_DEAD_LETTER_DAYS`, default 90).
+    pub dead_letters: Duration,
+    /// How often an instance sweeps (`LINKD_RETENTION_EVERY_SECONDS`, default 3600).
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            sent_emails: Duration::from_secs(30 * DAY),
+            failed_emails: Duration::from_secs(90 * DAY),
+            dead_letters: Duration::from_secs(90 * DAY),
+            every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What one sweep deleted; `None` when another instance held the round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    /// Sent emails deleted.
+    pub sent_emails: u64,
+    /// Emails given up on, deleted.
+    pub failed_emails: u64,
+    /// Dead letters deleted.
+    pub dead_letters: u64,
+}
+
+/// The advisory lock key of a round ("linkd retention", any constant no other lock uses).
+const LOCK: i64 = 0x6c69_6e6b_7265_7401;
+
+/// One round: deletes what is past its period, unless another instance is sweeping.
+pub async fn sweep(pool: &PgPool, retention: &Retention) -> Result<Option<Purged>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !leading {
+        return Ok(None);
+    }
+    let sent_emails = sqlx::query(
+        "DELETE FROM email_outbox WHERE status = 'sent' \
+         AND sent_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.sent_emails.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let failed_emails = sqlx::query(
+        "DELETE FROM email_outbox WHERE status = 'failed' \
+         AND created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.failed_emails.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let dead_letters = sqlx::query(
+        "DELETE FROM dead_letters WHERE received_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.dead_letters.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(Some(Purged {
+        sent_emails,
+        failed_emails,
+        dead_letters,
+    }))
+}
+
+/// Sweeps every `retention.every`, logging each purge; a failed round is logged and retried at
+/// the next.
+pub async fn run(pool: PgPool, retention: Retention) {
+    let mut ticks = tokio::time::interval(retention.every);
+    loop {
+        ticks.tick().await;
+        match sweep(&pool, &retention).await {
+            Ok(Some(purged)) if purged != Purged::default() => tracing::info!(
+                sent_emails = purged.sent_emails,
+                failed_emails = purged.failed_emails,
+                dead_letters = purged.dead_letters,
+                "retention: deleted rows past their period"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "retention sweep failed; retrying at the next"),
+        }
+    }
+}
