@@ -62,6 +62,22 @@ impl Queries {
             .map_err(|error| QueryError::Unauthenticated(format!("the portal token {error}")))
     }
 
+    /// Refuses a token whose `auth_time` is missing or older than `reauth_max_age` (30 s of
+    /// clock leeway), whoever it names: for auditors, who have roles and no account.
+    pub(crate) fn recently_authenticated(&self, claims: &PortalClaims) -> Result<(), QueryError> {
+        let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);
+        let age = claims
+            .auth_time
+            .and_then(|auth_time| Utc::now().timestamp().checked_sub(auth_time));
+        match age {
+            Some(age) if (-30..=max_age).contains(&age) => Ok(()),
+            Some(_) | None => Err(QueryError::PermissionDenied(format!(
+                "re-authentication required: an auditor's token needs an auth_time at most \
+                 {max_age} s old; sign in again and retry with the new token"
+            ))),
+        }
+    }
+
     /// The account of a holder who authenticated recently enough (`reauth_max_age`).
     pub(crate) fn reauthenticated(&self, claims: &PortalClaims) -> Result<String, QueryError> {
         let max_age = i64::try_from(self.reauth_max_age.as_secs()).unwrap_or(i64::MAX);

@@ -374,6 +374,53 @@ async fn a_citizen_cannot_read_another_accounts_history() {
 }
 
 #[tokio::test]
+async fn an_auditor_must_have_signed_in_recently_too() {
+    // Arrange: an auditor's token signed in 400 s ago (the window is 300 s), and one without
+    // auth_time; a fresh one for comparison.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let now = chrono::Utc::now().timestamp();
+    let auditor = |auth_time: Option<i64>| {
+        let mut claims = serde_json::json!({
+            "sub": "auditor-1", "aud": "linkd-portal", "iss": "linkd-dev-idp",
+            "iat": now, "exp": now + 600, "roles": ["auditor"],
+        });
+        if let Some(auth_time) = auth_time {
+            claims["auth_time"] = auth_time.into();
+        }
+        app.keys.portal_token_with(&claims).unwrap()
+    };
+    let mut client = audits(&app);
+
+    // Act
+    let stale = client
+        .list_events(bearer(list("anna"), &auditor(Some(now - 400))))
+        .await
+        .unwrap_err();
+    let without = client
+        .verify_history(bearer(
+            VerifyHistoryRequest {
+                account_id: "anna".into(),
+            },
+            &auditor(None),
+        ))
+        .await
+        .unwrap_err();
+    let fresh = client
+        .list_events(bearer(list("anna"), &auditor(Some(now))))
+        .await;
+
+    // Assert
+    assert_eq!(stale.code(), Code::PermissionDenied);
+    assert!(
+        stale.message().contains("re-authentication required"),
+        "{stale:?}"
+    );
+    assert_eq!(without.code(), Code::PermissionDenied);
+    assert!(fresh.is_ok(), "{fresh:?}");
+}
+
+#[tokio::test]
 async fn every_linkctl_audit_subcommand_runs_against_the_service() {
     use linkctl::audit::Command;
     // Arrange: one account with one device linked by QR code.

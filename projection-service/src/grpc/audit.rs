@@ -150,6 +150,9 @@ impl Audits {
             let account = requested.ok_or_else(|| {
                 QueryError::InvalidArgument("account_id is required for auditors".into())
             })?;
+            // An auditor reads other people's histories: as recently signed in as a holder
+            // reading their own (issue 19, fifth point).
+            self.queries.recently_authenticated(&claims)?;
             (account, format!("auditor:{}", claims.sub))
         } else {
             let own = self.queries.reauthenticated(&claims)?;
