@@ -79,6 +79,29 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// The span's `rpc.grpc.status_code` attribute.
+fn grpc_status(span: &Span) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|attribute| attribute.key == "rpc.grpc.status_code")
+        .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+        .and_then(|value| {
+            if let Value::IntValue(code) = value {
+                Some(*code)
+            } else {
+                None
+            }
+        })
+}
+
+/// A 32-hex-digit trace id as bytes.
+fn trace_bytes_of(trace_id: &str) -> Vec<u8> {
+    (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
 fn named<'a>(spans: &'a [Span], name: &str) -> Option<&'a Span> {
     spans.iter().find(|span| span.name == name)
 }
@@ -133,9 +156,7 @@ async fn one_trace_spans_the_call_the_relay_the_projector_and_the_email() {
 
     // Assert: the four steps in the caller's trace, each a child of the one before (the email
     // of the call itself: the event that caused it carries the call's context).
-    let trace_bytes: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
+    let trace_bytes = trace_bytes_of(&trace_id);
     let spans = eventually(WITHIN, "the four spans of the trace", || {
         let spans = receiver.trace(&trace_bytes);
         let complete = [
@@ -165,6 +186,32 @@ async fn one_trace_spans_the_call_the_relay_the_projector_and_the_email() {
         [call.kind, publish.kind, apply.kind, email.kind],
         [2, 4, 5, 3]
     );
+    // The call's span records its status: OK here.
+    assert_eq!(grpc_status(call), Some(0), "{call:#?}");
+    assert_ne!(call.status.as_ref().map(|status| status.code), Some(2));
+
+    // A call that fails records its code, and its span is an error.
+    let failing_trace = uuid::Uuid::new_v4().simple().to_string();
+    let mut request = Request::new(SetSecretCodeRequest {
+        link_token: "not-a-link-token".into(),
+        secret_code: CODE.into(),
+        request_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{failing_trace}-{caller_span}-01")
+            .parse()
+            .unwrap(),
+    );
+    let refused = app.device.set_secret_code(request).await.unwrap_err();
+    let failing_bytes = trace_bytes_of(&failing_trace);
+    let failed = eventually(WITHIN, "the failed call's span", || {
+        let spans = receiver.trace(&failing_bytes);
+        std::future::ready(named(&spans, "linking.v1.DeviceService/SetSecretCode").cloned())
+    })
+    .await;
+    assert_eq!(grpc_status(&failed), Some(i64::from(refused.code() as i32)));
+    assert_eq!(failed.status.as_ref().map(|status| status.code), Some(2));
 
     // A traceparent that does not parse, or is too long, is ignored: the call starts a trace
     // of its own instead of joining one a caller made up.

@@ -1,14 +1,21 @@
 //! While traces are exported: a span per call (`grpc`), named after the method, continuing the caller's trace when the
 //! call carries a W3C `traceparent` (ADR 0024). Everything the handler does, and the
-//! `traceparent` the command service stores with the events it writes, belongs to it.
+//! `traceparent` the command service stores with the events it writes, belongs to it. The span
+//! records the call's gRPC status (`rpc.grpc.status_code`; an error status marks the span as
+//! an error) and ends when the answer does (after a stream's last message).
 //!
 //! The method name comes from the request's path, which the caller chooses: a path that is not
 //! one of the served methods is named `unknown`, so a stranger cannot mint span names.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http_body_util::BodyExt as _;
+use tonic::body::Body;
 use tonic::codegen::http;
 use tracing::Instrument as _;
 
@@ -45,22 +52,25 @@ pub(super) struct Traced<S> {
     known: Arc<HashSet<String>>,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Traced<S>
+type Answer = Result<http::Response<Body>, Infallible>;
+
+impl<S> tower::Service<http::Request<Body>> for Traced<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if !traces::exporting() {
             // No trace to continue or start: no span (and log lines as they were).
-            return self.inner.call(request).instrument(tracing::Span::none());
+            return Box::pin(self.inner.call(request));
         }
         let path = request.uri().path();
         let method = if self.known.contains(path) {
@@ -73,6 +83,8 @@ where
             otel.name = method,
             otel.kind = "server",
             rpc.system = "grpc",
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
@@ -81,6 +93,40 @@ where
             .get(traces::TRACEPARENT)
             .and_then(|value| value.to_str().ok());
         traces::continue_from(&span, traceparent);
-        self.inner.call(request).instrument(span)
+        let answer = self.inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let Ok(response) = answer.await;
+            // An error answered at once carries its status in the headers; otherwise it comes
+            // in the trailers, after the last message: the span lasts until then.
+            if let Some(code) = status(response.headers()) {
+                record(&span, code);
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        record(&span, status(trailers).unwrap_or(UNKNOWN));
+                    }
+                    frame
+                }))
+            }))
+        })
+    }
+}
+
+/// gRPC's `UNKNOWN`, for trailers without a status.
+const UNKNOWN: u32 = 2;
+
+/// The `grpc-status` `headers` carry, if any.
+fn status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Records the call's status on its span; anything but OK marks the span as an error.
+fn record(span: &tracing::Span, code: u32) {
+    // As an i64: tracing-opentelemetry exports unsigned fields as text.
+    span.record("rpc.grpc.status_code", i64::from(code));
+    if code != 0 {
+        span.record("otel.status_code", "ERROR");
     }
 }
