@@ -10,6 +10,7 @@
 //! while traces are exported ([`traced`]); and TCP_NODELAY on every accepted connection.
 
 mod admission;
+mod answer;
 mod malformed;
 mod metered;
 mod traced;

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http_body_util::BodyExt as _;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -207,26 +206,25 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let Ok(response) = answer.await;
-            if let Some(code) = status(response.headers()) {
-                call.finish(code);
-                return Ok(response);
-            }
-            Ok(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        call.finish(status(trailers).unwrap_or("UNKNOWN"));
-                    }
-                    frame
-                }))
+            Ok(super::answer::when_status_known(response, move |code| {
+                call.finish(code.map_or("UNKNOWN", name));
             }))
         })
     }
 }
 
+/// A status code's name, as the gRPC specification names it.
+fn name(code: u32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|code| CODES.get(code).copied())
+        .unwrap_or("UNKNOWN")
+}
+
 /// The status code `headers` carry, by name, if any.
+#[cfg(test)]
 fn status(headers: &http::HeaderMap) -> Option<&'static str> {
-    let code: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(CODES.get(code).copied().unwrap_or("UNKNOWN"))
+    super::answer::status_code(headers).map(name)
 }
 
 /// One call being measured: recorded once, when its status is known, or as `CANCELLED` if

@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http_body_util::BodyExt as _;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tracing::Instrument as _;
@@ -96,19 +95,9 @@ where
         let answer = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let Ok(response) = answer.await;
-            // An error answered at once carries its status in the headers; otherwise it comes
-            // in the trailers, after the last message: the span lasts until then.
-            if let Some(code) = status(response.headers()) {
-                record(&span, code);
-                return Ok(response);
-            }
-            Ok(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        record(&span, status(trailers).unwrap_or(UNKNOWN));
-                    }
-                    frame
-                }))
+            // The span lasts until the status is known (after a stream's last message).
+            Ok(super::answer::when_status_known(response, move |code| {
+                record(&span, code.unwrap_or(UNKNOWN));
             }))
         })
     }
@@ -116,11 +105,6 @@ where
 
 /// gRPC's `UNKNOWN`, for trailers without a status.
 const UNKNOWN: u32 = 2;
-
-/// The `grpc-status` `headers` carry, if any.
-fn status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
-}
 
 /// Records the call's status on its span; anything but OK marks the span as an error.
 fn record(span: &tracing::Span, code: u32) {
