@@ -246,11 +246,7 @@ impl Application {
         });
         let metrics_server =
             service_kit::metrics::spawn_endpoint(self.metrics_listener, &self.metrics);
-        let tls = match &self.settings.tls {
-            None => "off",
-            Some(tls) if tls.mutual() => "mutual",
-            Some(_) => "on",
-        };
+        let tls = service_kit::tls::ServerTls::mode(self.settings.tls.as_ref());
         tracing::info!(addr = %self.local_addr, tls, "command service listening");
         let stopping = self.stopping;
         let shutdown = async move {

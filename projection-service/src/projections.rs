@@ -141,17 +141,7 @@ pub fn authenticate(
     verifier: Option<&BusVerifier>,
     message: &async_nats::Message,
 ) -> Result<(), Forged> {
-    let Some(verifier) = verifier else {
-        return Ok(());
-    };
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(async_nats::HeaderValue::as_str)
-    };
-    verifier.verify_message(message.subject.as_str(), header, &message.payload)
+    verifier.map_or(Ok(()), |verifier| verifier.verify_nats_message(message))
 }
 
 /// Decodes a bus message's body, checked for what every read model relies on.

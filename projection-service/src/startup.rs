@@ -217,11 +217,7 @@ impl Application {
         });
         let metrics_server =
             service_kit::metrics::spawn_endpoint(self.metrics_listener, &self.metrics);
-        let tls = match &self.settings.tls {
-            None => "off",
-            Some(tls) if tls.mutual() => "mutual",
-            Some(_) => "on",
-        };
+        let tls = service_kit::tls::ServerTls::mode(self.settings.tls.as_ref());
         tracing::info!(addr = %self.local_addr, tls, "projection service listening");
         let served = GrpcServer::new()
             .tls(self.tls)

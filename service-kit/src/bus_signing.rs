@@ -186,6 +186,18 @@ impl BusVerifier {
         )
     }
 
+    /// [`Self::verify_message`] on a message as a NATS subscriber receives it.
+    pub fn verify_nats_message(&self, message: &async_nats::Message) -> Result<(), Forged> {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(async_nats::HeaderValue::as_str)
+        };
+        self.verify_message(message.subject.as_str(), header, &message.payload)
+    }
+
     /// Whether `signature` by key `key_id` (the headers' values, if present) is the relay's
     /// on `message`.
     pub fn verify(

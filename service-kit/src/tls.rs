@@ -70,6 +70,15 @@ impl ServerTls {
     pub fn mutual(&self) -> bool {
         self.client_ca_file.is_some()
     }
+
+    /// How a server with `tls` serves, for its start-up log line: `off`, `on` or `mutual`.
+    pub fn mode(tls: Option<&Self>) -> &'static str {
+        match tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        }
+    }
 }
 
 /// How a client of linkd's gRPC reaches an `https://` address: `LINKD_GRPC_CA_FILE` (the CA

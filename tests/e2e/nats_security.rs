@@ -48,6 +48,19 @@ accounts {{
     )
 }
 
+/// How many messages the stream `name` holds.
+async fn messages(context: &jetstream::Context, name: &str) -> u64 {
+    context
+        .get_stream(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
 fn password_file(password: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("linkd-nats-pw-{}", uuid::Uuid::new_v4()));
     std::fs::write(&path, format!("{password}\n")).unwrap();
@@ -99,15 +112,7 @@ async fn both_services_link_over_tls_with_the_documented_permissions_and_the_rea
         .await
         .unwrap();
     let context = jetstream::new(client);
-    let before = context
-        .get_stream(&stream.name)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let before = messages(&context, &stream.name).await;
     let published = tokio::time::timeout(Duration::from_secs(10), async {
         context
             .publish(
@@ -121,15 +126,7 @@ async fn both_services_link_over_tls_with_the_documented_permissions_and_the_rea
 
     // Assert: refused (no acknowledgement), and the stream holds nothing more.
     assert!(!matches!(published, Ok(Ok(_))), "{published:?}");
-    let after = context
-        .get_stream(&stream.name)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let after = messages(&context, &stream.name).await;
     assert_eq!(after, before);
 
     // A client that does not trust the tests' CA does not get through.

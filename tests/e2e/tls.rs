@@ -201,3 +201,26 @@ fn files_that_do_not_fit_stop_the_start_and_are_named() {
     let error = client(None).endpoint("http://127.0.0.1:1").unwrap_err();
     assert!(format!("{error}").contains("use https://"), "{error}");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_completes_its_handshake_is_closed() {
+    // Arrange: a mutual-TLS server, and a stranger's TCP connection that sends nothing.
+    let app = spawn_app_with(|settings| settings.tls = Some(server(true))).await;
+    let mut idle = tokio::net::TcpStream::connect(app.command_addr())
+        .await
+        .unwrap();
+
+    // Act: wait for the server to give up on it (the handshake timeout is 10 s).
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        service_kit::tls::HANDSHAKE_TIMEOUT + Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut byte),
+    )
+    .await;
+
+    // Assert: closed (end of stream or reset), not held open for ever.
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the connection was still open: {closed:?}"
+    );
+}

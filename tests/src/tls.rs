@@ -2,7 +2,6 @@
 //! `linkctl dev tls` (so the tests use what the README tells a developer to run), and a second,
 //! unrelated CA whose client certificate no server trusts.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use linkctl::dev_tls::{TlsFiles, generate};
@@ -65,9 +64,4 @@ pub fn harness_channel(
     client
         .endpoint(&url(addr, tls))
         .expect("an endpoint for the test service")
-}
-
-/// The file paths as strings (for settings maps and command lines).
-pub fn path(path: &std::path::Path) -> String {
-    PathBuf::from(path).display().to_string()
 }

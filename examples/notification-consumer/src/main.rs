@@ -163,7 +163,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     while let Some(message) = messages.next().await {
         let message = message.context("receiving a message")?;
         if let Some(verifier) = &verifier
-            && let Err(forged) = signed_by_the_relay(verifier, &message)
+            && let Err(forged) = verifier.verify_nats_message(&message)
         {
             // Someone without the relay's key published it: never act on it.
             eprintln!(
@@ -196,22 +196,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
     }
     anyhow::bail!("the message stream ended")
-}
-
-/// Whether the relay signed `message`: its signature (`Linkd-Signature`, by key
-/// `Linkd-Key-Id`) over the subject, three headers and the body.
-fn signed_by_the_relay(
-    verifier: &BusVerifier,
-    message: &async_nats::Message,
-) -> Result<(), service_kit::bus_signing::Forged> {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(async_nats::HeaderValue::as_str)
-    };
-    verifier.verify_message(message.subject.as_str(), header, &message.payload)
 }
 
 /// Prints the event unless this run has handled it already.
