@@ -174,6 +174,7 @@ env "${COMMON[@]}" \
   LINKD_LUXTRUST_PUBLIC_KEYS_FILE="$WORK/keys/luxtrust.pub.pem" \
   LINKD_LUXTRUST_ISSUER=linkd-dev-luxtrust \
   LINKD_SECRET_CODE_PEPPER="$PEPPER" \
+  LINKD_KEK_FILE="$WORK/keys/kek" \
   LINKD_QR_CONFIRMATION_SECONDS=600 \
   LINKD_RATE_LIMITS="$BENCH_RATE_LIMITS" \
   "$SERVICE_BIN/command-service" >>"$LOGS/command-service.log" 2>&1 &

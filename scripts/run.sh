@@ -62,6 +62,8 @@ export LINKD_BUS_VERIFY_KEYS_FILE=${LINKD_BUS_VERIFY_KEYS_FILE:-$PWD/.dev/keys/b
 # The issuers of the development keys' tokens (`linkctl dev token`, linkctl demo).
 export LINKD_IDP_ISSUER=${LINKD_IDP_ISSUER:-linkd-dev-idp}
 export LINKD_LUXTRUST_ISSUER=${LINKD_LUXTRUST_ISSUER:-linkd-dev-luxtrust}
+# The key-encryption keys that wrap each account's data key (ADR 0025; `linkctl dev keys` wrote one).
+export LINKD_KEK_FILE=${LINKD_KEK_FILE:-$PWD/.dev/keys/kek}
 LINKD_SECRET_CODE_PEPPER=${LINKD_SECRET_CODE_PEPPER:-$(cat .dev/pepper)}
 export LINKD_SECRET_CODE_PEPPER
 

@@ -278,6 +278,7 @@ fn settings(
             linkctl::dev::LUXTRUST_ISSUER.to_owned(),
         ),
         ("LINKD_SECRET_CODE_PEPPER", "bench-pepper-".repeat(4)),
+        ("LINKD_KEK_FILE", files.kek.display().to_string()),
         (
             "LINKD_BUS_SIGNING_KEY_FILE",
             files.bus_private.display().to_string(),

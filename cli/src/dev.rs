@@ -46,6 +46,8 @@ pub struct KeyFiles {
     pub bus_private: PathBuf,
     /// Its public half (for `LINKD_BUS_VERIFY_KEYS_FILE`).
     pub bus_public: PathBuf,
+    /// A key-encryption key file with one KEK, `dev-1` (for `LINKD_KEK_FILE`).
+    pub kek: PathBuf,
 }
 
 fn random_signing_key() -> anyhow::Result<SigningKey> {
@@ -75,6 +77,7 @@ impl KeyFiles {
             luxtrust_public: dir.join("luxtrust.pub.pem"),
             bus_private: dir.join("bus.key.pem"),
             bus_public: dir.join("bus.pub.pem"),
+            kek: dir.join("kek"),
         }
     }
 }
@@ -92,7 +95,19 @@ pub fn generate(dir: &Path) -> anyhow::Result<KeyFiles> {
             .with_context(|| format!("writing {}", private.display()))?;
         std::fs::write(dir.join(format!("{name}.pub.pem")), public_pem)?;
     }
-    Ok(KeyFiles::in_dir(dir))
+    let files = KeyFiles::in_dir(dir);
+    if !files.kek.exists() {
+        let mut kek = [0u8; 32];
+        getrandom::fill(&mut kek).map_err(|e| anyhow::anyhow!("no random generator: {e}"))?;
+        let line = format!(
+            "# linkd development KEK (LINKD_KEK_FILE): `<id> <base64 of 32 bytes>`, last current\n\
+             dev-1 {}\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, kek)
+        );
+        std::fs::write(&files.kek, line)
+            .with_context(|| format!("writing {}", files.kek.display()))?;
+    }
+    Ok(files)
 }
 
 impl DevKeys {

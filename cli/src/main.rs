@@ -326,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("LINKD_BUS_SIGNING_KEY_FILE={}", files.bus_private.display());
             println!("LINKD_BUS_VERIFY_KEYS_FILE={}", files.bus_public.display());
+            println!("LINKD_KEK_FILE={}", files.kek.display());
         }
         Command::Dev(DevCommand::Tls { dir, names }) => {
             let files = linkctl::dev_tls::generate(&dir, &names)?;

@@ -9,6 +9,8 @@ use domain::{AccountEvent, DeviceEvent, LinkAttemptEvent, LinkQrEvent};
 use proto::convert::{aggregate, timestamp};
 use proto::v1::{self, event_envelope::Event};
 
+use crate::sealing::{self, Keks, KeysSeen};
+
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct StoredEvent {
@@ -32,6 +34,12 @@ pub(crate) struct StoredEvent {
     pub(crate) occurred_at: DateTime<Utc>,
     /// Its link in the aggregate's hash chain (docs/audit.md).
     pub(crate) chain_hash: Vec<u8>,
+    /// Whose data key seals its personal fields (`None`: written in clear, before sealing).
+    pub(crate) data_subject: Option<String>,
+    /// The KEK that wraps that key (`None` with no subject).
+    pub(crate) kek_id: Option<String>,
+    /// The wrapped key (`None` once the subject is erased).
+    pub(crate) wrapped_key: Option<Vec<u8>>,
 }
 
 /// A stored event that cannot be turned into a bus message (a bug or corrupted row).
@@ -79,15 +87,37 @@ impl StoredEvent {
         format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
     }
 
-    /// The envelope to publish.
-    pub(crate) fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
+    /// The envelope to publish: personal fields opened with the subject's data key, or their
+    /// placeholders if it is erased.
+    pub(crate) fn envelope(&self, keks: &Keks) -> Result<v1::EventEnvelope, Unpublishable> {
         let unpublishable = |reason: String| Unpublishable {
             event_id: self.event_id(),
             reason,
         };
         let metadata: HashMap<String, String> = serde_json::from_value(self.metadata.clone())
             .map_err(|e| unpublishable(format!("metadata: {e}")))?;
-        let payload = self.payload.clone();
+        let mut payload = self.payload.clone();
+        if let Some(subject) = &self.data_subject
+            && sealing::has_personal(&self.aggregate_type, &self.event_type)
+        {
+            let key = KeysSeen::default()
+                .key(
+                    keks,
+                    subject,
+                    self.kek_id.as_deref(),
+                    self.wrapped_key.as_deref(),
+                )
+                .map_err(|e| unpublishable(e.to_string()))?
+                .cloned();
+            sealing::open_event(
+                &self.aggregate_type,
+                &self.event_type,
+                &self.event_id(),
+                &mut payload,
+                key.as_ref(),
+            )
+            .map_err(|e| unpublishable(e.to_string()))?;
+        }
         let event = match self.aggregate_type.as_str() {
             aggregate::ACCOUNT => serde_json::from_value(payload).map(account_event),
             aggregate::LINK_QR => serde_json::from_value(payload).map(|event| qr_event(&event)),
@@ -324,6 +354,9 @@ mod tests {
             tx_id: 700,
             occurred_at: DateTime::<Utc>::UNIX_EPOCH,
             chain_hash,
+            data_subject: None,
+            kek_id: None,
+            wrapped_key: None,
         }
     }
 

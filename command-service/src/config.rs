@@ -45,6 +45,10 @@ pub struct Settings {
     /// The longest a LuxTrust assertion may live and the oldest it may be, from its `iat`
     /// (`LINKD_LUXTRUST_MAX_ASSERTION_AGE_SECONDS`, default 600).
     pub luxtrust_max_assertion_age: Duration,
+    /// The key-encryption keys that wrap the data keys personal fields are sealed under
+    /// (`LINKD_KEK_FILE`, required: one `<id> <base64 of 32 random bytes>` per line, the last
+    /// one current; docs/adr/0025).
+    pub kek_file: PathBuf,
     /// Server-side pepper for secret-code verifiers (`LINKD_SECRET_CODE_PEPPER`, required, ≥ 32 bytes).
     pub secret_code_pepper: Redacted<Vec<u8>>,
     /// Lifetime of a link QR code (`LINKD_QR_TTL_SECONDS`, default 120).
@@ -155,6 +159,7 @@ impl Settings {
             luxtrust_issuer: env.required("LINKD_LUXTRUST_ISSUER")?,
             luxtrust_max_assertion_age: env
                 .seconds("LINKD_LUXTRUST_MAX_ASSERTION_AGE_SECONDS", 600)?,
+            kek_file: env.required("LINKD_KEK_FILE")?.into(),
             secret_code_pepper: Redacted(pepper),
             qr_ttl: env.seconds("LINKD_QR_TTL_SECONDS", 120)?,
             link_attempt_ttl,
@@ -298,6 +303,7 @@ mod tests {
             ("LINKD_IDP_PUBLIC_KEYS_FILE", "/keys/idp.pem".to_owned()),
             ("LINKD_LUXTRUST_PUBLIC_KEYS_FILE", "/keys/lt.pem".to_owned()),
             ("LINKD_SECRET_CODE_PEPPER", "p".repeat(32)),
+            ("LINKD_KEK_FILE", "/keys/kek".to_owned()),
             ("LINKD_BUS_SIGNING_KEY_FILE", "/keys/bus.key.pem".to_owned()),
             ("LINKD_IDP_ISSUER", "https://idp.example.lu".to_owned()),
             (

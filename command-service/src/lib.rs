@@ -31,6 +31,7 @@ pub mod limits;
 pub(crate) mod matching;
 pub(crate) mod qr;
 pub mod relay;
+pub mod sealing;
 pub(crate) mod secrets;
 pub mod startup;
 pub(crate) mod status;

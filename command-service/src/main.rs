@@ -1,6 +1,7 @@
 //! The `command-service` binary. `command-service` serves; `command-service republish --from N`
 //! makes the relay publish every event again from global position N (0: all);
-//! `command-service verify --account ID` checks the tamper-evidence chain of an account's history.
+//! `command-service verify --account ID` checks the tamper-evidence chain of an account's history;
+//! `command-service rewrap-keys` wraps every data key under the current KEK (ADR 0025).
 
 use anyhow::Context as _;
 use command_service::startup::{Application, connect_and_migrate};
@@ -40,6 +41,18 @@ async fn run() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ["rewrap-keys"] => {
+            let pool = connect_and_migrate(&settings).await?;
+            let keks = command_service::startup::load_keks(&settings, &pool).await?;
+            let rewrapped = command_service::store::rewrap_keys(&pool, &keks).await?;
+            tracing::info!(
+                rewrapped,
+                current = keks.current_id(),
+                "every data key is wrapped under the current KEK; older KEKs can be removed from \
+                 LINKD_KEK_FILE"
+            );
+            Ok(())
+        }
         ["verify", "--account", account_id] => {
             let pool = connect_and_migrate(&settings).await?;
             match history::verify_account(&pool, account_id).await? {
@@ -65,7 +78,8 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         _ => anyhow::bail!(
-            "usage: command-service [republish --from <global position> | verify --account <id>]"
+            "usage: command-service [republish --from <global position> | verify --account <id> \
+             | rewrap-keys]"
         ),
     }
 }

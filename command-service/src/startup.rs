@@ -21,6 +21,7 @@ use crate::grpc::Api;
 use crate::hashing::CodeHasher;
 use crate::idempotency::RequestLog;
 use crate::relay::{RelayMetrics, RelaySettings};
+use crate::sealing::Keks;
 use crate::store::{EventStore, snapshot};
 use identity::{Checks, KeySet};
 
@@ -57,6 +58,43 @@ pub async fn connect_and_migrate(settings: &Settings) -> anyhow::Result<PgPool> 
     Ok(pool)
 }
 
+/// The KEKs from `LINKD_KEK_FILE`, checked against the store: every data key must be wrapped
+/// under a KEK the file holds, or its subject's personal data could not be read (the service
+/// refuses to start rather than fail call by call).
+pub async fn load_keks(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Keks> {
+    let keks = Keks::load(&settings.kek_file)?;
+    let used: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT kek_id, count(*) FROM data_keys WHERE wrapped IS NOT NULL GROUP BY kek_id",
+    )
+    .fetch_all(pool)
+    .await
+    .context("reading which KEKs wrap the data keys")?;
+    for (kek_id, keys) in &used {
+        if !keks.holds(kek_id) {
+            anyhow::bail!(
+                "{keys} data keys are wrapped under KEK '{kek_id}', which LINKD_KEK_FILE ({}) \
+                 does not hold: add it back (earlier lines unwrap, the last one wraps new keys), \
+                 then `command-service rewrap-keys` moves them to the current KEK",
+                settings.kek_file.display()
+            );
+        }
+    }
+    let old: i64 = used
+        .iter()
+        .filter(|(kek_id, _)| kek_id != keks.current_id())
+        .map(|(_, keys)| keys)
+        .sum();
+    if old > 0 {
+        tracing::info!(
+            keys = old,
+            current = keks.current_id(),
+            "data keys wrapped under an older KEK; `command-service rewrap-keys` moves them to \
+             the current one, after which the older KEKs can be removed"
+        );
+    }
+    Ok(keks)
+}
+
 fn seconds(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
@@ -69,6 +107,7 @@ impl Application {
     /// Connects, migrates, loads keys and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect_and_migrate(&settings).await?;
+        let keks = load_keks(&settings, &pool).await?;
         let idp = KeySet::from_pem_file(
             &settings.idp_public_keys_file,
             Checks {
@@ -107,8 +146,12 @@ impl Application {
         let metrics = Metrics::new();
         metrics.watch_pool("command", pool.clone());
         let app = Arc::new(App {
-            store: EventStore::new(pool.clone(), snapshot::key(&settings.secret_code_pepper.0))
-                .with_metrics(&metrics),
+            store: EventStore::new(
+                pool.clone(),
+                snapshot::key(&settings.secret_code_pepper.0),
+                keks.clone(),
+            )
+            .with_metrics(&metrics),
             credentials: Credentials::new(pool.clone()),
             idp,
             luxtrust,
@@ -233,6 +276,7 @@ impl Application {
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
                 metrics: RelayMetrics::register(&self.metrics, self.pool.clone(), leading.clone()),
+                keks: self.api.app.store.keks().clone(),
                 signer: self.bus_signer.clone(),
                 nats_auth: self.settings.nats_auth.clone(),
                 leading,

@@ -11,6 +11,8 @@
 //!   through the one retry path, [`retry::retry_on_conflict`].
 
 mod commit;
+mod keys;
+pub use keys::rewrap_keys;
 mod load;
 pub(crate) mod retry;
 pub mod snapshot;
@@ -29,6 +31,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::error::CommandError;
+use crate::sealing::{Keks, SealError};
 pub(crate) use retry::retry_on_conflict;
 
 /// An aggregate kept in the event store.
@@ -37,19 +40,35 @@ pub trait Stored: Aggregate<Services = ()> {
     /// field names; a snapshot of another version or shape is ignored and the state replayed.
     /// Bump it when `apply` changes what it makes of events without the fields changing.
     const SNAPSHOT_VERSION: u32;
+
+    /// The account this state belongs to, if it knows it (its events are sealed under that
+    /// account's data key when the call does not name the account: see [`crate::sealing`]).
+    fn owner_account(&self, aggregate_id: &str) -> Option<String>;
 }
 
 impl Stored for Account {
     const SNAPSHOT_VERSION: u32 = 1;
+    fn owner_account(&self, aggregate_id: &str) -> Option<String> {
+        Some(aggregate_id.to_owned())
+    }
 }
 impl Stored for LinkQr {
     const SNAPSHOT_VERSION: u32 = 1;
+    fn owner_account(&self, _: &str) -> Option<String> {
+        self.account_id().map(|account| account.0.clone())
+    }
 }
 impl Stored for LinkAttempt {
     const SNAPSHOT_VERSION: u32 = 1;
+    fn owner_account(&self, _: &str) -> Option<String> {
+        self.account_id().map(|account| account.0.clone())
+    }
 }
 impl Stored for Device {
     const SNAPSHOT_VERSION: u32 = 1;
+    fn owner_account(&self, _: &str) -> Option<String> {
+        self.owner().map(|account| account.0.clone())
+    }
 }
 
 /// Who did something, and in which request: stored with every event.
@@ -156,6 +175,10 @@ enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Sealing(#[from] SealError),
+    #[error("the personal data of {0} was erased; nothing more can be recorded for it")]
+    Erased(String),
 }
 
 impl From<StoreError> for CommandError {
@@ -164,6 +187,10 @@ impl From<StoreError> for CommandError {
             StoreError::Conflict => Self::Conflict,
             StoreError::Database(source) => source.into(),
             StoreError::Corrupt(detail) => Self::Internal(detail),
+            StoreError::Sealing(error) => Self::Internal(error.to_string()),
+            StoreError::Erased(subject) => Self::Internal(format!(
+                "the personal data of {subject} was erased; nothing more can be recorded for it"
+            )),
         }
     }
 }
@@ -174,6 +201,8 @@ pub struct EventStore {
     committed: watch::Sender<u64>,
     /// Authenticates snapshots ([`snapshot::key`]).
     snapshot_key: std::sync::Arc<Vec<u8>>,
+    /// The data keys personal fields are sealed under ([`crate::sealing`]).
+    keys: std::sync::Arc<keys::Keyring>,
     metrics: StoreMetrics,
 }
 
@@ -195,12 +224,13 @@ impl std::fmt::Debug for EventStore {
 
 impl EventStore {
     /// An event store over `pool` (migrated with this crate's migrations); snapshots are
-    /// authenticated with `snapshot_key` ([`snapshot::key`]).
-    pub fn new(pool: PgPool, snapshot_key: Vec<u8>) -> Self {
+    /// authenticated with `snapshot_key` ([`snapshot::key`]); data keys are wrapped by `keks`.
+    pub fn new(pool: PgPool, snapshot_key: Vec<u8>, keks: Keks) -> Self {
         Self {
             pool,
             committed: watch::Sender::new(0),
             snapshot_key: std::sync::Arc::new(snapshot_key),
+            keys: std::sync::Arc::new(keys::Keyring::new(keks)),
             metrics: StoreMetrics::default(),
         }
     }
@@ -230,6 +260,11 @@ impl EventStore {
             conflicts.clone(),
         );
         self
+    }
+
+    /// The KEKs data keys are wrapped under.
+    pub(crate) fn keks(&self) -> &Keks {
+        &self.keys.keks
     }
 
     /// Changes whenever this process commits events (the relay waits on it).

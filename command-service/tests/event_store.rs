@@ -15,12 +15,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use command_service::sealing::{ERASED, Keks};
 use command_service::store::snapshot::{self, SNAPSHOT_EVERY};
 use command_service::store::{EventStore, Loaded, Metadata};
 use cqrs_es::persist::PersistedEventStore;
 use domain::{
-    AccountId, Device, DeviceCommand, DeviceEvent, DeviceName, LinkAttemptId, LinkMethod,
-    MAX_SECRET_CODE_FAILURES, Platform, UnlinkReason,
+    Account, AccountCommand, AccountId, Device, DeviceCommand, DeviceEvent, DeviceName,
+    LinkAttemptId, LinkMethod, MAX_SECRET_CODE_FAILURES, Platform, UnlinkReason,
 };
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
@@ -28,6 +29,24 @@ use testkit::{TestDatabase, eventually};
 use uuid::Uuid;
 
 const PEPPER: &[u8] = b"store-test-pepper-store-test-pepper";
+
+/// The first KEK, and the one a rotation adds.
+const KEK_1: [u8; 32] = [1; 32];
+const KEK_2: [u8; 32] = [2; 32];
+
+fn keks(lines: &[(&str, [u8; 32])]) -> Keks {
+    use base64::Engine as _;
+    let text: String = lines
+        .iter()
+        .map(|(id, key)| {
+            format!(
+                "{id} {}\n",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            )
+        })
+        .collect();
+    Keks::parse(&text).unwrap()
+}
 
 /// A migrated scratch event store, and one device linked to `anna` in it.
 struct Fixture {
@@ -47,7 +66,7 @@ impl Fixture {
         let pool = database.connect().await.unwrap();
         sqlx::migrate!("./migrations").run(&pool).await.unwrap();
         let mut fixture = Self {
-            store: EventStore::new(pool.clone(), snapshot::key(PEPPER)),
+            store: EventStore::new(pool.clone(), snapshot::key(PEPPER), keks(&[("k1", KEK_1)])),
             pool,
             device_id: Uuid::new_v4().to_string(),
             link_id: LinkAttemptId(Uuid::new_v4()),
@@ -281,7 +300,8 @@ async fn a_snapshot_that_does_not_fit_is_ignored() {
             device.load_and_replay().await.0
         }
     };
-    let signed = format!("payload = $1::json, mac = '\\x{mac}'");
+    // (A snapshot in clear, as written before sealing, with no data subject.)
+    let signed = format!("payload = $1::json, mac = '\\x{mac}', data_subject = NULL");
     assert_ne!(loads(signed, forged.clone()).await, truth);
 
     // One edited without the key (a failure count reset, say) fails its MAC: not used.
@@ -340,8 +360,18 @@ async fn postgres_es_reads_what_linkd_writes() {
             .collect();
     let our_events = device.stored_events().await;
 
-    // Assert: the same state, and the same five events, one by one.
-    assert_eq!(their_state.aggregate, device.load_and_replay().await.0);
+    // Assert: the same state (but for the device's name, which a reader without the data key
+    // sees sealed), and the same five events, one by one.
+    let ours = device.load_and_replay().await.0;
+    assert_eq!(their_state.aggregate.link_id(), ours.link_id());
+    assert_eq!(
+        their_state.aggregate.linked_account(),
+        ours.linked_account()
+    );
+    assert_eq!(
+        their_state.aggregate.consecutive_failures(),
+        ours.consecutive_failures()
+    );
     assert_eq!(their_events.len(), 5, "{their_events:#?}");
     assert_eq!(our_events.len(), 5, "{our_events:#?}");
     assert_eq!(their_events, our_events);
@@ -485,4 +515,198 @@ async fn two_aggregates_that_change_together_commit_in_one_transaction_or_not_at
             .await
             .unwrap();
     assert_eq!(mine_events, 2, "the conflicting try left nothing behind");
+}
+
+impl Fixture {
+    /// Another store over the same database, with other KEKs.
+    fn store_with(&self, keks: Keks) -> EventStore {
+        EventStore::new(self.pool.clone(), snapshot::key(PEPPER), keks)
+    }
+
+    /// Every stored byte that could hold the device's name: events and snapshots.
+    async fn stored_text(&self) -> String {
+        sqlx::query_scalar(
+            "SELECT coalesce((SELECT string_agg(payload::text, ' ') FROM events), '') || \
+                    coalesce((SELECT string_agg(payload::text, ' ') FROM aggregate_snapshots), '')",
+        )
+        .fetch_one(self.pool())
+        .await
+        .unwrap()
+    }
+}
+
+impl Fixture {
+    /// Registers `anna` with `anna@example.lu`, then changes her address `changes` times
+    /// (`anna+N@example.lu`); her account as the last command left it.
+    async fn account_with_changes(&self, changes: u32) -> Account {
+        let metadata = Metadata {
+            actor: "system:portal".into(),
+            request_id: Uuid::new_v4().to_string(),
+            account_id: Some("anna".into()),
+        };
+        let mut commands = vec![AccountCommand::Register {
+            email: "anna@example.lu".into(),
+            language: "fr".into(),
+            at: Utc::now(),
+        }];
+        commands.extend((1..=changes).map(|n| AccountCommand::ChangeEmail {
+            email: format!("anna+{n}@example.lu"),
+            at: Utc::now(),
+        }));
+        let mut state = Account::default();
+        for command in commands {
+            let loaded = self.store.load::<Account>("anna").await.unwrap();
+            state = self
+                .store
+                .execute(loaded, command, &metadata)
+                .await
+                .unwrap()
+                .state;
+        }
+        state
+    }
+}
+
+#[tokio::test]
+async fn personal_fields_are_stored_sealed_and_load_in_clear() {
+    // Arrange: an account history long enough for a snapshot, and a linked device.
+    let device = Fixture::with_linked_device().await;
+    let account = device
+        .account_with_changes(u32::try_from(SNAPSHOT_EVERY).unwrap())
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the account's snapshot",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT last_sequence FROM aggregate_snapshots WHERE aggregate_type = 'account'",
+            )
+            .fetch_optional(device.pool())
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+
+    // Act
+    let stored = device.stored_text().await;
+    let loaded = device.store.load::<Account>("anna").await.unwrap();
+    let replayed = device.store.replay::<Account>("anna").await.unwrap();
+
+    // Assert: nothing of the name or the addresses, in clear or in base64, in events or
+    // snapshots; the state has them back, from the snapshot and from the events alike.
+    for needle in [
+        "Anna's phone",
+        "QW5uYSdzIHBob25l",
+        "example.lu",
+        "ZXhhbXBsZS5sd",
+    ] {
+        assert!(!stored.contains(needle), "{needle} in {stored}");
+    }
+    assert!(stored.contains("sealed:v1:"), "{stored}");
+    assert_eq!(account.email(), format!("anna+{SNAPSHOT_EVERY}@example.lu"));
+    assert_eq!(loaded.state(), &account);
+    assert_eq!(replayed, account);
+    let subjects: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT data_subject FROM events ORDER BY 1")
+            .fetch_all(device.pool())
+            .await
+            .unwrap();
+    assert_eq!(subjects, ["account:anna"]);
+}
+
+#[tokio::test]
+async fn an_erased_key_loads_placeholders_and_the_aggregate_still_works() {
+    // Arrange: a snapshot and events after it, then the account's key erased.
+    let device = Fixture::with_linked_device().await;
+    device
+        .account_with_changes(u32::try_from(SNAPSHOT_EVERY + 2).unwrap())
+        .await;
+    eventually(
+        Duration::from_secs(10),
+        "the account's snapshot",
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT last_sequence FROM aggregate_snapshots WHERE aggregate_type = 'account'",
+            )
+            .fetch_optional(device.pool())
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let erased = sqlx::query(
+        "UPDATE data_keys SET wrapped = NULL, erased_at = now() WHERE subject = 'account:anna'",
+    )
+    .execute(device.pool())
+    .await
+    .unwrap();
+    assert_eq!(erased.rows_affected(), 1);
+
+    // Act: a fresh store (nothing cached) loads.
+    let store = device.store_with(keks(&[("k1", KEK_1)]));
+    let loaded = store.load::<Account>("anna").await.unwrap();
+    let replayed = store.replay::<Account>("anna").await.unwrap();
+    let device_state = store.load::<Device>(&device.device_id).await.unwrap();
+
+    // Assert: the placeholder, from a full replay (the sealed snapshot no longer opens), and the
+    // rest of the state intact; the device (no personal field in its state) unaffected.
+    assert_eq!(loaded.state().email(), ERASED);
+    assert!(loaded.state().is_registered());
+    assert_eq!(loaded.state(), &replayed);
+    assert_eq!(device_state.state().link_id(), Some(device.link_id));
+}
+
+#[tokio::test]
+async fn events_sealed_under_one_kek_load_after_a_rotation_and_a_rewrap() {
+    // Arrange: a history written under KEK k1.
+    let mut device = Fixture::with_linked_device().await;
+    device.grow_history(4).await;
+    let truth = device.load_and_replay().await.0;
+
+    // Act + Assert: with k2 added (and current), k1's keys still open, and new keys are k2's.
+    let rotated = keks(&[("k1", KEK_1), ("k2", KEK_2)]);
+    let store = device.store_with(rotated.clone());
+    assert_eq!(
+        store
+            .load::<Device>(&device.device_id)
+            .await
+            .unwrap()
+            .into_state(),
+        truth
+    );
+
+    // Without k1, a key wrapped under it cannot be opened: a clear error, never a placeholder.
+    let error = device
+        .store_with(keks(&[("k2", KEK_2)]))
+        .load::<Device>(&device.device_id)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("KEK 'k1'"), "{error}");
+
+    // After a rewrap every key is k2's, and k1 can go.
+    let rewrapped = command_service::store::rewrap_keys(device.pool(), &rotated)
+        .await
+        .unwrap();
+    assert_eq!(rewrapped, 1);
+    assert_eq!(
+        command_service::store::rewrap_keys(device.pool(), &rotated)
+            .await
+            .unwrap(),
+        0
+    );
+    let only_k2 = device.store_with(keks(&[("k2", KEK_2)]));
+    assert_eq!(
+        only_k2
+            .load::<Device>(&device.device_id)
+            .await
+            .unwrap()
+            .into_state(),
+        truth
+    );
+    let kek_ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kek_id FROM data_keys")
+        .fetch_all(device.pool())
+        .await
+        .unwrap();
+    assert_eq!(kek_ids, ["k2"]);
 }

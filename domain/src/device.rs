@@ -218,6 +218,12 @@ impl Device {
         self.link.as_ref().map(|link| &link.account_id)
     }
 
+    /// The account of the current link, or else of the link that ended last: whose data the
+    /// device's events are.
+    pub fn owner(&self) -> Option<&AccountId> {
+        self.linked_account().or(self.unlinked_from.as_ref())
+    }
+
     /// The current link's identity, if linked.
     pub fn link_id(&self) -> Option<LinkAttemptId> {
         self.link.as_ref().map(|link| link.link_id)

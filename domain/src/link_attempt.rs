@@ -326,6 +326,11 @@ pub struct ReadyToLink {
 }
 
 impl LinkAttempt {
+    /// The account this attempt links to, once it knows it (a scanned QR code, or LuxTrust).
+    pub fn account_id(&self) -> Option<&AccountId> {
+        self.account_id.as_ref()
+    }
+
     /// The device this attempt links, once started.
     pub fn device_id(&self) -> Option<DeviceId> {
         self.request.as_ref().map(|r| r.device_id)

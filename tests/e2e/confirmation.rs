@@ -614,6 +614,7 @@ async fn a_qr_code_consumed_by_an_attempt_bound_elsewhere_cannot_confirm_it() {
     let store = command_service::store::EventStore::new(
         app.pool.clone(),
         command_service::store::snapshot::key(&app.settings.secret_code_pepper.0),
+        command_service::sealing::Keks::load(&app.settings.kek_file).unwrap(),
     );
     let consumed = store.load::<domain::LinkQr>(&own.qr_id).await.unwrap();
     let metadata = command_service::store::Metadata {

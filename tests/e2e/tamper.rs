@@ -49,11 +49,13 @@ async fn an_untouched_history_is_intact() {
 
 #[tokio::test]
 async fn an_edited_event_is_reported_at_its_position() {
-    // Arrange: someone with database access rewrites a device's name in its DeviceLinked.
+    // Arrange: someone with database access rewrites a device's name in its DeviceLinked (it is
+    // stored sealed: they put a name of their own in its place).
     let mut app = spawn_app().await;
     scripted_history(&mut app).await;
     let position: i64 = sqlx::query_scalar(
-        "UPDATE events SET payload = replace(payload::text, 'Anna''s phone', 'Mallory''s phone')::json \
+        "UPDATE events SET payload = jsonb_set(payload::jsonb, '{DeviceLinked,device_name}', \
+                                               '\"Mallory''s phone\"')::json \
          WHERE global_position = (SELECT min(global_position) FROM events \
                                   WHERE event_type = 'DeviceLinked') RETURNING global_position",
     )

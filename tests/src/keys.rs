@@ -14,7 +14,12 @@ pub(crate) struct Keys {
     /// The relay's bus signing key, and its public half (ADR 0022).
     pub(crate) bus_private: PathBuf,
     pub(crate) bus_public: PathBuf,
+    /// The key-encryption key file (one KEK, `test-1`).
+    pub(crate) kek_file: PathBuf,
 }
+
+/// The tests' key-encryption key, `test-1` (base64 of 32 bytes).
+pub(crate) const TEST_KEK: &str = "dGVzdC1rZWstdGVzdC1rZWstdGVzdC1rZWstdGVzdDE=";
 
 /// One set of development keys per test process.
 pub(crate) fn keys() -> &'static Keys {
@@ -33,7 +38,10 @@ pub(crate) fn keys() -> &'static Keys {
         let bus_public_path = dir.join("bus.pub.pem");
         std::fs::write(&bus_private_path, bus_private).expect("writing a private key");
         std::fs::write(&bus_public_path, bus_public).expect("writing a public key");
+        let kek_file = dir.join("kek");
+        std::fs::write(&kek_file, format!("test-1 {TEST_KEK}\n")).expect("writing a KEK file");
         Keys {
+            kek_file,
             signers: DevKeys::from_pem(&idp_private, &lt_private).expect("loading signing keys"),
             idp_public: idp_public_path,
             luxtrust_public: luxtrust_public_path,

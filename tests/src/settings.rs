@@ -27,6 +27,7 @@ pub fn test_settings(database_url: String) -> Settings {
         luxtrust_audience: linkctl::dev::LUXTRUST_AUDIENCE.into(),
         luxtrust_issuer: linkctl::dev::LUXTRUST_ISSUER.into(),
         luxtrust_max_assertion_age: Duration::from_secs(600),
+        kek_file: keys.kek_file.clone(),
         secret_code_pepper: Redacted(b"e2e-pepper-e2e-pepper-e2e-pepper".to_vec()),
         qr_ttl: Duration::from_secs(120),
         link_attempt_ttl: Duration::from_secs(600),

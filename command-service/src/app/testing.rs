@@ -39,7 +39,11 @@ pub(crate) async fn app() -> (App, TestDatabase) {
         KeySet::from_pem(SOME_PUBLIC_KEY, checks).unwrap_or_else(|e| panic!("keys: {e:#}"))
     };
     let app = App {
-        store: EventStore::new(pool.clone(), snapshot::key(PEPPER)),
+        store: EventStore::new(
+            pool.clone(),
+            snapshot::key(PEPPER),
+            crate::sealing::Keks::single("test", [7; 32]),
+        ),
         credentials: Credentials::new(pool.clone()),
         idp: keys("portal"),
         luxtrust: keys("luxtrust"),

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use cqrs_es::DomainEvent;
 
-use super::{BearerRow, EventStore, Loaded, StoreError, Stored, snapshot};
+use super::{BearerRow, EventStore, Loaded, StoreError, Stored, keys, snapshot};
+use crate::sealing::{self, DataKey};
 
 /// SQLSTATEs that mean "someone else wrote first": unique violation on the event's key, and the
 /// serialisation failures PostgreSQL may report instead.
@@ -26,25 +27,38 @@ pub(super) struct Rows {
     event_types: Vec<String>,
     versions: Vec<String>,
     payloads: Vec<String>,
+    subjects: Vec<String>,
 }
 
 impl Rows {
-    /// Adds `events` of `loaded`, after its last event.
+    /// Adds `events` of `loaded`, after its last event, their personal fields sealed under
+    /// `key`, the data key of `subject`.
     pub(super) fn push<A: Stored>(
         &mut self,
         loaded: &Loaded<A>,
         events: &[A::Event],
+        (subject, key): (&str, &DataKey),
     ) -> Result<(), StoreError> {
         for (n, event) in (1..).zip(events) {
+            let sequence = loaded.sequence + n;
+            let event_type = event.event_type();
+            let payload = if sealing::has_personal(A::TYPE, &event_type) {
+                let mut payload = serde_json::to_value(event)
+                    .map_err(|e| StoreError::Corrupt(format!("serialising an event: {e}")))?;
+                let event_id = format!("{}/{}/{sequence}", A::TYPE, loaded.aggregate_id);
+                sealing::seal_event(A::TYPE, &event_type, &event_id, &mut payload, key)?;
+                payload.to_string()
+            } else {
+                serde_json::to_string(event)
+                    .map_err(|e| StoreError::Corrupt(format!("serialising an event: {e}")))?
+            };
             self.types.push(A::TYPE);
             self.ids.push(loaded.aggregate_id.clone());
-            self.sequences.push(loaded.sequence + n);
-            self.event_types.push(event.event_type());
+            self.sequences.push(sequence);
+            self.event_types.push(event_type);
             self.versions.push(event.event_version());
-            self.payloads.push(
-                serde_json::to_string(event)
-                    .map_err(|e| StoreError::Corrupt(format!("serialising an event: {e}")))?,
-            );
+            self.payloads.push(payload);
+            self.subjects.push(subject.to_owned());
         }
         Ok(())
     }
@@ -55,13 +69,14 @@ macro_rules! insert_events {
     () => {
         "INSERT INTO events \
              (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-              metadata) \
+              metadata, data_subject) \
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-                e.payload::json, $7::json \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+                e.payload::json, $8::json, e.data_subject \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[]) \
               WITH ORDINALITY \
               AS e (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-                    n) \
+                    data_subject, n) \
          ORDER BY e.n \
          RETURNING aggregate_type, aggregate_id, sequence, global_position, chain_hash"
     };
@@ -70,12 +85,12 @@ macro_rules! insert_events {
 /// Every event of a commit in one `INSERT`.
 const EVENTS: &str = insert_events!();
 
-/// [`EVENTS`] and a bearer token's row (`$8`–`$11`), in one statement: a data-modifying `WITH`
+/// [`EVENTS`] and a bearer token's row (`$9`–`$12`), in one statement: a data-modifying `WITH`
 /// runs exactly once, and the statement is atomic.
 const WITH_BEARER: &str = concat!(
     "WITH bearer AS ( \
          INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) \
-         VALUES ($8, $9, $10, $11)) ",
+         VALUES ($9, $10, $11, $12)) ",
     insert_events!()
 );
 
@@ -102,10 +117,12 @@ impl EventStore {
                 )),
             };
         }
+        let subject = keys::subject_of(&loaded, metadata);
+        let key = self.keys.for_sealing(&self.pool, &subject).await?;
         let mut rows = Rows::default();
-        rows.push(&loaded, &events)?;
+        rows.push(&loaded, &events, (&subject, &key))?;
         let written = self.insert(rows, metadata, bearer).await?;
-        self.advance(&mut loaded, &written);
+        self.advance(&mut loaded, &written, (&subject, &key));
         Ok(loaded)
     }
 
@@ -120,12 +137,20 @@ impl EventStore {
         if a_events.is_empty() && b_events.is_empty() {
             return Ok((a, b));
         }
+        let a_subject = keys::subject_of(&a, metadata);
+        let a_key = self.keys.for_sealing(&self.pool, &a_subject).await?;
+        let b_subject = keys::subject_of(&b, metadata);
+        let b_key = if b_subject == a_subject {
+            a_key.clone()
+        } else {
+            self.keys.for_sealing(&self.pool, &b_subject).await?
+        };
         let mut rows = Rows::default();
-        rows.push(&a, &a_events)?;
-        rows.push(&b, &b_events)?;
+        rows.push(&a, &a_events, (&a_subject, &a_key))?;
+        rows.push(&b, &b_events, (&b_subject, &b_key))?;
         let written = self.insert(rows, metadata, None).await?;
-        self.advance(&mut a, &written);
-        self.advance(&mut b, &written);
+        self.advance(&mut a, &written, (&a_subject, &a_key));
+        self.advance(&mut b, &written, (&b_subject, &b_key));
         Ok((a, b))
     }
 
@@ -150,6 +175,7 @@ impl EventStore {
             .bind(&rows.event_types)
             .bind(&rows.versions)
             .bind(&rows.payloads)
+            .bind(&rows.subjects)
             .bind(&metadata);
         let query = match bearer {
             Some(bearer) => query
@@ -176,8 +202,14 @@ impl EventStore {
         Ok(written)
     }
 
-    /// Moves `loaded` to its last event among `written` (if any), and takes a snapshot when due.
-    fn advance<A: Stored>(&self, loaded: &mut Loaded<A>, written: &[Written]) {
+    /// Moves `loaded` to its last event among `written` (if any), and takes a snapshot when due
+    /// (sealed under the data key its events were sealed under).
+    fn advance<A: Stored>(
+        &self,
+        loaded: &mut Loaded<A>,
+        written: &[Written],
+        sealed_for: (&str, &DataKey),
+    ) {
         let last = written
             .iter()
             .filter(|(kind, id, ..)| kind == A::TYPE && *id == loaded.aggregate_id)
@@ -186,26 +218,34 @@ impl EventStore {
             loaded.sequence = *sequence;
             loaded.global_position = *global_position;
             if loaded.sequence - loaded.snapshot_sequence >= snapshot::SNAPSHOT_EVERY {
-                self.take_snapshot(loaded, chain_hash.clone());
+                self.take_snapshot(loaded, chain_hash.clone(), sealed_for);
             }
         }
     }
 
     /// Saves a snapshot of the state a command left (in the background: see [`snapshot`]).
-    fn take_snapshot<A: Stored>(&self, loaded: &Loaded<A>, chain_hash: Vec<u8>) {
-        let payload = match serde_json::to_string(&loaded.aggregate) {
-            Ok(payload) => payload,
+    fn take_snapshot<A: Stored>(
+        &self,
+        loaded: &Loaded<A>,
+        chain_hash: Vec<u8>,
+        (subject, key): (&str, &DataKey),
+    ) {
+        let state = match serde_json::to_vec(&loaded.aggregate) {
+            Ok(state) => state,
             Err(error) => {
                 tracing::warn!(%error, "cannot serialise a snapshot");
                 return;
             }
         };
+        let aad = snapshot::aad(A::TYPE, &loaded.aggregate_id, loaded.sequence);
+        let payload = serde_json::Value::String(key.seal_text(&aad, &state)).to_string();
         let taken = snapshot::Taken {
             aggregate_id: loaded.aggregate_id.clone(),
             last_sequence: loaded.sequence,
             last_global_position: loaded.global_position,
             chain_hash,
             payload,
+            data_subject: subject.to_owned(),
         };
         snapshot::save::<A>(&self.pool, &self.snapshot_key, taken);
     }

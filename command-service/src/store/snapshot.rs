@@ -68,7 +68,15 @@ pub(super) struct Taken {
     pub(super) last_sequence: i64,
     pub(super) last_global_position: i64,
     pub(super) chain_hash: Vec<u8>,
+    /// The state, sealed ([`aad`]) and as a JSON string.
     pub(super) payload: String,
+    /// Whose data key sealed it.
+    pub(super) data_subject: String,
+}
+
+/// What a sealed snapshot's ciphertext is bound to: the aggregate and the event it was taken at.
+pub(super) fn aad(aggregate_type: &str, aggregate_id: &str, last_sequence: i64) -> String {
+    format!("snapshot/{aggregate_type}/{aggregate_id}/{last_sequence}")
 }
 
 /// Writes a snapshot of `A` in the background: it is a cache, so a failure only costs later
@@ -92,13 +100,13 @@ pub(super) fn save<A: Stored>(pool: &PgPool, key: &[u8], taken: Taken) {
         let saved = sqlx::query(
             "INSERT INTO aggregate_snapshots \
                  (aggregate_type, aggregate_id, schema, last_sequence, last_global_position, \
-                  payload, chain_hash, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8) \
+                  payload, chain_hash, mac, data_subject) \
+             VALUES ($1, $2, $3, $4, $5, $6::json, $7, $8, $9) \
              ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
              SET schema = EXCLUDED.schema, last_sequence = EXCLUDED.last_sequence, \
                  last_global_position = EXCLUDED.last_global_position, \
                  payload = EXCLUDED.payload, chain_hash = EXCLUDED.chain_hash, \
-                 mac = EXCLUDED.mac \
+                 mac = EXCLUDED.mac, data_subject = EXCLUDED.data_subject \
              WHERE aggregate_snapshots.last_sequence < EXCLUDED.last_sequence \
                 OR aggregate_snapshots.schema <> EXCLUDED.schema",
         )
@@ -110,6 +118,7 @@ pub(super) fn save<A: Stored>(pool: &PgPool, key: &[u8], taken: Taken) {
         .bind(taken.payload)
         .bind(taken.chain_hash)
         .bind(mac)
+        .bind(taken.data_subject)
         .execute(&pool)
         .await;
         if let Err(error) = saved {

@@ -15,6 +15,7 @@ async fn store() -> (EventStore, PgPool, TestDatabase) {
     let store = EventStore::new(
         pool.clone(),
         snapshot::key(b"store-tests-pepper-0123456789012"),
+        Keks::single("test", [7; 32]),
     );
     (store, pool, database)
 }
