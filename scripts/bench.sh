@@ -184,6 +184,7 @@ env "${COMMON[@]}" \
   LINKD_PROJECTION_GRPC_ADDR="$PROJECTION_ADDR" \
   LINKD_CONSUMER_PREFIX="$CONSUMERS" \
   LINKD_EVENT_STORE_URL="$PG_SERVER/$COMMAND_DB" \
+  LINKD_KEK_FILE="$WORK/keys/kek" \
   LINKD_SMTP_HOST=127.0.0.1 LINKD_SMTP_PORT="$SMTP_PORT" LINKD_SMTP_TLS=none \
   LINKD_QUERY_RATE_LIMITS="list_devices.account=1000000/1,get_device.account=1000000/1,audit.caller=1000000/1" \
   "$SERVICE_BIN/projection-service" >>"$LOGS/projection-service.log" 2>&1 &

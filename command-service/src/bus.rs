@@ -9,7 +9,7 @@ use domain::{AccountEvent, DeviceEvent, LinkAttemptEvent, LinkQrEvent};
 use proto::convert::{aggregate, timestamp};
 use proto::v1::{self, event_envelope::Event};
 
-use crate::sealing::{self, Keks, KeysSeen};
+use crate::sealing;
 
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -36,10 +36,6 @@ pub(crate) struct StoredEvent {
     pub(crate) chain_hash: Vec<u8>,
     /// Whose data key seals its personal fields (`None`: written in clear, before sealing).
     pub(crate) data_subject: Option<String>,
-    /// The KEK that wraps that key (`None` with no subject).
-    pub(crate) kek_id: Option<String>,
-    /// The wrapped key (`None` once the subject is erased).
-    pub(crate) wrapped_key: Option<Vec<u8>>,
 }
 
 /// A stored event that cannot be turned into a bus message (a bug or corrupted row).
@@ -87,9 +83,9 @@ impl StoredEvent {
         format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
     }
 
-    /// The envelope to publish: personal fields opened with the subject's data key, or their
-    /// placeholders if it is erased.
-    pub(crate) fn envelope(&self, keks: &Keks) -> Result<v1::EventEnvelope, Unpublishable> {
+    /// The envelope to publish, its personal fields sealed as they are stored (ADR 0025): the
+    /// relay holds no key, and a copy of the message is unreadable once its subject is erased.
+    pub(crate) fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
         let unpublishable = |reason: String| Unpublishable {
             event_id: self.event_id(),
             reason,
@@ -97,28 +93,10 @@ impl StoredEvent {
         let metadata: HashMap<String, String> = serde_json::from_value(self.metadata.clone())
             .map_err(|e| unpublishable(format!("metadata: {e}")))?;
         let mut payload = self.payload.clone();
-        if let Some(subject) = &self.data_subject
-            && sealing::has_personal(&self.aggregate_type, &self.event_type)
-        {
-            let key = KeysSeen::default()
-                .key(
-                    keks,
-                    subject,
-                    self.kek_id.as_deref(),
-                    self.wrapped_key.as_deref(),
-                )
-                .map_err(|e| unpublishable(e.to_string()))?
-                .cloned();
-            sealing::open_event(
-                &self.aggregate_type,
-                &self.event_type,
-                &self.event_id(),
-                &mut payload,
-                key.as_ref(),
-            )
-            .map_err(|e| unpublishable(e.to_string()))?;
-        }
-        let event = match self.aggregate_type.as_str() {
+        // The sealed fields are taken out (their places hold a value of the right type) and
+        // put back into the protobuf message once it is built.
+        let mut sealed = sealing::take_sealed(&self.aggregate_type, &self.event_type, &mut payload);
+        let mut event = match self.aggregate_type.as_str() {
             aggregate::ACCOUNT => serde_json::from_value(payload).map(account_event),
             aggregate::LINK_QR => serde_json::from_value(payload).map(|event| qr_event(&event)),
             aggregate::LINK_ATTEMPT => serde_json::from_value(payload).map(attempt_event),
@@ -126,6 +104,16 @@ impl StoredEvent {
             other => return Err(unpublishable(format!("unknown aggregate type {other}"))),
         }
         .map_err(|e| unpublishable(format!("payload: {e}")))?;
+        for field in proto::personal::fields(&mut event) {
+            if let Some(at) = sealed.iter().position(|(path, _)| path == field.path) {
+                *field.value = sealed.swap_remove(at).1;
+            }
+        }
+        if let Some((path, _)) = sealed.first() {
+            return Err(unpublishable(format!(
+                "the sealed field {path} has no place in the envelope (proto::personal)"
+            )));
+        }
         let account_id = metadata.get("account_id").cloned().unwrap_or_else(|| {
             if self.aggregate_type == aggregate::ACCOUNT {
                 self.aggregate_id.clone()
@@ -145,6 +133,7 @@ impl StoredEvent {
             actor: metadata.get("actor").cloned().unwrap_or_default(),
             request_id: metadata.get("request_id").cloned().unwrap_or_default(),
             traceparent: metadata.get("traceparent").cloned().unwrap_or_default(),
+            data_subject: self.data_subject.clone().unwrap_or_default(),
             event: Some(event),
         })
     }
@@ -355,8 +344,6 @@ mod tests {
             occurred_at: DateTime::<Utc>::UNIX_EPOCH,
             chain_hash,
             data_subject: None,
-            kek_id: None,
-            wrapped_key: None,
         }
     }
 
@@ -372,5 +359,51 @@ mod tests {
         );
         // The same event published twice keeps its id (JetStream drops the copy).
         assert_eq!(before.message_id(), stored(3, vec![0xab; 32]).message_id());
+    }
+
+    #[test]
+    fn personal_fields_are_published_sealed_as_stored() {
+        let (key, _) = crate::sealing::DataKey::generate();
+        let mut payload = serde_json::json!({"DeviceLinked": {
+            "link_id": "7f0c2b8e-52a4-4d8e-9a3e-0d1c6f1f8b11",
+            "account_id": "anna",
+            "device_name": "Anna's phone",
+            "method": "LuxTrust",
+            "product": {"kind": "Mobile", "serial": "LT-123456"},
+            "platform": "Android",
+            "app_version": "2.4.1",
+            "at": "2026-12-01T10:00:00Z"
+        }});
+        crate::sealing::seal_event("device", "DeviceLinked", "device/d-1/3", &mut payload, &key)
+            .unwrap();
+        let event = StoredEvent {
+            payload,
+            metadata: serde_json::json!({"actor": "app:d-1", "request_id": "r"}),
+            data_subject: Some("account:anna".into()),
+            ..stored(3, vec![0; 32])
+        };
+
+        let envelope = event.envelope().unwrap();
+
+        assert_eq!(envelope.data_subject, "account:anna");
+        let Some(Event::DeviceLinked(linked)) = envelope.event else {
+            panic!("{envelope:?}");
+        };
+        let serial = linked.product.unwrap().serial;
+        for (path, sealed) in [
+            ("device_name", &linked.device_name),
+            ("product.serial", &serial),
+        ] {
+            assert!(sealed.starts_with("sealed:v1:"), "{path}: {sealed}");
+            let opened = key
+                .open_text(&format!("device/d-1/3#{path}"), sealed)
+                .unwrap();
+            let opened: String = serde_json::from_slice(&opened).unwrap();
+            assert!(
+                ["Anna's phone", "LT-123456"].contains(&opened.as_str()),
+                "{opened}"
+            );
+        }
+        assert_eq!(linked.app_version, "2.4.1");
     }
 }

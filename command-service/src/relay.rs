@@ -70,9 +70,6 @@ pub(crate) struct RelaySettings {
     pub(crate) crash_after_publish: Option<Arc<AtomicBool>>,
     /// What it counts.
     pub(crate) metrics: RelayMetrics,
-    /// The KEKs that unwrap the data keys personal fields are sealed under: messages carry
-    /// them in clear, or the placeholders of an erased subject (ADR 0025).
-    pub(crate) keks: crate::sealing::Keks,
     /// The key every message is signed with (`None`: unsigned, development only).
     pub(crate) signer: Option<Arc<BusSigner>>,
     /// How to prove itself to NATS.
@@ -531,14 +528,12 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
 
 async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
     Ok(sqlx::query_as(
-        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
-         e.payload::jsonb AS payload, e.metadata::jsonb AS metadata, e.global_position, \
-         e.tx_id::text::bigint AS tx_id, e.occurred_at, e.chain_hash, e.data_subject, \
-         k.kek_id, k.wrapped AS wrapped_key \
-         FROM events e LEFT JOIN data_keys k ON k.subject = e.data_subject \
-         WHERE (e.tx_id, e.global_position) > ($1::text::xid8, $2) \
-         AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY e.tx_id, e.global_position LIMIT $3",
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload::jsonb AS payload, \
+         metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at, \
+         chain_hash, data_subject FROM events \
+         WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+         AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx_id, global_position LIMIT $3",
     )
     .bind(after.tx_id.to_string())
     .bind(after.global_position)
@@ -557,7 +552,7 @@ async fn publish(
     // batch's acknowledgements; its context travels as the message's `traceparent` header.
     let mut spans = Vec::new();
     for event in batch {
-        let payload = event.envelope(&settings.keks)?.encode_to_vec();
+        let payload = event.envelope()?.encode_to_vec();
         let subject = event.subject(&settings.subject_prefix);
         let message_id = event.message_id();
         let global_position = event.global_position.to_string();

@@ -276,7 +276,6 @@ impl Application {
                 poll_interval: std::time::Duration::from_millis(100),
                 wake: self.api.app.store.commits(),
                 metrics: RelayMetrics::register(&self.metrics, self.pool.clone(), leading.clone()),
-                keks: self.api.app.store.keks().clone(),
                 signer: self.bus_signer.clone(),
                 nats_auth: self.settings.nats_auth.clone(),
                 leading,

@@ -262,11 +262,6 @@ impl EventStore {
         self
     }
 
-    /// The KEKs data keys are wrapped under.
-    pub(crate) fn keks(&self) -> &Keks {
-        &self.keys.keks
-    }
-
     /// Changes whenever this process commits events (the relay waits on it).
     pub(crate) fn commits(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()

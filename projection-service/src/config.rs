@@ -52,9 +52,14 @@ pub struct Settings {
     pub grpc_limits: service_kit::grpc::Limits,
     /// SMTP and email settings (`LINKD_SMTP_*`, `LINKD_EMAIL_*`).
     pub email: EmailSettings,
-    /// Read access to the event store, for `AuditService.VerifyHistory`
-    /// (`LINKD_EVENT_STORE_URL`, optional; a read-only role is enough).
+    /// Read access to the event store, for `AuditService.VerifyHistory` and for the data keys
+    /// that open sealed personal fields (`LINKD_EVENT_STORE_URL`; a read-only role on `events`
+    /// and `data_keys` is enough).
     pub event_store_url: Option<Redacted<String>>,
+    /// The key-encryption keys that unwrap those data keys (`LINKD_KEK_FILE`, the command
+    /// service's file; needs `LINKD_EVENT_STORE_URL`). Without both, events with sealed personal
+    /// fields are not applied (they wait, retried).
+    pub kek_file: Option<std::path::PathBuf>,
     /// Whether this instance sends emails from the outbox (`LINKD_EMAIL`, default `on`); the
     /// notifier queues them either way.
     pub email_enabled: bool,
@@ -80,7 +85,21 @@ impl Settings {
             )),
             BusKeys::Unsigned => None,
         };
+        let opener = match (&self.event_store_url, &self.kek_file) {
+            (Some(url), Some(kek_file)) => Some(crate::sealed::Opener::new(
+                service_kit::database::pool_options(2)
+                    .connect_lazy(&url.0)
+                    .context("LINKD_EVENT_STORE_URL is not a PostgreSQL URL")?,
+                service_kit::sealing::Keks::load(kek_file)?,
+            )),
+            (None, Some(_)) => anyhow::bail!(
+                "LINKD_KEK_FILE is set but LINKD_EVENT_STORE_URL is not: the data keys are read \
+                 from the event store"
+            ),
+            (_, None) => None,
+        };
         Ok(crate::consumer::ConsumerSettings {
+            opener,
             nats_url: self.nats_url.clone(),
             stream: self.stream.clone(),
             subject_prefix: self.subject_prefix.clone(),
@@ -170,6 +189,7 @@ impl Settings {
             .map_err(|reason| ConfigError::invalid("LINKD_QUERY_RATE_LIMITS", reason))?,
             email,
             event_store_url: env.get("LINKD_EVENT_STORE_URL").map(Redacted),
+            kek_file: env.get("LINKD_KEK_FILE").map(Into::into),
             email_enabled: env.switch("LINKD_EMAIL", true)?,
             retention: crate::retention::Retention {
                 sent_emails: days(&env, "LINKD_RETENTION_SENT_EMAIL_DAYS", 30)?,

@@ -64,6 +64,9 @@ pub struct ConsumerSettings {
     pub verifier: Option<Arc<BusVerifier>>,
     /// How to prove itself to NATS.
     pub nats_auth: service_kit::nats::NatsAuth,
+    /// What opens sealed personal fields (`None`: the event store or the KEKs are not
+    /// configured, and events with sealed fields wait).
+    pub opener: Option<crate::sealed::Opener>,
 }
 
 impl ConsumerSettings {
@@ -427,7 +430,54 @@ async fn handle(
             Err(other) => nak(&message, &other).await,
         }
     }
-    let (messages, events): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
+    // Sealed personal fields opened before any read model sees them (ADR 0025).
+    let mut events: Vec<_> = decoded.iter().map(|(_, event)| event.clone()).collect();
+    let opened = match crate::sealed::Opener::open(settings.opener.as_ref(), &mut events).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::warn!(%error, "cannot open sealed fields yet; the batch is retried");
+            let error = match error {
+                crate::sealed::OpenError::Database(error) => ProjectionError::Transient(error),
+                other @ crate::sealed::OpenError::NotConfigured(_) => {
+                    ProjectionError::Waiting(other.to_string())
+                }
+            };
+            for (message, _) in decoded {
+                nak(&message, &error).await;
+            }
+            return settled;
+        }
+    };
+    let mut messages = Vec::with_capacity(events.len());
+    let mut applicable = Vec::with_capacity(events.len());
+    for (((message, _), event), opened) in decoded.into_iter().zip(events).zip(opened) {
+        match opened {
+            Ok(()) => {
+                messages.push(message);
+                applicable.push(event);
+            }
+            Err(reason) => {
+                tracing::error!(subject = %message.subject, %reason, "parking a message whose \
+                    sealed fields do not open");
+                match park(
+                    pool,
+                    &settings.durable_name(),
+                    &message.subject,
+                    &reason,
+                    &message.payload,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        metrics.parked.inc();
+                        settled.push((message, AckKind::Term));
+                    }
+                    Err(error) => nak(&message, &ProjectionError::Transient(error)).await,
+                }
+            }
+        }
+    }
+    let events = applicable;
     if events.is_empty() {
         return settled;
     }

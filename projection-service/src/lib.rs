@@ -34,6 +34,7 @@ pub mod projections;
 mod read;
 pub mod rebuild;
 pub mod retention;
+pub mod sealed;
 pub mod startup;
 mod status;
 

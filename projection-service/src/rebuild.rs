@@ -29,6 +29,7 @@ use uuid::Uuid;
 use crate::consumer::ConsumerSettings;
 use crate::projections::replay::{self, BatchOutcome, Replayed};
 use crate::projections::{self, BatchProjector, Projector, ReadModel as _, devices::Devices};
+use crate::sealed::Opener;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +139,7 @@ async fn replay_and_switch(
     let projector = Devices;
     let mut replay = Replay {
         verifier: settings.verifier.clone(),
+        opener: settings.opener.clone(),
         consumer: stream
             .create_consumer(consumer::pull::Config {
                 filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
@@ -272,6 +274,8 @@ struct Replay {
     consumer: consumer::PullConsumer,
     /// The relay's keys: what they did not sign is skipped.
     verifier: Option<Arc<BusVerifier>>,
+    /// What opens sealed personal fields.
+    opener: Option<Opener>,
     batch_size: usize,
     replayed: Replayed,
     read: u64,
@@ -293,6 +297,7 @@ impl Replay {
                 self.consumer.clone(),
                 self.batch_size,
                 self.verifier.clone(),
+                self.opener.clone(),
                 batches,
             )
             .in_current_span(),
@@ -338,6 +343,7 @@ async fn pull(
     mut consumer: consumer::PullConsumer,
     batch_size: usize,
     verifier: Option<Arc<BusVerifier>>,
+    opener: Option<Opener>,
     batches: mpsc::Sender<Vec<EventEnvelope>>,
 ) -> anyhow::Result<u64> {
     let mut read = 0;
@@ -376,6 +382,17 @@ async fn pull(
             }
         }
         read += got;
+        // Sealed personal fields opened (placeholders for an erased subject), as the live
+        // consumer does; one that does not open was parked by it, and is skipped here.
+        let opened = Opener::open(opener.as_ref(), &mut events).await?;
+        let mut verdicts = opened.into_iter();
+        events.retain(|_| match verdicts.next() {
+            Some(Err(reason)) => {
+                tracing::warn!(%reason, "skipping an event whose sealed fields do not open");
+                false
+            }
+            _ => true,
+        });
         if !events.is_empty() {
             batches
                 .send(events)

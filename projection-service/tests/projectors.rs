@@ -31,6 +31,7 @@ fn envelope(sequence: i64, event: Event) -> EventEnvelope {
         actor: "test".into(),
         request_id: "test".into(),
         traceparent: String::new(),
+        data_subject: String::new(),
         event: Some(event),
     }
 }

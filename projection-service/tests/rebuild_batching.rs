@@ -54,6 +54,7 @@ impl Scratch {
             // These tests publish by hand, unsigned.
             verifier: None,
             nats_auth: service_kit::nats::NatsAuth::default(),
+            opener: None,
         }
     }
 
@@ -188,6 +189,7 @@ fn envelope(
             actor: format!("device:{aggregate_id}"),
             request_id: format!("req-{sequence}-{time}"),
             traceparent: String::new(),
+            data_subject: String::new(),
             event: Some(event),
         },
     }

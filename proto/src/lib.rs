@@ -5,6 +5,7 @@
 
 pub mod consistency;
 pub mod convert;
+pub mod personal;
 
 /// Package `linking.v1`.
 #[allow(

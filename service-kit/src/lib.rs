@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod nats;
 pub mod ratelimit;
+pub mod sealing;
 pub mod telemetry;
 pub mod tls;
 pub mod traces;

@@ -38,6 +38,7 @@ fn registered(account: &str) -> EventEnvelope {
         actor: "system".into(),
         request_id: "forged".into(),
         traceparent: String::new(),
+        data_subject: String::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@attacker.example"),
             language: "en".into(),
@@ -62,6 +63,7 @@ fn linked(account: &str) -> EventEnvelope {
         actor: "device".into(),
         request_id: "forged".into(),
         traceparent: String::new(),
+        data_subject: String::new(),
         event: Some(Event::DeviceLinked(v1::DeviceLinked {
             link_id: uuid::Uuid::new_v4().to_string(),
             device_name: "Mallory's phone".into(),

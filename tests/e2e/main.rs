@@ -32,6 +32,7 @@ mod read_side;
 mod read_side_crash;
 mod rebuild;
 mod relay_continuity;
+mod sealing;
 mod secret_code;
 mod serving;
 mod stream_limits;

@@ -36,6 +36,7 @@ fn registered(account: &str) -> EventEnvelope {
         actor: "test".into(),
         request_id: "test".into(),
         traceparent: String::new(),
+        data_subject: String::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@example.test"),
             language: "en".into(),

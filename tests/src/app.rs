@@ -164,6 +164,7 @@ async fn start_with_email(
                 .expect("creating a read database");
             let mut read_settings = projection_settings(read_database.url.clone(), stream);
             read_settings.event_store_url = Some(settings.database_url.clone());
+            read_settings.kek_file = Some(settings.kek_file.clone());
             // The same NATS account as the command service's.
             read_settings.nats_auth = settings.nats_auth.clone();
             // The same certificate (both run on this machine).

@@ -105,6 +105,7 @@ pub fn projection_settings(
         bus_verify_keys: BusKeys::Unsigned,
         nats_auth: service_kit::nats::NatsAuth::default(),
         event_store_url: None,
+        kek_file: None,
     }
 }
 

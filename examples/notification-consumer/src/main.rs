@@ -217,10 +217,16 @@ fn describe(envelope: &EventEnvelope) -> Option<String> {
     let account = &envelope.account_id;
     let device = &envelope.aggregate_id;
     if let Some(Event::DeviceLinked(linked)) = &envelope.event {
+        // Personal fields travel sealed (docs/adr/0025): without the data keys, a consumer
+        // sees ciphertext, and says so rather than print it.
+        let name = if linked.device_name.starts_with("sealed:") {
+            "(sealed)".to_owned()
+        } else {
+            format!("{:?}", linked.device_name)
+        };
         Some(format!(
-            "{}  DeviceLinked    account={account} device={device} name={:?}",
+            "{}  DeviceLinked    account={account} device={device} name={name}",
             time(linked.at.as_ref()),
-            linked.device_name
         ))
     } else if let Some(Event::DeviceUnlinked(unlinked)) = &envelope.event {
         Some(format!(

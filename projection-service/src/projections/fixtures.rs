@@ -25,6 +25,7 @@ pub(crate) fn envelope(aggregate_type: &str, aggregate_id: &str, event: Event) -
         actor: "test".into(),
         request_id: "test".into(),
         traceparent: String::new(),
+        data_subject: String::new(),
         event: Some(event),
     }
 }

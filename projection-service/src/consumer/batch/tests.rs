@@ -163,6 +163,7 @@ fn history() -> Vec<EventEnvelope> {
                 actor: "test".into(),
                 request_id: format!("request-{position}"),
                 traceparent: String::new(),
+                data_subject: String::new(),
                 event: Some(event),
             },
         )

@@ -1,0 +1,84 @@
+//! Personal fields are stored and published sealed (ADR 0025): the event store and the stream
+//! hold ciphertext where names, addresses and serials were, and the projection service opens
+//! them with the data keys, so the read models show them in clear.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use base64::Engine as _;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// What the test writes that is personal, in clear.
+const PERSONAL: [&str; 4] = [
+    "Anna's phone",
+    "anna@example.lu",
+    "LT-SERIAL-4242",
+    "Pixel 8",
+];
+
+fn assert_none_readable(what: &str, text: &str) {
+    for needle in PERSONAL {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(needle);
+        assert!(!text.contains(needle), "{what} holds {needle:?} in clear");
+        // Base64 of a text starts at a three-byte boundary: its first 8 characters are enough.
+        assert!(
+            !text.contains(&encoded[..8]),
+            "{what} holds {needle:?} in base64"
+        );
+    }
+}
+
+#[tokio::test]
+async fn personal_fields_are_sealed_in_the_store_and_on_the_stream_and_read_in_clear() {
+    // Arrange: anna registers, logs in with LuxTrust, and links a phone each way.
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    app.record_login("anna", "LT-SERIAL-4242").await;
+    app.link_by_luxtrust("anna", "LT-SERIAL-4242").await;
+    app.link_by_qr("anna").await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+
+    // Act: every stored event and snapshot, every message on the stream, and the read models.
+    let stored: String = sqlx::query_scalar(
+        "SELECT coalesce((SELECT string_agg(payload::text || metadata::text, ' ') FROM events), '') \
+             || coalesce((SELECT string_agg(payload::text, ' ') FROM aggregate_snapshots), '')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let stream = app.stream.as_ref().unwrap();
+    let context = jetstream::new(async_nats::connect(&stream.nats_url).await.unwrap());
+    let mut source = context.get_stream(&stream.name).await.unwrap();
+    let last = source.info().await.unwrap().state.last_sequence;
+    let mut published = String::new();
+    for sequence in 1..=last {
+        let message = source.get_raw_message(sequence).await.unwrap();
+        published.push_str(&String::from_utf8_lossy(&message.payload));
+        published.push_str(&format!("{:?}", message.headers));
+    }
+    let read: String = sqlx::query_scalar(
+        "SELECT (SELECT string_agg(d::text, ' ') FROM devices d) || \
+                (SELECT string_agg(a.details::text, ' ') FROM audit_log a)",
+    )
+    .fetch_one(&app.read_pool())
+    .await
+    .unwrap();
+
+    // Assert
+    assert!(last >= 10, "{last} messages");
+    assert_none_readable("the event store", &stored);
+    assert!(stored.contains("sealed:v1:"), "{stored}");
+    assert_none_readable("the stream", &published);
+    assert!(published.contains("sealed:v1:"));
+    assert!(
+        published.contains("account:anna"),
+        "the envelope names its data subject"
+    );
+    for clear in ["Anna's phone", "LT-SERIAL-4242", "Pixel 8"] {
+        assert!(
+            read.contains(clear),
+            "the read models lack {clear:?}: {read}"
+        );
+    }
+}
