@@ -34,6 +34,7 @@ mod otlp_sink;
 mod peer;
 mod rebuild;
 mod report;
+mod sealing;
 mod session;
 mod stats;
 mod suite;
@@ -61,6 +62,8 @@ enum Bench {
     Anonymous(anonymous::AnonymousArgs),
     /// One device's VerifySecretCode loops against other accounts' links: latencies and memory.
     Hammer(hammer::HammerArgs),
+    /// What sealing personal fields costs per event, with and without (CPU, no services).
+    Sealing(sealing::SealingArgs),
     /// An OTLP trace receiver that counts spans (`scripts/bench.sh` with LINKD_BENCH_TRACES=on).
     #[command(hide = true)]
     OtlpSink {
@@ -141,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Audit(args) => audit::run(args).await,
         Bench::Anonymous(args) => anonymous::run(args).await,
         Bench::Hammer(args) => hammer::run(args).await,
+        Bench::Sealing(args) => sealing::run(&args),
         Bench::DropStream { nats_url, stream } => system::drop_stream(&nats_url, &stream).await,
         Bench::OtlpSink { addr } => otlp_sink::run(addr).await,
     }

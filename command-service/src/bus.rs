@@ -176,6 +176,13 @@ fn account_event(event: AccountEvent) -> Event {
             reason: v1::UnlinkReason::from(reason).into(),
             at: ts(at),
         }),
+        AccountEvent::AccountErased {
+            link_attempt_ids,
+            at,
+        } => Event::AccountErased(v1::AccountErased {
+            link_attempt_ids: link_attempt_ids.iter().map(ToString::to_string).collect(),
+            at: ts(at),
+        }),
         AccountEvent::PortalLoginRecorded { product: used, at } => {
             Event::PortalLoginRecorded(v1::PortalLoginRecorded {
                 product: Some(used.into()),

@@ -63,6 +63,11 @@ impl Claimed {
     }
 }
 
+/// The advisory lock that serialises an account's device slots: claims and erasure.
+pub(crate) fn device_slots_lock(account_id: &str) -> String {
+    format!("linkd/device-slots/{account_id}")
+}
+
 /// Access to the secret tables.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
@@ -128,9 +133,21 @@ impl Credentials {
     ) -> Result<Claimed, CommandError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("linkd/device-slots/{}", claim.account_id))
+            .bind(device_slots_lock(claim.account_id))
             .execute(&mut *tx)
             .await?;
+        // Erasure takes the same lock and refuses while a claim exists: under it, an account is
+        // either not erased and gets no erasure before this claim commits, or erased and links
+        // nothing more (docs/adr/0025).
+        let erased: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM data_keys WHERE subject = $1 AND wrapped IS NULL)",
+        )
+        .bind(format!("account:{}", claim.account_id))
+        .fetch_one(&mut *tx)
+        .await?;
+        if erased {
+            return Err(domain::AccountError::Erased.into());
+        }
         let taken: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM device_credentials WHERE link_id = $1)",
         )

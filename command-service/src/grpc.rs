@@ -89,6 +89,7 @@ scoped_by_bearer!(
     proto::v1::DeclineLinkRequest,
     proto::v1::UnlinkDevicesRequest,
     proto::v1::RevokeAllDevicesRequest,
+    proto::v1::EraseAccountRequest,
     proto::v1::SetBiometricsRequest,
     proto::v1::VerifySecretCodeRequest,
     proto::v1::UnlinkThisDeviceRequest

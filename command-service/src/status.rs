@@ -28,6 +28,9 @@ pub(crate) fn to_status(error: CommandError) -> Status {
         CommandError::Account(refusal) => match refusal {
             AccountError::AlreadyRegistered => Status::already_exists(message),
             AccountError::NotRegistered => Status::not_found(message),
+            AccountError::Erased | AccountError::DevicesStillLinked { .. } => {
+                Status::failed_precondition(message)
+            }
         },
         CommandError::Qr(refusal) => match refusal {
             LinkQrError::AlreadyIssued => Status::already_exists(message),

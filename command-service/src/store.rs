@@ -11,6 +11,7 @@
 //!   through the one retry path, [`retry::retry_on_conflict`].
 
 mod commit;
+mod erasure;
 mod keys;
 pub use keys::rewrap_keys;
 mod load;

@@ -1,5 +1,5 @@
 //! A portal account: registered by the portal (R1), remembering which LuxTrust products its holder
-//! has used to log in (R2).
+//! has used to log in (R2), until its personal data is erased (docs/adr/0025).
 
 use std::collections::BTreeSet;
 
@@ -8,7 +8,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::{DeviceId, LuxTrustProduct, UnlinkReason};
+use crate::{DeviceId, LinkAttemptId, LuxTrustProduct, UnlinkReason};
 
 /// What the portal back end can ask of an account.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +44,16 @@ pub enum AccountCommand {
         /// The product used, as the identity provider reported it.
         product: LuxTrustProduct,
         /// When the holder logged in.
+        at: DateTime<Utc>,
+    },
+    /// Erase the account's personal data (its data keys are destroyed with the event). Refused
+    /// while a device is linked; nothing on an account already erased.
+    Erase {
+        /// Devices linked, or being linked, as counted under the account's device-slot lock.
+        linked_devices: u32,
+        /// The link attempts whose first events are sealed under keys of their own.
+        link_attempt_ids: Vec<LinkAttemptId>,
+        /// When.
         at: DateTime<Utc>,
     },
 }
@@ -86,6 +96,15 @@ pub enum AccountEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The account's personal data was erased: its data key, and those of the link attempts
+    /// named, were destroyed with this event, so every sealed copy of its email addresses,
+    /// device names and models, serials and network addresses is unreadable.
+    AccountErased {
+        /// The link attempts whose keys were destroyed with the account's.
+        link_attempt_ids: Vec<LinkAttemptId>,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an account command was refused.
@@ -97,6 +116,22 @@ pub enum AccountError {
     /// The account was never registered by the portal.
     #[error("the account is not registered; accounts are created by registering on the portal")]
     NotRegistered,
+    /// The account's personal data was erased: nothing more is recorded for it, and its id
+    /// cannot be registered again.
+    #[error(
+        "this account's personal data was erased: nothing more can be recorded for it, and its id \
+         cannot be registered again"
+    )]
+    Erased,
+    /// An account with linked devices cannot be erased.
+    #[error(
+        "{devices} device(s) are still linked to this account, or being linked: unlink them first \
+         (PortalService.RevokeAllDevices or UnlinkDevices), then erase"
+    )]
+    DevicesStillLinked {
+        /// How many.
+        devices: u32,
+    },
 }
 
 /// State of one account.
@@ -106,12 +141,19 @@ pub struct Account {
     email: String,
     language: String,
     products_used: BTreeSet<LuxTrustProduct>,
+    #[serde(default)]
+    erased: bool,
 }
 
 impl Account {
-    /// Whether the portal registered this account (R1).
+    /// Whether the portal registered this account (R1), and it is not erased.
     pub fn is_registered(&self) -> bool {
         self.registered
+    }
+
+    /// Whether the account's personal data was erased.
+    pub fn is_erased(&self) -> bool {
+        self.erased
     }
 
     /// The address confirmation emails go to.
@@ -126,7 +168,34 @@ impl Account {
 
     /// Pure decision: current state + command -> events, or a reason to refuse.
     pub fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        if self.erased {
+            return match command {
+                AccountCommand::Erase { .. } => Ok(vec![]),
+                AccountCommand::Register { .. }
+                | AccountCommand::ChangeEmail { .. }
+                | AccountCommand::RecordUnlinkedTogether { .. }
+                | AccountCommand::RecordPortalLogin { .. } => Err(AccountError::Erased),
+            };
+        }
         match command {
+            AccountCommand::Erase {
+                linked_devices,
+                link_attempt_ids,
+                at,
+            } => {
+                if !self.registered {
+                    return Err(AccountError::NotRegistered);
+                }
+                if linked_devices > 0 {
+                    return Err(AccountError::DevicesStillLinked {
+                        devices: linked_devices,
+                    });
+                }
+                Ok(vec![AccountEvent::AccountErased {
+                    link_attempt_ids,
+                    at,
+                }])
+            }
             AccountCommand::Register {
                 email,
                 language,
@@ -188,6 +257,7 @@ impl DomainEvent for AccountEvent {
             Self::AccountEmailChanged { .. } => "AccountEmailChanged",
             Self::PortalLoginRecorded { .. } => "PortalLoginRecorded",
             Self::DevicesUnlinkedTogether { .. } => "DevicesUnlinkedTogether",
+            Self::AccountErased { .. } => "AccountErased",
         }
         .to_owned()
     }
@@ -230,6 +300,13 @@ impl Aggregate for Account {
                 self.products_used.insert(product);
             }
             AccountEvent::DevicesUnlinkedTogether { .. } => {}
+            AccountEvent::AccountErased { .. } => {
+                self.erased = true;
+                self.registered = false;
+                self.email.clear();
+                self.language.clear();
+                self.products_used.clear();
+            }
         }
     }
 }

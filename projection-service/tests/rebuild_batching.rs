@@ -158,6 +158,7 @@ fn event_type(event: &Event) -> &'static str {
         Event::SecretCodeVerified(_) => "SecretCodeVerified",
         Event::SecretCodeFailed(_) => "SecretCodeFailed",
         Event::DeviceUnlinked(_) => "DeviceUnlinked",
+        Event::AccountErased(_) => "AccountErased",
     }
 }
 

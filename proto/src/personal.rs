@@ -70,6 +70,7 @@ pub fn fields(event: &mut Event) -> Vec<Field<'_>> {
         | Event::SecretCodeFailed(_)
         | Event::DeviceUnlinked(_)
         | Event::InactivityWarned(_)
-        | Event::DevicesUnlinkedTogether(_) => Vec::new(),
+        | Event::DevicesUnlinkedTogether(_)
+        | Event::AccountErased(_) => Vec::new(),
     }
 }

@@ -15,6 +15,7 @@ mod delivery;
 mod demo;
 mod device_cap;
 mod emails;
+mod erasure;
 mod hostile_bytes;
 mod idempotency;
 mod inactivity;

@@ -63,6 +63,20 @@ impl App {
         self.account_command(by, account_id, command).await
     }
 
+    /// Erases the account's personal data (docs/adr/0025); `true` if it had been erased before.
+    pub(crate) async fn erase_account(
+        &self,
+        by: &System,
+        account_id: &AccountId,
+    ) -> Result<(bool, ConsistencyToken), CommandError> {
+        let metadata = by.metadata().for_account(&account_id.0);
+        let erasure = self.store.erase_account(&account_id.0, &metadata).await?;
+        Ok((
+            erasure.already_erased,
+            ConsistencyToken::of([&erasure.position]),
+        ))
+    }
+
     async fn account_command(
         &self,
         by: &System,

@@ -5,10 +5,11 @@ use proto::convert::{datetime, timestamp};
 use proto::v1::portal_service_server::PortalService;
 use proto::v1::{
     ChangeAccountEmailRequest, ChangeAccountEmailResponse, ConfirmLinkRequest, ConfirmLinkResponse,
-    DeclineLinkRequest, DeclineLinkResponse, GetLinkQrRequest, IssueLinkQrRequest,
-    IssueLinkQrResponse, LinkQrState, RecordPortalLoginRequest, RecordPortalLoginResponse,
-    RegisterAccountRequest, RegisterAccountResponse, RevokeAllDevicesRequest, UnlinkDevicesRequest,
-    UnlinkDevicesResponse, WatchLinkQrRequest,
+    DeclineLinkRequest, DeclineLinkResponse, EraseAccountRequest, EraseAccountResponse,
+    GetLinkQrRequest, IssueLinkQrRequest, IssueLinkQrResponse, LinkQrState,
+    RecordPortalLoginRequest, RecordPortalLoginResponse, RegisterAccountRequest,
+    RegisterAccountResponse, RevokeAllDevicesRequest, UnlinkDevicesRequest, UnlinkDevicesResponse,
+    WatchLinkQrRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -125,6 +126,24 @@ async fn revoke_all_devices(
         "help desk revoked every device"
     );
     Ok(unlinked(report))
+}
+
+#[tracing::instrument(skip_all, fields(account_id = ?body.account_id), err(level = "info"))]
+async fn erase_account(
+    app: &App,
+    call: &Call,
+    body: &EraseAccountRequest,
+) -> Result<EraseAccountResponse, CommandError> {
+    let system = app.system(call)?;
+    let account_id = validate::account_id(&body.account_id)?;
+    let (already_erased, written) = app.erase_account(&system, &account_id).await?;
+    if !already_erased {
+        tracing::warn!("account erased");
+    }
+    Ok(EraseAccountResponse {
+        already_erased,
+        consistency_token: written.to_string(),
+    })
 }
 
 fn unlinked(report: UnlinkReport) -> UnlinkDevicesResponse {
@@ -257,5 +276,12 @@ impl PortalService for Api {
         request: Request<RevokeAllDevicesRequest>,
     ) -> Result<Response<UnlinkDevicesResponse>, Status> {
         idempotent!(self, request, "RevokeAllDevices", revoke_all_devices)
+    }
+
+    async fn erase_account(
+        &self,
+        request: Request<EraseAccountRequest>,
+    ) -> Result<Response<EraseAccountResponse>, Status> {
+        idempotent!(self, request, "EraseAccount", erase_account)
     }
 }

@@ -161,6 +161,17 @@ impl EventStore {
         metadata: &BTreeMap<String, String>,
         bearer: Option<&BearerRow>,
     ) -> Result<Vec<Written>, StoreError> {
+        self.insert_on(&self.pool, rows, metadata, bearer).await
+    }
+
+    /// [`EventStore::insert`] on `executor` (a transaction that does more, as erasure's).
+    pub(super) async fn insert_on<'c, E: sqlx::PgExecutor<'c>>(
+        &self,
+        executor: E,
+        rows: Rows,
+        metadata: &BTreeMap<String, String>,
+        bearer: Option<&BearerRow>,
+    ) -> Result<Vec<Written>, StoreError> {
         let metadata = serde_json::to_string(metadata)
             .map_err(|e| StoreError::Corrupt(format!("serialising metadata: {e}")))?;
         let statement = if bearer.is_some() {
@@ -185,7 +196,7 @@ impl EventStore {
                 .bind(bearer.expires_at),
             None => query,
         };
-        let written: Result<Vec<Written>, sqlx::Error> = query.fetch_all(&self.pool).await;
+        let written: Result<Vec<Written>, sqlx::Error> = query.fetch_all(executor).await;
         let written = match written {
             Ok(written) => written,
             Err(error) if is_conflict(&error) => {
@@ -204,7 +215,7 @@ impl EventStore {
 
     /// Moves `loaded` to its last event among `written` (if any), and takes a snapshot when due
     /// (sealed under the data key its events were sealed under).
-    fn advance<A: Stored>(
+    pub(super) fn advance<A: Stored>(
         &self,
         loaded: &mut Loaded<A>,
         written: &[Written],

@@ -35,6 +35,15 @@ impl Keyring {
         self.cache.lock().ok()?.get(subject).cloned()
     }
 
+    /// Drops the keys of `subjects` from the cache (they were just erased).
+    pub(super) fn forget(&self, subjects: &[String]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            for subject in subjects {
+                cache.remove(subject);
+            }
+        }
+    }
+
     /// Remembers `key` for sealing more of `subject`'s events.
     pub(super) fn remember(&self, subject: &str, key: &DataKey) {
         if let Ok(mut cache) = self.cache.lock() {

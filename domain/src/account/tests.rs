@@ -142,3 +142,68 @@ fn devices_unlinked_together_are_recorded_once_for_the_summary() {
         })
         .then_expect_error(AccountError::NotRegistered);
 }
+
+fn erase(linked_devices: u32) -> AccountCommand {
+    AccountCommand::Erase {
+        linked_devices,
+        link_attempt_ids: vec![crate::LinkAttemptId(uuid::Uuid::from_u128(7))],
+        at: t(9),
+    }
+}
+
+fn erased() -> AccountEvent {
+    AccountEvent::AccountErased {
+        link_attempt_ids: vec![crate::LinkAttemptId(uuid::Uuid::from_u128(7))],
+        at: t(9),
+    }
+}
+
+#[test]
+fn an_account_without_linked_devices_is_erased_once() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(erase(0))
+        .then_expect_events(vec![erased()]);
+    // A second erasure changes nothing.
+    TestFramework::<Account>::with(())
+        .given(vec![registered(), erased()])
+        .when(erase(0))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn an_account_with_a_linked_device_or_never_registered_is_not_erased() {
+    TestFramework::<Account>::with(())
+        .given(vec![registered()])
+        .when(erase(2))
+        .then_expect_error(AccountError::DevicesStillLinked { devices: 2 });
+    TestFramework::<Account>::with(())
+        .given_no_previous_events()
+        .when(erase(0))
+        .then_expect_error(AccountError::NotRegistered);
+}
+
+#[test]
+fn nothing_more_is_recorded_for_an_erased_account() {
+    for command in [
+        AccountCommand::Register {
+            email: "anna@example.lu".into(),
+            language: "fr".into(),
+            at: t(10),
+        },
+        AccountCommand::ChangeEmail {
+            email: "anna2@example.lu".into(),
+            at: t(10),
+        },
+    ] {
+        TestFramework::<Account>::with(())
+            .given(vec![registered(), erased()])
+            .when(command)
+            .then_expect_error(AccountError::Erased);
+    }
+    let mut account = Account::default();
+    account.apply(registered());
+    account.apply(erased());
+    assert!(account.is_erased() && !account.is_registered());
+    assert_eq!(account.email(), "");
+}

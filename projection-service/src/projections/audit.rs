@@ -101,6 +101,9 @@ fn device_and_details(
             json!({ "device_ids": together.device_ids,
                     "reason": v1::UnlinkReason::text_of(together.reason)? }),
         ),
+        Event::AccountErased(erased) => {
+            (None, json!({ "link_attempt_ids": erased.link_attempt_ids }))
+        }
     })
 }
 
@@ -301,6 +304,56 @@ impl Projector for AuditLog {
         )
         .execute(&mut **tx)
         .await?;
+        for event in events {
+            if let Some(Event::AccountErased(_)) = &event.event {
+                forget(tx, &event.aggregate_id).await?;
+            }
+        }
         Ok(())
     }
+}
+
+/// An erased account (docs/adr/0025): the personal facts of its `audit_log` rows and its
+/// `devices` rows become the placeholders the sealed events now open to (`[erased]`, empty for
+/// an optional field), so a rebuild reproduces the same rows.
+async fn forget(
+    tx: &mut Transaction<'static, Postgres>,
+    account_id: &str,
+) -> Result<(), ProjectionError> {
+    let facts = sqlx::query(
+        "UPDATE audit_log SET details = details \
+             || CASE WHEN details ? 'device_name' \
+                     THEN jsonb_build_object('device_name', $2::text) ELSE '{}' END \
+             || CASE WHEN details ? 'device_model' \
+                     THEN jsonb_build_object('device_model', '') ELSE '{}' END \
+             || CASE WHEN details ? 'browser_address' \
+                     THEN jsonb_build_object('browser_address', '') ELSE '{}' END \
+             || CASE WHEN details ? 'client_address' \
+                     THEN jsonb_build_object('client_address', '') ELSE '{}' END \
+             || CASE WHEN jsonb_typeof(details -> 'product') = 'object' \
+                     THEN jsonb_build_object('product', \
+                              (details -> 'product') || jsonb_build_object('serial', $2::text)) \
+                     ELSE '{}' END \
+         WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .bind(service_kit::sealing::ERASED)
+    .execute(&mut **tx)
+    .await?;
+    let devices = sqlx::query(
+        "UPDATE devices SET name = $2, \
+             product_serial = CASE WHEN product_serial IS NULL THEN NULL ELSE $2 END \
+         WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .bind(service_kit::sealing::ERASED)
+    .execute(&mut **tx)
+    .await?;
+    tracing::info!(
+        account_id,
+        audit_rows = facts.rows_affected(),
+        devices = devices.rows_affected(),
+        "an erased account's personal facts blanked"
+    );
+    Ok(())
 }

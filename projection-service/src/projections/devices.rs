@@ -99,6 +99,7 @@ pub(crate) fn change(event: &EventEnvelope) -> Result<Option<(Uuid, Change)>, Pr
         Event::SecretCodeFailed(_)
         | Event::AccountRegistered(_)
         | Event::AccountEmailChanged(_)
+        | Event::AccountErased(_)
         | Event::DevicesUnlinkedTogether(_)
         | Event::InactivityWarned(_)
         | Event::PortalLoginRecorded(_)

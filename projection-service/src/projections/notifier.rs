@@ -54,6 +54,48 @@ fn reason_phrase(raw: i32) -> Result<String, ProjectionError> {
 }
 
 impl Notifier {
+    /// An erased account (docs/adr/0025): its address, its devices' names, and every email
+    /// queued, sent or given up for it, gone.
+    async fn forget(
+        tx: &mut Transaction<'static, Postgres>,
+        account_id: &str,
+    ) -> Result<(), ProjectionError> {
+        // Its emails: by the events they were queued for (the account's own, its devices'), and
+        // by recipient, for those queued earlier in this very batch.
+        let deleted = sqlx::query(
+            "WITH devices_of AS ( \
+                 SELECT device_id::text AS id FROM devices WHERE account_id = $1 \
+                 UNION SELECT device_id FROM audit_log WHERE account_id = $1 AND device_id <> '') \
+             DELETE FROM email_outbox o \
+             WHERE left(o.event_id, length($2)) = $2 \
+                OR (split_part(o.event_id, '/', 1) = 'device' \
+                    AND split_part(o.event_id, '/', 2) IN (SELECT id FROM devices_of)) \
+                OR o.recipient IN (SELECT email FROM email_accounts WHERE account_id = $1)",
+        )
+        .bind(account_id)
+        .bind(format!("account/{account_id}/"))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM email_devices WHERE device_id IN ( \
+                 SELECT device_id::text FROM devices WHERE account_id = $1 \
+                 UNION SELECT device_id FROM audit_log WHERE account_id = $1)",
+        )
+        .bind(account_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM email_accounts WHERE account_id = $1")
+            .bind(account_id)
+            .execute(&mut **tx)
+            .await?;
+        tracing::info!(
+            account_id,
+            emails = deleted.rows_affected(),
+            "an erased account's address, device names and emails deleted"
+        );
+        Ok(())
+    }
+
     /// The name a device was linked under, quoted as untrusted text (its id if unknown).
     async fn device_name(
         tx: &mut Transaction<'static, Postgres>,
@@ -282,6 +324,7 @@ impl Projector for Notifier {
                 };
                 self.queue(tx, email).await?;
             }
+            Event::AccountErased(_) => Self::forget(tx, &event.aggregate_id).await?,
             Event::PortalLoginRecorded(_)
             | Event::QrIssued(_)
             | Event::QrConsumed(_)

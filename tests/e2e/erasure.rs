@@ -1,0 +1,283 @@
+//! Erasure (issue 19, docs/adr/0025): after `EraseAccount`, no copy of the account's email
+//! addresses, device names or serials is readable in the event store, the read models, the
+//! outbox or the stream, while the history stays verifiable and answers with placeholders.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use base64::Engine as _;
+use e2e::{TestApp, bearer, eventually, spawn_system};
+use proto::v1::audit_service_client::AuditServiceClient;
+use proto::v1::{
+    ChangeAccountEmailRequest, DevicesAtRequest, EraseAccountRequest, ListEventsRequest,
+    RegisterAccountRequest, RevokeAllDevicesRequest, VerifyHistoryRequest,
+};
+use tonic::Code;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// Everything personal the test writes for anna, in clear.
+const PERSONAL: [&str; 5] = [
+    "anna@example.lu",
+    "anna.new@example.lu",
+    "Anna's phone",
+    "LT-SERIAL-4242",
+    "Pixel 8",
+];
+
+fn assert_none_readable(what: &str, text: &str) {
+    for needle in PERSONAL {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(needle);
+        assert!(
+            !text.contains(needle),
+            "{what} still holds {needle:?}: {text}"
+        );
+        assert!(
+            !text.contains(&encoded[..8]),
+            "{what} holds {needle:?} in base64"
+        );
+    }
+}
+
+async fn erase(app: &mut TestApp, account: &str) -> Result<bool, tonic::Status> {
+    let request = EraseAccountRequest {
+        account_id: account.into(),
+        request_id: String::new(),
+    };
+    let token = app.system();
+    app.portal
+        .erase_account(bearer(request, &token))
+        .await
+        .map(|answer| answer.into_inner().already_erased)
+}
+
+/// Every text a copy could hide in: the command database's events, snapshots and replay
+/// answers; every table of the read-model database; every message of the stream.
+async fn everything(app: &TestApp) -> (String, String, String) {
+    let command: String = sqlx::query_scalar(
+        "SELECT coalesce((SELECT string_agg(payload::text || metadata::text, ' ') FROM events), '') \
+             || coalesce((SELECT string_agg(payload::text, ' ') FROM aggregate_snapshots), '') \
+             || coalesce((SELECT string_agg(r::text, ' ') FROM request_log r), '')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(&app.read_pool())
+    .await
+    .unwrap();
+    let mut read = String::new();
+    for table in tables {
+        let rows: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT string_agg(t::text, ' ') FROM \"{table}\" t"
+        ))
+        .fetch_one(&app.read_pool())
+        .await
+        .unwrap();
+        read.push_str(&rows.unwrap_or_default());
+    }
+    let stream = app.stream.as_ref().unwrap();
+    let context = jetstream::new(async_nats::connect(&stream.nats_url).await.unwrap());
+    let mut source = context.get_stream(&stream.name).await.unwrap();
+    let info = source.info().await.unwrap();
+    let mut published = String::new();
+    for sequence in info.state.first_sequence..=info.state.last_sequence {
+        let message = source.get_raw_message(sequence).await.unwrap();
+        published.push_str(&String::from_utf8_lossy(&message.payload));
+        published.push_str(&format!("{:?}", message.headers));
+    }
+    (command, read, published)
+}
+
+/// The devices read model, row by row.
+async fn device_rows(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar("SELECT d::text FROM devices d ORDER BY device_id")
+        .fetch_all(&app.read_pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_erased_account_leaves_no_readable_personal_data_and_a_verifiable_history() {
+    // Arrange: anna links a phone with LuxTrust and one by QR code, changes her address.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.record_login("anna", "LT-SERIAL-4242").await;
+    let luxtrust = app.link_by_luxtrust("anna", "LT-SERIAL-4242").await;
+    let qr = app.link_by_qr("anna").await;
+    let system = app.system();
+    let change = ChangeAccountEmailRequest {
+        account_id: "anna".into(),
+        email: "anna.new@example.lu".into(),
+        request_id: String::new(),
+    };
+    app.portal
+        .change_account_email(bearer(change, &system))
+        .await
+        .unwrap();
+    let linked_at = chrono::Utc::now();
+
+    // Act + Assert: refused while a device is linked, and nothing erased.
+    let refused = erase(&mut app, "anna").await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("2 device(s) are still linked"),
+        "{refused:?}"
+    );
+    let revoke = RevokeAllDevicesRequest {
+        account_id: "anna".into(),
+        request_id: String::new(),
+    };
+    app.portal
+        .revoke_all_devices(bearer(revoke, &system))
+        .await
+        .unwrap();
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    assert!(everything(&app).await.1.contains("Anna's phone"));
+    let unknown = erase(&mut app, "nobody").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Act: erase, twice.
+    assert!(
+        !erase(&mut app, "anna").await.unwrap(),
+        "the first erasure erases"
+    );
+    assert!(
+        erase(&mut app, "anna").await.unwrap(),
+        "the second one is a no-op"
+    );
+    let read = app.read_pool();
+    eventually(WITHIN, "the read side to forget anna", || async {
+        let address: Option<String> =
+            sqlx::query_scalar("SELECT email FROM email_accounts WHERE account_id = 'anna'")
+                .fetch_optional(&read)
+                .await
+                .ok()?;
+        address.is_none().then_some(())
+    })
+    .await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+
+    // Assert: nothing readable anywhere.
+    let (command, read_models, stream) = everything(&app).await;
+    assert_none_readable("the event store", &command);
+    assert_none_readable("the read models", &read_models);
+    assert_none_readable("the stream", &stream);
+    assert!(stream.contains("AccountErased") || stream.contains("sealed:v1:"));
+
+    // The history: intact, and answering with placeholders.
+    let auditor = app.keys.auditor_token().unwrap();
+    let mut audits = AuditServiceClient::new(app.read.as_ref().unwrap().channel.clone());
+    let verdict = audits
+        .verify_history(bearer(
+            VerifyHistoryRequest {
+                account_id: "anna".into(),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.intact, "{verdict:?}");
+    let listed = audits
+        .list_events(bearer(
+            ListEventsRequest {
+                account_id: "anna".into(),
+                page_size: 500,
+                ..Default::default()
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let types: Vec<&str> = listed.iter().map(|e| e.event_type.as_str()).collect();
+    assert!(
+        types.contains(&"DeviceLinked") && types.contains(&"AccountErased"),
+        "{types:?}"
+    );
+    let facts: String = listed.iter().map(|e| e.details_json.as_str()).collect();
+    assert!(facts.contains("[erased]"), "{facts}");
+    assert_none_readable("ListEvents", &facts);
+    let then = audits
+        .devices_at(bearer(
+            DevicesAtRequest {
+                account_id: "anna".into(),
+                at: Some(prost_types::Timestamp {
+                    seconds: linked_at.timestamp(),
+                    nanos: i32::try_from(linked_at.timestamp_subsec_nanos()).unwrap(),
+                }),
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    let mut ids: Vec<&str> = then.iter().map(|d| d.device_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected = [luxtrust.device_id.as_str(), qr.device_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    assert!(then.iter().all(|d| d.name == "[erased]"), "{then:?}");
+
+    // A rebuild from the stream reproduces the same erased rows.
+    let live = device_rows(&app).await;
+    let mut settings =
+        e2e::projection_settings(app.read_database_url(), app.stream.as_ref().unwrap());
+    settings.event_store_url = Some(app.settings.database_url.clone());
+    settings.kek_file = Some(app.settings.kek_file.clone());
+    projection_service::rebuild::rebuild(&app.read_database_url(), &settings.consumers().unwrap())
+        .await
+        .unwrap();
+    let rebuilt = device_rows(&app).await;
+    assert_eq!(rebuilt, live);
+    assert_eq!(rebuilt.len(), 2);
+    assert_none_readable("the rebuilt devices", &rebuilt.join(" "));
+
+    // The id cannot be registered again, nor linked to.
+    let again = RegisterAccountRequest {
+        account_id: "anna".into(),
+        email: "anna@example.lu".into(),
+        language: "fr".into(),
+        request_id: String::new(),
+    };
+    let refused = app
+        .portal
+        .register_account(bearer(again, &system))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_link_in_flight_when_the_account_is_erased_cannot_complete() {
+    // Arrange: a phone scanned anna's QR code and she confirmed it, but its secret code is not
+    // set yet (no device slot claimed): the erasure goes through.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let attempt = app.authenticated_qr_attempt("anna").await;
+    assert!(!erase(&mut app, "anna").await.unwrap());
+
+    // Act
+    let refused = app.set_code(&attempt.link_token).await.unwrap_err();
+
+    // Assert: refused under the device-slot lock, and nothing linked.
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("erased"), "{refused:?}");
+    let linked: i64 = sqlx::query_scalar("SELECT count(*) FROM device_credentials")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(linked, 0);
+    let device_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'device'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(device_events, 0);
+}
