@@ -50,6 +50,20 @@ pub enum Command {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// The answer to an access request (docs/privacy.md): after the events, the devices
+        /// linked now and who read the history (`ListAccessRecords`); with --json each line
+        /// says what it is (`"record": "event" | "device" | "access"`).
+        #[arg(long)]
+        access_request: bool,
+    },
+    /// AuditService.ListAccessRecords: who read the history (every page).
+    Access {
+        /// The account (auditors); empty for your own.
+        #[arg(long, default_value = "")]
+        account_id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// AuditService.DevicesAt.
     DevicesAt {
@@ -110,6 +124,82 @@ fn write_event(out: &mut impl Write, event: &AuditEvent, as_json: bool) -> std::
     }
 }
 
+fn write_device(
+    out: &mut impl Write,
+    device: &v1::DeviceAt,
+    as_json: bool,
+    tagged: bool,
+) -> std::io::Result<()> {
+    let method = v1::LinkMethod::text_of(device.method).unwrap_or("?");
+    if as_json {
+        let mut line = json!({
+            "device_id": device.device_id, "name": device.name, "method": method,
+            "linked_at": format_time(device.linked_at.as_ref()),
+            "linked_by_event_id": device.linked_by_event_id,
+        });
+        if tagged {
+            line["record"] = json!("device");
+        }
+        writeln!(out, "{line}")
+    } else {
+        writeln!(
+            out,
+            "{}  {:<24} via {method:<8} linked {}",
+            device.device_id,
+            device.name,
+            format_time(device.linked_at.as_ref())
+        )
+    }
+}
+
+/// Every access record of `account_id`, page by page.
+async fn write_access_records(
+    client: &mut AuditServiceClient<Channel>,
+    out: &mut impl Write,
+    token: &str,
+    account_id: String,
+    as_json: bool,
+    tagged: bool,
+) -> anyhow::Result<()> {
+    let mut page_token = String::new();
+    loop {
+        let request = v1::ListAccessRecordsRequest {
+            account_id: account_id.clone(),
+            page_size: 500,
+            page_token,
+        };
+        let reply = client
+            .list_access_records(bearer(request, token)?)
+            .await?
+            .into_inner();
+        for record in &reply.records {
+            let at = format_time(record.at.as_ref());
+            if as_json {
+                let filters: serde_json::Value =
+                    serde_json::from_str(&record.filters_json).unwrap_or(serde_json::Value::Null);
+                let mut line = json!({
+                    "account_id": record.account_id, "reader": record.reader,
+                    "rpc": record.rpc, "filters": filters, "at": at,
+                });
+                if tagged {
+                    line["record"] = json!("access");
+                }
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{at}  {:<28} {:<18} {}",
+                    record.reader, record.rpc, record.filters_json
+                )?;
+            }
+        }
+        if reply.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = reply.next_page_token;
+    }
+}
+
 /// Runs `command` against the AuditService on `channel` with `token`, writing what it answers
 /// to `out`.
 pub async fn run(
@@ -158,15 +248,47 @@ pub async fn run(
                 }
             }
         }
-        Command::Export { account_id, json } => {
-            let request = v1::ExportHistoryRequest { account_id };
+        Command::Export {
+            account_id,
+            json,
+            access_request,
+        } => {
+            let request = v1::ExportHistoryRequest {
+                account_id: account_id.clone(),
+            };
             let mut stream = client
                 .export_history(bearer(request, token)?)
                 .await?
                 .into_inner();
             while let Some(event) = stream.message().await? {
-                write_event(out, &event, json)?;
+                if access_request && json {
+                    let mut line = Vec::new();
+                    write_event(&mut line, &event, true)?;
+                    let mut value: serde_json::Value = serde_json::from_slice(&line)?;
+                    value["record"] = json!("event");
+                    writeln!(out, "{value}")?;
+                } else {
+                    write_event(out, &event, json)?;
+                }
             }
+            if access_request {
+                let now = chrono::Utc::now().to_rfc3339();
+                let devices = v1::DevicesAtRequest {
+                    account_id: account_id.clone(),
+                    at: Some(timestamp("at", &now)?),
+                };
+                let reply = client
+                    .devices_at(bearer(devices, token)?)
+                    .await?
+                    .into_inner();
+                for device in &reply.devices {
+                    write_device(out, device, json, true)?;
+                }
+                write_access_records(&mut client, out, token, account_id, json, true).await?;
+            }
+        }
+        Command::Access { account_id, json } => {
+            write_access_records(&mut client, out, token, account_id, json, false).await?;
         }
         Command::DevicesAt {
             account_id,
@@ -182,23 +304,7 @@ pub async fn run(
                 .await?
                 .into_inner();
             for device in &reply.devices {
-                let method = v1::LinkMethod::text_of(device.method).unwrap_or("?");
-                if json {
-                    let line = json!({
-                        "device_id": device.device_id, "name": device.name, "method": method,
-                        "linked_at": format_time(device.linked_at.as_ref()),
-                        "linked_by_event_id": device.linked_by_event_id,
-                    });
-                    writeln!(out, "{line}")?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}  {:<24} via {method:<8} linked {}",
-                        device.device_id,
-                        device.name,
-                        format_time(device.linked_at.as_ref())
-                    )?;
-                }
+                write_device(out, device, json, false)?;
             }
         }
         Command::Verify { account_id, json } => {

@@ -6,5 +6,6 @@
 //! `grpc → read ← projections`. A query answers [`QueryError`](crate::status::QueryError), so the
 //! gRPC translators only translate.
 
+pub(crate) mod access;
 pub(crate) mod audit;
 pub(crate) mod devices;

@@ -454,6 +454,7 @@ async fn every_linkctl_audit_subcommand_runs_against_the_service() {
     let export = |json| Command::Export {
         account_id: "anna".into(),
         json,
+        access_request: false,
     };
     let devices_at = |json| Command::DevicesAt {
         account_id: "anna".into(),
@@ -551,4 +552,122 @@ async fn every_linkctl_audit_subcommand_runs_against_the_service() {
         Ok(()) => panic!("a bad time was accepted: {}", String::from_utf8_lossy(&out)),
     }
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+}
+
+#[tokio::test]
+async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_not() {
+    // Arrange: anna with a device; she reads her own history, an auditor reads it twice.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    caught_up(&app).await;
+    let holder = app.citizen("anna");
+    let auditor = app.keys.auditor_token().unwrap();
+    let mut client = audits(&app);
+    client.list_events(bearer(list(""), &holder)).await.unwrap();
+    let filtered = ListEventsRequest {
+        event_types: vec!["DeviceLinked".into()],
+        ..list("anna")
+    };
+    client
+        .list_events(bearer(filtered, &auditor))
+        .await
+        .unwrap();
+    let instant = DevicesAtRequest {
+        account_id: "anna".into(),
+        at: at(chrono::Utc::now()),
+    };
+    client.devices_at(bearer(instant, &auditor)).await.unwrap();
+
+    // Act: the holder lists who read her history.
+    let records = client
+        .list_access_records(bearer(
+            proto::v1::ListAccessRecordsRequest::default(),
+            &holder,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+
+    // Assert: the auditor's two reads, with what they asked; not hers.
+    let seen: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| (r.reader.as_str(), r.rpc.as_str(), r.account_id.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("auditor:auditor-1", "ListEvents", "anna"),
+            ("auditor:auditor-1", "DevicesAt", "anna")
+        ]
+    );
+    let filters: serde_json::Value = serde_json::from_str(&records[0].filters_json).unwrap();
+    assert_eq!(filters["event_types"], serde_json::json!(["DeviceLinked"]));
+    assert!(records.iter().all(|r| r.at.is_some()));
+
+    // An auditor listing the records is itself on record; another holder cannot list them.
+    let by_auditor = client
+        .list_access_records(bearer(
+            proto::v1::ListAccessRecordsRequest {
+                account_id: "anna".into(),
+                ..Default::default()
+            },
+            &auditor,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(by_auditor.len(), 3);
+    assert_eq!(by_auditor[2].rpc, "ListAccessRecords");
+    app.register("bob").await;
+    let refused = client
+        .list_access_records(bearer(
+            proto::v1::ListAccessRecordsRequest {
+                account_id: "anna".into(),
+                ..Default::default()
+            },
+            &app.citizen("bob"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // The holder's answer to an access request: her events, her devices now, and the reads.
+    let mut out = Vec::new();
+    linkctl::audit::run(
+        app.read.as_ref().unwrap().channel.clone(),
+        linkctl::audit::Command::Export {
+            account_id: String::new(),
+            json: true,
+            access_request: true,
+        },
+        &holder,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let lines = json_lines(
+        &String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
+    let kinds = |kind: &str| lines.iter().filter(|l| l["record"] == kind).count();
+    assert!(kinds("event") >= 7, "{lines:#?}");
+    assert_eq!(kinds("device"), 1, "{lines:#?}");
+    assert_eq!(kinds("access"), 3, "{lines:#?}");
+    assert_eq!(
+        kinds("event") + kinds("device") + kinds("access"),
+        lines.len()
+    );
+
+    // The records cannot be changed or deleted, even with database access.
+    let deleted = sqlx::query("DELETE FROM access_records")
+        .execute(&app.read_pool())
+        .await
+        .unwrap_err();
+    assert!(deleted.to_string().contains("append-only"), "{deleted}");
 }

@@ -8,14 +8,17 @@ use chrono::{DateTime, Utc};
 use proto::convert::{TextForm as _, datetime, timestamp};
 use proto::v1::audit_service_server::AuditService;
 use proto::v1::{
-    self, AuditEvent, DeviceAt, DevicesAtRequest, DevicesAtResponse, ExportHistoryRequest,
-    ListEventsRequest, ListEventsResponse, VerifyHistoryRequest, VerifyHistoryResponse,
+    self, AccessRecord, AuditEvent, DeviceAt, DevicesAtRequest, DevicesAtResponse,
+    ExportHistoryRequest, ListAccessRecordsRequest, ListAccessRecordsResponse, ListEventsRequest,
+    ListEventsResponse, VerifyHistoryRequest, VerifyHistoryResponse,
 };
+use serde_json::json;
 use sqlx::PgPool;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Queries, next_page_token, page_size};
+use crate::read::access;
 use crate::read::audit::{self, AuditRow, Filter, LinkedAt};
 use crate::status::{QueryError, to_status};
 
@@ -84,6 +87,17 @@ fn time(
     .transpose()
 }
 
+/// A `ListEvents` call's filters, as its access record keeps them.
+fn filters(filter: &Filter, after: i64) -> serde_json::Value {
+    json!({
+        "device_id": filter.device,
+        "event_types": filter.types,
+        "from": filter.from,
+        "to": filter.to,
+        "after_position": after,
+    })
+}
+
 /// The filter as text, bound into page tokens so a token is only used with its filter.
 fn filter_key(filter: &Filter) -> String {
     format!(
@@ -130,23 +144,79 @@ fn event_types(requested: &[String]) -> Result<Vec<String>, QueryError> {
     Ok(types)
 }
 
+/// Whose history a call reads, and who reads it.
+struct Reading {
+    /// The account read.
+    account: String,
+    /// `auditor:<subject>` when the caller is not the holder (the read is recorded).
+    auditor: Option<String>,
+}
+
+impl Reading {
+    /// Records the read if an auditor makes it, before anything is read: a read that cannot be
+    /// recorded is not answered.
+    async fn record(
+        &self,
+        pool: &PgPool,
+        rpc: &str,
+        filters: &serde_json::Value,
+    ) -> Result<(), QueryError> {
+        match &self.auditor {
+            Some(reader) => access::record(pool, &self.account, reader, rpc, filters).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<access::AccessRecord> for AccessRecord {
+    fn from(row: access::AccessRecord) -> Self {
+        Self {
+            reader: row.reader,
+            rpc: row.rpc,
+            filters_json: row.filters.to_string(),
+            at: Some(timestamp(row.at)),
+            account_id: row.account_id,
+        }
+    }
+}
+
+fn access_page_token(account: &str, after: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{after}\naccess|{account}"))
+}
+
+fn parse_access_page_token(account: &str, token: &str) -> Result<i64, QueryError> {
+    let invalid = || {
+        QueryError::InvalidArgument(
+            "page_token does not belong to this account's access records; start without one".into(),
+        )
+    };
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+    let (after, key) = raw.split_once('\n').ok_or_else(invalid)?;
+    if key != format!("access|{account}") {
+        return Err(invalid());
+    }
+    after.parse().map_err(|_| invalid())
+}
+
 impl Audits {
     /// The account the caller may read: an auditor names any; a re-authenticated holder only
     /// their own (empty means their own).
     /// The account whose history the caller may read (an auditor names it; a holder reads
     /// their own), once the caller's audit query is counted (RESOURCE_EXHAUSTED past its
     /// limit; an auditor is counted as themself, a holder as their account).
-    async fn account<T>(
+    async fn reading<T>(
         &self,
         request: &Request<T>,
         requested: &str,
-    ) -> Result<String, QueryError> {
+    ) -> Result<Reading, QueryError> {
         let claims = self.queries.claims(request)?;
         let requested = match requested {
             "" => None,
             raw => Some(super::account_id("account_id", raw)?),
         };
-        let (account, caller) = if claims.roles.iter().any(|role| role == AUDITOR_ROLE) {
+        let auditor = claims.roles.iter().any(|role| role == AUDITOR_ROLE);
+        let (account, caller) = if auditor {
             let account = requested.ok_or_else(|| {
                 QueryError::InvalidArgument("account_id is required for auditors".into())
             })?;
@@ -166,16 +236,48 @@ impl Audits {
         self.queries
             .admit(crate::limits::QueryRule::Audit, &caller)
             .await?;
-        Ok(account)
+        // A holder's own reads are not recorded; an auditor's are (docs/privacy.md).
+        Ok(Reading {
+            account,
+            auditor: auditor.then_some(caller),
+        })
+    }
+
+    async fn access_records(
+        &self,
+        request: Request<ListAccessRecordsRequest>,
+    ) -> Result<ListAccessRecordsResponse, QueryError> {
+        let reading = self
+            .reading(&request, &request.get_ref().account_id)
+            .await?;
+        let body = request.into_inner();
+        let page_size = page_size(body.page_size, 100, 500)?;
+        let after = match body.page_token.as_str() {
+            "" => 0,
+            token => parse_access_page_token(&reading.account, token)?,
+        };
+        reading
+            .record(&self.queries.pool, "ListAccessRecords", &json!({}))
+            .await?;
+        let mut rows =
+            access::page(&self.queries.pool, &reading.account, after, page_size + 1).await?;
+        let next_page_token = next_page_token(&mut rows, page_size, |row| {
+            access_page_token(&reading.account, row.id)
+        });
+        Ok(ListAccessRecordsResponse {
+            records: rows.into_iter().map(AccessRecord::from).collect(),
+            next_page_token,
+        })
     }
 
     async fn list(
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<ListEventsResponse, QueryError> {
-        let account = self
-            .account(&request, &request.get_ref().account_id)
+        let reading = self
+            .reading(&request, &request.get_ref().account_id)
             .await?;
+        let account = reading.account.clone();
         let body = request.into_inner();
         if !body.device_id.is_empty() && uuid::Uuid::try_parse(&body.device_id).is_err() {
             return Err(QueryError::InvalidArgument(
@@ -195,6 +297,9 @@ impl Audits {
             "" => 0,
             token => parse_page_token(&filter, token)?,
         };
+        reading
+            .record(&self.queries.pool, "ListEvents", &filters(&filter, after))
+            .await?;
         let mut rows = audit::page(&self.queries.pool, &filter, after, page_size + 1).await?;
         let next_page_token = next_page_token(&mut rows, page_size, |row| {
             page_token(&filter, row.global_position)
@@ -237,12 +342,15 @@ impl Audits {
         &self,
         request: Request<DevicesAtRequest>,
     ) -> Result<DevicesAtResponse, QueryError> {
-        let account = self
-            .account(&request, &request.get_ref().account_id)
+        let reading = self
+            .reading(&request, &request.get_ref().account_id)
             .await?;
         let at = time("at", request.get_ref().at.as_ref())?
             .ok_or_else(|| QueryError::InvalidArgument("at is required".into()))?;
-        let linked = audit::linked_at(&self.queries.pool, &account, at).await?;
+        reading
+            .record(&self.queries.pool, "DevicesAt", &json!({ "at": at }))
+            .await?;
+        let linked = audit::linked_at(&self.queries.pool, &reading.account, at).await?;
         Ok(DevicesAtResponse {
             devices: linked.into_iter().map(DeviceAt::from).collect(),
         })
@@ -252,8 +360,8 @@ impl Audits {
         &self,
         request: Request<VerifyHistoryRequest>,
     ) -> Result<VerifyHistoryResponse, QueryError> {
-        let account = self
-            .account(&request, &request.get_ref().account_id)
+        let reading = self
+            .reading(&request, &request.get_ref().account_id)
             .await?;
         let store = self.event_store.as_ref().ok_or_else(|| {
             QueryError::FailedPrecondition(
@@ -261,6 +369,10 @@ impl Audits {
                     .into(),
             )
         })?;
+        reading
+            .record(&self.queries.pool, "VerifyHistory", &json!({}))
+            .await?;
+        let account = reading.account;
         let verdict = audit::verify(&self.queries.pool, store, &account).await?;
         Ok(match verdict {
             history::Verdict::Intact {
@@ -307,12 +419,16 @@ impl AuditService for Audits {
         &self,
         request: Request<ExportHistoryRequest>,
     ) -> Result<Response<Self::ExportHistoryStream>, Status> {
-        let account = self
-            .account(&request, &request.get_ref().account_id)
+        let reading = self
+            .reading(&request, &request.get_ref().account_id)
+            .await
+            .map_err(to_status)?;
+        reading
+            .record(&self.queries.pool, "ExportHistory", &json!({}))
             .await
             .map_err(to_status)?;
         let filter = Filter {
-            account,
+            account: reading.account,
             device: String::new(),
             types: vec![],
             from: None,
@@ -329,6 +445,17 @@ impl AuditService for Audits {
         request: Request<DevicesAtRequest>,
     ) -> Result<Response<DevicesAtResponse>, Status> {
         self.linked_at(request)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    #[tracing::instrument(skip_all, err(level = "info"))]
+    async fn list_access_records(
+        &self,
+        request: Request<ListAccessRecordsRequest>,
+    ) -> Result<Response<ListAccessRecordsResponse>, Status> {
+        self.access_records(request)
             .await
             .map(Response::new)
             .map_err(to_status)
