@@ -536,6 +536,23 @@ impl Fixture {
 }
 
 impl Fixture {
+    /// Waits until the background snapshot write has left a snapshot of the account.
+    async fn wait_for_account_snapshot(&self) {
+        eventually(
+            Duration::from_secs(10),
+            "the account's snapshot",
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                "SELECT last_sequence FROM aggregate_snapshots WHERE aggregate_type = 'account'",
+            )
+            .fetch_optional(self.pool())
+            .await
+            .unwrap()
+            },
+        )
+        .await;
+    }
+
     /// Registers `anna` with `anna@example.lu`, then changes her address `changes` times
     /// (`anna+N@example.lu`); her account as the last command left it.
     async fn account_with_changes(&self, changes: u32) -> Account {
@@ -574,19 +591,7 @@ async fn personal_fields_are_stored_sealed_and_load_in_clear() {
     let account = device
         .account_with_changes(u32::try_from(SNAPSHOT_EVERY).unwrap())
         .await;
-    eventually(
-        Duration::from_secs(10),
-        "the account's snapshot",
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT last_sequence FROM aggregate_snapshots WHERE aggregate_type = 'account'",
-            )
-            .fetch_optional(device.pool())
-            .await
-            .unwrap()
-        },
-    )
-    .await;
+    device.wait_for_account_snapshot().await;
 
     // Act
     let stored = device.stored_text().await;
@@ -622,19 +627,7 @@ async fn an_erased_key_loads_placeholders_and_the_aggregate_still_works() {
     device
         .account_with_changes(u32::try_from(SNAPSHOT_EVERY + 2).unwrap())
         .await;
-    eventually(
-        Duration::from_secs(10),
-        "the account's snapshot",
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT last_sequence FROM aggregate_snapshots WHERE aggregate_type = 'account'",
-            )
-            .fetch_optional(device.pool())
-            .await
-            .unwrap()
-        },
-    )
-    .await;
+    device.wait_for_account_snapshot().await;
     let erased = sqlx::query(
         "UPDATE data_keys SET wrapped = NULL, erased_at = now() WHERE subject = 'account:anna'",
     )

@@ -82,3 +82,33 @@ async fn personal_fields_are_sealed_in_the_store_and_on_the_stream_and_read_in_c
         );
     }
 }
+
+#[tokio::test]
+async fn a_service_without_the_kek_that_wraps_a_data_key_does_not_start() {
+    // Arrange: an account whose data key the tests' KEK (`test-1`) wraps.
+    let mut app = e2e::spawn_app().await;
+    app.register("anna").await;
+    let dir = std::env::temp_dir().join(format!("linkd-kek-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let only_new = dir.join("kek");
+    std::fs::write(
+        &only_new,
+        format!(
+            "rotated-2 {}\n",
+            base64::engine::general_purpose::STANDARD.encode([9_u8; 32])
+        ),
+    )
+    .unwrap();
+    let mut settings = app.settings.clone();
+    settings.kek_file = only_new;
+    settings.grpc_addr = "127.0.0.1:0".parse().unwrap();
+
+    // Act
+    let refused = command_service::Application::build(settings).await.err();
+
+    // Assert: the start is refused, naming the missing KEK and the way out.
+    let message = format!("{:#}", refused.expect("the start is refused"));
+    assert!(message.contains("KEK 'test-1'"), "{message}");
+    assert!(message.contains("rewrap-keys"), "{message}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

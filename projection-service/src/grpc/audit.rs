@@ -110,26 +110,41 @@ fn filter_key(filter: &Filter) -> String {
     )
 }
 
-fn page_token(filter: &Filter, after: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{after}\n{}", filter_key(filter)))
+/// A page token: the last position given, bound to `key` (a filter, or an account's records).
+fn token(key: &str, after: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{after}\n{key}"))
 }
 
-fn parse_page_token(filter: &Filter, token: &str) -> Result<i64, QueryError> {
+/// The position a page token bound to `key` carries; `INVALID_ARGUMENT` naming `what` if it
+/// belongs to something else.
+fn parse_token(key: &str, token: &str, what: &str) -> Result<i64, QueryError> {
     let invalid = || {
-        QueryError::InvalidArgument(
-            "page_token does not belong to this filter; start without one".into(),
-        )
+        QueryError::InvalidArgument(format!(
+            "page_token does not belong to {what}; start without one"
+        ))
     };
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let (after, key) = raw.split_once('\n').ok_or_else(invalid)?;
-    if key != filter_key(filter) {
+    let (after, bound) = raw.split_once('\n').ok_or_else(invalid)?;
+    if bound != key {
         return Err(invalid());
     }
     after.parse().map_err(|_| invalid())
 }
 
-/// The event types of a `ListEvents` request, sorted, without duplicates.
+fn page_token(filter: &Filter, after: i64) -> String {
+    token(&filter_key(filter), after)
+}
+
+fn parse_page_token(filter: &Filter, page: &str) -> Result<i64, QueryError> {
+    parse_token(&filter_key(filter), page, "this filter")
+}
+
+/// Access records' pages are bound to their account.
+fn access_key(account: &str) -> String {
+    format!("access|{account}")
+}
+
 fn event_types(requested: &[String]) -> Result<Vec<String>, QueryError> {
     let not_a_type =
         |t: &&String| t.is_empty() || t.len() > 64 || !t.chars().all(|c| c.is_ascii_alphanumeric());
@@ -178,25 +193,6 @@ impl From<access::AccessRecord> for AccessRecord {
             account_id: row.account_id,
         }
     }
-}
-
-fn access_page_token(account: &str, after: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{after}\naccess|{account}"))
-}
-
-fn parse_access_page_token(account: &str, token: &str) -> Result<i64, QueryError> {
-    let invalid = || {
-        QueryError::InvalidArgument(
-            "page_token does not belong to this account's access records; start without one".into(),
-        )
-    };
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-    let (after, key) = raw.split_once('\n').ok_or_else(invalid)?;
-    if key != format!("access|{account}") {
-        return Err(invalid());
-    }
-    after.parse().map_err(|_| invalid())
 }
 
 impl Audits {
@@ -254,7 +250,11 @@ impl Audits {
         let page_size = page_size(body.page_size, 100, 500)?;
         let after = match body.page_token.as_str() {
             "" => 0,
-            token => parse_access_page_token(&reading.account, token)?,
+            page => parse_token(
+                &access_key(&reading.account),
+                page,
+                "this account's records",
+            )?,
         };
         reading
             .record(&self.queries.pool, "ListAccessRecords", &json!({}))
@@ -262,7 +262,7 @@ impl Audits {
         let mut rows =
             access::page(&self.queries.pool, &reading.account, after, page_size + 1).await?;
         let next_page_token = next_page_token(&mut rows, page_size, |row| {
-            access_page_token(&reading.account, row.id)
+            token(&access_key(&reading.account), row.id)
         });
         Ok(ListAccessRecordsResponse {
             records: rows.into_iter().map(AccessRecord::from).collect(),
