@@ -8,6 +8,10 @@
 
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use service_kit::metrics::Metrics;
 use sqlx::PgPool;
 
 /// How long each kind of row is kept.
@@ -45,6 +49,45 @@ pub struct Purged {
     pub failed_emails: u64,
     /// Dead letters deleted.
     pub dead_letters: u64,
+}
+
+/// What a row deleted for its age was (the label of `linkd_retention_deleted_total`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Deleted {
+    rows: &'static str,
+}
+
+/// Rows the sweeper deleted, by kind (`sent_email`, `failed_email`, `dead_letter`), as
+/// `linkd_retention_deleted_total` (docs/metrics.md).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionMetrics {
+    deleted: Family<Deleted, Counter>,
+}
+
+impl RetentionMetrics {
+    /// The counters, registered in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let this = Self::default();
+        // Every kind is served from the start, at 0 until a round deletes one.
+        this.count(&Purged::default());
+        metrics.register(
+            "retention_deleted",
+            "Rows the retention sweeper deleted past their period, by kind (docs/privacy.md)",
+            this.deleted.clone(),
+        );
+        this
+    }
+
+    /// Counts what one round deleted.
+    pub fn count(&self, purged: &Purged) {
+        for (rows, n) in [
+            ("sent_email", purged.sent_emails),
+            ("failed_email", purged.failed_emails),
+            ("dead_letter", purged.dead_letters),
+        ] {
+            self.deleted.get_or_create(&Deleted { rows }).inc_by(n);
+        }
+    }
 }
 
 /// The advisory lock key of a round ("linkd retention", any constant no other lock uses).
@@ -93,17 +136,20 @@ pub async fn sweep(pool: &PgPool, retention: &Retention) -> Result<Option<Purged
 
 /// Sweeps every `retention.every`, logging each purge; a failed round is logged and retried at
 /// the next.
-pub async fn run(pool: PgPool, retention: Retention) {
+pub async fn run(pool: PgPool, retention: Retention, metrics: RetentionMetrics) {
     let mut ticks = tokio::time::interval(retention.every);
     loop {
         ticks.tick().await;
         match sweep(&pool, &retention).await {
-            Ok(Some(purged)) if purged != Purged::default() => tracing::info!(
-                sent_emails = purged.sent_emails,
-                failed_emails = purged.failed_emails,
-                dead_letters = purged.dead_letters,
-                "retention: deleted rows past their period"
-            ),
+            Ok(Some(purged)) if purged != Purged::default() => {
+                metrics.count(&purged);
+                tracing::info!(
+                    sent_emails = purged.sent_emails,
+                    failed_emails = purged.failed_emails,
+                    dead_letters = purged.dead_letters,
+                    "retention: deleted rows past their period"
+                );
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "retention sweep failed; retrying at the next"),
         }

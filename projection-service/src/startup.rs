@@ -183,6 +183,7 @@ impl Application {
         let retention = tokio::spawn(crate::retention::run(
             self.queries.pool.clone(),
             self.settings.retention,
+            crate::retention::RetentionMetrics::register(&self.metrics),
         ));
         let notifier = Notifier {
             templates: Templates::default(),

@@ -130,3 +130,40 @@ async fn a_round_another_instance_holds_is_skipped() {
         })
     );
 }
+
+#[tokio::test]
+async fn every_round_counts_what_it_deleted_in_the_metrics() {
+    // Arrange: a sent email and a dead letter past their periods; the sweeper running.
+    let (_database, pool) = database().await;
+    email(&pool, "sent-old", "sent", 32, 31).await;
+    dead_letter(&pool, "letter-old", 91).await;
+    let metrics = service_kit::metrics::Metrics::new();
+    let counters = projection_service::retention::RetentionMetrics::register(&metrics);
+    let retention = Retention {
+        every: Duration::from_millis(50),
+        ..Retention::default()
+    };
+    let sweeper = tokio::spawn(projection_service::retention::run(
+        pool.clone(),
+        retention,
+        counters,
+    ));
+
+    // Act + Assert: the scrape shows each kind deleted, once.
+    let text = testkit::eventually(Duration::from_secs(10), "the sweep's counts", || async {
+        let text = metrics.encode().await;
+        text.contains("linkd_retention_deleted_total{rows=\"dead_letter\"} 1")
+            .then_some(text)
+    })
+    .await;
+    sweeper.abort();
+    assert!(
+        text.contains("linkd_retention_deleted_total{rows=\"sent_email\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("linkd_retention_deleted_total{rows=\"failed_email\"} 0"),
+        "{text}"
+    );
+    assert_eq!(left(&pool).await, (vec![], vec![]));
+}
