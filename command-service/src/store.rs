@@ -189,9 +189,9 @@ impl From<StoreError> for CommandError {
             StoreError::Database(source) => source.into(),
             StoreError::Corrupt(detail) => Self::Internal(detail),
             StoreError::Sealing(error) => Self::Internal(error.to_string()),
-            StoreError::Erased(subject) => Self::Internal(format!(
-                "the personal data of {subject} was erased; nothing more can be recorded for it"
-            )),
+            // A write for an erased account (a QR code issued before the erasure, scanned
+            // after it): the same refusal as the account's own commands get.
+            StoreError::Erased(_) => Self::Account(domain::AccountError::Erased),
         }
     }
 }

@@ -281,3 +281,25 @@ async fn a_link_in_flight_when_the_account_is_erased_cannot_complete() {
             .unwrap();
     assert_eq!(device_events, 0);
 }
+
+#[tokio::test]
+async fn a_qr_code_issued_before_the_erasure_links_nothing_after_it() {
+    // Arrange: a QR code shown in anna's browser, then her account erased.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    assert!(!erase(&mut app, "anna").await.unwrap());
+    let start = app
+        .start_link(&uuid::Uuid::new_v4().to_string(), proto::v1::LinkMethod::Qr)
+        .await;
+
+    // Act: a phone scans it.
+    let refused = app
+        .scan(&start.link_token, &qr)
+        .await
+        .expect_err("a scan after the erasure is refused");
+
+    // Assert: a precondition the caller can read, and nothing written for the account.
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("erased"), "{refused:?}");
+}
