@@ -63,9 +63,28 @@ impl Claimed {
     }
 }
 
-/// The advisory lock that serialises an account's device slots: claims and erasure.
-pub(crate) fn device_slots_lock(account_id: &str) -> String {
-    format!("linkd/device-slots/{account_id}")
+/// Takes, until `conn`'s transaction ends, the advisory lock that serialises `account_id`'s
+/// device slots: claims and erasure.
+pub(crate) async fn lock_device_slots(
+    conn: &mut sqlx::PgConnection,
+    account_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("linkd/device-slots/{account_id}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// How many links `account_id` holds: live ones, and claims in flight.
+pub(crate) async fn links_held(
+    conn: &mut sqlx::PgConnection,
+    account_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM device_credentials WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_one(conn)
+        .await
 }
 
 /// Access to the secret tables.
@@ -132,17 +151,14 @@ impl Credentials {
         cap: u32,
     ) -> Result<Claimed, CommandError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(device_slots_lock(claim.account_id))
-            .execute(&mut *tx)
-            .await?;
+        lock_device_slots(&mut tx, claim.account_id).await?;
         // Erasure takes the same lock and refuses while a claim exists: under it, an account is
         // either not erased and gets no erasure before this claim commits, or erased and links
         // nothing more (docs/adr/0025).
         let erased: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM data_keys WHERE subject = $1 AND wrapped IS NULL)",
         )
-        .bind(format!("account:{}", claim.account_id))
+        .bind(crate::sealing::account_subject(claim.account_id))
         .fetch_one(&mut *tx)
         .await?;
         if erased {
@@ -192,11 +208,7 @@ impl Credentials {
         account_id: &str,
         cap: u32,
     ) -> Result<Option<Claimed>, CommandError> {
-        let links: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM device_credentials WHERE account_id = $1")
-                .bind(account_id)
-                .fetch_one(&mut *conn)
-                .await?;
+        let links = links_held(&mut *conn, account_id).await?;
         if links < i64::from(cap) {
             return Ok(None);
         }

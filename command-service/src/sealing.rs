@@ -19,6 +19,11 @@
 use serde_json::Value;
 pub use service_kit::sealing::{DataKey, ERASED, Keks, KeysSeen, SealError, is_sealed};
 
+/// The data subject of an account: whose key seals its events (`account:<id>`).
+pub fn account_subject(account_id: &str) -> String {
+    format!("account:{account_id}")
+}
+
 /// What an erased field becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Erased {

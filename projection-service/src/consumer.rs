@@ -430,8 +430,8 @@ async fn handle(
             Err(other) => nak(&message, &other).await,
         }
     }
-    // Sealed personal fields opened before any read model sees them (ADR 0025).
-    let mut events: Vec<_> = decoded.iter().map(|(_, event)| event.clone()).collect();
+    // Sealed personal fields opened, in place, before any read model sees them (ADR 0025).
+    let (decoded_messages, mut events): (Vec<_>, Vec<_>) = decoded.into_iter().unzip();
     let opened = match crate::sealed::Opener::open(settings.opener.as_ref(), &mut events).await {
         Ok(opened) => opened,
         Err(error) => {
@@ -442,7 +442,7 @@ async fn handle(
                     ProjectionError::Waiting(other.to_string())
                 }
             };
-            for (message, _) in decoded {
+            for message in decoded_messages {
                 nak(&message, &error).await;
             }
             return settled;
@@ -450,31 +450,28 @@ async fn handle(
     };
     let mut messages = Vec::with_capacity(events.len());
     let mut applicable = Vec::with_capacity(events.len());
-    for (((message, _), event), opened) in decoded.into_iter().zip(events).zip(opened) {
-        match opened {
+    for ((message, event), opened) in decoded_messages.into_iter().zip(events).zip(opened) {
+        let Err(reason) = opened else {
+            messages.push(message);
+            applicable.push(event);
+            continue;
+        };
+        tracing::error!(subject = %message.subject, %reason,
+            "parking a message whose sealed fields do not open");
+        match park(
+            pool,
+            &settings.durable_name(),
+            &message.subject,
+            &reason,
+            &message.payload,
+        )
+        .await
+        {
             Ok(()) => {
-                messages.push(message);
-                applicable.push(event);
+                metrics.parked.inc();
+                settled.push((message, AckKind::Term));
             }
-            Err(reason) => {
-                tracing::error!(subject = %message.subject, %reason, "parking a message whose \
-                    sealed fields do not open");
-                match park(
-                    pool,
-                    &settings.durable_name(),
-                    &message.subject,
-                    &reason,
-                    &message.payload,
-                )
-                .await
-                {
-                    Ok(()) => {
-                        metrics.parked.inc();
-                        settled.push((message, AckKind::Term));
-                    }
-                    Err(error) => nak(&message, &ProjectionError::Transient(error)).await,
-                }
-            }
+            Err(error) => nak(&message, &ProjectionError::Transient(error)).await,
         }
     }
     let events = applicable;

@@ -53,24 +53,19 @@ impl Opener {
         events: &mut [EventEnvelope],
     ) -> Result<Vec<Result<(), String>>, OpenError> {
         let mut subjects: Vec<String> = Vec::new();
+        let mut first_sealed = None;
         for event in events.iter_mut() {
-            if has_sealed(event) && !subjects.contains(&event.data_subject) {
-                subjects.push(event.data_subject.clone());
-            }
-        }
-        if subjects.is_empty() {
-            return Ok(events.iter().map(|_| Ok(())).collect());
-        }
-        let Some(opener) = opener else {
-            let mut first = String::new();
-            for event in events.iter_mut() {
-                if has_sealed(event) {
-                    first.clone_from(&event.event_id);
-                    break;
+            if has_sealed(event) {
+                first_sealed.get_or_insert_with(|| event.event_id.clone());
+                if !subjects.contains(&event.data_subject) {
+                    subjects.push(event.data_subject.clone());
                 }
             }
-            return Err(OpenError::NotConfigured(first));
+        }
+        let Some(first_sealed) = first_sealed else {
+            return Ok(events.iter().map(|_| Ok(())).collect());
         };
+        let opener = opener.ok_or(OpenError::NotConfigured(first_sealed))?;
         let mut keys = BatchKeys::fetch(&opener.event_store, &subjects).await?;
         Ok(events
             .iter_mut()

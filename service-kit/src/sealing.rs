@@ -245,15 +245,7 @@ impl Keks {
         kek_id: &str,
         wrapped: &[u8],
     ) -> Result<DataKey, SealError> {
-        let (_, kek) = self
-            .keys
-            .iter()
-            .find(|(id, _)| id == kek_id)
-            .ok_or_else(|| SealError::UnknownKek(kek_id.to_owned()))?;
-        let bytes: [u8; 32] = kek
-            .open(Self::aad(subject).as_bytes(), wrapped)
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| SealError::Tampered(format!("the data key of {subject}")))?;
+        let bytes = self.unwrap_bytes(subject, kek_id, wrapped)?;
         Ok(DataKey(Key::from_bytes(&bytes)))
     }
 

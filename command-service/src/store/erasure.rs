@@ -10,7 +10,7 @@ use proto::consistency::Written;
 
 use super::commit::Rows;
 use super::{EventStore, Metadata, StoreError, decide, retry_on_conflict};
-use crate::credentials::device_slots_lock;
+use crate::credentials::{links_held, lock_device_slots};
 use crate::error::CommandError;
 
 /// What an erasure did.
@@ -37,19 +37,14 @@ impl EventStore {
         account_id: &str,
         metadata: &Metadata,
     ) -> Result<Erasure, CommandError> {
-        let subject = format!("account:{account_id}");
+        let subject = crate::sealing::account_subject(account_id);
         let mut tx = self.pool.begin().await.map_err(StoreError::from)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(device_slots_lock(account_id))
-            .execute(&mut *tx)
+        lock_device_slots(&mut tx, account_id)
             .await
             .map_err(StoreError::from)?;
-        let linked: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM device_credentials WHERE account_id = $1")
-                .bind(account_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
+        let linked = links_held(&mut tx, account_id)
+            .await
+            .map_err(StoreError::from)?;
         // The attempts of this account whose first events were sealed under their own key.
         let attempt_subjects: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT e.data_subject FROM events e \

@@ -112,7 +112,7 @@ pub(super) fn subject_of<A: Stored>(
         .cloned()
         .or_else(|| loaded.aggregate.owner_account(&loaded.aggregate_id));
     match account {
-        Some(account) => format!("account:{account}"),
+        Some(account) => crate::sealing::account_subject(&account),
         None => format!("{}:{}", A::TYPE, loaded.aggregate_id),
     }
 }

@@ -23,7 +23,8 @@ type Row = (
     Option<Vec<u8>>,
 );
 
-/// The events of an aggregate with their data keys, from position `$3` (a sequence) on.
+/// The events of an aggregate (`$1`, `$2`) with their data keys, after the sequence given (an
+/// SQL expression).
 macro_rules! events_after {
     ($after:literal) => {
         concat!(
