@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use e2e::bus::BusMessage;
-use e2e::{OwnNats, TestApp, run_command_service, spawn_read_side, spawn_system, spawn_system_on};
+use e2e::{
+    OwnNats, TestApp, run_command_service, spawn_read_side_with, spawn_system, spawn_system_on,
+};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -225,8 +227,9 @@ async fn two_instances_of_each_service_elect_one_relay_and_keep_read_models_exac
     // databases and stream.
     let mut app = spawn_system().await;
     let second_command = run_command_service(app.settings.clone(), None).await;
-    let stream = app.stream.as_ref().unwrap();
-    let _second_read = spawn_read_side(app.read_database_url(), stream).await;
+    // The second one as the first: it opens sealed events and checks the relay's signatures
+    // (without the KEK it could only NAK what it is handed, and the lag would be the test's).
+    let _second_read = spawn_read_side_with(app.read_settings()).await;
     app.register("anna").await;
     app.register("bob").await;
 

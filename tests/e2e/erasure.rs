@@ -250,10 +250,7 @@ async fn an_erased_account_leaves_no_readable_personal_data_and_a_verifiable_his
 
     // A rebuild from the stream reproduces the same erased rows.
     let live = device_rows(&app).await;
-    let mut settings =
-        e2e::projection_settings(app.read_database_url(), app.stream.as_ref().unwrap());
-    settings.event_store_url = Some(app.settings.database_url.clone());
-    settings.kek_file = Some(app.settings.kek_file.clone());
+    let settings = app.read_settings();
     projection_service::rebuild::rebuild(&app.read_database_url(), &settings.consumers().unwrap())
         .await
         .unwrap();

@@ -153,11 +153,8 @@ async fn the_device_list_and_the_audit_queries_are_limited_per_caller() {
     let mut app = e2e::spawn_system().await;
     app.register("anna").await;
     app.register("bob").await;
-    let mut settings =
-        e2e::projection_settings(app.read_database_url(), app.stream.as_ref().unwrap());
+    let mut settings = app.read_settings();
     settings.consumer_prefix = "linkd-test-limited".into();
-    settings.event_store_url = Some(app.settings.database_url.clone());
-    settings.kek_file = Some(app.settings.kek_file.clone());
     settings.query_rate_limits = projection_service::limits::QueryLimits::parse(
         "list_devices.account=2/5,audit.caller=1/5,get_device.account=1/5",
     )

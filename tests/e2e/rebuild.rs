@@ -90,10 +90,7 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models() {
     let live_indexes = indexes(app.read_pool()).await;
 
     // Act
-    let stream = app.stream.as_ref().unwrap();
-    let mut settings = e2e::projection_settings(app.read_database_url(), stream);
-    settings.event_store_url = Some(app.settings.database_url.clone());
-    settings.kek_file = Some(app.settings.kek_file.clone());
+    let settings = app.read_settings();
     let rebuilt = projection_service::rebuild::rebuild(
         &app.read_database_url(),
         &settings.consumers().unwrap(),

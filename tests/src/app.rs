@@ -298,6 +298,16 @@ impl TestApp {
             .clone()
     }
 
+    /// The running projection service's settings: another instance, a rebuild or a variant
+    /// started from them opens sealed events and checks signatures as the first one does.
+    pub fn read_settings(&self) -> projection_service::Settings {
+        self.read
+            .as_ref()
+            .expect("a test started with spawn_system")
+            .settings
+            .clone()
+    }
+
     /// The query client (for tests started with [`spawn_system`]).
     pub fn queries(&self) -> DeviceQueryServiceClient<Channel> {
         self.read
