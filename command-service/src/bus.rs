@@ -2,8 +2,6 @@
 //! publishes, and the subject it is published on. Secrets never reach here: they are not in
 //! events; the LuxTrust nonce, which is, is left out.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use domain::{AccountEvent, DeviceEvent, LinkAttemptEvent, LinkQrEvent};
 use proto::convert::{aggregate, timestamp};
@@ -22,6 +20,8 @@ pub(crate) struct StoredEvent {
     pub(crate) sequence: i64,
     /// Event type name.
     pub(crate) event_type: String,
+    /// The version of its stored shape.
+    pub(crate) event_version: String,
     /// The serialized domain event.
     pub(crate) payload: serde_json::Value,
     /// Actor, request id, account id.
@@ -38,7 +38,9 @@ pub(crate) struct StoredEvent {
     pub(crate) data_subject: Option<String>,
 }
 
-/// A stored event that cannot be turned into a bus message (a bug or corrupted row).
+/// A stored event this build cannot turn into a bus message: one written by a newer linkd (a
+/// type or shape it does not know), or a corrupted row. The relay publishes it opaque instead
+/// ([`StoredEvent::opaque_envelope`]).
 #[derive(Debug, thiserror::Error)]
 #[error("event {event_id} cannot be published: {reason}")]
 pub(crate) struct Unpublishable {
@@ -90,8 +92,6 @@ impl StoredEvent {
             event_id: self.event_id(),
             reason,
         };
-        let metadata: HashMap<String, String> = serde_json::from_value(self.metadata.clone())
-            .map_err(|e| unpublishable(format!("metadata: {e}")))?;
         let mut payload = self.payload.clone();
         // The sealed fields are taken out (their places hold a value of the right type) and
         // put back into the protobuf message once it is built.
@@ -114,28 +114,57 @@ impl StoredEvent {
                 "the sealed field {path} has no place in the envelope (proto::personal)"
             )));
         }
-        let account_id = metadata.get("account_id").cloned().unwrap_or_else(|| {
+        Ok(v1::EventEnvelope {
+            event: Some(event),
+            ..self.header()
+        })
+    }
+
+    /// The envelope of an event this build cannot read ([`Unpublishable`]): its ids, position,
+    /// type, version and metadata, no `event`, and the stored payload as it is in
+    /// `opaque_payload` (its personal fields sealed as stored). Consumers treat it as an event
+    /// type they do not know (docs/events.md, "Unknown and newer events"); publishing it keeps
+    /// every later event flowing and the stream gap-free.
+    pub(crate) fn opaque_envelope(&self) -> v1::EventEnvelope {
+        v1::EventEnvelope {
+            opaque_payload: self.payload.to_string().into_bytes(),
+            ..self.header()
+        }
+    }
+
+    /// Everything of the envelope but the event. Metadata entries that are missing or not text
+    /// (a newer linkd's) are left empty rather than refused.
+    fn header(&self) -> v1::EventEnvelope {
+        let text = |key: &str| {
+            self.metadata
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let account_id = text("account_id").unwrap_or_else(|| {
             if self.aggregate_type == aggregate::ACCOUNT {
                 self.aggregate_id.clone()
             } else {
                 String::new()
             }
         });
-        Ok(v1::EventEnvelope {
+        v1::EventEnvelope {
             event_id: self.event_id(),
             global_position: self.global_position,
             aggregate_type: self.aggregate_type.clone(),
             aggregate_id: self.aggregate_id.clone(),
             sequence: self.sequence,
             event_type: self.event_type.clone(),
+            event_version: self.event_version.clone(),
             occurred_at: Some(timestamp(self.occurred_at)),
             account_id,
-            actor: metadata.get("actor").cloned().unwrap_or_default(),
-            request_id: metadata.get("request_id").cloned().unwrap_or_default(),
-            traceparent: metadata.get("traceparent").cloned().unwrap_or_default(),
+            actor: text("actor").unwrap_or_default(),
+            request_id: text("request_id").unwrap_or_default(),
+            traceparent: text(service_kit::traces::TRACEPARENT).unwrap_or_default(),
             data_subject: self.data_subject.clone().unwrap_or_default(),
-            event: Some(event),
-        })
+            opaque_payload: Vec::new(),
+            event: None,
+        }
     }
 }
 
@@ -344,6 +373,7 @@ mod tests {
             aggregate_id: "d-1".into(),
             sequence,
             event_type: "DeviceLinked".into(),
+            event_version: "1".into(),
             payload: serde_json::Value::Null,
             metadata: serde_json::Value::Null,
             global_position: 7,
@@ -366,6 +396,49 @@ mod tests {
         );
         // The same event published twice keeps its id (JetStream drops the copy).
         assert_eq!(before.message_id(), stored(3, vec![0xab; 32]).message_id());
+    }
+
+    #[test]
+    fn an_event_this_build_cannot_read_is_published_opaque_with_its_stored_payload() {
+        let payload = serde_json::json!({"DeviceRenamed": {"device_name": "sealed:v1:AAAA"}});
+        let event = StoredEvent {
+            event_type: "DeviceRenamed".into(),
+            event_version: "2".into(),
+            payload: payload.clone(),
+            // A newer version's metadata: an entry that is not text is left out, not refused.
+            metadata: serde_json::json!({"actor": "app:d-1", "request_id": "r", "hops": 2}),
+            data_subject: Some("account:anna".into()),
+            ..stored(4, vec![0; 32])
+        };
+
+        let unreadable = event.envelope().unwrap_err();
+        let envelope = event.opaque_envelope();
+
+        assert_eq!(unreadable.event_id, "device/d-1/4");
+        assert!(envelope.event.is_none());
+        assert_eq!(
+            (
+                envelope.event_id.as_str(),
+                envelope.event_type.as_str(),
+                envelope.event_version.as_str(),
+                envelope.sequence,
+                envelope.global_position,
+                envelope.actor.as_str(),
+                envelope.data_subject.as_str(),
+            ),
+            (
+                "device/d-1/4",
+                "DeviceRenamed",
+                "2",
+                4,
+                7,
+                "app:d-1",
+                "account:anna"
+            )
+        );
+        let opaque: serde_json::Value = serde_json::from_slice(&envelope.opaque_payload).unwrap();
+        assert_eq!(opaque, payload);
+        assert!(proto::events::is_unknown(&envelope));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub(crate) struct RelaySettings {
 pub(crate) struct RelayMetrics {
     published: Counter,
     publish_errors: Counter,
+    opaque: Counter,
     halted: Gauge,
 }
 
@@ -199,6 +200,12 @@ impl RelayMetrics {
             "Publishing rounds that failed (NATS unreachable, no acknowledgement); the relay \
              starts over from its checkpoint",
             counted.publish_errors.clone(),
+        );
+        metrics.register(
+            "relay_opaque_events",
+            "Events this build could not read (written by a newer linkd, or a corrupted row), \
+             published as opaque envelopes with their stored payload instead of stalling",
+            counted.opaque.clone(),
         );
         metrics.register(
             "relay_halted",
@@ -528,7 +535,8 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
 
 async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
     Ok(sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload::jsonb AS payload, \
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload::jsonb AS payload, \
          metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at, \
          chain_hash, data_subject FROM events \
          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
@@ -551,8 +559,18 @@ async fn publish(
     // A span per event written by a traced call, continuing its trace and ended with the
     // batch's acknowledgements; its context travels as the message's `traceparent` header.
     let mut spans = Vec::new();
+    let mut opaque = 0;
     for event in batch {
-        let payload = event.envelope()?.encode_to_vec();
+        let envelope = event.envelope().unwrap_or_else(|unreadable| {
+            // Nothing behind it waits: it goes out opaque, and a consumer that does not know it
+            // moves past it (docs/events.md, "Unknown and newer events").
+            opaque += 1;
+            tracing::warn!(event_id = %unreadable.event_id, event_type = %event.event_type,
+                event_version = %event.event_version, reason = %unreadable.reason,
+                "publishing an event this build cannot read as an opaque envelope");
+            event.opaque_envelope()
+        });
+        let payload = envelope.encode_to_vec();
         let subject = event.subject(&settings.subject_prefix);
         let message_id = event.message_id();
         let global_position = event.global_position.to_string();
@@ -607,6 +625,7 @@ async fn publish(
         highest = highest.max(ack.sequence);
     }
     drop(spans);
+    settings.metrics.opaque.inc_by(opaque);
     Ok(highest)
 }
 

@@ -244,6 +244,8 @@ mod tests {
         "DevicesUnlinkedTogether.device_ids",
         // Sealed as the `serial` below each event's `product`.
         "LuxTrustProduct.serial",
+        // The stored payload as it is: its personal fields are the sealed ones above.
+        "EventEnvelope.opaque_payload",
     ];
 
     #[test]

@@ -113,6 +113,7 @@ pub struct ConsumerMetrics {
     stream_sequence: Gauge,
     applied: Counter,
     parked: Counter,
+    unknown: Counter,
     forged: Counter,
     batches: Histogram,
     /// When the last message applied was published, in seconds since the epoch (when the
@@ -132,6 +133,7 @@ impl ConsumerMetrics {
             ),
             applied: Counter::default(),
             parked: Counter::default(),
+            unknown: Counter::default(),
             forged: Counter::default(),
             batches: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             last_published: Gauge::default(),
@@ -143,13 +145,20 @@ impl ConsumerMetrics {
             .set(seconds_since_epoch(std::time::SystemTime::now()));
         metrics.register(
             "consumer_applied_messages",
-            "Messages settled: applied to every read model, found applied already, or parked",
+            "Messages settled: applied to every read model, found applied already, parked, or \
+             passed over as of an unknown type",
             counted.applied.clone(),
         );
         metrics.register(
             "consumer_parked_messages",
             "Messages that can never apply, recorded in the dead-letter table",
             counted.parked.clone(),
+        );
+        metrics.register(
+            "consumer_unknown_messages",
+            "Messages of an event type this version does not know (a newer linkd's): \
+             acknowledged and passed over, every guard moved past them",
+            counted.unknown.clone(),
         );
         metrics.register(
             "consumer_forged_messages",
@@ -485,13 +494,21 @@ async fn handle(
             batch::one_by_one(pool, models, &events).await
         }
     };
-    for (message, verdict) in messages.into_iter().zip(verdicts) {
+    for ((message, verdict), event) in messages.into_iter().zip(verdicts).zip(&events) {
         match verdict {
             Ok(Outcome::Applied | Outcome::AlreadyApplied) => {
                 settled.push((message, AckKind::Ack));
             }
             Ok(Outcome::Parked) => {
                 metrics.parked.inc();
+                settled.push((message, AckKind::Ack));
+            }
+            Ok(Outcome::Unknown) => {
+                metrics.unknown.inc();
+                tracing::warn!(event_id = %event.event_id, event_type = %event.event_type,
+                    event_version = %event.event_version, opaque = !event.opaque_payload.is_empty(),
+                    "an event type this version does not know: acknowledged and passed over \
+                     (upgrade the projection service, then rebuild the read models)");
                 settled.push((message, AckKind::Ack));
             }
             Err(error) => nak(&message, &error).await,

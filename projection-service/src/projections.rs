@@ -5,8 +5,11 @@
 //! The rebuild applies many events per transaction instead (`replay`), with the same guard
 //! rules, through projectors that can fold events in memory (`BatchProjector`).
 //!
-//! An event that names a value this build does not know can never apply: it is poison
-//! (`proto::convert`'s rule), parked in `dead_letters`.
+//! An event of a type this build does not know (a newer linkd's, `proto::events::is_unknown`)
+//! applies as nothing: every guard that reads it moves past it, so the aggregate's later events
+//! go on, and the consumer counts it (docs/events.md, "Unknown and newer events"). An event of a
+//! known type that names a value this build does not know can never apply: it is poison
+//! (`proto::convert`'s rule), parked in `dead_letters`, and the guard moves past it too.
 
 pub(crate) mod audit;
 pub mod devices;
@@ -32,6 +35,8 @@ pub enum Outcome {
     AlreadyApplied,
     /// Could never apply; parked in `dead_letters`, the guard moved past it.
     Parked,
+    /// An event type this build does not know: nothing applied, the guard moved past it.
+    Unknown,
 }
 
 /// Why an event was not applied; the consumer acknowledges accordingly.
@@ -144,11 +149,17 @@ pub fn authenticate(
     verifier.map_or(Ok(()), |verifier| verifier.verify_nats_message(message))
 }
 
-/// Decodes a bus message's body, checked for what every read model relies on.
+/// Decodes a bus message's body, checked for what every read model relies on: its place in
+/// its aggregate, and an event or at least the name of one (an event this build does not know
+/// has no `event`, [`Outcome::Unknown`]).
 pub fn decode(payload: &[u8]) -> Result<EventEnvelope, ProjectionError> {
     let envelope = EventEnvelope::decode(payload)
         .map_err(|e| ProjectionError::Poison(format!("not an EventEnvelope: {e}")))?;
-    if envelope.sequence < 1 || envelope.aggregate_type.is_empty() || envelope.event.is_none() {
+    if envelope.sequence < 1
+        || envelope.aggregate_type.is_empty()
+        || envelope.aggregate_id.is_empty()
+        || (envelope.event.is_none() && envelope.event_type.is_empty())
+    {
         return Err(ProjectionError::Poison(format!(
             "incomplete envelope for {}",
             envelope.event_id
@@ -219,6 +230,7 @@ pub fn verdict(
         combined = match (outcome?, combined) {
             (Outcome::Applied, _) | (_, Outcome::Applied) => Outcome::Applied,
             (Outcome::Parked, _) | (_, Outcome::Parked) => Outcome::Parked,
+            (Outcome::Unknown, _) | (_, Outcome::Unknown) => Outcome::Unknown,
             (Outcome::AlreadyApplied, Outcome::AlreadyApplied) => Outcome::AlreadyApplied,
         };
     }
@@ -299,6 +311,41 @@ async fn apply_one(
             got: event.sequence,
         }));
     }
+    let outcome = if proto::events::is_unknown(event) {
+        Outcome::Unknown
+    } else {
+        match project_behind_a_savepoint(tx, model, event).await? {
+            Ok(outcome) => outcome,
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    };
+    let moved = sqlx::query(
+        "UPDATE projector_positions SET last_sequence = $4 \
+         WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
+         AND last_sequence = $4 - 1",
+    )
+    .bind(model.guard())
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .bind(event.sequence)
+    .execute(&mut **tx)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Err(ProjectionError::Transient(sqlx::Error::Protocol(
+            "the guard moved under its lock".into(),
+        )));
+    }
+    Ok(Ok(outcome))
+}
+
+/// `model`'s work on `event` behind a savepoint: applied, or parked if it can never apply. The
+/// outer `Err` is a failure of the transaction; the inner one a refusal that leaves the guard
+/// where it was (a gap, a wait).
+async fn project_behind_a_savepoint(
+    tx: &mut Transaction<'static, Postgres>,
+    model: &dyn ReadModel,
+    event: &EventEnvelope,
+) -> Result<Result<Outcome, ProjectionError>, ProjectionError> {
     sqlx::query("SAVEPOINT projecting")
         .execute(&mut **tx)
         .await?;
@@ -333,22 +380,6 @@ async fn apply_one(
             return Ok(Err(refusal));
         }
     };
-    let moved = sqlx::query(
-        "UPDATE projector_positions SET last_sequence = $4 \
-         WHERE projector = $1 AND aggregate_type = $2 AND aggregate_id = $3 \
-         AND last_sequence = $4 - 1",
-    )
-    .bind(model.guard())
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(event.sequence)
-    .execute(&mut **tx)
-    .await?;
-    if moved.rows_affected() != 1 {
-        return Err(ProjectionError::Transient(sqlx::Error::Protocol(
-            "the guard moved under its lock".into(),
-        )));
-    }
     Ok(Ok(outcome))
 }
 

@@ -255,6 +255,7 @@ async fn replay_and_switch(
         already_applied,
         parked,
         held_back,
+        unknown,
     } = replay.outcome;
     tracing::info!(
         read = replay.read,
@@ -262,6 +263,7 @@ async fn replay_and_switch(
         already_applied,
         parked,
         held_back,
+        unknown,
         aggregates = replay.replayed.aggregates(),
         locked_ms = locked.as_millis(),
         "switched over"

@@ -32,6 +32,8 @@ fn envelope(sequence: i64, event: Event) -> EventEnvelope {
         request_id: "test".into(),
         traceparent: String::new(),
         data_subject: String::new(),
+        event_version: "1".into(),
+        opaque_payload: Vec::new(),
         event: Some(event),
     }
 }

@@ -191,6 +191,8 @@ fn envelope(
             request_id: format!("req-{sequence}-{time}"),
             traceparent: String::new(),
             data_subject: String::new(),
+            event_version: "1".into(),
+            opaque_payload: Vec::new(),
             event: Some(event),
         },
     }

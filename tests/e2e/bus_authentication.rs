@@ -39,6 +39,8 @@ fn registered(account: &str) -> EventEnvelope {
         request_id: "forged".into(),
         traceparent: String::new(),
         data_subject: String::new(),
+        event_version: "1".into(),
+        opaque_payload: Vec::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@attacker.example"),
             language: "en".into(),
@@ -64,6 +66,8 @@ fn linked(account: &str) -> EventEnvelope {
         request_id: "forged".into(),
         traceparent: String::new(),
         data_subject: String::new(),
+        event_version: "1".into(),
+        opaque_payload: Vec::new(),
         event: Some(Event::DeviceLinked(v1::DeviceLinked {
             link_id: uuid::Uuid::new_v4().to_string(),
             device_name: "Mallory's phone".into(),

@@ -16,6 +16,7 @@ mod demo;
 mod device_cap;
 mod emails;
 mod erasure;
+mod evolution;
 mod hostile_bytes;
 mod idempotency;
 mod inactivity;

@@ -37,6 +37,8 @@ fn registered(account: &str) -> EventEnvelope {
         request_id: "test".into(),
         traceparent: String::new(),
         data_subject: String::new(),
+        event_version: "1".into(),
+        opaque_payload: Vec::new(),
         event: Some(Event::AccountRegistered(v1::AccountRegistered {
             email: format!("{account}@example.test"),
             language: "en".into(),

@@ -10,7 +10,8 @@
 //! 2. Each event, in stream order, is compared with each of its guards as the batch has moved
 //!    them so far: at or below → already applied; the next one → applied through that read
 //!    model; beyond → a gap, held back (NAKed after the commit and redelivered; the read models
-//!    that applied it skip it then).
+//!    that applied it skip it then). The next one, of a type this build does not know, moves
+//!    the guard and applies nothing ([`Outcome::Unknown`]).
 //!    Each read model then writes its share of the batch at once ([`ReadModel::project_many`]:
 //!    a few statements for the whole share where the read model can fold events in memory).
 //! 3. The guards the batch moved are written back through the row addresses (`ctid`) the lock
@@ -176,6 +177,10 @@ pub async fn apply(
                     expected: guard.to + 1,
                     got: event.sequence,
                 }));
+            } else if proto::events::is_unknown(event) {
+                // Nothing to apply; the aggregate's later events go on behind it.
+                guard.to = event.sequence;
+                outcomes.push(Ok(Outcome::Unknown));
             } else {
                 share.push(event);
                 guard.to = event.sequence;

@@ -26,6 +26,8 @@ pub(crate) fn envelope(aggregate_type: &str, aggregate_id: &str, event: Event) -
         request_id: "test".into(),
         traceparent: String::new(),
         data_subject: String::new(),
+        event_version: "1".into(),
+        opaque_payload: Vec::new(),
         event: Some(event),
     }
 }

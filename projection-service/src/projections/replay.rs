@@ -183,6 +183,8 @@ pub(crate) struct BatchOutcome {
     pub(crate) parked: u64,
     /// Events held back behind a gap (applied later, when the gap fills).
     pub(crate) held_back: u64,
+    /// Events of a type this build does not know, passed over.
+    pub(crate) unknown: u64,
 }
 
 impl std::ops::AddAssign for BatchOutcome {
@@ -191,6 +193,7 @@ impl std::ops::AddAssign for BatchOutcome {
         self.already_applied += other.already_applied;
         self.parked += other.parked;
         self.held_back += other.held_back;
+        self.unknown += other.unknown;
     }
 }
 
@@ -241,6 +244,12 @@ impl<P: BatchProjector> Fold<'_, P> {
     }
 
     fn apply(&mut self, guard: &mut Guard, event: &EventEnvelope) -> Result<(), ProjectionError> {
+        if proto::events::is_unknown(event) {
+            // As the live path: nothing to apply, the guard moves past it.
+            self.outcome.unknown += 1;
+            guard.last = event.sequence;
+            return Ok(());
+        }
         match self.projector.fold(&mut self.state, event) {
             Ok(()) => self.outcome.applied += 1,
             // As the live path: park it, and let the aggregate's later events through.

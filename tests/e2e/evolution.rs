@@ -1,0 +1,157 @@
+//! Events of a newer version (issue 17, point 1): a stored event this build cannot read is
+//! published opaque instead of stalling the relay, and every read model passes over an event
+//! type it does not know, acknowledges and counts it, and applies the aggregate's later events.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use e2e::metrics::scrape;
+use prost::Message as _;
+use proto::v1::EventEnvelope;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn any_port() -> Option<std::net::SocketAddr> {
+    Some("127.0.0.1:0".parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_event_written_by_a_newer_version_goes_out_opaque_and_the_read_models_go_past_it() {
+    // Arrange: both services with metrics; anna's phone linked and projected.
+    let mut app = e2e::spawn_system_with(|settings| settings.metrics_addr = any_port()).await;
+    app.restart_read_side(|settings| settings.metrics_addr = any_port())
+        .await;
+    app.register("anna").await;
+    let device = app.link_by_qr("anna").await.device_id;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let (last, link_id): (i64, String) = sqlx::query_as(
+        "SELECT max(sequence), max(payload::jsonb #>> '{DeviceLinked,link_id}') FROM events \
+         WHERE aggregate_type = 'device' AND aggregate_id = $1",
+    )
+    .bind(&device)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    // Act: a newer command service writes an event type this build does not know, then an
+    // event it knows (the phone unlinked from the portal), both after the phone's history.
+    let renamed = serde_json::json!({"DeviceRenamed": {
+        "device_name": "sealed:v1:AAAA",
+        "at": "2026-12-01T10:00:00Z"
+    }});
+    let unlinked = serde_json::to_value(domain::DeviceEvent::DeviceUnlinked {
+        link_id: domain::LinkAttemptId(link_id.parse().unwrap()),
+        account_id: domain::AccountId::parse("anna").unwrap(),
+        reason: domain::UnlinkReason::FromPortal,
+        at: chrono::Utc::now(),
+        in_bulk: false,
+    })
+    .unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    for (offset, event_type, version, payload) in [
+        (1, "DeviceRenamed", "2", &renamed),
+        (2, "DeviceUnlinked", "1", &unlinked),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, data_subject) \
+             SELECT aggregate_type, aggregate_id, $2, $3, $4, $5::json, metadata, data_subject \
+             FROM events WHERE aggregate_type = 'device' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(&device)
+        .bind(last + offset)
+        .bind(event_type)
+        .bind(version)
+        .bind(payload.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    // And life goes on for others.
+    app.register("bob").await;
+    app.link_by_qr("bob").await;
+
+    // Assert: the phone is unlinked in the read model (its guard moved past the unknown event),
+    // bob's phone is there, and nothing was parked.
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let read = app.read_pool();
+    let status: String = sqlx::query_scalar("SELECT status FROM devices WHERE device_id = $1")
+        .bind(uuid::Uuid::parse_str(&device).unwrap())
+        .fetch_one(&read)
+        .await
+        .unwrap();
+    assert_eq!(status, "unlinked");
+    let guards: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT projector, last_sequence FROM projector_positions \
+         WHERE aggregate_type = 'device' AND aggregate_id = $1 ORDER BY projector",
+    )
+    .bind(&device)
+    .fetch_all(&read)
+    .await
+    .unwrap();
+    let expected: Vec<(String, i64)> = ["audit", "devices", "notifier"]
+        .into_iter()
+        .map(|projector| (projector.to_owned(), last + 2))
+        .collect();
+    assert_eq!(guards, expected);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&read)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "an unknown event is passed over, not parked");
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM audit_log WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&device)
+    .fetch_all(&read)
+    .await
+    .unwrap();
+    assert_eq!(audited.last().map(String::as_str), Some("DeviceUnlinked"));
+    assert!(!audited.iter().any(|kind| kind == "DeviceRenamed"));
+
+    // The stream holds the unknown event, opaque: its place, type, version and stored payload.
+    let stream = app.stream.as_ref().unwrap();
+    let context = jetstream::new(async_nats::connect(&stream.nats_url).await.unwrap());
+    let source = context.get_stream(&stream.name).await.unwrap();
+    let message = source
+        .get_last_raw_message_by_subject(&format!("{}.device.DeviceRenamed", stream.prefix))
+        .await
+        .unwrap();
+    let envelope = EventEnvelope::decode(message.payload.as_ref()).unwrap();
+    assert_eq!(envelope.event_id, format!("device/{device}/{}", last + 1));
+    assert_eq!(envelope.event_version, "2");
+    assert!(envelope.event.is_none());
+    assert!(
+        envelope.data_subject.starts_with("account:"),
+        "{envelope:?}"
+    );
+    let payload: serde_json::Value = serde_json::from_slice(&envelope.opaque_payload).unwrap();
+    assert_eq!(payload, renamed);
+
+    // Counted on both sides.
+    let relay = scrape(app.command_metrics_addr()).await;
+    assert_eq!(relay.count("linkd_relay_opaque_events_total"), 1.0);
+    let consumer = scrape(app.read_metrics_addr()).await;
+    assert_eq!(consumer.count("linkd_consumer_unknown_messages_total"), 1.0);
+    assert_eq!(consumer.count("linkd_consumer_parked_messages_total"), 0.0);
+
+    // A rebuild passes over it the same way.
+    let devices = |pool: sqlx::PgPool| async move {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT device_id::text, status FROM devices ORDER BY device_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        rows
+    };
+    let live = devices(read.clone()).await;
+    projection_service::rebuild::rebuild(
+        &app.read_database_url(),
+        &app.read_settings().consumers().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(devices(read).await, live);
+    assert_eq!(live.len(), 2);
+}
