@@ -172,6 +172,15 @@ fn history() -> Vec<EventEnvelope> {
         .collect()
 }
 
+fn notifier() -> Notifier {
+    Notifier {
+        templates: Templates::default(),
+        sender: "usermanagement@security.public.lu".into(),
+        default_language: "en".into(),
+        max_event_age: std::time::Duration::from_secs(3600),
+    }
+}
+
 async fn database() -> (TestDatabase, PgPool) {
     let database = TestDatabase::create("linkd_batchtest").await.unwrap();
     let pool = crate::startup::connect_and_migrate(&database.url)
@@ -206,12 +215,7 @@ async fn contents(pool: &PgPool) -> Vec<String> {
 
 #[tokio::test]
 async fn a_batch_writes_what_its_events_write_one_at_a_time() {
-    let notifier = Notifier {
-        templates: Templates::default(),
-        sender: "usermanagement@security.public.lu".into(),
-        default_language: "en".into(),
-        max_event_age: std::time::Duration::from_secs(3600),
-    };
+    let notifier = notifier();
     let models: [&dyn ReadModel; 3] = [&AuditLog, &Devices, &notifier];
     let events = history();
 
@@ -382,12 +386,7 @@ fn history_with_a_newer_event() -> (Vec<EventEnvelope>, String) {
 #[tokio::test]
 async fn an_event_type_this_build_does_not_know_moves_every_guard_and_applies_nothing() {
     // Arrange
-    let notifier = Notifier {
-        templates: Templates::default(),
-        sender: "usermanagement@security.public.lu".into(),
-        default_language: "en".into(),
-        max_event_age: std::time::Duration::from_secs(3600),
-    };
+    let notifier = notifier();
     let models: [&dyn ReadModel; 3] = [&AuditLog, &Devices, &notifier];
     let (events, unknown) = history_with_a_newer_event();
 
