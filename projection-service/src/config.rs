@@ -106,6 +106,7 @@ impl Settings {
             consumer_prefix: self.consumer_prefix.clone(),
             verifier,
             nats_auth: self.nats_auth.clone(),
+            notices: (&self.email).into(),
         })
     }
 

@@ -67,12 +67,62 @@ pub struct ConsumerSettings {
     /// What opens sealed personal fields (`None`: the event store or the KEKs are not
     /// configured, and events with sealed fields wait).
     pub opener: Option<crate::sealed::Opener>,
+    /// How the notifier addresses the emails it queues.
+    pub notices: Notices,
+}
+
+/// How the notifier read model addresses the emails it queues (from the email settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notices {
+    /// The From address (the Message-ID's domain comes from it).
+    pub sender: String,
+    /// Language for accounts registered without one of ours.
+    pub default_language: String,
+    /// Events older than this queue no email.
+    pub max_event_age: Duration,
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        Self {
+            sender: "usermanagement@security.public.lu".into(),
+            default_language: "en".into(),
+            max_event_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl From<&crate::email::EmailSettings> for Notices {
+    fn from(email: &crate::email::EmailSettings) -> Self {
+        Self {
+            sender: email.sender.clone(),
+            default_language: email.default_language.clone(),
+            max_event_age: email.max_event_age,
+        }
+    }
 }
 
 impl ConsumerSettings {
     /// The durable consumer's name.
     pub fn durable_name(&self) -> String {
         format!("{}-{CONSUMER}", self.consumer_prefix)
+    }
+
+    /// Every read model the stream feeds, in the order their guards are locked (by name): the
+    /// live consumer's and the rebuild's.
+    pub fn read_models(&self) -> ReadModels {
+        use crate::projections::{audit::AuditLog, devices::Devices, notifier::Notifier};
+        let notifier = Notifier {
+            templates: crate::email::Templates::default(),
+            sender: self.notices.sender.clone(),
+            default_language: self.notices.default_language.clone(),
+            max_event_age: self.notices.max_event_age,
+        };
+        Arc::new([
+            Box::new(AuditLog) as Box<dyn ReadModel>,
+            Box::new(Devices),
+            Box::new(notifier),
+        ])
     }
 }
 

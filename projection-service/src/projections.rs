@@ -359,9 +359,11 @@ async fn project_behind_a_savepoint(
                 .await?;
             tracing::error!(event_id = %event.event_id, projector = model.guard(), %reason,
                 "parking an event that cannot apply");
+            // Once per read model and event: a rebuild that meets it again parks nothing more.
             sqlx::query(
                 "INSERT INTO dead_letters (projector, subject, event_id, reason, payload) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                 SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS \
+                 (SELECT 1 FROM dead_letters WHERE projector = $1 AND event_id = $3)",
             )
             .bind(model.guard())
             .bind(format!("{}.{}", event.aggregate_type, event.event_type))

@@ -1,17 +1,23 @@
-//! Rebuild: replays the stream from its first event into fresh tables, then switches the live
-//! read models over (`projection-service rebuild`).
+//! Rebuild: replays the stream from its first event into fresh tables for every read model,
+//! then switches the live read models over (`projection-service rebuild`).
 //!
-//! 1. Fresh `devices` and `projector_positions` tables in a schema of their own (the guards of
-//!    other projectors, such as the notifier, are carried over unchanged at the switch).
-//! 2. An ephemeral consumer from the stream's start is read in large pulls; each pull is
-//!    decoded and applied in one transaction (ADR 0007) with the live path's rules: the same
-//!    per-event decision (`projections::devices::change`), the same guard (skip what
-//!    was applied, hold back what comes after a gap, park what cannot apply), one guard write per
-//!    aggregate per batch. The next pull is read while the previous one is written.
+//! 1. Fresh `devices`, `audit_log`, `email_accounts`, `email_devices` and
+//!    `projector_positions` tables in a schema of their own, and a scratch `email_outbox`.
+//! 2. An ephemeral consumer from the stream's start is read in large pulls, decoded, and each
+//!    pull applied with the live path's rules (the same guards: skip what was applied, hold
+//!    back what comes after a gap, park what cannot apply, pass over an unknown event type):
+//!    the devices by folding the pull in memory, in one transaction (ADR 0007); the audit log
+//!    and the notifier's state with the live consumer's batch (`consumer::batch`). The next
+//!    pull is read while the previous one is written.
 //! 3. Under an exclusive lock on the live tables (the live consumer waits), the last events are
 //!    applied, the fresh guards are checked not to be behind the live ones, the live tables move
 //!    aside, the fresh ones take their place, and the lock is released; the live consumer
-//!    resumes on the fresh tables, its guard skipping what the rebuild already applied.
+//!    resumes on the fresh tables, its guards skipping what the rebuild already applied.
+//!
+//! A rebuild never sends an email again: what the notifier queues while replaying goes to the
+//! scratch outbox, which is dropped; the live outbox (queued, sent and given-up emails) stays
+//! as it is. Only the emails of events the live notifier had not reached yet when the switch
+//! began (the rebuild read them first) are moved to the live outbox, to go out once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +27,14 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
 use proto::v1::EventEnvelope;
 use service_kit::bus_signing::BusVerifier;
-use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
+use sqlx::{Executor as _, PgPool};
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::consumer::ConsumerSettings;
+use crate::consumer::{ConsumerSettings, batch};
 use crate::projections::replay::{self, BatchOutcome, Replayed};
-use crate::projections::{self, BatchProjector, Projector, ReadModel as _, devices::Devices};
+use crate::projections::{self, Outcome, ProjectionError, Projector, ReadModel, devices::Devices};
 use crate::sealed::Opener;
 
 /// What a rebuild did.
@@ -60,7 +66,18 @@ impl Default for RebuildOptions {
     }
 }
 
-const TABLES: [&str; 2] = ["devices", "projector_positions"];
+/// The tables a rebuild replaces.
+const TABLES: [&str; 5] = [
+    "projector_positions",
+    "devices",
+    "audit_log",
+    "email_accounts",
+    "email_devices",
+];
+
+/// The tables a rebuild writes but never switches in: the emails the notifier queues while
+/// replaying.
+const SCRATCH: [&str; 1] = ["email_outbox"];
 
 /// Guards written per statement at the end of a replay phase.
 const GUARDS_PER_STATEMENT: usize = 10_000;
@@ -85,7 +102,7 @@ pub async fn rebuild_with(
     let retired = format!("retired_{}", Uuid::new_v4().simple());
     pool.execute(format!("CREATE SCHEMA {fresh}").as_str())
         .await?;
-    for table in TABLES {
+    for table in TABLES.iter().chain(&SCRATCH) {
         pool.execute(
             format!("CREATE TABLE {fresh}.{table} (LIKE public.{table} INCLUDING ALL)").as_str(),
         )
@@ -118,17 +135,44 @@ async fn replay_and_switch(
 ) -> anyhow::Result<u64> {
     // One connection that sees the fresh tables under the usual names (dead_letters, for parked
     // events, stays the live one), and writes them in order, one batch after the other.
-    let mut shadow = PgConnection::connect(database_url)
-        .await
-        .context("connecting the rebuild's writer")?;
-    shadow
-        .execute(format!("SET search_path TO {fresh}, public").as_str())
-        .await?;
     // The batches commit without waiting for their WAL to reach the disk. Nothing reads the
     // fresh tables before the switch, and the switch commits synchronously (on `pool`): WAL is
     // flushed in order, so once the switch is durable every batch before it is too. A crash
     // before that loses only the fresh schema, which is never switched in (ADR 0007).
-    shadow.execute("SET synchronous_commit TO off").await?;
+    let search_path = format!("SET search_path TO {fresh}, public");
+    let shadow = service_kit::database::pool_options(1)
+        .after_connect(move |connection, _| {
+            let search_path = search_path.clone();
+            Box::pin(async move {
+                connection.execute(search_path.as_str()).await?;
+                connection.execute("SET synchronous_commit TO off").await?;
+                Ok(())
+            })
+        })
+        .connect(database_url)
+        .await
+        .context("connecting the rebuild's writer")?;
+    let switched = replay_and_switch_with(pool, &shadow, settings, options, fresh, retired).await;
+    // Its locks, if it failed inside a transaction, go with it before the fresh schema does.
+    shadow.close().await;
+    switched
+}
+
+async fn replay_and_switch_with(
+    pool: &PgPool,
+    shadow: &PgPool,
+    settings: &ConsumerSettings,
+    options: &RebuildOptions,
+    fresh: &str,
+    retired: &str,
+) -> anyhow::Result<u64> {
+    let models = settings.read_models();
+    let shared: Vec<&dyn ReadModel> = models
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|model| model.guard() != Devices.name())
+        .collect();
+    let rebuilt: Vec<&str> = models.iter().map(|model| model.guard()).collect();
     let client =
         service_kit::nats::connect(&settings.nats_url, "linkd-rebuild", &settings.nats_auth)
             .await?;
@@ -136,13 +180,12 @@ async fn replay_and_switch(
         .get_stream(&settings.stream)
         .await
         .with_context(|| format!("opening stream {}", settings.stream))?;
-    let projector = Devices;
     let mut replay = Replay {
         verifier: settings.verifier.clone(),
         opener: settings.opener.clone(),
         consumer: stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: format!("{}.{}", settings.subject_prefix, projector.filter()),
+                filter_subject: format!("{}.>", settings.subject_prefix),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(60),
@@ -154,8 +197,9 @@ async fn replay_and_switch(
         replayed: Replayed::default(),
         read: 0,
         outcome: BatchOutcome::default(),
+        shared: Shared::default(),
     };
-    replay.drain(&mut shadow, &projector).await?;
+    replay.drain(shadow, &shared).await?;
     tracing::info!(
         read = replay.read,
         applied = replay.outcome.applied,
@@ -164,13 +208,21 @@ async fn replay_and_switch(
 
     let mut tx = pool.begin().await?;
     let locking = Instant::now();
-    // The live consumer locks projector_positions first, then devices: same order, no deadlock.
-    sqlx::query("LOCK TABLE public.projector_positions, public.devices IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *tx)
-        .await?;
+    // The live consumer locks projector_positions first, then the read models' tables: same
+    // order, no deadlock.
+    let live: Vec<String> = TABLES
+        .iter()
+        .map(|table| format!("public.{table}"))
+        .collect();
+    sqlx::query(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        live.join(", ")
+    ))
+    .execute(&mut *tx)
+    .await?;
     // Pulls issued now see every message the live consumer has applied: it took each from the
     // stream before committing, and it committed before this lock was granted.
-    replay.drain(&mut shadow, &projector).await?;
+    replay.drain(shadow, &shared).await?;
     if !replay.replayed.held.is_empty() {
         // The live consumer cannot have applied these either (it waits for the same gaps, and
         // the check below proves it): it will apply them on the fresh tables when the gap fills.
@@ -192,9 +244,9 @@ async fn replay_and_switch(
     let behind: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM public.projector_positions l \
          LEFT JOIN {fresh}.projector_positions f USING (projector, aggregate_type, aggregate_id) \
-         WHERE l.projector = $1 AND l.last_sequence > coalesce(f.last_sequence, 0)"
+         WHERE l.projector = ANY($1) AND l.last_sequence > coalesce(f.last_sequence, 0)"
     ))
-    .bind(projector.name())
+    .bind(&rebuilt)
     .fetch_one(&mut *tx)
     .await?;
     if behind > 0 {
@@ -203,14 +255,41 @@ async fn replay_and_switch(
              back); republish the event store (command-service republish --from 0) and rebuild"
         );
     }
-    // Other projectors' guards are not rebuilt here: carry them over unchanged.
+    // Guards of read models this build does not have (none today) are carried over unchanged.
     sqlx::query(&format!(
         "INSERT INTO {fresh}.projector_positions SELECT * FROM public.projector_positions \
-         WHERE projector <> $1"
+         WHERE projector <> ALL($1)"
     ))
-    .bind(projector.name())
+    .bind(&rebuilt)
     .execute(&mut *tx)
     .await?;
+    // The emails of events the live notifier had not applied yet: it will skip those events
+    // now (the fresh guards are past them), so their emails go to the live outbox from here.
+    // Every other email the replay queued was queued (or deliberately not) by the live notifier
+    // already: dropped with the scratch outbox.
+    let columns: String = sqlx::query_scalar(
+        "SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) \
+         FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = 'email_outbox' \
+           AND is_identity = 'NO'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let handed_over = sqlx::query(&format!(
+        "INSERT INTO public.email_outbox ({columns}) \
+         SELECT {columns} FROM {fresh}.email_outbox f \
+         WHERE NOT EXISTS ( \
+             SELECT 1 FROM public.projector_positions l, \
+                 regexp_match(f.event_id, '^([^/]+)/(.+)/([0-9]+)$') AS e (part) \
+             WHERE l.projector = $1 AND l.aggregate_type = e.part[1] \
+               AND l.aggregate_id = e.part[2] AND l.last_sequence >= e.part[3]::bigint) \
+         ORDER BY f.id \
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(crate::projections::notifier::NAME)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     // `LIKE … INCLUDING ALL` gave the fresh indexes generated names: match them with the live
     // ones by definition, to give them the live names once the live tables have moved aside
     // (migrations refer to indexes by name).
@@ -249,7 +328,6 @@ async fn replay_and_switch(
     }
     tx.commit().await?;
     let locked = locking.elapsed();
-    shadow.close().await?;
     let BatchOutcome {
         applied,
         already_applied,
@@ -265,6 +343,9 @@ async fn replay_and_switch(
         held_back,
         unknown,
         aggregates = replay.replayed.aggregates(),
+        audit_and_notifier_applied = replay.shared.applied,
+        audit_and_notifier_after_a_gap = replay.shared.after_a_gap,
+        emails_handed_over = handed_over,
         locked_ms = locked.as_millis(),
         "switched over"
     );
@@ -281,17 +362,27 @@ struct Replay {
     batch_size: usize,
     replayed: Replayed,
     read: u64,
+    /// What became of the device events.
     outcome: BatchOutcome,
+    /// What became of the events for the other read models.
+    shared: Shared,
+}
+
+/// What the read models other than the devices made of the replayed events.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shared {
+    /// Events applied to at least one of them, or passed over as of an unknown type.
+    applied: u64,
+    /// Events that came after a gap (the stream lacks an earlier event of their aggregate):
+    /// left unapplied; the switch refuses if the live read models had applied them.
+    after_a_gap: u64,
 }
 
 impl Replay {
     /// Applies messages until the consumer has nothing pending: pulls are read and decoded while
     /// the previous batch is written.
-    async fn drain<P: BatchProjector>(
-        &mut self,
-        shadow: &mut PgConnection,
-        projector: &P,
-    ) -> anyhow::Result<()> {
+    async fn drain(&mut self, shadow: &PgPool, shared: &[&dyn ReadModel]) -> anyhow::Result<()> {
+        let projector = &Devices;
         let (batches, mut received) = mpsc::channel::<Vec<EventEnvelope>>(2);
         // A task of its own, so that decoding runs beside the writer on another worker.
         let reader = tokio::spawn(
@@ -307,23 +398,36 @@ impl Replay {
         let replayed = &mut self.replayed;
         let written = async {
             let mut outcome = BatchOutcome::default();
+            let mut others = Shared::default();
             while let Some(events) = received.recv().await {
-                let mut tx = shadow.begin().await?;
-                outcome += replay::apply_batch(&mut tx, projector, events, replayed)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
-                tx.commit().await?;
+                let devices: Vec<EventEnvelope> = events
+                    .iter()
+                    .filter(|event| projector.reads(&event.aggregate_type))
+                    .cloned()
+                    .collect();
+                if !devices.is_empty() {
+                    let mut tx = shadow.begin().await?;
+                    outcome += replay::apply_batch(&mut tx, projector, devices, replayed)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
+                    tx.commit().await?;
+                }
+                let settled = apply_shared(shadow, shared, &events).await?;
+                others.applied += settled.applied;
+                others.after_a_gap += settled.after_a_gap;
             }
-            anyhow::Ok(outcome)
+            anyhow::Ok((outcome, others))
         }
         .await;
-        let outcome = match written {
-            Ok(outcome) => outcome,
+        let (outcome, others) = match written {
+            Ok(written) => written,
             Err(error) => {
                 reader.abort();
                 return Err(error);
             }
         };
+        self.shared.applied += others.applied;
+        self.shared.after_a_gap += others.after_a_gap;
         // The channel closes when the reader has finished (or failed).
         self.read += reader.await.context("the stream reader stopped")??;
         self.outcome += outcome;
@@ -372,11 +476,9 @@ async fn pull(
                 continue;
             }
             match projections::decode(&message.payload) {
-                // As the live consumer chooses: by the envelope's aggregate type (a message on a
-                // device subject whose envelope names another aggregate is not the device read
-                // model's).
-                Ok(event) if Devices.reads(&event.aggregate_type) => events.push(event),
-                Ok(_) => {}
+                // Each read model chooses by the envelope's aggregate type, as in the live
+                // consumer.
+                Ok(event) => events.push(event),
                 // Not an event at all: the live consumer parked it already.
                 Err(_) => {
                     tracing::warn!(subject = %message.subject, "skipping an undecodable message");
@@ -412,4 +514,35 @@ async fn pull(
             return Ok(read);
         }
     }
+}
+
+/// Applies `events` (in stream order) to the read models `shared` in the fresh tables, as the
+/// live consumer does: in one transaction, or one by one when one of them cannot apply (parked,
+/// the guard moved past it).
+async fn apply_shared(
+    shadow: &PgPool,
+    shared: &[&dyn ReadModel],
+    events: &[EventEnvelope],
+) -> anyhow::Result<Shared> {
+    let verdicts = match batch::apply(shadow, shared, events).await {
+        Ok(verdicts) => verdicts,
+        Err(ProjectionError::Transient(error)) => {
+            return Err(
+                anyhow::Error::new(error).context("replaying into the audit log and notifier")
+            );
+        }
+        Err(_) => batch::one_by_one(shadow, shared, events).await,
+    };
+    let mut settled = Shared::default();
+    for verdict in verdicts {
+        match verdict {
+            Ok(Outcome::Applied | Outcome::Parked | Outcome::Unknown) => settled.applied += 1,
+            Ok(Outcome::AlreadyApplied) => {}
+            Err(ProjectionError::Gap { .. } | ProjectionError::Waiting(_)) => {
+                settled.after_a_gap += 1;
+            }
+            Err(error) => anyhow::bail!("replaying into the audit log and notifier: {error}"),
+        }
+    }
+    Ok(settled)
 }

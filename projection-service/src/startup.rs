@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::str::FromStr as _;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use identity::{Checks, KeySet};
@@ -17,14 +16,10 @@ use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::config::Settings;
-use crate::consumer::{self, ReadModels};
-use crate::email::{self, Templates};
+use crate::consumer;
+use crate::email;
 use crate::grpc::Queries;
 use crate::grpc::audit::Audits;
-use crate::projections::ReadModel;
-use crate::projections::audit::AuditLog;
-use crate::projections::devices::Devices;
-use crate::projections::notifier::Notifier;
 
 /// A built, not yet running, projection service.
 #[derive(Debug)]
@@ -185,18 +180,7 @@ impl Application {
             self.settings.retention,
             crate::retention::RetentionMetrics::register(&self.metrics),
         ));
-        let notifier = Notifier {
-            templates: Templates::default(),
-            sender: self.settings.email.sender.clone(),
-            default_language: self.settings.email.default_language.clone(),
-            max_event_age: self.settings.email.max_event_age,
-        };
-        // In the order their guards are locked (by name).
-        let models: ReadModels = Arc::new([
-            Box::new(AuditLog) as Box<dyn ReadModel>,
-            Box::new(Devices),
-            Box::new(notifier),
-        ]);
+        let models = consumer_settings.read_models();
         let consumer = tokio::spawn(
             consumer::run(
                 self.consumer_pool.clone(),
