@@ -96,6 +96,15 @@ impl StoredEvent {
         // The sealed fields are taken out (their places hold a value of the right type) and
         // put back into the protobuf message once it is built.
         let mut sealed = sealing::take_sealed(&self.aggregate_type, &self.event_type, &mut payload);
+        // An older shape is brought to the current one (docs/events.md, "How to change an
+        // event"); the envelope still says which version is stored.
+        domain::upcast::upcast(
+            &self.aggregate_type,
+            &self.event_type,
+            &self.event_version,
+            &mut payload,
+        )
+        .map_err(|e| unpublishable(e.to_string()))?;
         let mut event = match self.aggregate_type.as_str() {
             aggregate::ACCOUNT => serde_json::from_value(payload).map(account_event),
             aggregate::LINK_QR => serde_json::from_value(payload).map(|event| qr_event(&event)),
@@ -332,10 +341,12 @@ fn device_event(event: DeviceEvent) -> Event {
         }
         DeviceEvent::SecretCodeFailed {
             consecutive_failures,
+            attempts_left,
             at,
         } => Event::SecretCodeFailed(v1::SecretCodeFailed {
             consecutive_failures,
             at: ts(at),
+            attempts_left,
         }),
         DeviceEvent::InactivityWarned {
             link_id,

@@ -176,6 +176,9 @@ enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Corrupt(String),
+    /// A stored event in a shape this build cannot bring to its own (a newer linkd wrote it).
+    #[error("{0}")]
+    Version(String),
     #[error(transparent)]
     Sealing(#[from] SealError),
     #[error("the personal data of {0} was erased; nothing more can be recorded for it")]
@@ -188,6 +191,10 @@ impl From<StoreError> for CommandError {
             StoreError::Conflict => Self::Conflict,
             StoreError::Database(source) => source.into(),
             StoreError::Corrupt(detail) => Self::Internal(detail),
+            // During a rolling deploy: an upgraded instance can answer.
+            StoreError::Version(detail) => Self::Unavailable(format!(
+                "{detail}; retry (an instance of the newer version can handle it)"
+            )),
             StoreError::Sealing(error) => Self::Internal(error.to_string()),
             // A write for an erased account (a QR code issued before the erasure, scanned
             // after it): the same refusal as the account's own commands get.

@@ -263,7 +263,7 @@ impl DomainEvent for AccountEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(<Account as Aggregate>::TYPE, &self.event_type()).to_string()
     }
 }
 

@@ -144,6 +144,9 @@ pub enum DeviceEvent {
     SecretCodeFailed {
         /// Wrong codes in a row, this one included.
         consecutive_failures: u32,
+        /// Wrong codes the device still takes before it is unlinked (0: this one unlinks it).
+        /// Added in version 2; version 1 is upcast (`crate::upcast`).
+        attempts_left: u32,
         /// When.
         at: DateTime<Utc>,
     },
@@ -334,6 +337,7 @@ impl Device {
                 let consecutive_failures = link.consecutive_failures + 1;
                 let mut events = vec![DeviceEvent::SecretCodeFailed {
                     consecutive_failures,
+                    attempts_left: MAX_SECRET_CODE_FAILURES.saturating_sub(consecutive_failures),
                     at,
                 }];
                 if consecutive_failures >= MAX_SECRET_CODE_FAILURES {
@@ -406,7 +410,7 @@ impl DomainEvent for DeviceEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(<Device as Aggregate>::TYPE, &self.event_type()).to_string()
     }
 }
 

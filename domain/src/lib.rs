@@ -16,6 +16,7 @@ mod device;
 mod ids;
 mod link_attempt;
 mod link_qr;
+pub mod upcast;
 mod values;
 
 pub use account::{Account, AccountCommand, AccountError, AccountEvent};

@@ -547,7 +547,8 @@ impl DomainEvent for LinkAttemptEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(<LinkAttempt as Aggregate>::TYPE, &self.event_type())
+            .to_string()
     }
 }
 

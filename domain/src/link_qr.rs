@@ -189,7 +189,7 @@ impl DomainEvent for LinkQrEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_owned()
+        crate::upcast::current_version(<LinkQr as Aggregate>::TYPE, &self.event_type()).to_string()
     }
 }
 

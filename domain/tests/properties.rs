@@ -178,9 +178,10 @@ proptest! {
                         current = Some((*link_id, account_id.clone()));
                         failures = 0;
                     }
-                    DeviceEvent::SecretCodeFailed { consecutive_failures, .. } => {
+                    DeviceEvent::SecretCodeFailed { consecutive_failures, attempts_left, .. } => {
                         failures += 1;
                         prop_assert_eq!(*consecutive_failures, failures);
+                        prop_assert_eq!(*attempts_left, MAX_SECRET_CODE_FAILURES - failures);
                         prop_assert!(failures <= MAX_SECRET_CODE_FAILURES);
                     }
                     DeviceEvent::SecretCodeVerified { .. } => failures = 0,

@@ -155,3 +155,140 @@ async fn an_event_written_by_a_newer_version_goes_out_opaque_and_the_read_models
     assert_eq!(devices(read).await, live);
     assert_eq!(live.len(), 2);
 }
+
+#[tokio::test]
+async fn a_history_written_in_the_old_shape_loads_projects_and_audits_in_the_new_one() {
+    // Arrange: anna's phone linked, then two wrong codes stored as linkd stored them before
+    // `SecretCodeFailed` version 2 (no `attempts_left`).
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    let phone = app.link_by_qr("anna").await;
+    let device = phone.device_id.clone();
+    let last: i64 = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = 'device' AND aggregate_id = $1",
+    )
+    .bind(&device)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    for failures in [1, 2] {
+        let old_shape = serde_json::json!({"SecretCodeFailed": {
+            "consecutive_failures": failures,
+            "at": chrono::Utc::now(),
+        }});
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, data_subject) \
+             SELECT aggregate_type, aggregate_id, $2, 'SecretCodeFailed', '1', $3::json, \
+                    metadata, data_subject \
+             FROM events WHERE aggregate_type = 'device' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(&device)
+        .bind(last + failures)
+        .bind(old_shape.to_string())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    // Act: three more wrong codes through the API; each loads the phone's history, the old
+    // events upcast.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let request = proto::v1::VerifySecretCodeRequest {
+            secret_code: "000001".into(),
+            request_id: String::new(),
+        };
+        answers.push(
+            app.device
+                .verify_secret_code(e2e::bearer(request, &phone.credential))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+
+    // Assert, command side: the count went on from the stored two, and the fifth locked out.
+    let remaining: Vec<(u32, bool)> = answers
+        .iter()
+        .map(|a| (a.attempts_remaining, a.device_unlinked))
+        .collect();
+    assert_eq!(remaining, [(2, false), (1, false), (0, true)]);
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_version, payload::text FROM events WHERE aggregate_type = 'device' \
+         AND aggregate_id = $1 AND event_type = 'SecretCodeFailed' ORDER BY sequence",
+    )
+    .bind(&device)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let versions: Vec<&str> = stored.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(versions, ["1", "1", "2", "2", "2"], "{stored:?}");
+    assert!(
+        !stored[0].1.contains("attempts_left"),
+        "the old rows stay as they were"
+    );
+
+    // The read side and the audit: every failure with its attempts left, the old ones computed.
+    app.wait_until_every_read_model_is_exact(WITHIN).await;
+    let details: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT details FROM audit_log WHERE aggregate_id = $1 \
+         AND event_type = 'SecretCodeFailed' ORDER BY sequence",
+    )
+    .bind(&device)
+    .fetch_all(&app.read_pool())
+    .await
+    .unwrap();
+    let left: Vec<(u64, u64)> = details
+        .iter()
+        .map(|d| {
+            (
+                d["consecutive_failures"].as_u64().unwrap(),
+                d["attempts_left"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(left, [(1, 4), (2, 3), (3, 2), (4, 1), (5, 0)]);
+    let auditor = app.keys.auditor_token().unwrap();
+    let listed = proto::v1::audit_service_client::AuditServiceClient::new(
+        app.read.as_ref().unwrap().channel.clone(),
+    )
+    .list_events(e2e::bearer(
+        proto::v1::ListEventsRequest {
+            account_id: "anna".into(),
+            ..Default::default()
+        },
+        &auditor,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .events;
+    let failures: Vec<&str> = listed
+        .iter()
+        .filter(|e| e.event_type == "SecretCodeFailed")
+        .map(|e| e.details_json.as_str())
+        .collect();
+    assert_eq!(failures.len(), 5);
+    assert!(failures[0].contains("\"attempts_left\":4"), "{failures:?}");
+
+    // On the stream: the stored version, and the current shape.
+    let stream = app.stream.as_ref().unwrap();
+    let context = jetstream::new(async_nats::connect(&stream.nats_url).await.unwrap());
+    let source = context.get_stream(&stream.name).await.unwrap();
+    let mut found = None;
+    let last_message = source.clone().info().await.unwrap().state.last_sequence;
+    for sequence in 1..=last_message {
+        let message = source.get_raw_message(sequence).await.unwrap();
+        let envelope = EventEnvelope::decode(message.payload.as_ref()).unwrap();
+        if envelope.event_id == format!("device/{device}/{}", last + 1) {
+            found = Some(envelope);
+        }
+    }
+    let envelope = found.expect("the old event on the stream");
+    assert_eq!(envelope.event_version, "1");
+    let Some(proto::v1::event_envelope::Event::SecretCodeFailed(failed)) = envelope.event else {
+        panic!("{envelope:?}");
+    };
+    assert_eq!((failed.consecutive_failures, failed.attempts_left), (1, 4));
+}

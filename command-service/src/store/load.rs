@@ -7,9 +7,9 @@ use super::{EventStore, Loaded, StoreError, Stored, snapshot};
 use crate::sealing::{self, KeysSeen};
 
 /// (is the snapshot, sequence, global position, payload, chain hash, MAC, event type, data
-/// subject, its KEK id, its wrapped key): chain hash and MAC for the snapshot row only; the
-/// subject and key columns are NULL for rows written before sealing, and the wrapped key alone
-/// NULL once the subject is erased.
+/// subject, its KEK id, its wrapped key, event version): chain hash and MAC for the snapshot row
+/// only; the subject and key columns are NULL for rows written before sealing, and the wrapped
+/// key alone NULL once the subject is erased.
 type Row = (
     bool,
     i64,
@@ -21,6 +21,7 @@ type Row = (
     Option<String>,
     Option<String>,
     Option<Vec<u8>>,
+    String,
 );
 
 /// The events of an aggregate (`$1`, `$2`) with their data keys, after the sequence given (an
@@ -29,7 +30,8 @@ macro_rules! events_after {
     ($after:literal) => {
         concat!(
             "SELECT false, e.sequence, e.global_position, e.payload::text, NULL::bytea, \
-                    NULL::bytea, e.event_type, e.data_subject, k.kek_id, k.wrapped \
+                    NULL::bytea, e.event_type, e.data_subject, k.kek_id, k.wrapped, \
+                    e.event_version \
              FROM events e LEFT JOIN data_keys k ON k.subject = e.data_subject \
              WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence > ",
             $after
@@ -50,7 +52,7 @@ impl EventStore {
                            SELECT e.chain_hash FROM events e WHERE e.aggregate_type = $1 \
                               AND e.aggregate_id = $2 AND e.sequence = s.last_sequence)) \
                  SELECT true, s.last_sequence, s.last_global_position, s.payload::text, \
-                        s.chain_hash, s.mac, '', s.data_subject, k.kek_id, k.wrapped \
+                        s.chain_hash, s.mac, '', s.data_subject, k.kek_id, k.wrapped, '' \
                  FROM snapshot s LEFT JOIN data_keys k ON k.subject = s.data_subject \
                  UNION ALL ",
             events_after!("coalesce((SELECT last_sequence FROM snapshot), 0)"),
@@ -75,6 +77,7 @@ impl EventStore {
             subject,
             kek,
             key,
+            _,
         )) = rows.next_if(|(is_snapshot, ..)| *is_snapshot)
         {
             let header = snapshot::Header {
@@ -166,13 +169,26 @@ impl EventStore {
         rows: impl Iterator<Item = Row>,
         keys: &mut KeysSeen,
     ) -> Result<(), StoreError> {
-        for (_, sequence, global_position, payload, _, _, event_type, subject, kek, key) in rows {
+        for (_, sequence, global_position, payload, _, _, event_type, subject, kek, key, version) in
+            rows
+        {
             let corrupt = |error: serde_json::Error| {
                 StoreError::Corrupt(format!(
                     "event {sequence} of {} {} does not deserialise: {error}",
                     A::TYPE,
                     loaded.aggregate_id
                 ))
+            };
+            // Sealed fields are opened where the stored version has them, then the payload is
+            // brought to the current shape (docs/events.md, "How to change an event").
+            let upcast = |value: &mut serde_json::Value| {
+                domain::upcast::upcast(A::TYPE, &event_type, &version, value).map_err(|error| {
+                    StoreError::Version(format!(
+                        "event {sequence} of {} {}: {error}",
+                        A::TYPE,
+                        loaded.aggregate_id
+                    ))
+                })
             };
             let event: A::Event = match subject {
                 Some(subject) if sealing::has_personal(A::TYPE, &event_type) => {
@@ -185,6 +201,13 @@ impl EventStore {
                         serde_json::from_str(&payload).map_err(corrupt)?;
                     let event_id = format!("{}/{}/{sequence}", A::TYPE, loaded.aggregate_id);
                     sealing::open_event(A::TYPE, &event_type, &event_id, &mut value, key)?;
+                    upcast(&mut value)?;
+                    serde_json::from_value(value).map_err(corrupt)?
+                }
+                _ if domain::upcast::needed(A::TYPE, &event_type, &version) => {
+                    let mut value: serde_json::Value =
+                        serde_json::from_str(&payload).map_err(corrupt)?;
+                    upcast(&mut value)?;
                     serde_json::from_value(value).map_err(corrupt)?
                 }
                 _ => serde_json::from_str(&payload).map_err(corrupt)?,

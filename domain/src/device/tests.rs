@@ -53,6 +53,7 @@ fn wrong_code(at: DateTime<Utc>) -> DeviceCommand {
 fn failed(n: u32) -> DeviceEvent {
     DeviceEvent::SecretCodeFailed {
         consecutive_failures: n,
+        attempts_left: MAX_SECRET_CODE_FAILURES - n,
         at: t(i64::from(n)),
     }
 }

@@ -83,7 +83,8 @@ fn device_and_details(
         | Event::SecretCodeVerified(_) => (own_device, json!({})),
         Event::SecretCodeFailed(failed) => (
             own_device,
-            json!({ "consecutive_failures": failed.consecutive_failures }),
+            json!({ "consecutive_failures": failed.consecutive_failures,
+                    "attempts_left": failed.attempts_left }),
         ),
         Event::DeviceUnlinked(unlinked) => (
             own_device,
