@@ -81,6 +81,11 @@ impl OwnNats {
         self.name.as_deref()
     }
 
+    /// Its JetStream store directory (`-sd`): a test may change it while the server is stopped.
+    pub fn store(&self) -> &std::path::Path {
+        &self.store
+    }
+
     /// Whether the process runs (it was started and not stopped since).
     pub fn is_running(&self) -> bool {
         self.child.is_some()

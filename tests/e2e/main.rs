@@ -38,6 +38,7 @@ mod sealing;
 mod secret_code;
 mod serving;
 mod stream_limits;
+mod stream_loss;
 mod tamper;
 mod tls;
 mod unlinking;
