@@ -23,6 +23,8 @@ pub(crate) mod bus;
 pub mod config;
 pub(crate) mod credentials;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod grpc;
 pub(crate) mod hashing;
 pub(crate) mod idempotency;

@@ -116,11 +116,16 @@ pub(crate) fn mint(kind: TokenKind, id: Uuid) -> MintedToken {
     }
 }
 
-/// Parses a token of `kind`; `None` if it is not one (wrong prefix, id or length).
+/// Parses a token of `kind`; `None` if it is not one (wrong prefix, id or length). Only the
+/// form [`mint`] writes is accepted (a lowercase hyphenated id; base64url without padding or
+/// stray bits): one token, one spelling, so nothing keyed by its text can be sidestepped by
+/// writing it another way (fuzzing found upper-case and braced ids accepted).
 pub(crate) fn parse(kind: TokenKind, text: &str) -> Option<PresentedToken> {
     let rest = text.strip_prefix(kind.prefix())?.strip_prefix('.')?;
-    let (id, secret) = rest.split_once('.')?;
-    let id = Uuid::try_parse(id).ok()?;
+    let (id_text, secret) = rest.split_once('.')?;
+    let id = Uuid::try_parse(id_text)
+        .ok()
+        .filter(|id| id.hyphenated().to_string() == id_text)?;
     let secret = URL_SAFE_NO_PAD
         .decode(secret)
         .ok()
@@ -196,6 +201,27 @@ fn check_new_code(code: &str) -> Result<(), SecretCodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_accepted_in_the_one_spelling_it_was_minted_in() {
+        // Found by fuzzing (src/fuzz.rs): the id was read in any form the uuid crate reads.
+        let id = Uuid::new_v4();
+        let minted = mint(TokenKind::DeviceCredential, id);
+        assert!(parse(TokenKind::DeviceCredential, &minted.text).is_some());
+        let hyphenated = id.hyphenated().to_string();
+        for alias in [
+            hyphenated.to_uppercase(),
+            id.simple().to_string(),
+            id.braced().to_string(),
+            id.urn().to_string(),
+        ] {
+            let text = minted.text.replacen(&hyphenated, &alias, 1);
+            assert!(
+                parse(TokenKind::DeviceCredential, &text).is_none(),
+                "{text} accepted"
+            );
+        }
+    }
 
     #[test]
     fn a_minted_token_parses_back_and_matches_its_hash() {

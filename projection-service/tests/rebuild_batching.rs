@@ -338,8 +338,8 @@ fn device_life(
     }
 }
 
-/// At least `device_events` device events (and their link attempts'), interleaved in time
-/// order as the relay would publish them. Devices are used up to once a day, or (`spread`) at
+/// Accounts registered, then at least `device_events` device events (and their link attempts'),
+/// interleaved in time order as the relay would publish them. Devices are used up to once a day, or (`spread`) at
 /// random over the whole history, so that consecutive events are mostly of different devices,
 /// as in a long-lived deployment with many devices.
 fn history(rng: &mut Rng, device_events: usize, spread: bool) -> Vec<EventEnvelope> {
@@ -350,7 +350,19 @@ fn history(rng: &mut Rng, device_events: usize, spread: bool) -> Vec<EventEnvelo
     } else {
         86_400
     };
-    let mut timed = Vec::new();
+    // Each account registered before anything else happens to it (the notifier needs its
+    // address to queue the emails its devices' events cause).
+    let mut timed: Vec<Timed> = (0..accounts)
+        .map(|n| {
+            let account = format!("account-{n}");
+            let registered = Event::AccountRegistered(v1::AccountRegistered {
+                email: format!("{account}@example.lu"),
+                language: "fr".into(),
+                at: stamp(-1, 0),
+            });
+            envelope(("account", &account), 1, (-1, 0), &account, registered)
+        })
+        .collect();
     let mut count = 0;
     while count < device_events {
         let account = format!("account-{}", rng.below(accounts));
@@ -677,5 +689,5 @@ async fn rebuild_throughput() {
     .await
     .unwrap();
     assert_eq!(applied, i64::try_from(device_events).unwrap());
-    assert_eq!(rebuilt.events, u64::try_from(device_events).unwrap());
+    assert_eq!(rebuilt.events, u64::try_from(messages.len()).unwrap());
 }
