@@ -12,3 +12,11 @@ ensure_browser_deps
 ensure_promtool
 export LINKD_TEST_DATABASE_URL="${LINKD_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 cargo test --workspace --locked "$@"
+# With no filter: a short randomized fault campaign on a system of its own (loopback only: its
+# own PostgreSQL cluster, NATS server and SMTP sink, the services as processes), killing one of
+# them each round, then checking that nothing acknowledged was lost and every read model equals
+# the store (bench/src/chaos.rs; LINKD_CHAOS_ROUNDS, default 5; the README has the long run).
+if [ $# -eq 0 ]; then
+  cargo build --locked -q -p command-service -p projection-service -p bench
+  target/debug/linkd-bench chaos --rounds "${LINKD_CHAOS_ROUNDS:-5}"
+fi

@@ -21,6 +21,7 @@ use clap::Parser;
 mod anonymous;
 mod audit;
 mod ceiling;
+mod chaos;
 mod closed;
 mod config;
 mod cost;
@@ -64,6 +65,8 @@ enum Bench {
     Hammer(hammer::HammerArgs),
     /// What sealing personal fields costs per event, with and without (CPU, no services).
     Sealing(sealing::SealingArgs),
+    /// A randomized fault campaign on a system of its own: kills, restarts, then checks.
+    Chaos(chaos::ChaosArgs),
     /// An OTLP trace receiver that counts spans (`scripts/bench.sh` with LINKD_BENCH_TRACES=on).
     #[command(hide = true)]
     OtlpSink {
@@ -145,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Anonymous(args) => anonymous::run(args).await,
         Bench::Hammer(args) => hammer::run(args).await,
         Bench::Sealing(args) => sealing::run(&args),
+        Bench::Chaos(args) => chaos::run(args).await,
         Bench::DropStream { nats_url, stream } => system::drop_stream(&nats_url, &stream).await,
         Bench::OtlpSink { addr } => otlp_sink::run(addr).await,
     }
