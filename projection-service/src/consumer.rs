@@ -517,20 +517,28 @@ async fn handle(
         };
         tracing::error!(subject = %message.subject, %reason,
             "parking a message whose sealed fields do not open");
-        match park(
-            pool,
-            &settings.durable_name(),
-            &message.subject,
-            &reason,
-            &message.payload,
-        )
-        .await
-        {
-            Ok(()) => {
-                metrics.parked.inc();
-                settled.push((message, AckKind::Term));
+        // Parked for every read model that reads it, each guard moving past it, so the
+        // aggregate's later events go on (docs/events.md, rule 2). Before the batch: those later
+        // events may be in it.
+        let refusing: Vec<projections::Refusing<'_>> = models
+            .iter()
+            .map(|model| projections::Refusing {
+                model: *model,
+                reason: &reason,
+            })
+            .collect();
+        let refusing: Vec<&dyn ReadModel> = refusing
+            .iter()
+            .map(|model| model as &dyn ReadModel)
+            .collect();
+        match projections::apply_all(pool, &refusing, &event).await {
+            Ok(outcome) => {
+                if outcome != Outcome::AlreadyApplied {
+                    metrics.parked.inc();
+                }
+                settled.push((message, AckKind::Ack));
             }
-            Err(error) => nak(&message, &ProjectionError::Transient(error)).await,
+            Err(error) => nak(&message, &error).await,
         }
     }
     let events = applicable;

@@ -219,6 +219,47 @@ impl<P: Projector> ReadModel for P {
     }
 }
 
+/// A read model that refuses every event with `reason`: an event applied through it is parked
+/// for that read model and its guard moves past it, as for any event that can never apply (an
+/// event whose sealed fields do not open, say). Its guard and what it reads are the wrapped
+/// read model's.
+pub(crate) struct Refusing<'a> {
+    /// The read model whose guard moves.
+    pub(crate) model: &'a dyn ReadModel,
+    /// Why the event cannot apply (the dead letter's reason).
+    pub(crate) reason: &'a str,
+}
+
+impl ReadModel for Refusing<'_> {
+    fn guard(&self) -> &'static str {
+        self.model.guard()
+    }
+
+    fn reads(&self, aggregate_type: &str) -> bool {
+        self.model.reads(aggregate_type)
+    }
+
+    fn project<'a>(
+        &'a self,
+        _tx: &'a mut Transaction<'static, Postgres>,
+        _event: &'a EventEnvelope,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(std::future::ready(Err(ProjectionError::Poison(
+            self.reason.to_owned(),
+        ))))
+    }
+
+    fn project_many<'a>(
+        &'a self,
+        _tx: &'a mut Transaction<'static, Postgres>,
+        _events: &'a [&'a EventEnvelope],
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        Box::pin(std::future::ready(Err(ProjectionError::Poison(
+            self.reason.to_owned(),
+        ))))
+    }
+}
+
 /// What became of one event across the read models that read it: the first refusal if any
 /// (the message is delivered again; the read models that applied it skip it then), else applied
 /// if any applied it, else parked if any parked it, else already applied.

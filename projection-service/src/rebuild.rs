@@ -487,16 +487,16 @@ async fn pull(
         }
         read += got;
         // Sealed personal fields opened (placeholders for an erased subject), as the live
-        // consumer does; one that does not open was parked by it, and is skipped here.
+        // consumer does. One that does not open was parked by it and passed over: here it goes
+        // on without its event, which every read model parks (once: the live dead letter is
+        // there) and passes over the same way.
         let opened = Opener::open(opener.as_ref(), &mut events).await?;
-        let mut verdicts = opened.into_iter();
-        events.retain(|_| match verdicts.next() {
-            Some(Err(reason)) => {
-                tracing::warn!(%reason, "skipping an event whose sealed fields do not open");
-                false
+        for (event, opened) in events.iter_mut().zip(opened) {
+            if let Err(reason) = opened {
+                tracing::warn!(%reason, "an event whose sealed fields do not open: parked");
+                event.event = None;
             }
-            _ => true,
-        });
+        }
         if !events.is_empty() {
             batches
                 .send(events)

@@ -292,3 +292,113 @@ async fn a_history_written_in_the_old_shape_loads_projects_and_audits_in_the_new
     };
     assert_eq!((failed.consecutive_failures, failed.attempts_left), (1, 4));
 }
+
+#[tokio::test]
+async fn an_event_whose_sealed_fields_do_not_open_is_parked_and_its_aggregate_goes_on() {
+    // Arrange: anna registered and projected.
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    app.wait_until_every_read_model_is_exact(WITHIN).await;
+    let last: i64 = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = 'account' AND aggregate_id = 'anna'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+
+    // Act: an address change whose sealed fields were damaged (they open under no key), then
+    // an event of hers without personal fields.
+    let damaged = serde_json::json!({"AccountEmailChanged": {
+        "old_email": "sealed:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "new_email": "sealed:v1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "at": chrono::Utc::now(),
+    }});
+    let after = serde_json::to_value(domain::AccountEvent::DevicesUnlinkedTogether {
+        device_ids: Vec::new(),
+        reason: domain::UnlinkReason::FromPortal,
+        at: chrono::Utc::now(),
+    })
+    .unwrap();
+    for (offset, event_type, payload) in [
+        (1, "AccountEmailChanged", &damaged),
+        (2, "DevicesUnlinkedTogether", &after),
+    ] {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, data_subject) \
+             SELECT aggregate_type, aggregate_id, $1, $2, '1', $3::json, metadata, data_subject \
+             FROM events WHERE aggregate_type = 'account' AND aggregate_id = 'anna' \
+             AND sequence = 1",
+        )
+        .bind(last + offset)
+        .bind(event_type)
+        .bind(payload.to_string())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    // Assert: parked for each read model that reads it, with the reason; the event after it
+    // applied (guards at the end, the audit log has it).
+    let read = app.read_pool();
+    let expected_guard = last + 2;
+    e2e::eventually(
+        WITHIN,
+        "the audit log and notifier past the damaged event",
+        || async {
+            let guards: Vec<i64> = sqlx::query_scalar(
+                "SELECT last_sequence FROM projector_positions WHERE aggregate_type = 'account' \
+             AND aggregate_id = 'anna' ORDER BY projector",
+            )
+            .fetch_all(&read)
+            .await
+            .ok()?;
+            (guards == [expected_guard, expected_guard]).then_some(())
+        },
+    )
+    .await;
+    let parked: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT projector, event_id, reason FROM dead_letters ORDER BY projector")
+            .fetch_all(&read)
+            .await
+            .unwrap();
+    let damaged_id = format!("account/anna/{}", last + 1);
+    let projectors: Vec<&str> = parked.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(projectors, ["audit", "notifier"], "{parked:?}");
+    assert!(
+        parked.iter().all(|(_, id, _)| *id == damaged_id),
+        "{parked:?}"
+    );
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM audit_log WHERE aggregate_id = 'anna' ORDER BY sequence",
+    )
+    .fetch_all(&read)
+    .await
+    .unwrap();
+    assert_eq!(
+        audited.last().map(String::as_str),
+        Some("DevicesUnlinkedTogether")
+    );
+    assert!(!audited.iter().any(|t| t == "AccountEmailChanged"));
+
+    // A rebuild parks nothing more and reaches the same place.
+    projection_service::rebuild::rebuild(
+        &app.read_database_url(),
+        &app.read_settings().consumers().unwrap(),
+    )
+    .await
+    .unwrap();
+    let again: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&read)
+        .await
+        .unwrap();
+    assert_eq!(again, 2);
+    let audited_again: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM audit_log WHERE aggregate_id = 'anna' ORDER BY sequence",
+    )
+    .fetch_all(&read)
+    .await
+    .unwrap();
+    assert_eq!(audited_again, audited);
+}
