@@ -39,8 +39,10 @@ pub(crate) struct StoredEvent {
 }
 
 /// A stored event this build cannot turn into a bus message: one written by a newer linkd (a
-/// type or shape it does not know), or a corrupted row. The relay publishes it opaque instead
-/// ([`StoredEvent::opaque_envelope`]).
+/// type, aggregate or version it does not know), which the relay publishes opaque
+/// ([`StoredEvent::opaque_envelope`]), or one it should read and cannot (a corrupted row, a bug),
+/// on which it stops, as before: passing over a `DeviceLinked` its own build cannot convert
+/// would hide a linked phone from its holder for good.
 #[derive(Debug, thiserror::Error)]
 #[error("event {event_id} cannot be published: {reason}")]
 pub(crate) struct Unpublishable {
@@ -48,6 +50,9 @@ pub(crate) struct Unpublishable {
     pub(crate) event_id: String,
     /// Why.
     pub(crate) reason: String,
+    /// Whether a newer linkd wrote it (a type, aggregate type or version this build does not
+    /// know): published opaque. Otherwise the relay stops on it.
+    pub(crate) newer: bool,
 }
 
 impl StoredEvent {
@@ -91,7 +96,24 @@ impl StoredEvent {
         let unpublishable = |reason: String| Unpublishable {
             event_id: self.event_id(),
             reason,
+            newer: false,
         };
+        let newer = |reason: String| Unpublishable {
+            newer: true,
+            ..unpublishable(reason)
+        };
+        if !aggregate::ALL.contains(&self.aggregate_type.as_str()) {
+            return Err(newer(format!(
+                "aggregate type {} is newer than this build",
+                self.aggregate_type
+            )));
+        }
+        if !proto::events::is_known(&self.event_type) {
+            return Err(newer(format!(
+                "event type {} is newer than this build",
+                self.event_type
+            )));
+        }
         let mut payload = self.payload.clone();
         // The sealed fields are taken out (their places hold a value of the right type) and
         // put back into the protobuf message once it is built.
@@ -104,7 +126,10 @@ impl StoredEvent {
             &self.event_version,
             &mut payload,
         )
-        .map_err(|e| unpublishable(e.to_string()))?;
+        .map_err(|e| match e {
+            domain::upcast::UpcastError::Newer { .. } => newer(e.to_string()),
+            domain::upcast::UpcastError::Unreadable { .. } => unpublishable(e.to_string()),
+        })?;
         let mut event = match self.aggregate_type.as_str() {
             aggregate::ACCOUNT => serde_json::from_value(payload).map(account_event),
             aggregate::LINK_QR => serde_json::from_value(payload).map(|event| qr_event(&event)),
@@ -135,8 +160,10 @@ impl StoredEvent {
     /// type they do not know (docs/events.md, "Unknown and newer events"); publishing it keeps
     /// every later event flowing and the stream gap-free.
     pub(crate) fn opaque_envelope(&self) -> v1::EventEnvelope {
+        let mut payload = self.payload.clone();
+        without_secrets(&mut payload);
         v1::EventEnvelope {
-            opaque_payload: self.payload.to_string().into_bytes(),
+            opaque_payload: payload.to_string().into_bytes(),
             ..self.header()
         }
     }
@@ -174,6 +201,27 @@ impl StoredEvent {
             opaque_payload: Vec::new(),
             event: None,
         }
+    }
+}
+
+/// Stored fields that are never published (the LuxTrust nonce of `LinkRequested`, which the
+/// readable envelope leaves out too), removed wherever they are in an opaque payload: a newer
+/// shape may have moved them.
+const SECRET_FIELDS: [&str; 1] = ["nonce"];
+
+fn without_secrets(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for secret in SECRET_FIELDS {
+                fields.remove(secret);
+            }
+            fields.values_mut().for_each(without_secrets);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_secrets),
+        serde_json::Value::Null
+        | serde_json::Value::Bool(_)
+        | serde_json::Value::Number(_)
+        | serde_json::Value::String(_) => {}
     }
 }
 
@@ -346,7 +394,7 @@ fn device_event(event: DeviceEvent) -> Event {
         } => Event::SecretCodeFailed(v1::SecretCodeFailed {
             consecutive_failures,
             at: ts(at),
-            attempts_left,
+            attempts_left: Some(attempts_left),
         }),
         DeviceEvent::InactivityWarned {
             link_id,
@@ -411,11 +459,14 @@ mod tests {
 
     #[test]
     fn an_event_this_build_cannot_read_is_published_opaque_with_its_stored_payload() {
-        let payload = serde_json::json!({"DeviceRenamed": {"device_name": "sealed:v1:AAAA"}});
+        let payload = serde_json::json!({"DeviceRenamed": {
+            "device_name": "sealed:v1:AAAA",
+            "proof": {"nonce": "a secret of the link attempt"}
+        }});
         let event = StoredEvent {
             event_type: "DeviceRenamed".into(),
             event_version: "2".into(),
-            payload: payload.clone(),
+            payload,
             // A newer version's metadata: an entry that is not text is left out, not refused.
             metadata: serde_json::json!({"actor": "app:d-1", "request_id": "r", "hops": 2}),
             data_subject: Some("account:anna".into()),
@@ -426,6 +477,7 @@ mod tests {
         let envelope = event.opaque_envelope();
 
         assert_eq!(unreadable.event_id, "device/d-1/4");
+        assert!(unreadable.newer, "{unreadable}");
         assert!(envelope.event.is_none());
         assert_eq!(
             (
@@ -448,8 +500,32 @@ mod tests {
             )
         );
         let opaque: serde_json::Value = serde_json::from_slice(&envelope.opaque_payload).unwrap();
-        assert_eq!(opaque, payload);
+        assert_eq!(
+            opaque,
+            serde_json::json!({"DeviceRenamed": {"device_name": "sealed:v1:AAAA", "proof": {}}}),
+            "the nonce is never published"
+        );
         assert!(proto::events::is_unknown(&envelope));
+    }
+
+    #[test]
+    fn an_event_this_build_should_read_and_cannot_is_not_passed_off_as_newer() {
+        // A known type whose payload does not deserialise (a corrupted row, a bug): the relay
+        // stops on it rather than publish it opaque for consumers to pass over.
+        let broken = StoredEvent {
+            payload: serde_json::json!({"DeviceLinked": {"link_id": "not a uuid"}}),
+            ..stored(5, vec![0; 32])
+        };
+        let refused = broken.envelope().unwrap_err();
+        assert!(!refused.newer, "{refused}");
+        // A version newer than this build's: opaque.
+        let newer = StoredEvent {
+            event_type: "SecretCodeFailed".into(),
+            event_version: "9".into(),
+            payload: serde_json::json!({"SecretCodeFailed": {}}),
+            ..stored(6, vec![0; 32])
+        };
+        assert!(newer.envelope().unwrap_err().newer);
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn input() -> impl Strategy<Value = String> {
         ".{0,300}",
         "[a-zA-Z0-9._@:+ -]{0,80}",
         "[0-9a-f-]{30,40}",
-        "(lt1|dc1|linkd-qr1)\\\\.[0-9a-f-]{36}\\\\.[A-Za-z0-9_-]{40,46}",
+        "(lt1|dc1|linkd-qr1)\\.[0-9a-fA-F-]{36}\\.[A-Za-z0-9_-]{40,46}",
         any::<Vec<u8>>().prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
     ]
 }

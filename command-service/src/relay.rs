@@ -203,8 +203,8 @@ impl RelayMetrics {
         );
         metrics.register(
             "relay_opaque_events",
-            "Events this build could not read (written by a newer linkd, or a corrupted row), \
-             published as opaque envelopes with their stored payload instead of stalling",
+            "Events of a newer linkd (a type, aggregate type or version this build does not \
+             know), published as opaque envelopes with their stored payload instead of stalling",
             counted.opaque.clone(),
         );
         metrics.register(
@@ -561,15 +561,25 @@ async fn publish(
     let mut spans = Vec::new();
     let mut opaque = 0;
     for event in batch {
-        let envelope = event.envelope().unwrap_or_else(|unreadable| {
-            // Nothing behind it waits: it goes out opaque, and a consumer that does not know it
-            // moves past it (docs/events.md, "Unknown and newer events").
-            opaque += 1;
-            tracing::warn!(event_id = %unreadable.event_id, event_type = %event.event_type,
-                event_version = %event.event_version, reason = %unreadable.reason,
-                "publishing an event this build cannot read as an opaque envelope");
-            event.opaque_envelope()
-        });
+        let envelope = match event.envelope() {
+            Ok(envelope) => envelope,
+            // A newer linkd's: nothing behind it waits; it goes out opaque, and a consumer that
+            // does not know it moves past it (docs/events.md, "Unknown and newer events").
+            Err(unreadable) if unreadable.newer => {
+                opaque += 1;
+                tracing::warn!(event_id = %unreadable.event_id, event_type = %event.event_type,
+                    event_version = %event.event_version, reason = %unreadable.reason,
+                    "publishing an event of a newer version as an opaque envelope");
+                event.opaque_envelope()
+            }
+            // One this build should read: stop here rather than let consumers pass over it.
+            Err(unreadable) => {
+                tracing::error!(event_id = %unreadable.event_id, reason = %unreadable.reason,
+                    "the relay cannot publish an event this build should read; it retries \
+                     (fix the row or the build)");
+                return Err(unreadable.into());
+            }
+        };
         let payload = envelope.encode_to_vec();
         let subject = event.subject(&settings.subject_prefix);
         let message_id = event.message_id();

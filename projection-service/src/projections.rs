@@ -131,6 +131,21 @@ pub(crate) trait BatchProjector: Projector {
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send + 'a;
 }
 
+/// What a dead letter keeps of an event the read side has opened: the envelope with each opened
+/// personal field replaced by `[not kept]` (dead letters outlive erasures and must not hold
+/// those fields in clear, docs/privacy.md); fields still sealed stay as they are.
+pub(crate) fn dead_letter_payload(event: &EventEnvelope) -> Vec<u8> {
+    let mut kept = event.clone();
+    if let Some(inner) = kept.event.as_mut() {
+        for field in proto::personal::fields(inner) {
+            if !field.value.is_empty() && !service_kit::sealing::is_sealed(field.value) {
+                "[not kept]".clone_into(field.value);
+            }
+        }
+    }
+    kept.encode_to_vec()
+}
+
 /// An event's timestamp as a time, or poison (every event carries valid times).
 pub(crate) fn event_time(
     timestamp: Option<&prost_types::Timestamp>,
@@ -410,7 +425,7 @@ async fn project_behind_a_savepoint(
             .bind(format!("{}.{}", event.aggregate_type, event.event_type))
             .bind(&event.event_id)
             .bind(&reason)
-            .bind(prost::Message::encode_to_vec(event))
+            .bind(dead_letter_payload(event))
             .execute(&mut **tx)
             .await?;
             Outcome::Parked

@@ -198,6 +198,7 @@ async fn replay_and_switch_with(
         read: 0,
         outcome: BatchOutcome::default(),
         shared: Shared::default(),
+        waiting: Vec::new(),
     };
     replay.drain(shadow, &shared).await?;
     tracing::info!(
@@ -290,6 +291,20 @@ async fn replay_and_switch_with(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // An account erased by an event the live notifier had not reached: the rebuild forgot it in
+    // its scratch outbox only, and the live consumer will skip the event now. Its live emails
+    // (and any just handed over) are forgotten here, once the rebuilt tables are in place.
+    let erased: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT f.aggregate_id FROM {fresh}.audit_log f \
+         WHERE f.aggregate_type = 'account' AND f.event_type = 'AccountErased' \
+           AND NOT EXISTS ( \
+               SELECT 1 FROM public.projector_positions l \
+               WHERE l.projector = $1 AND l.aggregate_type = 'account' \
+                 AND l.aggregate_id = f.aggregate_id AND l.last_sequence >= f.sequence)"
+    ))
+    .bind(crate::projections::notifier::NAME)
+    .fetch_all(&mut *tx)
+    .await?;
     // `LIKE … INCLUDING ALL` gave the fresh indexes generated names: match them with the live
     // ones by definition, to give them the live names once the live tables have moved aside
     // (migrations refer to indexes by name).
@@ -325,6 +340,11 @@ async fn replay_and_switch_with(
             .as_str(),
         )
         .await?;
+    }
+    for account in &erased {
+        crate::projections::notifier::Notifier::forget(&mut tx, account)
+            .await
+            .map_err(|e| anyhow::anyhow!("forgetting the erased account {account}: {e}"))?;
     }
     tx.commit().await?;
     let locked = locking.elapsed();
@@ -366,6 +386,9 @@ struct Replay {
     outcome: BatchOutcome,
     /// What became of the events for the other read models.
     shared: Shared,
+    /// Events for the other read models held back behind a gap (or waiting for an account),
+    /// tried again after each pull.
+    waiting: Vec<EventEnvelope>,
 }
 
 /// What the read models other than the devices made of the replayed events.
@@ -373,8 +396,8 @@ struct Replay {
 struct Shared {
     /// Events applied to at least one of them, or passed over as of an unknown type.
     applied: u64,
-    /// Events that came after a gap (the stream lacks an earlier event of their aggregate):
-    /// left unapplied; the switch refuses if the live read models had applied them.
+    /// Events still held back behind a gap at the end (the stream lacks an earlier event of
+    /// their aggregate): unapplied; the switch refuses if the live read models had applied them.
     after_a_gap: u64,
 }
 
@@ -396,6 +419,7 @@ impl Replay {
             .in_current_span(),
         );
         let replayed = &mut self.replayed;
+        let waiting = &mut self.waiting;
         let written = async {
             let mut outcome = BatchOutcome::default();
             let mut others = Shared::default();
@@ -412,9 +436,20 @@ impl Replay {
                         .map_err(|e| anyhow::anyhow!("replaying: {e}"))?;
                     tx.commit().await?;
                 }
-                let settled = apply_shared(shadow, shared, &events).await?;
-                others.applied += settled.applied;
-                others.after_a_gap += settled.after_a_gap;
+                let (applied, held) = apply_shared(shadow, shared, &events).await?;
+                others.applied += applied;
+                // What waited behind a gap may apply now (its predecessor was in this pull),
+                // and what it unblocks after it, as the live consumer's redeliveries would.
+                while !waiting.is_empty() {
+                    let before = waiting.len();
+                    let (applied, still) = apply_shared(shadow, shared, waiting).await?;
+                    others.applied += applied;
+                    *waiting = still;
+                    if waiting.len() == before {
+                        break;
+                    }
+                }
+                waiting.extend(held);
             }
             anyhow::Ok((outcome, others))
         }
@@ -427,7 +462,7 @@ impl Replay {
             }
         };
         self.shared.applied += others.applied;
-        self.shared.after_a_gap += others.after_a_gap;
+        self.shared.after_a_gap = u64::try_from(self.waiting.len()).unwrap_or(u64::MAX);
         // The channel closes when the reader has finished (or failed).
         self.read += reader.await.context("the stream reader stopped")??;
         self.outcome += outcome;
@@ -518,12 +553,13 @@ async fn pull(
 
 /// Applies `events` (in stream order) to the read models `shared` in the fresh tables, as the
 /// live consumer does: in one transaction, or one by one when one of them cannot apply (parked,
-/// the guard moved past it).
+/// the guard moved past it). Returns how many applied (or were parked or passed over), and the
+/// events held back behind a gap or waiting, to try again later.
 async fn apply_shared(
     shadow: &PgPool,
     shared: &[&dyn ReadModel],
     events: &[EventEnvelope],
-) -> anyhow::Result<Shared> {
+) -> anyhow::Result<(u64, Vec<EventEnvelope>)> {
     let verdicts = match batch::apply(shadow, shared, events).await {
         Ok(verdicts) => verdicts,
         Err(ProjectionError::Transient(error)) => {
@@ -533,16 +569,17 @@ async fn apply_shared(
         }
         Err(_) => batch::one_by_one(shadow, shared, events).await,
     };
-    let mut settled = Shared::default();
-    for verdict in verdicts {
+    let mut applied = 0;
+    let mut held = Vec::new();
+    for (event, verdict) in events.iter().zip(verdicts) {
         match verdict {
-            Ok(Outcome::Applied | Outcome::Parked | Outcome::Unknown) => settled.applied += 1,
+            Ok(Outcome::Applied | Outcome::Parked | Outcome::Unknown) => applied += 1,
             Ok(Outcome::AlreadyApplied) => {}
             Err(ProjectionError::Gap { .. } | ProjectionError::Waiting(_)) => {
-                settled.after_a_gap += 1;
+                held.push(event.clone());
             }
             Err(error) => anyhow::bail!("replaying into the audit log and notifier: {error}"),
         }
     }
-    Ok(settled)
+    Ok((applied, held))
 }

@@ -306,7 +306,7 @@ fn device_life(
                 Event::SecretCodeFailed(v1::SecretCodeFailed {
                     consecutive_failures: failures,
                     at,
-                    attempts_left: 5u32.saturating_sub(failures),
+                    attempts_left: Some(5u32.saturating_sub(failures)),
                 })
             } else if roll < 94 {
                 Event::BiometricsDisabled(v1::BiometricsDisabled { at })

@@ -290,7 +290,10 @@ async fn a_history_written_in_the_old_shape_loads_projects_and_audits_in_the_new
     let Some(proto::v1::event_envelope::Event::SecretCodeFailed(failed)) = envelope.event else {
         panic!("{envelope:?}");
     };
-    assert_eq!((failed.consecutive_failures, failed.attempts_left), (1, 4));
+    assert_eq!(
+        (failed.consecutive_failures, failed.attempts_left),
+        (1, Some(4))
+    );
 }
 
 #[tokio::test]

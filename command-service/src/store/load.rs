@@ -181,13 +181,25 @@ impl EventStore {
             };
             // Sealed fields are opened where the stored version has them, then the payload is
             // brought to the current shape (docs/events.md, "How to change an event").
+            let at = || format!("event {sequence} of {} {}", A::TYPE, loaded.aggregate_id);
+            // A newer linkd's event (a type or version this build does not know): UNAVAILABLE,
+            // an upgraded instance can answer. A row this build should read and cannot: corrupt.
+            if !proto::events::is_known(&event_type) {
+                return Err(StoreError::Version(format!(
+                    "{}: event type {event_type} was written by a newer linkd",
+                    at()
+                )));
+            }
             let upcast = |value: &mut serde_json::Value| {
                 domain::upcast::upcast(A::TYPE, &event_type, &version, value).map_err(|error| {
-                    StoreError::Version(format!(
-                        "event {sequence} of {} {}: {error}",
-                        A::TYPE,
-                        loaded.aggregate_id
-                    ))
+                    match error {
+                        domain::upcast::UpcastError::Newer { .. } => {
+                            StoreError::Version(format!("{}: {error}", at()))
+                        }
+                        domain::upcast::UpcastError::Unreadable { .. } => {
+                            StoreError::Corrupt(format!("{}: {error}", at()))
+                        }
+                    }
                 })
             };
             let event: A::Event = match subject {

@@ -84,7 +84,9 @@ fn device_and_details(
         Event::SecretCodeFailed(failed) => (
             own_device,
             json!({ "consecutive_failures": failed.consecutive_failures,
-                    "attempts_left": failed.attempts_left }),
+                    // Absent from messages an older relay published: the limit was 5 then.
+                    "attempts_left": failed.attempts_left.unwrap_or_else(
+                        || 5u32.saturating_sub(failed.consecutive_failures)) }),
         ),
         Event::DeviceUnlinked(unlinked) => (
             own_device,

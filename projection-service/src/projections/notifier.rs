@@ -56,7 +56,7 @@ fn reason_phrase(raw: i32) -> Result<String, ProjectionError> {
 impl Notifier {
     /// An erased account (docs/adr/0025): its address, its devices' names, and every email
     /// queued, sent or given up for it, gone.
-    async fn forget(
+    pub(crate) async fn forget(
         tx: &mut Transaction<'static, Postgres>,
         account_id: &str,
     ) -> Result<(), ProjectionError> {

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use prost::Message as _;
 use proto::convert;
 use proto::v1::EventEnvelope;
 use sqlx::PgConnection;
@@ -259,7 +258,7 @@ impl<P: BatchProjector> Fold<'_, P> {
                     subject: format!("{}.{}", event.aggregate_type, event.event_type),
                     event_id: event.event_id.clone(),
                     reason,
-                    payload: event.encode_to_vec(),
+                    payload: super::dead_letter_payload(event),
                 });
                 self.outcome.parked += 1;
             }
