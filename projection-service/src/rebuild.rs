@@ -82,6 +82,45 @@ const SCRATCH: [&str; 1] = ["email_outbox"];
 /// Guards written per statement at the end of a replay phase.
 const GUARDS_PER_STATEMENT: usize = 10_000;
 
+/// The advisory lock a rebuild holds while it runs (`'linkdRbd'` as bytes): one rebuild at a
+/// time, and what a killed one left behind is removed only when none runs.
+const REBUILD_LOCK: i64 = 0x6c69_6e6b_6452_6264;
+
+/// Removes the schemas of rebuilds that were killed before they cleaned up (their fresh tables
+/// hold copies of personal data that an erasure would not reach), if no rebuild runs now.
+/// Returns how many it removed.
+pub async fn remove_leftovers(pool: &PgPool) -> anyhow::Result<usize> {
+    let mut connection = pool.acquire().await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut *connection)
+        .await?;
+    if !free {
+        return Ok(0);
+    }
+    let removed = drop_leftovers(&mut connection).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(REBUILD_LOCK)
+        .execute(&mut *connection)
+        .await?;
+    removed
+}
+
+async fn drop_leftovers(connection: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname FROM pg_namespace WHERE nspname ~ '^(rebuild|retired)_[0-9a-f]{32}$'",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    for schema in &schemas {
+        connection
+            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+            .await?;
+        tracing::warn!(%schema, "removed what an interrupted rebuild left behind");
+    }
+    Ok(schemas.len())
+}
+
 /// How long a pull may go without a message before the rebuild gives up.
 const SILENCE: Duration = Duration::from_secs(30);
 
@@ -98,6 +137,17 @@ pub async fn rebuild_with(
 ) -> anyhow::Result<Rebuilt> {
     let started = Instant::now();
     let pool = crate::startup::connect_and_migrate(database_url).await?;
+    // One rebuild at a time: the lock lives as long as this connection.
+    let mut lock = pool.acquire().await?.detach();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(REBUILD_LOCK)
+        .fetch_one(&mut lock)
+        .await?;
+    anyhow::ensure!(
+        free,
+        "another rebuild of this database is running; wait for it to finish"
+    );
+    drop_leftovers(&mut lock).await?;
     let fresh = format!("rebuild_{}", Uuid::new_v4().simple());
     let retired = format!("retired_{}", Uuid::new_v4().simple());
     pool.execute(format!("CREATE SCHEMA {fresh}").as_str())

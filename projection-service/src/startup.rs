@@ -74,6 +74,11 @@ impl Application {
     /// Connects, migrates, loads keys and binds the listener (port 0 picks a free port).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = connect_and_migrate(&settings.database_url.0).await?;
+        // A rebuild killed halfway left copies of the read models (personal data included)
+        // in a schema of its own: removed here, unless a rebuild is running.
+        crate::rebuild::remove_leftovers(&pool)
+            .await
+            .context("removing what an interrupted rebuild left behind")?;
         let idp = KeySet::from_pem_file(
             &settings.idp_public_keys_file,
             Checks {

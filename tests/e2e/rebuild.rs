@@ -134,6 +134,18 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models_and_sends_noth
     };
     let live_indexes = indexes(app.read_pool()).await;
 
+    // What a rebuild killed halfway leaves: a schema with copies of the read models.
+    sqlx::query("CREATE SCHEMA rebuild_0123456789abcdef0123456789abcdef")
+        .execute(&read)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TABLE rebuild_0123456789abcdef0123456789abcdef.email_accounts \
+         AS SELECT * FROM email_accounts",
+    )
+    .execute(&read)
+    .await
+    .unwrap();
     // Damage every read model the rebuild replaces, as a bug or a lost table would.
     for damage in [
         "DELETE FROM audit_log WHERE event_id IN \
@@ -181,7 +193,10 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models_and_sends_noth
     .fetch_one(&app.read_pool())
     .await
     .unwrap();
-    assert_eq!(schemas, 0, "the rebuild cleaned up after itself");
+    assert_eq!(
+        schemas, 0,
+        "the rebuild cleaned up after itself, and after the one killed before it"
+    );
 }
 
 #[tokio::test]
