@@ -72,6 +72,10 @@ pub enum CommandError {
     /// The database could not be reached.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The history holds an event of a newer linkd than this instance (a rolling deploy): an
+    /// upgraded instance can answer. The message names the event, nothing secret.
+    #[error("{0}")]
+    NewerVersion(String),
     /// A bug or corrupted data; details are logged, not returned.
     #[error("internal: {0}")]
     Internal(String),

@@ -96,6 +96,10 @@ pub(crate) fn to_status(error: CommandError) -> Status {
             tracing::error!(error = %detail, "event store unavailable");
             Status::unavailable("storage is unavailable; retry later")
         }
+        CommandError::NewerVersion(detail) => {
+            tracing::warn!(error = %detail, "a history written by a newer linkd");
+            Status::unavailable(detail)
+        }
         CommandError::Internal(detail) => {
             tracing::error!(error = %detail, "command failed unexpectedly");
             Status::internal("internal error")

@@ -192,7 +192,7 @@ impl From<StoreError> for CommandError {
             StoreError::Database(source) => source.into(),
             StoreError::Corrupt(detail) => Self::Internal(detail),
             // During a rolling deploy: an upgraded instance can answer.
-            StoreError::Version(detail) => Self::Unavailable(format!(
+            StoreError::Version(detail) => Self::NewerVersion(format!(
                 "{detail}; retry (an instance of the newer version can handle it)"
             )),
             StoreError::Sealing(error) => Self::Internal(error.to_string()),

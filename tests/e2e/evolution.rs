@@ -22,7 +22,8 @@ async fn an_event_written_by_a_newer_version_goes_out_opaque_and_the_read_models
     app.restart_read_side(|settings| settings.metrics_addr = any_port())
         .await;
     app.register("anna").await;
-    let device = app.link_by_qr("anna").await.device_id;
+    let phone = app.link_by_qr("anna").await;
+    let device = phone.device_id.clone();
     app.wait_until_read_model_is_exact(WITHIN).await;
     let (last, link_id): (i64, String) = sqlx::query_as(
         "SELECT max(sequence), max(payload::jsonb #>> '{DeviceLinked,link_id}') FROM events \
@@ -135,6 +136,19 @@ async fn an_event_written_by_a_newer_version_goes_out_opaque_and_the_read_models
     let consumer = scrape(app.read_metrics_addr()).await;
     assert_eq!(consumer.count("linkd_consumer_unknown_messages_total"), 1.0);
     assert_eq!(consumer.count("linkd_consumer_parked_messages_total"), 0.0);
+
+    // This build's command side does not decide on a history it cannot read: it sends the
+    // caller to an upgraded instance.
+    let refused = app
+        .device
+        .unlink_this_device(e2e::bearer(
+            proto::v1::UnlinkThisDeviceRequest::default(),
+            &phone.credential,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("newer linkd"), "{refused:?}");
 
     // A rebuild passes over it the same way.
     let devices = |pool: sqlx::PgPool| async move {
