@@ -257,6 +257,11 @@ async fn campaign(args: &ChaosArgs, rng: &mut Rng, scratch: &Path) -> anyhow::Re
         ("LINKD_NATS_URL".to_owned(), nats.url.clone()),
         ("LINKD_STREAM".to_owned(), "CHAOS".to_owned()),
         ("LINKD_SUBJECT_PREFIX".to_owned(), "chaos.events".to_owned()),
+        // The default bound (10 GiB) is refused by a NATS server with less free disk than that.
+        (
+            "LINKD_STREAM_MAX_BYTES".to_owned(),
+            (1u64 << 30).to_string(),
+        ),
         ("LINKD_IDP_PUBLIC_KEYS_FILE".to_owned(), key("idp.pub.pem")),
         (
             "LINKD_IDP_ISSUER".to_owned(),
