@@ -71,6 +71,9 @@ pub struct Settings {
     /// (`LINKD_INACTIVITY_DAYS`, default 180; `LINKD_INACTIVITY_WARNING_DAYS`, default 14;
     /// `LINKD_LIFECYCLE_EVERY_SECONDS`, default 3600).
     pub lifecycle: crate::lifecycle::LifecycleSettings,
+    /// How long the data key of a link attempt that never named its account is kept before the
+    /// sweeper destroys it (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`, default 30; docs/privacy.md).
+    pub unclaimed_attempt_retention: Duration,
     /// The most devices one account may link (`LINKD_MAX_DEVICES_PER_ACCOUNT`, default 5).
     pub max_devices_per_account: u32,
     /// Rate limits (`LINKD_RATE_LIMITS`: overrides of the defaults, `rule=burst/seconds,…`).
@@ -172,6 +175,7 @@ impl Settings {
                     ConfigError::invalid("LINKD_TRUSTED_PROXY_HOPS", "must be between 0 and 16")
                 })?,
             lifecycle: lifecycle(&env)?,
+            unclaimed_attempt_retention: unclaimed_attempt_retention(&env, link_attempt_ttl)?,
             max_devices_per_account: u32::try_from(env.number("LINKD_MAX_DEVICES_PER_ACCOUNT", 5)?)
                 .ok()
                 .filter(|n| (1..=100).contains(n))
@@ -245,6 +249,23 @@ fn lifecycle<F: Fn(&str) -> Option<String>>(
         warning: Duration::from_secs(warning * DAY),
         every,
     })
+}
+
+/// `LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`: whole days, longer than an attempt lives (an attempt
+/// still able to name its account must keep its key).
+fn unclaimed_attempt_retention<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    link_attempt_ttl: Duration,
+) -> Result<Duration, ConfigError> {
+    let days = env.number("LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS", 30)?;
+    let period = Duration::from_secs(days.saturating_mul(24 * 3600));
+    if !(1..=3650).contains(&days) || period <= link_attempt_ttl {
+        return Err(ConfigError::invalid(
+            "LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS",
+            "must be between 1 and 3650, and longer than LINKD_LINK_ATTEMPT_TTL_SECONDS",
+        ));
+    }
+    Ok(period)
 }
 
 /// `LINKD_STREAM_MAX_AGE_DAYS` and `LINKD_STREAM_MAX_BYTES`.
@@ -325,6 +346,29 @@ mod tests {
         assert_eq!(settings.grpc_addr.port(), 50051);
         assert_eq!(settings.qr_confirmation, Some(Duration::from_secs(120)));
         assert_eq!(settings.trusted_proxy_hops, 0);
+        assert_eq!(
+            settings.unclaimed_attempt_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn an_unclaimed_attempts_key_outlives_the_attempt() {
+        let mut env = base();
+        env.insert("LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS", "2".into());
+        assert_eq!(
+            read(&env).unwrap().unclaimed_attempt_retention,
+            Duration::from_secs(2 * 24 * 3600)
+        );
+        for (days, ttl) in [("0", "600"), ("3651", "600"), ("1", "86400")] {
+            env.insert("LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS", days.into());
+            env.insert("LINKD_LINK_ATTEMPT_TTL_SECONDS", ttl.into());
+            let error = read(&env).unwrap_err().to_string();
+            assert!(
+                error.contains("LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS"),
+                "{days} days, {ttl} s: {error}"
+            );
+        }
     }
 
     #[test]

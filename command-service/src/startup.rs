@@ -245,8 +245,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let abandoned_after = self.settings.link_attempt_ttl + std::time::Duration::from_secs(600);
-        let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), abandoned_after));
+        let periods = crate::sweeper::Periods {
+            abandoned_after: self.settings.link_attempt_ttl + std::time::Duration::from_secs(600),
+            unclaimed_attempt_keys: self.settings.unclaimed_attempt_retention,
+        };
+        let sweeper = tokio::spawn(crate::sweeper::run(self.pool.clone(), periods));
         let lifecycle = tokio::spawn(crate::lifecycle::run(
             self.api.app.clone(),
             self.pool.clone(),

@@ -1,6 +1,7 @@
 //! Removes what no longer serves: expired token hashes, replay answers past retention, spent
-//! rate limits, and the credentials of links that ended — including those a crash left behind between an unlink's
-//! event and the deletion of its credential (DESIGN §4 rule 2).
+//! rate limits, the credentials of links that ended — including those a crash left behind between an unlink's
+//! event and the deletion of its credential (DESIGN §4 rule 2) — and the data keys of link
+//! attempts that never named their account, once past their retention (docs/privacy.md).
 
 use std::time::Duration;
 
@@ -20,11 +21,26 @@ pub struct Swept {
     pub credentials: u64,
     /// Keyed rate limits whose allowance is whole again.
     pub rate_limits: u64,
+    /// Data keys destroyed: link attempts past retention that never named their account.
+    pub attempt_keys: u64,
 }
 
-/// One sweep. `abandoned_after` is how old a credential row of a link that never happened must
-/// be before it is removed (longer than a link attempt lives).
-pub async fn sweep(pool: &PgPool, abandoned_after: Duration) -> Result<Swept, sqlx::Error> {
+/// How old things must be before a sweep removes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    /// A credential row of a link that never happened (longer than a link attempt lives).
+    pub abandoned_after: Duration,
+    /// The data key of a link attempt that never named its account
+    /// (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`; longer than a link attempt lives).
+    pub unclaimed_attempt_keys: Duration,
+}
+
+/// The most attempt keys one sweep examines (the rest wait for the next sweep).
+const ATTEMPT_KEYS_PER_SWEEP: i64 = 10_000;
+
+/// One sweep with `periods`.
+pub async fn sweep(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Error> {
+    let abandoned_after = periods.abandoned_after;
     let bearer_tokens =
         sqlx::query("DELETE FROM bearer_tokens WHERE expires_at < now() - interval '1 hour'")
             .execute(pool)
@@ -66,15 +82,49 @@ pub async fn sweep(pool: &PgPool, abandoned_after: Duration) -> Result<Swept, sq
         replays,
         credentials,
         rate_limits: crate::limits::sweep(pool).await?,
+        attempt_keys: destroy_unclaimed_attempt_keys(pool, periods.unclaimed_attempt_keys).await?,
     })
 }
 
+/// Destroys the data keys of link attempts older than `after` whose events never named an
+/// account (their sealed phone details then read as placeholders, like an erased account's),
+/// and marks the keys of attempts that did as `kept`: those live until their account is erased
+/// (`store::erasure`). Each key is examined once; rows an erasure holds are left for later.
+async fn destroy_unclaimed_attempt_keys(
+    pool: &PgPool,
+    after: Duration,
+) -> Result<u64, sqlx::Error> {
+    let (destroyed,): (i64,) = sqlx::query_as(
+        "WITH due AS ( \
+             SELECT k.subject, EXISTS ( \
+                 SELECT 1 FROM events e WHERE e.aggregate_type = 'link_attempt' \
+                 AND e.aggregate_id = substr(k.subject, length('link_attempt:') + 1) \
+                 AND e.data_subject LIKE 'account:%') AS claimed \
+             FROM data_keys k \
+             WHERE k.wrapped IS NOT NULL AND NOT k.kept AND k.subject LIKE 'link_attempt:%' \
+               AND k.created_at < now() - make_interval(secs => $1) \
+             ORDER BY k.created_at LIMIT $2 FOR UPDATE OF k SKIP LOCKED), \
+         kept AS ( \
+             UPDATE data_keys k SET kept = true FROM due \
+             WHERE k.subject = due.subject AND due.claimed RETURNING 1), \
+         destroyed AS ( \
+             UPDATE data_keys k SET wrapped = NULL, erased_at = now() FROM due \
+             WHERE k.subject = due.subject AND NOT due.claimed RETURNING 1) \
+         SELECT count(*) FROM destroyed",
+    )
+    .bind(after.as_secs_f64())
+    .bind(ATTEMPT_KEYS_PER_SWEEP)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(destroyed).unwrap_or_default())
+}
+
 /// Sweeps every [`SWEEP_EVERY`] until the task is dropped; failures are logged and retried.
-pub async fn run(pool: PgPool, abandoned_after: Duration) {
+pub async fn run(pool: PgPool, periods: Periods) {
     let mut ticks = tokio::time::interval(SWEEP_EVERY);
     loop {
         ticks.tick().await;
-        match sweep(&pool, abandoned_after).await {
+        match sweep(&pool, &periods).await {
             Ok(swept) if swept != Swept::default() => tracing::info!(?swept, "swept"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "sweeping failed; will retry"),

@@ -397,3 +397,79 @@ async fn an_erasure_the_live_notifier_had_not_reached_before_a_rebuild_still_cle
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The data key of the link attempt that started linking `device_id`, and whether it is
+/// destroyed and whether the sweeper marked it kept.
+async fn attempt_key(app: &TestApp, device_id: &str) -> (String, bool, bool) {
+    sqlx::query_as(
+        "SELECT k.subject, k.wrapped IS NULL, k.kept FROM data_keys k \
+         JOIN events e ON k.subject = 'link_attempt:' || e.aggregate_id \
+         WHERE e.event_type = 'LinkRequested' \
+           AND e.payload -> 'LinkRequested' ->> 'device_id' = $1",
+    )
+    .bind(device_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_keys_of_attempts_that_never_named_an_account_are_destroyed_after_their_period() {
+    // Arrange: three phones start linking by QR code; one scans anna's code (its attempt
+    // names her account), two never do. Two of the attempts are made two days old.
+    let mut app = e2e::spawn_app().await;
+    app.register("anna").await;
+    let qr = app.issue_qr("anna").await;
+    let phones: [String; 3] = std::array::from_fn(|_| uuid::Uuid::new_v4().to_string());
+    let [abandoned, claimed, recent] = [&phones[0], &phones[1], &phones[2]].map(String::as_str);
+    for device in [abandoned, claimed, recent] {
+        let start = app.start_link(device, proto::v1::LinkMethod::Qr).await;
+        if device == claimed {
+            app.scan(&start.link_token, &qr).await.unwrap();
+        }
+    }
+    for device in [abandoned, claimed] {
+        let (subject, ..) = attempt_key(&app, device).await;
+        sqlx::query(
+            "UPDATE data_keys SET created_at = now() - interval '2 days' WHERE subject = $1",
+        )
+        .bind(subject)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    let periods = command_service::sweeper::Periods {
+        abandoned_after: Duration::from_secs(3600),
+        unclaimed_attempt_keys: Duration::from_secs(24 * 3600),
+    };
+
+    // Act
+    let swept = command_service::sweeper::sweep(&app.pool, &periods)
+        .await
+        .unwrap();
+
+    // Assert: exactly the abandoned attempt's key is destroyed; the claimed one is kept for
+    // anna's erasure (and marked, so that it is not examined again); the recent one waits.
+    assert_eq!(swept.attempt_keys, 1, "{swept:?}");
+    assert!(matches!(
+        attempt_key(&app, abandoned).await,
+        (_, true, false)
+    ));
+    assert!(matches!(attempt_key(&app, claimed).await, (_, false, true)));
+    assert!(matches!(attempt_key(&app, recent).await, (_, false, false)));
+    let again = command_service::sweeper::sweep(&app.pool, &periods)
+        .await
+        .unwrap();
+    assert_eq!(again.attempt_keys, 0, "{again:?}");
+    // The abandoned attempt's phone details are unreadable: its key row says when.
+    let erased_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT erased_at FROM data_keys WHERE subject = $1")
+            .bind(attempt_key(&app, abandoned).await.0)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(erased_at.is_some());
+    // Anna's erasure still reaches the kept key.
+    assert!(!erase(&mut app, "anna").await.unwrap());
+    assert!(matches!(attempt_key(&app, claimed).await, (_, true, true)));
+}

@@ -238,7 +238,11 @@ async fn the_sweeper_removes_credentials_a_crash_left_behind() {
     }
 
     // Act
-    let swept = command_service::sweeper::sweep(&app.pool, std::time::Duration::from_secs(3600))
+    let periods = command_service::sweeper::Periods {
+        abandoned_after: std::time::Duration::from_secs(3600),
+        unclaimed_attempt_keys: std::time::Duration::from_secs(86_400),
+    };
+    let swept = command_service::sweeper::sweep(&app.pool, &periods)
         .await
         .unwrap();
 
