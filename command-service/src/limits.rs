@@ -8,7 +8,10 @@
 //!   by their /64, as one subscriber holds a whole /64.
 //! - **Per key: in PostgreSQL, across instances** (`rate_limits`, one row per key with its GCRA
 //!   theoretical arrival time, updated in one statement). These guard an account or a device, and
-//!   must not multiply with the instances.
+//!   must not multiply with the instances. The statement commits without waiting for its WAL
+//!   flush (`service_kit::database::asynchronous_commit_pool`): a database crash may forget the
+//!   last fraction of a second of counts, which gives a caller a few more calls once, and saves
+//!   every limited call an `fdatasync`.
 //!
 //! A call past a limit is refused `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` saying when
 //! the next call is allowed, before anything is written. The policy table is [`Policy`]; each
@@ -173,7 +176,8 @@ impl std::fmt::Debug for RateLimits {
 }
 
 impl RateLimits {
-    /// The limits of `policy`; keyed ones kept in `pool`'s `rate_limits`.
+    /// The limits of `policy`; keyed ones kept in `pool`'s `rate_limits` (a pool that commits
+    /// without waiting for the WAL flush).
     pub(crate) fn new(policy: Policy, pool: PgPool) -> Self {
         let by_address = Rule::ALL
             .into_iter()

@@ -173,7 +173,10 @@ impl Application {
             },
             matching_key: crate::matching::key(&settings.secret_code_pepper.0),
             device_cap: settings.max_devices_per_account,
-            limits: crate::limits::RateLimits::new(settings.rate_limits.clone(), pool.clone()),
+            limits: crate::limits::RateLimits::new(
+                settings.rate_limits.clone(),
+                service_kit::database::asynchronous_commit_pool(&pool, settings.db_max_connections),
+            ),
         });
         let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
         let api = Api {

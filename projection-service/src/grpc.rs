@@ -34,6 +34,9 @@ pub(crate) struct Queries {
     pub(crate) reauth_max_age: Duration,
     /// Rate limits on the queries.
     pub(crate) limits: crate::limits::QueryLimits,
+    /// Where the rate limits are counted: the read-model database, committing without waiting
+    /// for the WAL flush (`service_kit::database::asynchronous_commit_pool`).
+    pub(crate) limits_pool: PgPool,
 }
 
 impl Queries {
@@ -43,7 +46,7 @@ impl Queries {
         rule: crate::limits::QueryRule,
         caller: &str,
     ) -> Result<(), crate::status::QueryError> {
-        self.limits.admit(&self.pool, rule, caller).await
+        self.limits.admit(&self.limits_pool, rule, caller).await
     }
 }
 

@@ -63,3 +63,33 @@ async fn a_connection_in_use_is_handed_out_again_without_a_check() {
     assert_ne!(first, second);
     pool.close().await;
 }
+
+#[tokio::test]
+async fn the_asynchronous_commit_pool_does_not_wait_for_the_flush_and_the_pool_it_came_from_still_does()
+ {
+    let database = TestDatabase::create("linkd_pooltest").await.unwrap();
+    let pool = pool_options(2).connect(&database.url).await.unwrap();
+    let lenient = service_kit::database::asynchronous_commit_pool(&pool, 2);
+
+    let setting = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    assert_eq!(setting(lenient.clone()).await, "off");
+    assert_eq!(setting(pool.clone()).await, "on");
+    // The counters written through it are counted as ever.
+    let rate = service_kit::ratelimit::Rate::new(1, 60);
+    sqlx::query("CREATE TABLE rate_limits (key bytea PRIMARY KEY, tat timestamptz NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let first = service_kit::ratelimit::take(&lenient, "rule", "key", rate).await;
+    let second = service_kit::ratelimit::take(&lenient, "rule", "key", rate).await;
+    assert!(matches!(first, Ok(Ok(()))), "{first:?}");
+    assert!(matches!(second, Ok(Err(_))), "{second:?}");
+    lenient.close().await;
+    pool.close().await;
+}
