@@ -51,6 +51,40 @@ pub(crate) struct Statements {
     /// Of those on the event store's, the relay's (reading committed events, moving its
     /// checkpoint, checking its lock when idle).
     pub(crate) relay: u64,
+    /// Execution time of the statements on the event store's database, in microseconds
+    /// (`total_exec_time`: planning, parsing and the commit's flush wait are not in it).
+    pub(crate) command_us: u64,
+    /// Execution time of the statements on the read models' databases, in microseconds.
+    pub(crate) read_side_us: u64,
+    /// Of that, the statements that read or write `audit_log` (the audit log's copy of the
+    /// events, issue 15's point 2).
+    pub(crate) audit_log_us: u64,
+}
+
+impl Statements {
+    /// What was counted between `before` and `self`.
+    fn since(self, before: Self) -> Self {
+        Self {
+            command: self.command.saturating_sub(before.command),
+            read_side: self.read_side.saturating_sub(before.read_side),
+            relay: self.relay.saturating_sub(before.relay),
+            command_us: self.command_us.saturating_sub(before.command_us),
+            read_side_us: self.read_side_us.saturating_sub(before.read_side_us),
+            audit_log_us: self.audit_log_us.saturating_sub(before.audit_log_us),
+        }
+    }
+
+    /// Both counts together.
+    fn plus(self, other: Self) -> Self {
+        Self {
+            command: self.command + other.command,
+            read_side: self.read_side + other.read_side,
+            relay: self.relay + other.relay,
+            command_us: self.command_us + other.command_us,
+            read_side_us: self.read_side_us + other.read_side_us,
+            audit_log_us: self.audit_log_us + other.audit_log_us,
+        }
+    }
 }
 
 /// CPU time per group and write transactions over a span, summed over spans.
@@ -82,20 +116,12 @@ impl Cost {
         self.transactions += u64::try_from(after.next_xid - before.next_xid).unwrap_or(0);
         self.events += u64::try_from(after.events - before.events).unwrap_or(0);
         let span = match (before.statements, after.statements) {
-            (Some(before), Some(after)) => Some(Statements {
-                command: after.command.saturating_sub(before.command),
-                read_side: after.read_side.saturating_sub(before.read_side),
-                relay: after.relay.saturating_sub(before.relay),
-            }),
+            (Some(before), Some(after)) => Some(after.since(before)),
             _ => None,
         };
         self.statements = match (self.spans, self.statements, span) {
             (0, _, span) => span,
-            (_, Some(sum), Some(span)) => Some(Statements {
-                command: sum.command + span.command,
-                read_side: sum.read_side + span.read_side,
-                relay: sum.relay + span.relay,
-            }),
+            (_, Some(sum), Some(span)) => Some(sum.plus(span)),
             _ => None,
         };
         self.spans += 1;
@@ -107,6 +133,19 @@ impl Cost {
         let calls = calls.max(1) as f64;
         self.statements
             .map(|s| (s.command as f64 / calls, s.read_side as f64 / calls))
+    }
+
+    /// Statement execution time per call in microseconds: on the event store's database, on
+    /// the read models', and of those the audit log's statements.
+    pub(crate) fn statement_us_per_call(&self, calls: u64) -> Option<(f64, f64, f64)> {
+        let calls = calls.max(1) as f64;
+        self.statements.map(|s| {
+            (
+                s.command_us as f64 / calls,
+                s.read_side_us as f64 / calls,
+                s.audit_log_us as f64 / calls,
+            )
+        })
     }
 
     /// Events stored per call.
@@ -178,23 +217,35 @@ pub(crate) async fn read(db: &PgPool) -> anyhow::Result<Reading> {
     .fetch_one(db)
     .await?;
     // `None` where pg_stat_statements is not loaded.
-    let statements: Option<(i64, i64, i64)> = sqlx::query_as(
+    let statements: Option<(i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT coalesce(sum(s.calls) FILTER (WHERE d.datname = current_database()), 0)::bigint, \
          coalesce(sum(s.calls) FILTER (WHERE d.datname <> current_database()), 0)::bigint, \
          coalesce(sum(s.calls) FILTER (WHERE d.datname = current_database() AND \
              (s.query LIKE '%relay_checkpoint%' OR s.query LIKE '%pg_snapshot_xmin%' \
-              OR s.query = 'SELECT $1')), 0)::bigint AS linkd_bench \
+              OR s.query = 'SELECT $1')), 0)::bigint, \
+         (coalesce(sum(s.total_exec_time) FILTER (WHERE d.datname = current_database()), 0) \
+             * 1000)::bigint, \
+         (coalesce(sum(s.total_exec_time) FILTER (WHERE d.datname <> current_database()), 0) \
+             * 1000)::bigint, \
+         (coalesce(sum(s.total_exec_time) FILTER (WHERE d.datname <> current_database() \
+             AND s.query LIKE '%audit_log%'), 0) * 1000)::bigint AS linkd_bench \
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
          WHERE s.query NOT LIKE '%linkd_bench%' AND d.datname <> 'postgres'",
     )
     .fetch_one(db)
     .await
     .ok();
-    let statements = statements.map(|(command, read_side, relay)| Statements {
-        command: u64::try_from(command).unwrap_or(0),
-        read_side: u64::try_from(read_side).unwrap_or(0),
-        relay: u64::try_from(relay).unwrap_or(0),
-    });
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let statements = statements.map(
+        |(command, read_side, relay, command_us, read_side_us, audit_log_us)| Statements {
+            command: count(command),
+            read_side: count(read_side),
+            relay: count(relay),
+            command_us: count(command_us),
+            read_side_us: count(read_side_us),
+            audit_log_us: count(audit_log_us),
+        },
+    );
     let ticks = tokio::task::spawn_blocking(cpu_ticks).await?;
     Ok(Reading {
         ticks,
@@ -308,6 +359,9 @@ mod tests {
                 command,
                 read_side,
                 relay,
+                command_us: command * 10,
+                read_side_us: read_side * 10,
+                audit_log_us: read_side * 2,
             })
         };
         let before = Reading {
@@ -331,6 +385,7 @@ mod tests {
         assert!((cost.events_per_call(10) - 2.0).abs() < 1e-9);
         assert_eq!(cost.statements_per_call(10), Some((6.0, 3.0)));
         assert_eq!(cost.relay_statements_per_event(), Some(0.2));
+        assert_eq!(cost.statement_us_per_call(10), Some((60.0, 30.0, 6.0)));
     }
 
     #[test]

@@ -209,6 +209,29 @@ pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
         ));
         out.push(String::new());
     }
+    let times: Vec<String> = levels
+        .iter()
+        .filter_map(|level| {
+            let calls = level.non_hashing.count;
+            let (command, read_side, audit) =
+                level.non_hashing_cost.statement_us_per_call(calls)?;
+            let share = 100.0 * audit / (command + read_side).max(1e-9);
+            Some(format!(
+                "{} clients: event store {command:.0} µs, read models {read_side:.0} µs, of \
+                 which the audit log's {audit:.0} µs ({share:.1} % of all)",
+                level.concurrency
+            ))
+        })
+        .collect();
+    if !times.is_empty() {
+        out.push(format!(
+            "Statement execution time per non-hashing command (`pg_stat_statements`' \
+             `total_exec_time`; parsing, planning and the commit's flush wait are not in it): \
+             {}.",
+            times.join("; ")
+        ));
+        out.push(String::new());
+    }
 }
 
 /// Statements per call on the event store's database and on the read models', as two table
