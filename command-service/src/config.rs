@@ -71,6 +71,9 @@ pub struct Settings {
     /// (`LINKD_INACTIVITY_DAYS`, default 180; `LINKD_INACTIVITY_WARNING_DAYS`, default 14;
     /// `LINKD_LIFECYCLE_EVERY_SECONDS`, default 3600).
     pub lifecycle: crate::lifecycle::LifecycleSettings,
+    /// How long a call's answer is replayed to a retry with the same `request_id`, and kept
+    /// (`LINKD_RETENTION_REPLAY_HOURS`, default 24; docs/privacy.md).
+    pub replay_retention: Duration,
     /// How long the data key of a link attempt that never named its account is kept before the
     /// sweeper destroys it (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`, default 30; docs/privacy.md).
     pub unclaimed_attempt_retention: Duration,
@@ -176,6 +179,7 @@ impl Settings {
                 })?,
             lifecycle: lifecycle(&env)?,
             unclaimed_attempt_retention: unclaimed_attempt_retention(&env, link_attempt_ttl)?,
+            replay_retention: replay_retention(&env)?,
             max_devices_per_account: u32::try_from(env.number("LINKD_MAX_DEVICES_PER_ACCOUNT", 5)?)
                 .ok()
                 .filter(|n| (1..=100).contains(n))
@@ -249,6 +253,19 @@ fn lifecycle<F: Fn(&str) -> Option<String>>(
         warning: Duration::from_secs(warning * DAY),
         every,
     })
+}
+
+/// `LINKD_RETENTION_REPLAY_HOURS`: whole hours, 1 to 720 (a retry comes within seconds or
+/// minutes; a day covers a client that retries after its own restart).
+fn replay_retention<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Duration, ConfigError> {
+    let hours = env.number("LINKD_RETENTION_REPLAY_HOURS", 24)?;
+    if !(1..=720).contains(&hours) {
+        return Err(ConfigError::invalid(
+            "LINKD_RETENTION_REPLAY_HOURS",
+            "must be between 1 and 720",
+        ));
+    }
+    Ok(Duration::from_secs(hours * 3600))
 }
 
 /// `LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`: whole days, longer than an attempt lives (an attempt
@@ -350,6 +367,25 @@ mod tests {
             settings.unclaimed_attempt_retention,
             Duration::from_secs(30 * 24 * 3600)
         );
+        assert_eq!(settings.replay_retention, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn replays_are_kept_between_an_hour_and_a_month() {
+        let mut env = base();
+        env.insert("LINKD_RETENTION_REPLAY_HOURS", "2".into());
+        assert_eq!(
+            read(&env).unwrap().replay_retention,
+            Duration::from_secs(2 * 3600)
+        );
+        for hours in ["0", "721", "x"] {
+            env.insert("LINKD_RETENTION_REPLAY_HOURS", hours.into());
+            let error = read(&env).unwrap_err().to_string();
+            assert!(
+                error.contains("LINKD_RETENTION_REPLAY_HOURS"),
+                "{hours}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -20,13 +20,13 @@ use crate::secrets::sha256;
 /// A call still marked in progress after this long is presumed dead and may be taken over
 /// (well above the longest a call can run: pool waits, bounded retries and Argon2id).
 const STALE_AFTER_SECONDS: f64 = 120.0;
-/// Answers are replayed for this long (24 hours).
-const KEEP_SECONDS: f64 = 24.0 * 3600.0;
 
 /// The request log.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestLog {
     pool: PgPool,
+    /// How long answers are replayed (`LINKD_RETENTION_REPLAY_HOURS`).
+    keep: std::time::Duration,
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,9 +54,9 @@ fn derive(label: &str, parts: &[&[u8]]) -> Vec<u8> {
 }
 
 impl RequestLog {
-    /// A request log over `pool`.
-    pub(crate) fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A request log over `pool` that replays answers for `keep`.
+    pub(crate) fn new(pool: PgPool, keep: std::time::Duration) -> Self {
+        Self { pool, keep }
     }
 
     /// Runs `call` once per (`method`, `scope`, `request_id`): a repeat returns the first
@@ -139,7 +139,7 @@ impl RequestLog {
              AND created_at < now() - make_interval(secs => $2)",
         )
         .bind(&keys.key_hash)
-        .bind(KEEP_SECONDS)
+        .bind(self.keep.as_secs_f64())
         .execute(&self.pool)
         .await?;
         let inserted = sqlx::query(

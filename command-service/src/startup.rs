@@ -182,7 +182,7 @@ impl Application {
         let api = Api {
             app,
             stopping: stopping_seen,
-            requests: RequestLog::new(pool.clone()),
+            requests: RequestLog::new(pool.clone(), settings.replay_retention),
             trusted_proxy_hops: settings.trusted_proxy_hops,
             qr_watches: crate::grpc::Watches::new(settings.max_qr_watches),
         };
@@ -249,6 +249,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let periods = crate::sweeper::Periods {
+            replays: self.settings.replay_retention,
             abandoned_after: self.settings.link_attempt_ttl + std::time::Duration::from_secs(600),
             unclaimed_attempt_keys: self.settings.unclaimed_attempt_retention,
         };

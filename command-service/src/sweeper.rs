@@ -1,4 +1,5 @@
-//! Removes what no longer serves: expired token hashes, replay answers past retention, spent
+//! Removes what no longer serves, one instance per round: expired token hashes, replay answers
+//! past retention, spent
 //! rate limits, the credentials of links that ended — including those a crash left behind between an unlink's
 //! event and the deletion of its credential (DESIGN §4 rule 2) — and the data keys of link
 //! attempts that never named their account, once past their retention (docs/privacy.md).
@@ -15,7 +16,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub struct Swept {
     /// Expired QR and link-attempt token hashes.
     pub bearer_tokens: u64,
-    /// Replay answers older than 24 hours.
+    /// Replay answers past their period.
     pub replays: u64,
     /// Credentials of links that ended, or that never came to be.
     pub credentials: u64,
@@ -25,9 +26,16 @@ pub struct Swept {
     pub attempt_keys: u64,
 }
 
+/// The advisory-lock key of a sweep round (`'linksweep'`'s first bytes): one instance sweeps
+/// at a time, the others skip the round.
+const ROUND_LOCK: i64 = 0x6c69_6e6b_7377_6565;
+
 /// How old things must be before a sweep removes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Periods {
+    /// A replay answer (`LINKD_RETENTION_REPLAY_HOURS`, default 24): the window in which a
+    /// call retried with the same `request_id` gets the first answer again.
+    pub replays: Duration,
     /// A credential row of a link that never happened (longer than a link attempt lives).
     pub abandoned_after: Duration,
     /// The data key of a link attempt that never named its account
@@ -38,8 +46,23 @@ pub struct Periods {
 /// The most attempt keys one sweep examines (the rest wait for the next sweep).
 const ATTEMPT_KEYS_PER_SWEEP: i64 = 10_000;
 
-/// One sweep with `periods`.
-pub async fn sweep(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Error> {
+/// One sweep with `periods`, or `None` if another instance holds the round (a transaction-scoped
+/// advisory lock, released when the round ends or its connection does).
+pub async fn sweep(pool: &PgPool, periods: &Periods) -> Result<Option<Swept>, sqlx::Error> {
+    let mut round = pool.begin().await?;
+    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(ROUND_LOCK)
+        .fetch_one(&mut *round)
+        .await?;
+    if !leading {
+        return Ok(None);
+    }
+    let swept = sweep_round(pool, periods).await?;
+    round.commit().await?;
+    Ok(Some(swept))
+}
+
+async fn sweep_round(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Error> {
     let abandoned_after = periods.abandoned_after;
     let bearer_tokens =
         sqlx::query("DELETE FROM bearer_tokens WHERE expires_at < now() - interval '1 hour'")
@@ -47,7 +70,8 @@ pub async fn sweep(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Erro
             .await?
             .rows_affected();
     let replays =
-        sqlx::query("DELETE FROM request_log WHERE created_at < now() - interval '24 hours'")
+        sqlx::query("DELETE FROM request_log WHERE created_at < now() - make_interval(secs => $1)")
+            .bind(periods.replays.as_secs_f64())
             .execute(pool)
             .await?
             .rows_affected();
@@ -125,7 +149,7 @@ pub async fn run(pool: PgPool, periods: Periods) {
     loop {
         ticks.tick().await;
         match sweep(&pool, &periods).await {
-            Ok(swept) if swept != Swept::default() => tracing::info!(?swept, "swept"),
+            Ok(Some(swept)) if swept != Swept::default() => tracing::info!(?swept, "swept"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "sweeping failed; will retry"),
         }

@@ -191,3 +191,66 @@ async fn a_request_id_must_be_a_uuid() {
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert_eq!(app.event_count().await, 0);
 }
+
+#[tokio::test]
+async fn replay_answers_past_their_period_are_swept_by_one_instance_and_the_rest_still_replay() {
+    // Arrange: two StartLink calls with request ids; the first one's answer made three hours
+    // old, with a retention of two hours.
+    let mut app = spawn_app().await;
+    let mut requests = Vec::new();
+    for _ in 0..2 {
+        let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+        request.request_id = Uuid::new_v4().to_string();
+        let answer = app
+            .device
+            .start_link(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        requests.push((request, answer));
+    }
+    sqlx::query(
+        "UPDATE request_log SET created_at = now() - interval '3 hours' \
+         WHERE created_at = (SELECT min(created_at) FROM request_log)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let periods = command_service::sweeper::Periods {
+        replays: std::time::Duration::from_secs(2 * 3600),
+        abandoned_after: std::time::Duration::from_secs(3600),
+        unclaimed_attempt_keys: std::time::Duration::from_secs(24 * 3600),
+    };
+
+    // Act + Assert: while another instance holds the round, nothing is swept.
+    let mut other = app.pool.begin().await.unwrap();
+    let held: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(x'6c696e6b73776565'::bigint)")
+            .fetch_one(&mut *other)
+            .await
+            .unwrap();
+    assert!(held);
+    let skipped = command_service::sweeper::sweep(&app.pool, &periods)
+        .await
+        .unwrap();
+    assert_eq!(skipped, None);
+    other.commit().await.unwrap();
+    let swept = command_service::sweeper::sweep(&app.pool, &periods)
+        .await
+        .unwrap()
+        .expect("the round is free again");
+
+    // Exactly the old answer went; the younger call still replays its first answer and
+    // writes nothing.
+    assert_eq!(swept.replays, 1, "{swept:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM request_log")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1);
+    let events = app.event_count().await;
+    let (request, answer) = requests.pop().unwrap();
+    let again = app.device.start_link(request).await.unwrap().into_inner();
+    assert_eq!(again, answer);
+    assert_eq!(app.event_count().await, events);
+}

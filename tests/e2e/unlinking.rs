@@ -239,12 +239,14 @@ async fn the_sweeper_removes_credentials_a_crash_left_behind() {
 
     // Act
     let periods = command_service::sweeper::Periods {
+        replays: std::time::Duration::from_secs(24 * 3600),
         abandoned_after: std::time::Duration::from_secs(3600),
         unclaimed_attempt_keys: std::time::Duration::from_secs(86_400),
     };
     let swept = command_service::sweeper::sweep(&app.pool, &periods)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("no other instance sweeps");
 
     // Assert: both leftovers removed, the linked device's credential kept and working.
     assert_eq!(swept.credentials, 2);

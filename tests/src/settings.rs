@@ -43,6 +43,7 @@ pub fn test_settings(database_url: String) -> Settings {
             every: Duration::from_secs(3600),
         },
         unclaimed_attempt_retention: Duration::from_secs(30 * 24 * 3600),
+        replay_retention: Duration::from_secs(24 * 3600),
         stream_limits: command_service::relay::StreamLimits {
             max_age: Duration::from_secs(30 * 24 * 3600),
             max_bytes: 1 << 30,
