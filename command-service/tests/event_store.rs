@@ -677,10 +677,25 @@ async fn events_sealed_under_one_kek_load_after_a_rotation_and_a_rewrap() {
         .unwrap_err();
     assert!(error.to_string().contains("KEK 'k1'"), "{error}");
 
-    // After a rewrap every key is k2's, and k1 can go.
-    let rewrapped = command_service::store::rewrap_keys(device.pool(), &rotated)
+    // After a rewrap every key is k2's, and k1 can go; a key another transaction holds (an
+    // erasure, the sweeper) is waited for, not skipped and reported done.
+    let mut holder = device.pool().begin().await.unwrap();
+    sqlx::query("SELECT subject FROM data_keys FOR UPDATE")
+        .execute(&mut *holder)
         .await
         .unwrap();
+    let rewrap = tokio::spawn({
+        let pool = device.pool().clone();
+        let rotated = rotated.clone();
+        async move { command_service::store::rewrap_keys(&pool, &rotated).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !rewrap.is_finished(),
+        "the rewrap returned with a key left under k1"
+    );
+    holder.commit().await.unwrap();
+    let rewrapped = rewrap.await.unwrap().unwrap();
     assert_eq!(rewrapped, 1);
     assert_eq!(
         command_service::store::rewrap_keys(device.pool(), &rotated)

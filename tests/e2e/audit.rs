@@ -578,6 +578,22 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
         at: at(chrono::Utc::now()),
     };
     client.devices_at(bearer(instant, &auditor)).await.unwrap();
+    let whole = ExportHistoryRequest {
+        account_id: "anna".into(),
+    };
+    let mut export = client
+        .export_history(bearer(whole, &auditor))
+        .await
+        .unwrap()
+        .into_inner();
+    while export.message().await.unwrap().is_some() {}
+    let check = VerifyHistoryRequest {
+        account_id: "anna".into(),
+    };
+    client
+        .verify_history(bearer(check, &auditor))
+        .await
+        .unwrap();
 
     // Act: the holder lists who read her history.
     let records = client
@@ -590,7 +606,7 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
         .into_inner()
         .records;
 
-    // Assert: the auditor's two reads, with what they asked; not hers.
+    // Assert: the auditor's four reads, with what they asked; not hers.
     let seen: Vec<(&str, &str, &str)> = records
         .iter()
         .map(|r| (r.reader.as_str(), r.rpc.as_str(), r.account_id.as_str()))
@@ -599,7 +615,9 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
         seen,
         [
             ("auditor:auditor-1", "ListEvents", "anna"),
-            ("auditor:auditor-1", "DevicesAt", "anna")
+            ("auditor:auditor-1", "DevicesAt", "anna"),
+            ("auditor:auditor-1", "ExportHistory", "anna"),
+            ("auditor:auditor-1", "VerifyHistory", "anna")
         ]
     );
     let filters: serde_json::Value = serde_json::from_str(&records[0].filters_json).unwrap();
@@ -619,8 +637,8 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
         .unwrap()
         .into_inner()
         .records;
-    assert_eq!(by_auditor.len(), 3);
-    assert_eq!(by_auditor[2].rpc, "ListAccessRecords");
+    assert_eq!(by_auditor.len(), 5);
+    assert_eq!(by_auditor[4].rpc, "ListAccessRecords");
     app.register("bob").await;
     let refused = client
         .list_access_records(bearer(
@@ -658,7 +676,7 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
     let kinds = |kind: &str| lines.iter().filter(|l| l["record"] == kind).count();
     assert!(kinds("event") >= 7, "{lines:#?}");
     assert_eq!(kinds("device"), 1, "{lines:#?}");
-    assert_eq!(kinds("access"), 3, "{lines:#?}");
+    assert_eq!(kinds("access"), 5, "{lines:#?}");
     assert_eq!(
         kinds("event") + kinds("device") + kinds("access"),
         lines.len()
@@ -670,4 +688,9 @@ async fn an_auditors_reads_are_on_record_for_the_holder_and_the_holders_own_are_
         .await
         .unwrap_err();
     assert!(deleted.to_string().contains("append-only"), "{deleted}");
+    let truncated = sqlx::query("TRUNCATE access_records")
+        .execute(&app.read_pool())
+        .await
+        .unwrap_err();
+    assert!(truncated.to_string().contains("append-only"), "{truncated}");
 }

@@ -306,3 +306,32 @@ async fn a_luxtrust_assertion_from_another_issuer_is_unauthenticated() {
     }
     assert_eq!(app.event_count().await, events);
 }
+
+#[tokio::test]
+async fn only_the_portal_back_end_erases_accounts() {
+    // Arrange: anna, no device linked (an erasure would go through for the back end).
+    let mut app = spawn_app().await;
+    app.register("anna").await;
+    let erase = || proto::v1::EraseAccountRequest {
+        account_id: "anna".into(),
+        request_id: String::new(),
+    };
+    let events = app.event_count().await;
+
+    // Act + Assert: the holder herself, an auditor and nobody are refused, and nothing is
+    // erased.
+    let citizen = app.citizen("anna");
+    let by_holder = app.portal.erase_account(bearer(erase(), &citizen)).await;
+    assert_eq!(by_holder.unwrap_err().code(), Code::PermissionDenied);
+    let auditor = app.keys.auditor_token().unwrap();
+    let by_auditor = app.portal.erase_account(bearer(erase(), &auditor)).await;
+    assert_eq!(by_auditor.unwrap_err().code(), Code::PermissionDenied);
+    let anonymous = app.portal.erase_account(Request::new(erase())).await;
+    assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(app.event_count().await, events);
+    let erased: i64 = sqlx::query_scalar("SELECT count(*) FROM data_keys WHERE wrapped IS NULL")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(erased, 0);
+}

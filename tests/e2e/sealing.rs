@@ -112,3 +112,68 @@ async fn a_service_without_the_kek_that_wraps_a_data_key_does_not_start() {
     assert!(message.contains("rewrap-keys"), "{message}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_kek_rotation_ends_with_both_services_running_without_the_old_kek() {
+    // Arrange: anna's account and a phone, sealed under the tests' KEK (`test-1`).
+    let mut app = e2e::spawn_system().await;
+    app.register("anna").await;
+    app.link_by_qr("anna").await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let old = std::fs::read_to_string(&app.settings.kek_file).unwrap();
+    let dir = std::env::temp_dir().join(format!("linkd-kek-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = format!(
+        "rotated-2 {}\n",
+        base64::engine::general_purpose::STANDARD.encode([9_u8; 32])
+    );
+    let (both, only_new) = (dir.join("both"), dir.join("only-new"));
+    std::fs::write(&both, format!("{old}{new}")).unwrap();
+    std::fs::write(&only_new, &new).unwrap();
+
+    // Act: the new KEK made current (last in the file) on both services; every key rewrapped
+    // as `command-service rewrap-keys` does; then the old KEK removed from both.
+    app.restart_command_service(|s| s.kek_file = both.clone(), None)
+        .await;
+    app.restart_read_side(|s| s.kek_file = Some(both.clone()))
+        .await;
+    let keks = command_service::startup::load_keks(&app.settings, &app.pool)
+        .await
+        .unwrap();
+    let rewrapped = command_service::store::rewrap_keys(&app.pool, &keks)
+        .await
+        .unwrap();
+    app.restart_command_service(|s| s.kek_file = only_new.clone(), None)
+        .await;
+    app.restart_read_side(|s| s.kek_file = Some(only_new.clone()))
+        .await;
+
+    // Assert: the keys (anna's, her attempt's) are all under the new KEK; anna's account
+    // loads and takes commands (her address opened under it); a second phone's name is
+    // sealed under her rewrapped key and read in clear on the read side.
+    assert!(rewrapped >= 2, "{rewrapped} keys rewrapped");
+    let kek_ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT kek_id FROM data_keys")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kek_ids, ["rotated-2"]);
+    let change = proto::v1::ChangeAccountEmailRequest {
+        account_id: "anna".into(),
+        email: "anna.new@example.lu".into(),
+        request_id: String::new(),
+    };
+    let system = app.system();
+    app.portal
+        .change_account_email(e2e::bearer(change, &system))
+        .await
+        .unwrap();
+    app.link_by_qr("anna").await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM devices WHERE account_id = 'anna' ORDER BY name")
+            .fetch_all(&app.read_pool())
+            .await
+            .unwrap();
+    assert_eq!(names, ["Anna's phone", "Anna's phone"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

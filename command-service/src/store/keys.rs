@@ -117,12 +117,19 @@ pub(super) fn subject_of<A: Stored>(
     }
 }
 
+/// How long [`rewrap_keys`] waits for keys another transaction holds (an erasure, the sweeper)
+/// before it gives up without claiming to be done.
+const REWRAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Wraps every data key still under an older KEK again under the current one, a batch per
-/// transaction (rows locked, so an erasure waits and is never undone); returns how many. Once
-/// it returns, the older KEKs can be removed from `LINKD_KEK_FILE`.
+/// transaction (rows locked, so an erasure waits and is never undone); returns how many. Keys
+/// another transaction holds are skipped and come back until none is left under an older KEK,
+/// so once it returns, the older KEKs can be removed from `LINKD_KEK_FILE`; it fails rather
+/// than return while one is left after [`REWRAP_PATIENCE`].
 pub async fn rewrap_keys(pool: &PgPool, keks: &Keks) -> Result<u64, crate::error::CommandError> {
     let current = keks.current_id().to_owned();
     let mut rewrapped = 0_u64;
+    let started = std::time::Instant::now();
     loop {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
         let batch: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
@@ -135,7 +142,28 @@ pub async fn rewrap_keys(pool: &PgPool, keks: &Keks) -> Result<u64, crate::error
         .await
         .map_err(StoreError::from)?;
         if batch.is_empty() {
-            return Ok(rewrapped);
+            tx.rollback().await.map_err(StoreError::from)?;
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM data_keys WHERE wrapped IS NOT NULL AND kek_id <> $1",
+            )
+            .bind(&current)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from)?;
+            if left == 0 {
+                return Ok(rewrapped);
+            }
+            if started.elapsed() > REWRAP_PATIENCE {
+                return Err(StoreError::Corrupt(format!(
+                    "{left} data keys stayed locked by other transactions for {} s and are \
+                     still under an older KEK; run rewrap-keys again, and keep the older KEKs \
+                     until it succeeds",
+                    REWRAP_PATIENCE.as_secs()
+                ))
+                .into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
         }
         let mut subjects = Vec::with_capacity(batch.len());
         let mut wrapped_keys = Vec::with_capacity(batch.len());
