@@ -105,6 +105,14 @@ pub(crate) async fn run(
             target.keys.join("idp.pub.pem"),
         )
         .env("LINKD_IDP_ISSUER", linkctl::dev::PORTAL_ISSUER)
+        // Signed bus messages (ADR 0022) and sealed personal fields (ADR 0025), as the running
+        // projection service reads them.
+        .env(
+            "LINKD_BUS_VERIFY_KEYS_FILE",
+            target.keys.join("bus.pub.pem"),
+        )
+        .env("LINKD_EVENT_STORE_URL", &target.command_db)
+        .env("LINKD_KEK_FILE", target.keys.join("kek"))
         .env("LINKD_PROJECTION_GRPC_ADDR", "127.0.0.1:0")
         .env("LINKD_EMAIL", "off")
         .env("RUST_LOG", "info")
