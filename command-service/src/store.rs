@@ -183,6 +183,9 @@ enum StoreError {
     Sealing(#[from] SealError),
     #[error("the personal data of {0} was erased; nothing more can be recorded for it")]
     Erased(String),
+    /// A statement that was to create its subject's data key found one (the key is then read).
+    #[error("the data key of the events' subject exists already")]
+    KeyTaken,
 }
 
 impl From<StoreError> for CommandError {
@@ -199,6 +202,8 @@ impl From<StoreError> for CommandError {
             // A write for an erased account (a QR code issued before the erasure, scanned
             // after it): the same refusal as the account's own commands get.
             StoreError::Erased(_) => Self::Account(domain::AccountError::Erased),
+            // Handled where it arises (the key is read and the write tried again).
+            StoreError::KeyTaken => Self::Conflict,
         }
     }
 }

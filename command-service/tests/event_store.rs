@@ -718,3 +718,68 @@ async fn events_sealed_under_one_kek_load_after_a_rotation_and_a_rewrap() {
         .unwrap();
     assert_eq!(kek_ids, ["k2"]);
 }
+
+/// Registers `account` through `store` (its first event).
+async fn register(store: &EventStore, account: &str) -> Result<Account, String> {
+    let metadata = Metadata {
+        actor: "system:portal".into(),
+        request_id: Uuid::new_v4().to_string(),
+        account_id: Some(account.into()),
+    };
+    let register = AccountCommand::Register {
+        email: format!("{account}@example.lu"),
+        language: "fr".into(),
+        at: Utc::now(),
+    };
+    let loaded = store
+        .load::<Account>(account)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    store
+        .execute(loaded, register, &metadata)
+        .await
+        .map(|executed| executed.state)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn a_new_subjects_key_goes_in_with_its_first_events_and_an_existing_one_is_used() {
+    // Arrange: anna's key exists already (her device's link named her before she registered);
+    // a store that has cached nothing.
+    let device = Fixture::with_linked_device().await;
+    let store = device.store_with(keks(&[("k1", KEK_1)]));
+
+    // Act
+    let anna = register(&store, "anna").await.unwrap();
+    let bob = register(&store, "bob").await.unwrap();
+
+    // Assert: anna registered under her existing key (one key row); bob's key was written by
+    // the transaction that wrote his first event; both load in clear through a fresh store.
+    assert_eq!(anna.email(), "anna@example.lu");
+    assert_eq!(bob.email(), "bob@example.lu");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT subject FROM data_keys ORDER BY 1")
+        .fetch_all(device.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, ["account:anna", "account:bob"]);
+    let together: bool = sqlx::query_scalar(
+        "SELECT k.xmin::text = e.xmin::text FROM data_keys k JOIN events e \
+         ON e.aggregate_type = 'account' AND e.aggregate_id = 'bob' AND e.sequence = 1 \
+         WHERE k.subject = 'account:bob'",
+    )
+    .fetch_one(device.pool())
+    .await
+    .unwrap();
+    assert!(together, "bob's key and first event in one transaction");
+    let fresh = device.store_with(keks(&[("k1", KEK_1)]));
+    for (account, email) in [("anna", "anna@example.lu"), ("bob", "bob@example.lu")] {
+        let loaded = fresh.load::<Account>(account).await.unwrap();
+        assert_eq!(loaded.state().email(), email);
+    }
+    let anna_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = 'anna'")
+            .fetch_one(device.pool())
+            .await
+            .unwrap();
+    assert_eq!(anna_events, 1);
+}

@@ -64,6 +64,11 @@ impl Rows {
     }
 }
 
+/// The `data_keys` row of a subject whose first events the statement writes: its unique key
+/// makes a concurrent or earlier creator fail the statement (`data_keys_pkey`), never a second
+/// key for the subject.
+const DATA_KEY_PRIMARY_KEY: &str = "data_keys_pkey";
+
 /// The events' `INSERT`: every event of a commit in one statement, returning where each went.
 macro_rules! insert_events {
     () => {
@@ -94,6 +99,23 @@ const WITH_BEARER: &str = concat!(
     insert_events!()
 );
 
+/// [`EVENTS`] and the new data key of their subject (`$9`–`$11`), in one statement.
+const WITH_KEY: &str = concat!(
+    "WITH new_key AS ( \
+         INSERT INTO data_keys (subject, kek_id, wrapped) VALUES ($9, $10, $11)) ",
+    insert_events!()
+);
+
+/// [`WITH_BEARER`] and the new data key of the events' subject (`$13`–`$15`).
+const WITH_BEARER_AND_KEY: &str = concat!(
+    "WITH bearer AS ( \
+         INSERT INTO bearer_tokens (kind, id, token_hash, expires_at) \
+         VALUES ($9, $10, $11, $12)), \
+     new_key AS ( \
+         INSERT INTO data_keys (subject, kek_id, wrapped) VALUES ($13, $14, $15)) ",
+    insert_events!()
+);
+
 /// What the `INSERT` returned for one event: type, id, sequence, global position, chain hash.
 pub(super) type Written = (String, String, i64, i64, Vec<u8>);
 
@@ -118,6 +140,29 @@ impl EventStore {
             };
         }
         let subject = keys::subject_of(&loaded, metadata);
+        // A subject that starts with this aggregate (a new link attempt, a new account) has no
+        // key yet: it is created by the statement that writes the events. If one exists after
+        // all (an earlier writer's), the statement fails on it and the key is read as usual.
+        if loaded.sequence == 0
+            && subject == format!("{}:{}", A::TYPE, loaded.aggregate_id)
+            && !self.keys.is_cached(&subject)
+        {
+            let (key, new_key) = self.keys.fresh(&subject);
+            let mut rows = Rows::default();
+            rows.push(&loaded, &events, (&subject, &key))?;
+            match self
+                .insert_on(&self.pool, rows, metadata, bearer, Some(&new_key))
+                .await
+            {
+                Ok(written) => {
+                    self.keys.remember(&subject, &key);
+                    self.advance(&mut loaded, &written, (&subject, &key));
+                    return Ok(loaded);
+                }
+                Err(StoreError::KeyTaken) => {}
+                Err(error) => return Err(error),
+            }
+        }
         let key = self.keys.for_sealing(&self.pool, &subject).await?;
         let mut rows = Rows::default();
         rows.push(&loaded, &events, (&subject, &key))?;
@@ -161,23 +206,28 @@ impl EventStore {
         metadata: &BTreeMap<String, String>,
         bearer: Option<&BearerRow>,
     ) -> Result<Vec<Written>, StoreError> {
-        self.insert_on(&self.pool, rows, metadata, bearer).await
+        self.insert_on(&self.pool, rows, metadata, bearer, None)
+            .await
     }
 
-    /// [`EventStore::insert`] on `executor` (a transaction that does more, as erasure's).
+    /// [`EventStore::insert`] on `executor` (a transaction that does more, as erasure's), with
+    /// the new data key of the events' subject if `new_key` ([`StoreError::KeyTaken`] if the
+    /// subject has one already).
     pub(super) async fn insert_on<'c, E: sqlx::PgExecutor<'c>>(
         &self,
         executor: E,
         rows: Rows,
         metadata: &BTreeMap<String, String>,
         bearer: Option<&BearerRow>,
+        new_key: Option<&keys::NewKey>,
     ) -> Result<Vec<Written>, StoreError> {
         let metadata = serde_json::to_string(metadata)
             .map_err(|e| StoreError::Corrupt(format!("serialising metadata: {e}")))?;
-        let statement = if bearer.is_some() {
-            WITH_BEARER
-        } else {
-            EVENTS
+        let statement = match (bearer.is_some(), new_key.is_some()) {
+            (true, true) => WITH_BEARER_AND_KEY,
+            (true, false) => WITH_BEARER,
+            (false, true) => WITH_KEY,
+            (false, false) => EVENTS,
         };
         let query = sqlx::query_as(statement)
             .bind(&rows.types)
@@ -196,9 +246,24 @@ impl EventStore {
                 .bind(bearer.expires_at),
             None => query,
         };
+        let query = match new_key {
+            Some(new_key) => query
+                .bind(&new_key.subject)
+                .bind(&new_key.kek_id)
+                .bind(&new_key.wrapped),
+            None => query,
+        };
         let written: Result<Vec<Written>, sqlx::Error> = query.fetch_all(executor).await;
         let written = match written {
             Ok(written) => written,
+            Err(error)
+                if error
+                    .as_database_error()
+                    .and_then(|db| db.constraint())
+                    .is_some_and(|c| c == DATA_KEY_PRIMARY_KEY) =>
+            {
+                return Err(StoreError::KeyTaken);
+            }
             Err(error) if is_conflict(&error) => {
                 self.metrics.conflicts.inc();
                 return Err(StoreError::Conflict);

@@ -81,7 +81,9 @@ impl EventStore {
         let mut rows = Rows::default();
         rows.push(&loaded, &events, (&subject, &key))?;
         let metadata = metadata.to_map();
-        let written = self.insert_on(&mut *tx, rows, &metadata, None).await?;
+        let written = self
+            .insert_on(&mut *tx, rows, &metadata, None, None)
+            .await?;
         let mut subjects = attempt_subjects;
         subjects.push(subject.clone());
         sqlx::query(

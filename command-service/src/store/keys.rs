@@ -44,6 +44,25 @@ impl Keyring {
         }
     }
 
+    /// A new key for `subject`, and its row for `data_keys`, to be inserted by the statement that
+    /// writes the subject's first events ([`super::EventStore::commit_events`]): one write
+    /// transaction instead of two for a subject that starts with its aggregate.
+    pub(super) fn fresh(&self, subject: &str) -> (DataKey, NewKey) {
+        let (key, bytes) = DataKey::generate();
+        let (kek_id, wrapped) = self.keks.wrap(subject, &bytes);
+        let row = NewKey {
+            subject: subject.to_owned(),
+            kek_id,
+            wrapped,
+        };
+        (key, row)
+    }
+
+    /// Whether a key for `subject` is cached.
+    pub(super) fn is_cached(&self, subject: &str) -> bool {
+        self.cached(subject).is_some()
+    }
+
     /// Remembers `key` for sealing more of `subject`'s events.
     pub(super) fn remember(&self, subject: &str, key: &DataKey) {
         if let Ok(mut cache) = self.cache.lock() {
@@ -98,6 +117,14 @@ impl Keyring {
             "the data key of {subject} could neither be created nor read"
         )))
     }
+}
+
+/// A data key's row, inserted with the first events sealed under it.
+#[derive(Debug)]
+pub(super) struct NewKey {
+    pub(super) subject: String,
+    pub(super) kek_id: String,
+    pub(super) wrapped: Vec<u8>,
 }
 
 /// Whose data key seals the events `loaded` is about to record: the account the call names, else
