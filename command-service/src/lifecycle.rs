@@ -51,14 +51,9 @@ pub(crate) async fn round(
         after: chrono::Duration::from_std(settings.after)?,
         warning: chrono::Duration::from_std(settings.warning)?,
     };
-    let mut round = pool.begin().await?;
-    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(ROUND_LOCK)
-        .fetch_one(&mut *round)
-        .await?;
-    if !leading {
+    let Some(round) = service_kit::database::lead_round(pool, ROUND_LOCK).await? else {
         return Ok((0, 0));
-    }
+    };
     let warn_after = settings.after.saturating_sub(settings.warning);
     let unused: Vec<UnusedLink> = sqlx::query_as(
         "SELECT link_id, device_id, account_id, used_at FROM device_credentials \

@@ -233,8 +233,8 @@ impl RateLimits {
 }
 
 /// Removes spent keyed limits (their allowance is whole again).
-pub async fn sweep(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    service_kit::ratelimit::sweep(pool).await
+pub async fn sweep<'c>(db: impl sqlx::PgExecutor<'c>) -> Result<u64, sqlx::Error> {
+    service_kit::ratelimit::sweep(db).await
 }
 
 fn quota(rate: Rate) -> Quota {

@@ -175,7 +175,11 @@ impl Application {
             device_cap: settings.max_devices_per_account,
             limits: crate::limits::RateLimits::new(
                 settings.rate_limits.clone(),
-                service_kit::database::asynchronous_commit_pool(&pool, settings.db_max_connections),
+                // Short statements: half the main pool's connections (at least one).
+                service_kit::database::asynchronous_commit_pool(
+                    &pool,
+                    (settings.db_max_connections / 2).max(1),
+                ),
             ),
         });
         let (stopping, stopping_seen) = tokio::sync::watch::channel(false);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// How often the sweeper runs.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -47,32 +47,28 @@ pub struct Periods {
 const ATTEMPT_KEYS_PER_SWEEP: i64 = 10_000;
 
 /// One sweep with `periods`, or `None` if another instance holds the round (a transaction-scoped
-/// advisory lock, released when the round ends or its connection does).
+/// advisory lock, released when the round ends or its connection does). The round's statements
+/// run in its transaction, on one connection: a pool of one is enough.
 pub async fn sweep(pool: &PgPool, periods: &Periods) -> Result<Option<Swept>, sqlx::Error> {
-    let mut round = pool.begin().await?;
-    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(ROUND_LOCK)
-        .fetch_one(&mut *round)
-        .await?;
-    if !leading {
+    let Some(mut round) = service_kit::database::lead_round(pool, ROUND_LOCK).await? else {
         return Ok(None);
-    }
-    let swept = sweep_round(pool, periods).await?;
+    };
+    let swept = sweep_round(&mut round, periods).await?;
     round.commit().await?;
     Ok(Some(swept))
 }
 
-async fn sweep_round(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Error> {
+async fn sweep_round(db: &mut PgConnection, periods: &Periods) -> Result<Swept, sqlx::Error> {
     let abandoned_after = periods.abandoned_after;
     let bearer_tokens =
         sqlx::query("DELETE FROM bearer_tokens WHERE expires_at < now() - interval '1 hour'")
-            .execute(pool)
+            .execute(&mut *db)
             .await?
             .rows_affected();
     let replays =
         sqlx::query("DELETE FROM request_log WHERE created_at < now() - make_interval(secs => $1)")
             .bind(periods.replays.as_secs_f64())
-            .execute(pool)
+            .execute(&mut *db)
             .await?
             .rows_affected();
     let credentials = sqlx::query(
@@ -86,7 +82,7 @@ async fn sweep_round(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Er
              AND e.payload -> 'DeviceLinked' ->> 'link_id' = c.link_id::text))",
     )
     .bind(abandoned_after.as_secs_f64())
-    .execute(pool)
+    .execute(&mut *db)
     .await?
     .rows_affected();
     // Rows an older instance claimed without naming their account (during a rolling upgrade):
@@ -99,29 +95,33 @@ async fn sweep_round(pool: &PgPool, periods: &Periods) -> Result<Swept, sqlx::Er
              AND e.payload -> 'DeviceLinked' ->> 'link_id' = c.link_id::text LIMIT 1) \
          WHERE c.account_id IS NULL",
     )
-    .execute(pool)
+    .execute(&mut *db)
     .await?;
     Ok(Swept {
         bearer_tokens,
         replays,
         credentials,
-        rate_limits: crate::limits::sweep(pool).await?,
-        attempt_keys: destroy_unclaimed_attempt_keys(pool, periods.unclaimed_attempt_keys).await?,
+        rate_limits: crate::limits::sweep(&mut *db).await?,
+        attempt_keys: destroy_unclaimed_attempt_keys(&mut *db, periods.unclaimed_attempt_keys)
+            .await?,
     })
 }
 
 /// Destroys the data keys of link attempts older than `after` whose events never named an
-/// account (their sealed phone details then read as placeholders, like an erased account's),
-/// and marks the keys of attempts that did as `kept`: those live until their account is erased
-/// (`store::erasure`). Each key is examined once; rows an erasure holds are left for later.
+/// account whose key still exists (their sealed phone details then read as placeholders, like
+/// an erased account's), and marks the keys of attempts that did as `kept`: those live until
+/// their account is erased (`store::erasure`). Each key is examined once; rows an erasure
+/// holds are left for later.
 async fn destroy_unclaimed_attempt_keys(
-    pool: &PgPool,
+    db: &mut PgConnection,
     after: Duration,
 ) -> Result<u64, sqlx::Error> {
     let (destroyed,): (i64,) = sqlx::query_as(
         "WITH due AS ( \
              SELECT k.subject, EXISTS ( \
-                 SELECT 1 FROM events e WHERE e.aggregate_type = 'link_attempt' \
+                 SELECT 1 FROM events e \
+                 JOIN data_keys a ON a.subject = e.data_subject AND a.wrapped IS NOT NULL \
+                 WHERE e.aggregate_type = 'link_attempt' \
                  AND e.aggregate_id = substr(k.subject, length('link_attempt:') + 1) \
                  AND e.data_subject LIKE 'account:%') AS claimed \
              FROM data_keys k \
@@ -138,7 +138,7 @@ async fn destroy_unclaimed_attempt_keys(
     )
     .bind(after.as_secs_f64())
     .bind(ATTEMPT_KEYS_PER_SWEEP)
-    .fetch_one(pool)
+    .fetch_one(&mut *db)
     .await?;
     Ok(u64::try_from(destroyed).unwrap_or_default())
 }

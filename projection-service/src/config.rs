@@ -196,6 +196,7 @@ impl Settings {
                 sent_emails: days(&env, "LINKD_RETENTION_SENT_EMAIL_DAYS", 30)?,
                 failed_emails: days(&env, "LINKD_RETENTION_FAILED_EMAIL_DAYS", 90)?,
                 dead_letters: days(&env, "LINKD_RETENTION_DEAD_LETTER_DAYS", 90)?,
+                unclaimed_attempts: days(&env, "LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS", 30)?,
                 every: env.seconds("LINKD_RETENTION_EVERY_SECONDS", 3600)?,
             },
             bus_verify_keys: env.bus_keys("LINKD_BUS_VERIFY_KEYS_FILE")?,

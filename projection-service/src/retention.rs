@@ -1,7 +1,8 @@
 //! Retention on the read side (issue 19, fourth point; docs/privacy.md): emails that were sent
-//! or given up on, and dead letters, are deleted once older than their periods, so that the
-//! personal data they hold (addresses, device names, a poison message's envelope) does not stay
-//! for ever. Pending emails are never touched.
+//! or given up on, dead letters, and the audit log's rows of link attempts that never named an
+//! account are deleted once older than their periods, so that the personal data they hold
+//! (addresses, device names and models, a poison message's envelope) does not stay for ever.
+//! Pending emails are never touched.
 //!
 //! One instance sweeps per round: each round runs in one transaction that first takes a
 //! transaction-scoped advisory lock, and an instance that does not get it skips the round.
@@ -24,6 +25,10 @@ pub struct Retention {
     pub failed_emails: Duration,
     /// Dead letters, from when they were parked (`LINKD_RETENTION_DEAD_LETTER_DAYS`, default 90).
     pub dead_letters: Duration,
+    /// The audit log's rows of a link attempt that never named an account (a phone's name and
+    /// model), from when they happened (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`, default 30,
+    /// as the command service destroys the attempt's data key).
+    pub unclaimed_attempts: Duration,
     /// How often an instance sweeps (`LINKD_RETENTION_EVERY_SECONDS`, default 3600).
     pub every: Duration,
 }
@@ -35,6 +40,7 @@ impl Default for Retention {
             sent_emails: Duration::from_secs(30 * DAY),
             failed_emails: Duration::from_secs(90 * DAY),
             dead_letters: Duration::from_secs(90 * DAY),
+            unclaimed_attempts: Duration::from_secs(30 * DAY),
             every: Duration::from_secs(3600),
         }
     }
@@ -49,6 +55,8 @@ pub struct Purged {
     pub failed_emails: u64,
     /// Dead letters deleted.
     pub dead_letters: u64,
+    /// Audit-log rows of unclaimed link attempts deleted.
+    pub unclaimed_attempts: u64,
 }
 
 /// What a row deleted for its age was (the label of `linkd_retention_deleted_total`).
@@ -57,7 +65,8 @@ struct Deleted {
     rows: &'static str,
 }
 
-/// Rows the sweeper deleted, by kind (`sent_email`, `failed_email`, `dead_letter`), as
+/// Rows the sweeper deleted, by kind (`sent_email`, `failed_email`, `dead_letter`,
+/// `unclaimed_attempt`), as
 /// `linkd_retention_deleted_total` (docs/metrics.md).
 #[derive(Debug, Clone, Default)]
 pub struct RetentionMetrics {
@@ -84,6 +93,7 @@ impl RetentionMetrics {
             ("sent_email", purged.sent_emails),
             ("failed_email", purged.failed_emails),
             ("dead_letter", purged.dead_letters),
+            ("unclaimed_attempt", purged.unclaimed_attempts),
         ] {
             self.deleted.get_or_create(&Deleted { rows }).inc_by(n);
         }
@@ -95,14 +105,9 @@ const LOCK: i64 = 0x6c69_6e6b_7265_7401;
 
 /// One round: deletes what is past its period, unless another instance is sweeping.
 pub async fn sweep(pool: &PgPool, retention: &Retention) -> Result<Option<Purged>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !leading {
+    let Some(mut tx) = service_kit::database::lead_round(pool, LOCK).await? else {
         return Ok(None);
-    }
+    };
     let sent_emails = sqlx::query(
         "DELETE FROM email_outbox WHERE status = 'sent' \
          AND sent_at < now() - make_interval(secs => $1)",
@@ -126,11 +131,21 @@ pub async fn sweep(pool: &PgPool, retention: &Retention) -> Result<Option<Purged
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    // No account can list these rows (they name none), and no event can name one any more.
+    let unclaimed_attempts = sqlx::query(
+        "DELETE FROM audit_log WHERE account_id = '' AND aggregate_type = 'link_attempt' \
+         AND occurred_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.unclaimed_attempts.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     Ok(Some(Purged {
         sent_emails,
         failed_emails,
         dead_letters,
+        unclaimed_attempts,
     }))
 }
 
@@ -147,6 +162,7 @@ pub async fn run(pool: PgPool, retention: Retention, metrics: RetentionMetrics) 
                     sent_emails = purged.sent_emails,
                     failed_emails = purged.failed_emails,
                     dead_letters = purged.dead_letters,
+                    unclaimed_attempts = purged.unclaimed_attempts,
                     "retention: deleted rows past their period"
                 );
             }

@@ -96,7 +96,7 @@ impl Application {
         let consumer_pool = consumer_pool(&settings.database_url.0).await?;
         let queries = Queries {
             pool: pool.clone(),
-            limits_pool: service_kit::database::asynchronous_commit_pool(&pool, 10),
+            limits_pool: service_kit::database::asynchronous_commit_pool(&pool, 5),
             idp,
             reauth_max_age: settings.reauth_max_age,
             limits: settings.query_rate_limits,

@@ -63,6 +63,31 @@ async fn left(pool: &PgPool) -> (Vec<String>, Vec<String>) {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// An audit-log row of link attempt `attempt`, for `account` ('' before it named one),
+/// `days_ago` old, holding a phone's name.
+async fn attempt_row(pool: &PgPool, attempt: &str, account: &str, days_ago: i32) {
+    sqlx::query(
+        "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
+         sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
+         VALUES ('link_attempt/' || $1 || '/1', (SELECT count(*) + 1 FROM audit_log), \
+         'link_attempt', $1, 1, 'LinkRequested', now() - make_interval(days => $3), 'app', \
+         'r', $2, 'd', '{\"device_name\": \"Anna''s phone\"}')",
+    )
+    .bind(attempt)
+    .bind(account)
+    .bind(days_ago)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn attempts_left(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT aggregate_id FROM audit_log ORDER BY aggregate_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_sweep_deletes_exactly_what_is_past_its_period() {
     // Arrange: sent 31 and 29 days ago; given up on, queued 91 and 89 days ago; pending for 400
@@ -75,10 +100,16 @@ async fn a_sweep_deletes_exactly_what_is_past_its_period() {
     email(&pool, "pending-ancient", "pending", 400, 0).await;
     dead_letter(&pool, "letter-old", 91).await;
     dead_letter(&pool, "letter-recent", 89).await;
+    // Link attempts' audit rows: one that never named an account, 31 days old; one as old that
+    // named anna (her history keeps it); one that never named an account, 29 days old.
+    attempt_row(&pool, "unclaimed-old", "", 31).await;
+    attempt_row(&pool, "claimed-old", "anna", 31).await;
+    attempt_row(&pool, "unclaimed-recent", "", 29).await;
     let retention = Retention {
         sent_emails: 30 * DAY,
         failed_emails: 90 * DAY,
         dead_letters: 90 * DAY,
+        unclaimed_attempts: 30 * DAY,
         every: Duration::from_secs(1),
     };
 
@@ -92,11 +123,16 @@ async fn a_sweep_deletes_exactly_what_is_past_its_period() {
             sent_emails: 1,
             failed_emails: 1,
             dead_letters: 1,
+            unclaimed_attempts: 1,
         })
     );
     let (emails, letters) = left(&pool).await;
     assert_eq!(emails, ["failed-recent", "pending-ancient", "sent-recent"]);
     assert_eq!(letters, ["letter-recent"]);
+    assert_eq!(
+        attempts_left(&pool).await,
+        ["claimed-old", "unclaimed-recent"]
+    );
     // A second round finds nothing more.
     assert_eq!(
         sweep(&pool, &retention).await.unwrap(),
@@ -163,6 +199,10 @@ async fn every_round_counts_what_it_deleted_in_the_metrics() {
     );
     assert!(
         text.contains("linkd_retention_deleted_total{rows=\"failed_email\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("linkd_retention_deleted_total{rows=\"unclaimed_attempt\"} 0"),
         "{text}"
     );
     assert_eq!(left(&pool).await, (vec![], vec![]));

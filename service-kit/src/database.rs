@@ -45,6 +45,21 @@ pub fn asynchronous_commit_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     pool_options(max_connections).connect_lazy_with(options)
 }
 
+/// Begins a round of work that one instance at a time runs (a sweep, a scheduler's pass): a
+/// transaction holding the transaction-scoped advisory lock `key`, released when the round's
+/// transaction ends or its connection does; `None` if another instance holds it.
+pub async fn lead_round(
+    pool: &PgPool,
+    key: i64,
+) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, sqlx::Error> {
+    let mut round = pool.begin().await?;
+    let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *round)
+        .await?;
+    Ok(leading.then_some(round))
+}
+
 /// Whether `error` is the database's state rather than the request's: the pool (timed out,
 /// closed), I/O, and SQLSTATE classes 08 (connection), 53 (insufficient resources) and 57
 /// (operator intervention: shutdown, statement timeout). Such a failure is answered

@@ -125,10 +125,10 @@ pub async fn take(
 }
 
 /// Removes spent limits (their allowance is whole again).
-pub async fn sweep(pool: &PgPool) -> Result<u64, sqlx::Error> {
+pub async fn sweep<'c>(db: impl sqlx::PgExecutor<'c>) -> Result<u64, sqlx::Error> {
     Ok(
         sqlx::query("DELETE FROM rate_limits WHERE tat < clock_timestamp()")
-            .execute(pool)
+            .execute(db)
             .await?
             .rows_affected(),
     )

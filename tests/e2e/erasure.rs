@@ -449,20 +449,33 @@ async fn attempt_key(app: &TestApp, device_id: &str) -> (String, bool, bool) {
 
 #[tokio::test]
 async fn the_keys_of_attempts_that_never_named_an_account_are_destroyed_after_their_period() {
-    // Arrange: three phones start linking by QR code; one scans anna's code (its attempt
-    // names her account), two never do. Two of the attempts are made two days old.
+    // Arrange: four phones start linking by QR code; one scans anna's code (its attempt names
+    // her account), one scans bob's, whose key is then destroyed as if an erasure had missed
+    // that attempt; two never scan. All but one of the attempts are made two days old.
     let mut app = e2e::spawn_app().await;
     app.register("anna").await;
+    app.register("bob").await;
     let qr = app.issue_qr("anna").await;
-    let phones: [String; 3] = std::array::from_fn(|_| uuid::Uuid::new_v4().to_string());
-    let [abandoned, claimed, recent] = [&phones[0], &phones[1], &phones[2]].map(String::as_str);
-    for device in [abandoned, claimed, recent] {
+    let bobs_qr = app.issue_qr("bob").await;
+    let phones: [String; 4] = std::array::from_fn(|_| uuid::Uuid::new_v4().to_string());
+    let [abandoned, claimed, recent, orphaned] =
+        [&phones[0], &phones[1], &phones[2], &phones[3]].map(String::as_str);
+    for device in [abandoned, claimed, recent, orphaned] {
         let start = app.start_link(device, proto::v1::LinkMethod::Qr).await;
         if device == claimed {
             app.scan(&start.link_token, &qr).await.unwrap();
         }
+        if device == orphaned {
+            app.scan(&start.link_token, &bobs_qr).await.unwrap();
+        }
     }
-    for device in [abandoned, claimed] {
+    sqlx::query(
+        "UPDATE data_keys SET wrapped = NULL, erased_at = now() WHERE subject = 'account:bob'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    for device in [abandoned, claimed, orphaned] {
         let (subject, ..) = attempt_key(&app, device).await;
         sqlx::query(
             "UPDATE data_keys SET created_at = now() - interval '2 days' WHERE subject = $1",
@@ -484,9 +497,14 @@ async fn the_keys_of_attempts_that_never_named_an_account_are_destroyed_after_th
         .unwrap()
         .expect("no other instance sweeps");
 
-    // Assert: exactly the abandoned attempt's key is destroyed; the claimed one is kept for
-    // anna's erasure (and marked, so that it is not examined again); the recent one waits.
-    assert_eq!(swept.attempt_keys, 1, "{swept:?}");
+    // Assert: the abandoned attempt's key and the one whose account's key is gone are
+    // destroyed; the claimed one is kept for anna's erasure (and marked, so that it is not
+    // examined again); the recent one waits.
+    assert_eq!(swept.attempt_keys, 2, "{swept:?}");
+    assert!(matches!(
+        attempt_key(&app, orphaned).await,
+        (_, true, false)
+    ));
     assert!(matches!(
         attempt_key(&app, abandoned).await,
         (_, true, false)

@@ -156,7 +156,8 @@ const REWRAP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn rewrap_keys(pool: &PgPool, keks: &Keks) -> Result<u64, crate::error::CommandError> {
     let current = keks.current_id().to_owned();
     let mut rewrapped = 0_u64;
-    let started = std::time::Instant::now();
+    // Patience counts from the last batch that made progress.
+    let mut waiting_since = std::time::Instant::now();
     loop {
         let mut tx = pool.begin().await.map_err(StoreError::from)?;
         let batch: Vec<(String, String, Vec<u8>)> = sqlx::query_as(
@@ -180,7 +181,7 @@ pub async fn rewrap_keys(pool: &PgPool, keks: &Keks) -> Result<u64, crate::error
             if left == 0 {
                 return Ok(rewrapped);
             }
-            if started.elapsed() > REWRAP_PATIENCE {
+            if waiting_since.elapsed() > REWRAP_PATIENCE {
                 return Err(StoreError::Corrupt(format!(
                     "{left} data keys stayed locked by other transactions for {} s and are \
                      still under an older KEK; run rewrap-keys again, and keep the older KEKs \
@@ -214,5 +215,6 @@ pub async fn rewrap_keys(pool: &PgPool, keks: &Keks) -> Result<u64, crate::error
         .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
         rewrapped += updated.rows_affected();
+        waiting_since = std::time::Instant::now();
     }
 }
