@@ -23,7 +23,8 @@ pub struct Settings {
     pub tls: Option<service_kit::tls::ServerTls>,
     /// The event store database (`LINKD_COMMAND_DATABASE_URL`, required).
     pub database_url: Redacted<String>,
-    /// Pool size (`LINKD_COMMAND_DB_MAX_CONNECTIONS`, default 10).
+    /// Pool size (`LINKD_COMMAND_DB_MAX_CONNECTIONS`, default 10, at least 2: the lifecycle
+    /// scheduler holds a connection for its round while its work takes another).
     pub db_max_connections: u32,
     /// PEM file with the identity provider's public keys (`LINKD_IDP_PUBLIC_KEYS_FILE`, required).
     pub idp_public_keys_file: PathBuf,
@@ -129,11 +130,12 @@ impl Settings {
         }
         let db_max_connections = u32::try_from(env.number("LINKD_COMMAND_DB_MAX_CONNECTIONS", 10)?)
             .ok()
-            .filter(|n| *n > 0)
+            .filter(|n| *n >= 2)
             .ok_or_else(|| {
                 ConfigError::invalid(
                     "LINKD_COMMAND_DB_MAX_CONNECTIONS",
-                    "must be between 1 and 4294967295",
+                    "must be between 2 and 4294967295 (a scheduler's round holds one connection \
+                     while its work takes another)",
                 )
             })?;
         let link_attempt_ttl = env.seconds("LINKD_LINK_ATTEMPT_TTL_SECONDS", 600)?;
@@ -368,6 +370,21 @@ mod tests {
             Duration::from_secs(30 * 24 * 3600)
         );
         assert_eq!(settings.replay_retention, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn the_pool_has_room_for_a_round_and_its_work() {
+        let mut env = base();
+        for bad in ["0", "1", "x"] {
+            env.insert("LINKD_COMMAND_DB_MAX_CONNECTIONS", bad.into());
+            let error = read(&env).unwrap_err().to_string();
+            assert!(
+                error.contains("LINKD_COMMAND_DB_MAX_CONNECTIONS"),
+                "{bad}: {error}"
+            );
+        }
+        env.insert("LINKD_COMMAND_DB_MAX_CONNECTIONS", "2".into());
+        assert_eq!(read(&env).unwrap().db_max_connections, 2);
     }
 
     #[test]
