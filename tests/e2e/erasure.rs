@@ -55,6 +55,19 @@ async fn erase(app: &mut TestApp, account: &str) -> Result<bool, tonic::Status> 
         .map(|answer| answer.into_inner().already_erased)
 }
 
+/// The portal back end unlinks every device of `account`.
+async fn revoke_all(app: &mut TestApp, account: &str) {
+    let revoke = RevokeAllDevicesRequest {
+        account_id: account.into(),
+        request_id: String::new(),
+    };
+    let token = app.system();
+    app.portal
+        .revoke_all_devices(bearer(revoke, &token))
+        .await
+        .unwrap();
+}
+
 /// Every text a copy could hide in: the command database's events, snapshots and replay
 /// answers; every table of the read-model database; every message of the stream.
 async fn everything(app: &TestApp) -> (String, String, String) {
@@ -146,14 +159,7 @@ async fn an_erased_account_leaves_no_readable_personal_data_and_a_verifiable_his
         refused.message().contains("2 device(s) are still linked"),
         "{refused:?}"
     );
-    let revoke = RevokeAllDevicesRequest {
-        account_id: "anna".into(),
-        request_id: String::new(),
-    };
-    app.portal
-        .revoke_all_devices(bearer(revoke, &system))
-        .await
-        .unwrap();
+    revoke_all(&mut app, "anna").await;
     app.wait_until_read_model_is_exact(WITHIN).await;
     assert!(everything(&app).await.1.contains("Anna's phone"));
     // Every email for her sent (two links, the unlink of both), and kept in the outbox.
@@ -395,15 +401,7 @@ async fn an_erasure_the_live_notifier_had_not_reached_before_a_rebuild_still_cle
     assert!(queued >= 1, "the link's email is queued");
     let settings = app.read_settings();
     app.read.take().unwrap().stop_gracefully(WITHIN).await;
-    let system = app.system();
-    let revoke = RevokeAllDevicesRequest {
-        account_id: "anna".into(),
-        request_id: String::new(),
-    };
-    app.portal
-        .revoke_all_devices(bearer(revoke, &system))
-        .await
-        .unwrap();
+    revoke_all(&mut app, "anna").await;
     assert!(!erase(&mut app, "anna").await.unwrap());
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&app.pool)
