@@ -1,0 +1,188 @@
+//! Which aggregates a verification of one account reads (`history::aggregates_of`, behind
+//! `VerifyHistory` and `command-service verify`): the right ones, found through indexes however
+//! large the event store, so that a holder's `VerifyHistory` costs their history, not everyone's.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step should fail the test loudly"
+)]
+
+use sqlx::PgPool;
+use testkit::TestDatabase;
+
+/// A migrated scratch event store.
+async fn store() -> (TestDatabase, PgPool) {
+    let database = TestDatabase::create("linkd_verification_test")
+        .await
+        .unwrap();
+    let pool = database.connect().await.unwrap();
+    sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+    (database, pool)
+}
+
+/// Appends one event row as the store would (the database chains it).
+async fn event(
+    pool: &PgPool,
+    (aggregate_type, aggregate_id, sequence): (&str, &str, i64),
+    account: Option<&str>,
+    data_subject: Option<&str>,
+) {
+    let metadata = match account {
+        Some(account) => serde_json::json!({ "account_id": account, "actor": "test" }),
+        None => serde_json::json!({ "actor": "test" }),
+    };
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, data_subject) VALUES ($1, $2, $3, 'Test', '1', '{}', $4::json, $5)",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .bind(metadata.to_string())
+    .bind(data_subject)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_accounts_aggregates_are_those_sealed_for_it_its_own_and_its_legacy_ones() {
+    // Arrange: anna's account; a device and a QR code sealed for her; a link attempt that began
+    // under its own key and then named her; a device written before sealing existed (no data
+    // subject) whose metadata names her; and bob's, which must not come back.
+    let (_database, pool) = store().await;
+    event(&pool, ("account", "anna", 1), None, Some("account:anna")).await;
+    event(
+        &pool,
+        ("device", "d-anna", 1),
+        Some("anna"),
+        Some("account:anna"),
+    )
+    .await;
+    event(
+        &pool,
+        ("link_qr", "q-anna", 1),
+        Some("anna"),
+        Some("account:anna"),
+    )
+    .await;
+    event(
+        &pool,
+        ("link_attempt", "a-anna", 1),
+        None,
+        Some("link_attempt:a-anna"),
+    )
+    .await;
+    event(
+        &pool,
+        ("link_attempt", "a-anna", 2),
+        Some("anna"),
+        Some("account:anna"),
+    )
+    .await;
+    event(&pool, ("device", "d-legacy", 1), Some("anna"), None).await;
+    event(&pool, ("account", "bob", 1), None, Some("account:bob")).await;
+    event(
+        &pool,
+        ("device", "d-bob", 1),
+        Some("bob"),
+        Some("account:bob"),
+    )
+    .await;
+    event(
+        &pool,
+        ("link_attempt", "a-nobody", 1),
+        None,
+        Some("link_attempt:a-nobody"),
+    )
+    .await;
+    event(&pool, ("device", "d-bob-legacy", 1), Some("bob"), None).await;
+
+    // Act
+    let found = history::aggregates_of(&pool, "anna").await.unwrap();
+
+    // Assert
+    let found: Vec<(String, String)> = found
+        .into_iter()
+        .map(|known| (known.aggregate_type, known.aggregate_id))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("account", "anna"),
+        ("device", "d-anna"),
+        ("device", "d-legacy"),
+        ("link_attempt", "a-anna"),
+        ("link_qr", "q-anna"),
+    ]
+    .into_iter()
+    .map(|(t, i)| (t.to_owned(), i.to_owned()))
+    .collect();
+    assert_eq!(found, expected);
+    assert!(matches!(
+        history::verify_account(&pool, "anna").await.unwrap(),
+        history::Verdict::Intact { events: 6, .. }
+    ));
+}
+
+#[tokio::test]
+async fn an_accounts_aggregates_are_found_by_index_whatever_the_statistics() {
+    // Arrange: 30,000 events of 10,000 accounts, a tenth of them written before sealing (no
+    // data subject), and no statistics (autovacuum off, or a table that grew since its last
+    // ANALYZE).
+    let (_database, pool) = store().await;
+    sqlx::raw_sql(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, data_subject) \
+         SELECT 'device', 'd' || n, 1, 'Test', '1', '{}', \
+                json_build_object('account_id', 'acc' || n % 10000), \
+                CASE WHEN n % 10 = 0 THEN NULL ELSE 'account:acc' || n % 10000 END \
+         FROM generate_series(1, 30000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE aggregates_of AS {}",
+        history::AGGREGATES_OF
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::raw_sql("ANALYZE events")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            // Act
+            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let lines: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE aggregates_of('acc42')")
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap();
+            let plan = lines.join("\n");
+
+            // Assert
+            assert!(
+                !plan.contains("Seq Scan"),
+                "analyzed: {analyzed}, {mode}: the plan reads the whole store:\n{plan}"
+            );
+            for index in [
+                "events_data_subject",
+                "events_pkey",
+                "events_legacy_account",
+            ] {
+                assert!(
+                    plan.contains(index),
+                    "analyzed: {analyzed}, {mode}: {index} is not used:\n{plan}"
+                );
+            }
+        }
+    }
+}
