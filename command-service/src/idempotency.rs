@@ -133,21 +133,18 @@ impl RequestLog {
         &self,
         keys: &Keys,
     ) -> Result<Option<Resp>, CommandError> {
-        // Forget answers past their retention, so their keys can be used again.
-        sqlx::query(
-            "DELETE FROM request_log WHERE key_hash = $1 \
-             AND created_at < now() - make_interval(secs => $2)",
-        )
-        .bind(&keys.key_hash)
-        .bind(self.keep.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
+        // The key is claimed if it is free, or if its answer is past its retention (the key
+        // can be used again): one statement either way. A live row is left as it is.
         let inserted = sqlx::query(
-            "INSERT INTO request_log (key_hash, fingerprint, state) VALUES ($1, $2, 'pending') \
-             ON CONFLICT (key_hash) DO NOTHING",
+            "INSERT INTO request_log AS r (key_hash, fingerprint, state) \
+             VALUES ($1, $2, 'pending') \
+             ON CONFLICT (key_hash) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+               state = 'pending', response = NULL, created_at = now(), updated_at = now() \
+             WHERE r.created_at < now() - make_interval(secs => $3)",
         )
         .bind(&keys.key_hash)
         .bind(&keys.fingerprint)
+        .bind(self.keep.as_secs_f64())
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {

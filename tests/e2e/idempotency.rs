@@ -254,3 +254,45 @@ async fn replay_answers_past_their_period_are_swept_by_one_instance_and_the_rest
     assert_eq!(again, answer);
     assert_eq!(app.event_count().await, events);
 }
+
+#[tokio::test]
+async fn a_request_id_whose_answer_is_past_its_period_runs_again() {
+    // Arrange: a StartLink with a request id, its answer made older than the replay period (24
+    // hours by default) but not yet swept.
+    let mut app = spawn_app().await;
+    let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    request.request_id = Uuid::new_v4().to_string();
+    let first = app
+        .device
+        .start_link(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    sqlx::query("UPDATE request_log SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let events = app.event_count().await;
+
+    // Act
+    let again = app
+        .device
+        .start_link(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = app.device.start_link(request).await.unwrap().into_inner();
+
+    // Assert: the call ran again (a new link attempt, one more event), the key now holds the
+    // new answer, and it replays that one.
+    assert_ne!(again.link_token, first.link_token);
+    assert_eq!(app.event_count().await, events + 1);
+    assert_eq!(replayed, again);
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM request_log WHERE created_at > now() - interval '1 hour'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 1);
+}
