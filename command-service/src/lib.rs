@@ -15,11 +15,12 @@
 //! - `store` loads and commits aggregates (snapshots, the one retry path);
 //! - `secrets` mints and hashes tokens and secret codes, `credentials` stores their hashes, `qr`
 //!   renders QR codes, `sweeper` removes expired secrets;
-//! - `relay` publishes committed events to NATS JetStream, `bus` shapes them;
+//! - `relay` publishes committed events to NATS JetStream, shaped by `history::stored` (`bus`);
+//!   the personal fields' sealing is `history::sealing` (the projection service reads both);
 //! - `config` and `startup` build the service (with `service-kit`).
 
 pub(crate) mod app;
-pub(crate) mod bus;
+pub(crate) use history::stored as bus;
 pub mod config;
 pub(crate) mod credentials;
 pub mod error;
@@ -33,7 +34,7 @@ pub mod limits;
 pub(crate) mod matching;
 pub(crate) mod qr;
 pub mod relay;
-pub mod sealing;
+pub use history::sealing;
 pub(crate) mod secrets;
 pub mod startup;
 pub(crate) mod status;

@@ -1,7 +1,15 @@
-//! Verifies the tamper-evidence chain of linkd's event store (command-service migration 0005,
-//! docs/audit.md): each event's `chain_hash` = SHA-256(previous event's `chain_hash` ||
-//! canonical bytes), per aggregate. Read-only: used by `command-service verify` and by the
-//! projection service's `AuditService.VerifyHistory`.
+//! Reads linkd's event store.
+//!
+//! - The tamper-evidence chain (command-service migration 0005, docs/audit.md): each event's
+//!   `chain_hash` = SHA-256(previous event's `chain_hash` || canonical bytes), per aggregate,
+//!   verified here for `command-service verify` and the projection service's
+//!   `AuditService.VerifyHistory`.
+//! - [`stored`]: a row of `events` as the protobuf `EventEnvelope` the relay publishes.
+//! - [`sealing`]: which stored fields are personal, sealed under their data subject's key
+//!   (ADR 0025), and sealing and opening them in an event's JSON.
+
+pub mod sealing;
+pub mod stored;
 
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;

@@ -11,31 +11,31 @@ use crate::sealing;
 
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct StoredEvent {
+pub struct StoredEvent {
     /// Aggregate type (`account`, `link_qr`, `link_attempt`, `device`).
-    pub(crate) aggregate_type: String,
+    pub aggregate_type: String,
     /// Aggregate id.
-    pub(crate) aggregate_id: String,
+    pub aggregate_id: String,
     /// Sequence within the aggregate.
-    pub(crate) sequence: i64,
+    pub sequence: i64,
     /// Event type name.
-    pub(crate) event_type: String,
+    pub event_type: String,
     /// The version of its stored shape.
-    pub(crate) event_version: String,
+    pub event_version: String,
     /// The serialized domain event.
-    pub(crate) payload: serde_json::Value,
+    pub payload: serde_json::Value,
     /// Actor, request id, account id.
-    pub(crate) metadata: serde_json::Value,
+    pub metadata: serde_json::Value,
     /// Insertion position.
-    pub(crate) global_position: i64,
+    pub global_position: i64,
     /// Writing transaction id.
-    pub(crate) tx_id: i64,
+    pub tx_id: i64,
     /// When it was written.
-    pub(crate) occurred_at: DateTime<Utc>,
+    pub occurred_at: DateTime<Utc>,
     /// Its link in the aggregate's hash chain (docs/audit.md).
-    pub(crate) chain_hash: Vec<u8>,
+    pub chain_hash: Vec<u8>,
     /// Whose data key seals its personal fields (`None`: written in clear, before sealing).
-    pub(crate) data_subject: Option<String>,
+    pub data_subject: Option<String>,
 }
 
 /// A stored event this build cannot turn into a bus message: one written by a newer linkd (a
@@ -45,19 +45,19 @@ pub(crate) struct StoredEvent {
 /// would hide a linked phone from its holder for good.
 #[derive(Debug, thiserror::Error)]
 #[error("event {event_id} cannot be published: {reason}")]
-pub(crate) struct Unpublishable {
+pub struct Unpublishable {
     /// Its id.
-    pub(crate) event_id: String,
+    pub event_id: String,
     /// Why.
-    pub(crate) reason: String,
+    pub reason: String,
     /// Whether a newer linkd wrote it (a type, aggregate type or version this build does not
     /// know): published opaque. Otherwise the relay stops on it.
-    pub(crate) newer: bool,
+    pub newer: bool,
 }
 
 impl StoredEvent {
     /// `<aggregate_type>/<aggregate_id>/<sequence>`.
-    pub(crate) fn event_id(&self) -> String {
+    pub fn event_id(&self) -> String {
         format!(
             "{}/{}/{}",
             self.aggregate_type, self.aggregate_id, self.sequence
@@ -68,7 +68,7 @@ impl StoredEvent {
     /// same event published again has the same id (JetStream drops the copy); a different event
     /// at the same aggregate and sequence (written after the database went back in time) has
     /// another, and is not dropped as a duplicate of the one it replaces.
-    pub(crate) fn message_id(&self) -> String {
+    pub fn message_id(&self) -> String {
         let mut id = self.event_id();
         id.push('/');
         for byte in self.chain_hash.iter().take(16) {
@@ -78,7 +78,7 @@ impl StoredEvent {
     }
 
     /// The W3C `traceparent` of the call that wrote it, if traces were exported then.
-    pub(crate) fn traceparent(&self) -> Option<&str> {
+    pub fn traceparent(&self) -> Option<&str> {
         self.metadata
             .get(service_kit::traces::TRACEPARENT)?
             .as_str()
@@ -86,13 +86,13 @@ impl StoredEvent {
     }
 
     /// `<prefix>.<aggregate_type>.<EventType>`.
-    pub(crate) fn subject(&self, prefix: &str) -> String {
+    pub fn subject(&self, prefix: &str) -> String {
         format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
     }
 
     /// The envelope to publish, its personal fields sealed as they are stored (ADR 0025): the
     /// relay holds no key, and a copy of the message is unreadable once its subject is erased.
-    pub(crate) fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
+    pub fn envelope(&self) -> Result<v1::EventEnvelope, Unpublishable> {
         let unpublishable = |reason: String| Unpublishable {
             event_id: self.event_id(),
             reason,
@@ -159,7 +159,7 @@ impl StoredEvent {
     /// `opaque_payload` (its personal fields sealed as stored). Consumers treat it as an event
     /// type they do not know (docs/events.md, "Unknown and newer events"); publishing it keeps
     /// every later event flowing and the stream gap-free.
-    pub(crate) fn opaque_envelope(&self) -> v1::EventEnvelope {
+    pub fn opaque_envelope(&self) -> v1::EventEnvelope {
         let mut payload = self.payload.clone();
         without_secrets(&mut payload);
         v1::EventEnvelope {
