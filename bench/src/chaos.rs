@@ -754,7 +754,11 @@ async fn read_models_check(store: &PgPool, read: &PgPool) -> anyhow::Result<Vec<
         .collect();
         let expected: BTreeMap<(String, String), i64> = last
             .iter()
-            .filter(|((kind, _), _)| projector != "devices" || kind == "device")
+            .filter(|((kind, _), _)| match projector {
+                "devices" => kind == "device",
+                "notifier" => kind == "device" || kind == "account",
+                _ => true,
+            })
             .map(|(key, sequence)| (key.clone(), *sequence))
             .collect();
         if guards != expected {

@@ -76,8 +76,10 @@ pub trait Projector: Send + Sync {
     /// Its name, also the guard's key and the durable consumer's suffix.
     fn name(&self) -> &'static str;
 
-    /// The subjects it needs, relative to the prefix (e.g. `device.>`).
-    fn filter(&self) -> &'static str;
+    /// The aggregate types whose events it reads (`None`: every type, also one this build does
+    /// not know). A read model reads only the types it acts on: each type it reads costs a guard
+    /// row per aggregate, written in every batch that holds one of its events.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]>;
 
     /// Applies `event` inside `tx` (the guard is handled by [`apply`]).
     fn apply<'a>(
@@ -189,7 +191,7 @@ pub trait ReadModel: Send + Sync {
     /// The projector's name: its guard's key and its dead letters' `projector`.
     fn guard(&self) -> &'static str;
 
-    /// Whether it reads events of `aggregate_type` (its [`Projector::filter`]).
+    /// Whether it reads events of `aggregate_type` (its [`Projector::aggregate_types`]).
     fn reads(&self, aggregate_type: &str) -> bool;
 
     /// [`Projector::apply`].
@@ -213,8 +215,8 @@ impl<P: Projector> ReadModel for P {
     }
 
     fn reads(&self, aggregate_type: &str) -> bool {
-        let filter = self.filter();
-        filter == ">" || filter.strip_suffix(".>") == Some(aggregate_type)
+        self.aggregate_types()
+            .is_none_or(|types| types.contains(&aggregate_type))
     }
 
     fn project<'a>(

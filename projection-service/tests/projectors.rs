@@ -391,8 +391,8 @@ impl projections::Projector for Tally {
         self.name
     }
 
-    fn filter(&self) -> &'static str {
-        ">"
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
     }
 
     async fn apply<'a>(

@@ -193,8 +193,9 @@ impl Projector for AuditLog {
         NAME
     }
 
-    fn filter(&self) -> &'static str {
-        ">"
+    /// Every event, of every aggregate.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        None
     }
 
     async fn apply<'a>(

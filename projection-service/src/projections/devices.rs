@@ -149,8 +149,8 @@ impl Projector for Devices {
         NAME
     }
 
-    fn filter(&self) -> &'static str {
-        "device.>"
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[aggregate::DEVICE])
     }
 
     async fn apply<'a>(

@@ -2,7 +2,7 @@
 //! `email_outbox`, in the same transaction as its guard (so an email is queued exactly once per
 //! event, and never lost). It keeps each account's address and language, and each device's name.
 
-use proto::convert::TextForm as _;
+use proto::convert::{TextForm as _, aggregate};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
 use sqlx::{Postgres, Transaction};
@@ -184,8 +184,10 @@ impl Projector for Notifier {
         NAME
     }
 
-    fn filter(&self) -> &'static str {
-        ">"
+    /// Accounts' events (addresses, languages, erasure) and devices' (links, unlinks, warnings):
+    /// QR codes' and link attempts' events send nothing.
+    fn aggregate_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[aggregate::ACCOUNT, aggregate::DEVICE])
     }
 
     async fn apply<'a>(
