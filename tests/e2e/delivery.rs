@@ -335,3 +335,44 @@ async fn a_poison_message_is_parked_with_its_reason_and_the_rest_goes_on() {
     );
     assert_eq!(read_model(&app).await.len(), 2);
 }
+
+/// The backend holding the relay's leader lock (`relay.rs`, `LEADER_LOCK`), if one does.
+async fn relay_leader(app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = x'6c696e6b'::bigint AND objid = x'64526c79'::bigint AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_optional(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_relay_whose_lock_connection_dies_stops_and_leads_again_without_losing_an_event() {
+    // Arrange: a relay leading, with events published.
+    let mut app = spawn_system().await;
+    app.register("anna").await;
+    link_some(&mut app, "anna", 2).await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    let first = e2e::eventually(WITHIN, "a relay to lead", || relay_leader(&app)).await;
+
+    // Act: its lock connection is cut (the lock goes with it) while nothing else happens.
+    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(cut);
+
+    // Assert: the relay notices without being woken, takes the lock again on a new
+    // connection, and what is written next arrives, once.
+    let again = e2e::eventually(WITHIN, "the relay to lead again", || async {
+        relay_leader(&app).await.filter(|pid| *pid != first)
+    })
+    .await;
+    assert_ne!(again, first);
+    link_some(&mut app, "anna", 2).await;
+    app.wait_until_read_model_is_exact(WITHIN).await;
+    assert_eq!(read_model(&app).await.len(), 4);
+}
