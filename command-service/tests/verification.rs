@@ -149,40 +149,27 @@ async fn an_accounts_aggregates_are_found_by_index_whatever_the_statistics() {
     .await
     .unwrap();
 
-    for analyzed in [false, true] {
-        if analyzed {
-            sqlx::raw_sql("ANALYZE events")
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-        }
-        for mode in ["force_generic_plan", "force_custom_plan"] {
-            // Act
-            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-            let lines: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE aggregates_of('acc42')")
-                .fetch_all(&mut *connection)
-                .await
-                .unwrap();
-            let plan = lines.join("\n");
+    // Act
+    let situations =
+        testkit::plans::in_every_situation(&mut connection, "events", &["aggregates_of('acc42')"])
+            .await;
 
-            // Assert
+    // Assert
+    for (situation, plans) in situations {
+        let plan = &plans[0];
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{situation}: the plan reads the whole store:\n{plan}"
+        );
+        for index in [
+            "events_data_subject",
+            "events_pkey",
+            "events_legacy_account",
+        ] {
             assert!(
-                !plan.contains("Seq Scan"),
-                "analyzed: {analyzed}, {mode}: the plan reads the whole store:\n{plan}"
+                plan.contains(index),
+                "{situation}: {index} is not used:\n{plan}"
             );
-            for index in [
-                "events_data_subject",
-                "events_pkey",
-                "events_legacy_account",
-            ] {
-                assert!(
-                    plan.contains(index),
-                    "analyzed: {analyzed}, {mode}: {index} is not used:\n{plan}"
-                );
-            }
         }
     }
 }

@@ -321,49 +321,32 @@ async fn batch_guards_are_reached_by_key_whatever_the_statistics() {
     .await
     .unwrap();
 
-    for analyzed in [false, true] {
-        if analyzed {
-            sqlx::query("ANALYZE projector_positions")
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-        }
-        for mode in ["force_generic_plan", "force_custom_plan"] {
-            // Act
-            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-            let plan = |statement: &str| format!("EXPLAIN EXECUTE {statement}");
-            let lock: Vec<String> = sqlx::query_scalar(&plan(
-                "lock_guards(ARRAY['devices', 'devices'], ARRAY['device', 'device'], \
-                 ARRAY['device-7', 'device-9'])",
-            ))
-            .fetch_all(&mut *connection)
-            .await
-            .unwrap();
-            let moved: Vec<String> = sqlx::query_scalar(&plan(
-                "move_guards(ARRAY['(0,1)', '(0,2)']::tid[], ARRAY[8, 10]::bigint[])",
-            ))
-            .fetch_all(&mut *connection)
-            .await
-            .unwrap();
+    // Act
+    let situations = testkit::plans::in_every_situation(
+        &mut connection,
+        "projector_positions",
+        &[
+            "lock_guards(ARRAY['devices', 'devices'], ARRAY['device', 'device'], \
+             ARRAY['device-7', 'device-9'])",
+            "move_guards(ARRAY['(0,1)', '(0,2)']::tid[], ARRAY[8, 10]::bigint[])",
+        ],
+    )
+    .await;
 
-            // Assert
-            let (lock, moved) = (lock.join("\n"), moved.join("\n"));
-            let context = format!("analyzed: {analyzed}, {mode}");
-            assert!(
-                lock.contains("Index Scan using projector_positions_pkey")
-                    && !lock.contains("Seq Scan on projector_positions")
-                    && !lock.contains("Bitmap Heap Scan"),
-                "{context}: locking guards does not probe by key:\n{lock}"
-            );
-            assert!(
-                moved.contains("Tid Scan on projector_positions")
-                    && !moved.contains("Seq Scan on projector_positions"),
-                "{context}: moving guards does not go by row address:\n{moved}"
-            );
-        }
+    // Assert
+    for (situation, plans) in situations {
+        let (lock, moved) = (&plans[0], &plans[1]);
+        assert!(
+            lock.contains("Index Scan using projector_positions_pkey")
+                && !lock.contains("Seq Scan on projector_positions")
+                && !lock.contains("Bitmap Heap Scan"),
+            "{situation}: locking guards does not probe by key:\n{lock}"
+        );
+        assert!(
+            moved.contains("Tid Scan on projector_positions")
+                && !moved.contains("Seq Scan on projector_positions"),
+            "{situation}: moving guards does not go by row address:\n{moved}"
+        );
     }
 }
 

@@ -2,8 +2,9 @@
 //! ([`TestDatabase`], dropped with its guard), a scratch JetStream stream and subject prefix per
 //! test on the shared nats-server ([`TestStream`], deleted with its guard), a nats-server of a
 //! test's own for tests that stop and start NATS ([`OwnNats`]), a PostgreSQL cluster of a
-//! test's own for tests that crash PostgreSQL ([`OwnPostgres`]), and [`eventually`] for
-//! assertions on what settles asynchronously.
+//! test's own for tests that crash PostgreSQL ([`OwnPostgres`]), [`eventually`] for
+//! assertions on what settles asynchronously, and [`plans`] for statements that must reach
+//! their rows by key whatever the statistics.
 //!
 //! It knows nothing of linkd: it must not depend on the services (the services' own tests use
 //! it), so migrations, settings and clients stay with the crates and the e2e harness that own
@@ -17,6 +18,7 @@ mod database;
 mod nats;
 mod own_nats;
 mod own_postgres;
+pub mod plans;
 
 use std::future::Future;
 use std::time::Duration;

@@ -291,50 +291,34 @@ async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
     .await
     .unwrap();
 
-    for analyzed in [false, true] {
-        if analyzed {
-            sqlx::raw_sql("ANALYZE audit_log; ANALYZE devices")
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-        }
-        for mode in ["force_generic_plan", "force_custom_plan"] {
-            // Act
-            sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-                .execute(&mut *connection)
-                .await
-                .unwrap();
-            let mut plan = async |statement: &str| {
-                let lines: Vec<String> =
-                    sqlx::query_scalar(&format!("EXPLAIN EXECUTE {statement}"))
-                        .fetch_all(&mut *connection)
-                        .await
-                        .unwrap();
-                lines.join("\n")
-            };
-            let devices = plan("attempt_devices(ARRAY['id5', 'id7'])").await;
-            let accounts = plan("give_accounts(ARRAY['id5', 'id7'], ARRAY['anna', 'bob'])").await;
-            let loaded = plan(&format!(
-                "load_devices(ARRAY['{DEVICE}', '{LINK}']::uuid[])"
-            ))
-            .await;
+    // Act
+    let situations = testkit::plans::in_every_situation(
+        &mut connection,
+        "audit_log, devices",
+        &[
+            "attempt_devices(ARRAY['id5', 'id7'])",
+            "give_accounts(ARRAY['id5', 'id7'], ARRAY['anna', 'bob'])",
+            &format!("load_devices(ARRAY['{DEVICE}', '{LINK}']::uuid[])"),
+        ],
+    )
+    .await;
 
-            // Assert
-            let context = format!("analyzed: {analyzed}, {mode}");
-            for (what, plan) in [("attempt devices", &devices), ("accounts", &accounts)] {
-                assert!(
-                    plan.contains("aggregate_id = k.id")
-                        && !plan.contains("Seq Scan on audit_log")
-                        && !plan.contains("BitmapAnd")
-                        && !plan.contains("Hash Join"),
-                    "{context}: {what} are not reached by key:\n{plan}"
-                );
-            }
+    // Assert
+    for (situation, plans) in situations {
+        let (devices, accounts, loaded) = (&plans[0], &plans[1], &plans[2]);
+        for (what, plan) in [("attempt devices", devices), ("accounts", accounts)] {
             assert!(
-                loaded.contains("device_id = k.id") && !loaded.contains("Seq Scan on devices"),
-                "{context}: devices are not loaded by key:\n{loaded}"
+                plan.contains("aggregate_id = k.id")
+                    && !plan.contains("Seq Scan on audit_log")
+                    && !plan.contains("BitmapAnd")
+                    && !plan.contains("Hash Join"),
+                "{situation}: {what} are not reached by key:\n{plan}"
             );
         }
+        assert!(
+            loaded.contains("device_id = k.id") && !loaded.contains("Seq Scan on devices"),
+            "{situation}: devices are not loaded by key:\n{loaded}"
+        );
     }
 }
 
