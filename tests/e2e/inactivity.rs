@@ -11,8 +11,8 @@ use tonic::Code;
 const WITHIN: Duration = Duration::from_secs(30);
 
 /// How long unused before the unlink, and how long before it the warning.
-const AFTER: Duration = Duration::from_secs(8);
-const WARNING: Duration = Duration::from_secs(6);
+const AFTER: Duration = Duration::from_secs(12);
+const WARNING: Duration = Duration::from_secs(10);
 
 /// Unlinked after [`AFTER`] unused, warned [`WARNING`] before, looked at every 200 ms. The
 /// window between warning and unlink is wide enough for a use to land in it on a loaded machine
