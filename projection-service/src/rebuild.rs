@@ -291,15 +291,27 @@ async fn replay_and_switch_with(
         );
     }
     // Never switch to read models behind what readers have seen: that would mean the stream
-    // lost events the live consumer applied (republish from 0, then rebuild).
-    let behind: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM public.projector_positions l \
+    // lost events the live consumer applied (republish from 0, then rebuild). Only the guards
+    // of aggregate types a read model reads count: an earlier version's notifier guarded every
+    // type (ADR 0018), and those guards, read by no one, go with the live tables.
+    let behind: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT l.projector, l.aggregate_type, count(*) FROM public.projector_positions l \
          LEFT JOIN {fresh}.projector_positions f USING (projector, aggregate_type, aggregate_id) \
-         WHERE l.projector = ANY($1) AND l.last_sequence > coalesce(f.last_sequence, 0)"
+         WHERE l.projector = ANY($1) AND l.last_sequence > coalesce(f.last_sequence, 0) \
+         GROUP BY 1, 2"
     ))
     .bind(&rebuilt)
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let behind: i64 = behind
+        .iter()
+        .filter(|(projector, aggregate_type, _)| {
+            models
+                .iter()
+                .any(|model| model.guard() == projector && model.reads(aggregate_type))
+        })
+        .map(|(.., count)| count)
+        .sum();
     if behind > 0 {
         anyhow::bail!(
             "the stream lacks events the live read model applied ({behind} aggregates would go \

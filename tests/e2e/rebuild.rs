@@ -153,6 +153,16 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models_and_sends_noth
     .execute(&read)
     .await
     .unwrap();
+    // The notifier guarded every aggregate before it read accounts and devices only (ADR 0018):
+    // such guards, left by an earlier version, must not stop the rebuild, which drops them.
+    sqlx::query(
+        "INSERT INTO projector_positions \
+         SELECT 'notifier', aggregate_type, aggregate_id, last_sequence FROM projector_positions \
+         WHERE projector = 'audit' AND aggregate_type IN ('link_qr', 'link_attempt')",
+    )
+    .execute(&read)
+    .await
+    .unwrap();
     // Damage every read model the rebuild replaces, as a bug or a lost table would.
     for damage in [
         "DELETE FROM audit_log WHERE event_id IN \
