@@ -133,21 +133,34 @@ impl RequestLog {
         &self,
         keys: &Keys,
     ) -> Result<Option<Resp>, CommandError> {
-        // The key is claimed if it is free, or if its answer is past its retention (the key
-        // can be used again): one statement either way. A live row is left as it is.
+        // The key is claimed if it is free (one statement, the usual case), or if its answer
+        // is past its retention (the key can be used again). A live row is neither locked nor
+        // written: a replay costs reads only.
         let inserted = sqlx::query(
-            "INSERT INTO request_log AS r (key_hash, fingerprint, state) \
-             VALUES ($1, $2, 'pending') \
-             ON CONFLICT (key_hash) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-               state = 'pending', response = NULL, created_at = now(), updated_at = now() \
-             WHERE r.created_at < now() - make_interval(secs => $3)",
+            "INSERT INTO request_log (key_hash, fingerprint, state) VALUES ($1, $2, 'pending') \
+             ON CONFLICT (key_hash) DO NOTHING",
         )
         .bind(&keys.key_hash)
         .bind(&keys.fingerprint)
-        .bind(self.keep.as_secs_f64())
         .execute(&self.pool)
         .await?;
-        if inserted.rows_affected() == 1 {
+        let claimed = if inserted.rows_affected() == 1 {
+            inserted
+        } else {
+            // Concurrent claims of an expired key serialise on its row; the second finds it
+            // fresh and goes on to the answer (in progress).
+            sqlx::query(
+                "UPDATE request_log SET fingerprint = $2, state = 'pending', response = NULL, \
+                 created_at = now(), updated_at = now() \
+                 WHERE key_hash = $1 AND created_at < now() - make_interval(secs => $3)",
+            )
+            .bind(&keys.key_hash)
+            .bind(&keys.fingerprint)
+            .bind(self.keep.as_secs_f64())
+            .execute(&self.pool)
+            .await?
+        };
+        if claimed.rows_affected() == 1 {
             return Ok(None);
         }
         let row: Option<LoggedCall> = sqlx::query_as(
