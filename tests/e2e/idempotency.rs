@@ -1,5 +1,7 @@
 use e2e::{TestApp, bearer, spawn_app};
-use proto::v1::{IssueLinkQrRequest, LinkMethod, SetSecretCodeRequest};
+use proto::v1::{
+    IssueLinkQrRequest, LinkMethod, SetSecretCodeRequest, StartLinkRequest, StartLinkResponse,
+};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -192,6 +194,19 @@ async fn a_request_id_must_be_a_uuid() {
     assert_eq!(app.event_count().await, 0);
 }
 
+/// A StartLink for a new device with a request id of its own, and its answer.
+async fn start_with_request_id(app: &TestApp) -> (StartLinkRequest, StartLinkResponse) {
+    let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
+    request.request_id = Uuid::new_v4().to_string();
+    let mut device = app.device.clone();
+    let answer = device
+        .start_link(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    (request, answer)
+}
+
 #[tokio::test]
 async fn replay_answers_past_their_period_are_swept_by_one_instance_and_the_rest_still_replay() {
     // Arrange: two StartLink calls with request ids; the first one's answer made three hours
@@ -199,15 +214,7 @@ async fn replay_answers_past_their_period_are_swept_by_one_instance_and_the_rest
     let mut app = spawn_app().await;
     let mut requests = Vec::new();
     for _ in 0..2 {
-        let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
-        request.request_id = Uuid::new_v4().to_string();
-        let answer = app
-            .device
-            .start_link(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        requests.push((request, answer));
+        requests.push(start_with_request_id(&app).await);
     }
     sqlx::query(
         "UPDATE request_log SET created_at = now() - interval '3 hours' \
@@ -260,14 +267,7 @@ async fn a_request_id_whose_answer_is_past_its_period_runs_again() {
     // Arrange: a StartLink with a request id, its answer made older than the replay period (24
     // hours by default) but not yet swept.
     let mut app = spawn_app().await;
-    let mut request = TestApp::start_request(&Uuid::new_v4().to_string(), LinkMethod::Qr);
-    request.request_id = Uuid::new_v4().to_string();
-    let first = app
-        .device
-        .start_link(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let (request, first) = start_with_request_id(&app).await;
     sqlx::query("UPDATE request_log SET created_at = now() - interval '25 hours'")
         .execute(&app.pool)
         .await
