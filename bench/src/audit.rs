@@ -1,6 +1,7 @@
-//! `linkd-bench audit`: fills an audit log with 1,000,000 events over 100,000 accounts (plus one
-//! account with a long history), serves it with an in-process projection service, and measures
-//! `ListEvents` first-page latency for one account and `ExportHistory` throughput.
+//! `linkd-bench audit`: fills an event store with 1,000,000 events over 100,000 accounts (plus
+//! one account with a long history), serves their history with an in-process projection service
+//! (which reads it from the event store, docs/adr/0029), and measures `ListEvents` first-page
+//! latency for one account and `ExportHistory` throughput.
 
 use std::time::{Duration, Instant};
 
@@ -39,55 +40,76 @@ pub(crate) struct AuditArgs {
 /// Runs the audit benchmark.
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let keys = DevKeys::load(&args.keys)?;
-    let name = format!("linkd_bench_audit_{}", uuid::Uuid::new_v4().simple());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let names = [
+        format!("linkd_bench_audit_{suffix}"),
+        format!("linkd_bench_audit_store_{suffix}"),
+    ];
     let mut admin = sqlx::PgConnection::connect(&args.admin_db).await?;
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-        .execute(&mut admin)
-        .await?;
-    let url = match args.admin_db.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => anyhow::bail!("--admin-db must end with a database name"),
+    for name in &names {
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await?;
+    }
+    let url = |name: &str| match args.admin_db.rsplit_once('/') {
+        Some((server, _)) => Ok(format!("{server}/{name}")),
+        None => Err(anyhow::anyhow!("--admin-db must end with a database name")),
     };
-    let outcome = measure(&args, &keys, &url).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let outcome = match (url(&names[0]), url(&names[1])) {
+        (Ok(read), Ok(store)) => measure(&args, &keys, &read, &store).await,
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    };
+    for name in &names {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
     outcome
 }
 
-async fn measure(args: &AuditArgs, keys: &DevKeys, url: &str) -> anyhow::Result<()> {
-    let pool = projection_service::startup::connect_and_migrate(url).await?;
+async fn measure(args: &AuditArgs, keys: &DevKeys, url: &str, store: &str) -> anyhow::Result<()> {
+    projection_service::startup::connect_and_migrate(url).await?;
+    let events = sqlx::PgPool::connect(store).await?;
+    sqlx::migrate!("../command-service/migrations")
+        .run(&events)
+        .await
+        .context("migrating the scratch event store")?;
     let started = Instant::now();
-    let fill = |count: i64, account: &str| {
+    // Each account's device, `per` events of it, the accounts' events interleaved in the store
+    // as they would be; sealed for their account as the command service writes them (the
+    // fields of these types are not personal, so nothing is to open).
+    let fill = |accounts: i64, per: i64, account: &str| {
         format!(
-            "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
-             sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
-             SELECT 'device/' || {account} || '/' || g, g + $1, 'device', {account}, g, \
-             (ARRAY['DeviceLinked','BiometricsEnabled','SecretCodeVerified','SecretCodeFailed', \
-                    'DeviceUnlinked'])[1 + g % 5], \
-             now() - make_interval(secs => ($2 - g)::double precision / 10), 'device:bench', \
-             'bench', {account}, md5(({account})::text), '{{\"device_name\":\"Bench phone\"}}' \
-             FROM generate_series(1, {count}) g"
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+             event_version, payload, metadata, data_subject) \
+             SELECT 'device', {account} || '-phone', s, \
+                    (ARRAY['BiometricsEnabled', 'SecretCodeVerified', 'BiometricsDisabled'])[1 + s % 3], \
+                    '1', json_build_object( \
+                        (ARRAY['BiometricsEnabled', 'SecretCodeVerified', 'BiometricsDisabled'])[1 + s % 3], \
+                        json_build_object('at', now())), \
+                    json_build_object('account_id', {account}, 'actor', 'device:bench', \
+                                      'request_id', 'bench'), \
+                    'account:' || {account} \
+             FROM generate_series(1, {per}) s, generate_series(0, {accounts} - 1) a \
+             ORDER BY s, a"
         )
     };
     sqlx::query(&fill(
-        args.events,
-        &format!("'bench-' || (g % {})", args.accounts),
+        args.accounts,
+        args.events / args.accounts.max(1),
+        "'bench-' || a",
     ))
-    .bind(0_i64)
-    .bind(args.events)
-    .execute(&pool)
+    .execute(&events)
     .await
-    .context("filling the audit log")?;
-    sqlx::query(&fill(args.long_history, "'bench-long'"))
-        .bind(args.events)
-        .bind(args.long_history)
-        .execute(&pool)
+    .context("filling the event store")?;
+    sqlx::query(&fill(1, args.long_history, "'bench-long'"))
+        .execute(&events)
         .await
         .context("filling the long history")?;
-    sqlx::query("ANALYZE audit_log").execute(&pool).await?;
+    sqlx::query("ANALYZE events").execute(&events).await?;
+    events.close().await;
     println!(
-        "audit log filled: {} events over {} accounts + {} for one account, in {:.1} s",
+        "event store filled: {} events over {} accounts + {} for one account, in {:.1} s",
         args.events,
         args.accounts,
         args.long_history,
@@ -96,6 +118,7 @@ async fn measure(args: &AuditArgs, keys: &DevKeys, url: &str) -> anyhow::Result<
 
     let settings = projection_service::Settings::from_lookup(|key| match key {
         "LINKD_PROJECTION_DATABASE_URL" => Some(url.to_owned()),
+        "LINKD_EVENT_STORE_URL" => Some(store.to_owned()),
         "LINKD_PROJECTION_GRPC_ADDR" => Some("127.0.0.1:0".to_owned()),
         "LINKD_IDP_PUBLIC_KEYS_FILE" => {
             Some(args.keys.join("idp.pub.pem").to_string_lossy().into_owned())

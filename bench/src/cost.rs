@@ -56,9 +56,9 @@ pub(crate) struct Statements {
     pub(crate) command_us: u64,
     /// Execution time of the statements on the read models' databases, in microseconds.
     pub(crate) read_side_us: u64,
-    /// Of that, the statements that read or write `audit_log` (the audit log's copy of the
-    /// events, issue 15's point 2).
-    pub(crate) audit_log_us: u64,
+    /// Of that, the statements that read or write `audit_heads` (the audit witness, which
+    /// replaced the audit log's copy of every event: docs/adr/0029).
+    pub(crate) audit_us: u64,
 }
 
 impl Statements {
@@ -70,7 +70,7 @@ impl Statements {
             relay: self.relay.saturating_sub(before.relay),
             command_us: self.command_us.saturating_sub(before.command_us),
             read_side_us: self.read_side_us.saturating_sub(before.read_side_us),
-            audit_log_us: self.audit_log_us.saturating_sub(before.audit_log_us),
+            audit_us: self.audit_us.saturating_sub(before.audit_us),
         }
     }
 
@@ -82,7 +82,7 @@ impl Statements {
             relay: self.relay + other.relay,
             command_us: self.command_us + other.command_us,
             read_side_us: self.read_side_us + other.read_side_us,
-            audit_log_us: self.audit_log_us + other.audit_log_us,
+            audit_us: self.audit_us + other.audit_us,
         }
     }
 }
@@ -136,14 +136,14 @@ impl Cost {
     }
 
     /// Statement execution time per call in microseconds: on the event store's database, on
-    /// the read models', and of those the audit log's statements.
+    /// the read models', and of those the audit witness's statements.
     pub(crate) fn statement_us_per_call(&self, calls: u64) -> Option<(f64, f64, f64)> {
         let calls = calls.max(1) as f64;
         self.statements.map(|s| {
             (
                 s.command_us as f64 / calls,
                 s.read_side_us as f64 / calls,
-                s.audit_log_us as f64 / calls,
+                s.audit_us as f64 / calls,
             )
         })
     }
@@ -228,7 +228,7 @@ pub(crate) async fn read(db: &PgPool) -> anyhow::Result<Reading> {
          (coalesce(sum(s.total_exec_time) FILTER (WHERE d.datname <> current_database()), 0) \
              * 1000)::bigint, \
          (coalesce(sum(s.total_exec_time) FILTER (WHERE d.datname <> current_database() \
-             AND s.query LIKE '%audit_log%'), 0) * 1000)::bigint AS linkd_bench \
+             AND s.query LIKE '%audit_heads%'), 0) * 1000)::bigint AS linkd_bench \
          FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
          WHERE s.query NOT LIKE '%linkd_bench%' AND d.datname <> 'postgres'",
     )
@@ -237,13 +237,13 @@ pub(crate) async fn read(db: &PgPool) -> anyhow::Result<Reading> {
     .ok();
     let count = |n: i64| u64::try_from(n).unwrap_or(0);
     let statements = statements.map(
-        |(command, read_side, relay, command_us, read_side_us, audit_log_us)| Statements {
+        |(command, read_side, relay, command_us, read_side_us, audit_us)| Statements {
             command: count(command),
             read_side: count(read_side),
             relay: count(relay),
             command_us: count(command_us),
             read_side_us: count(read_side_us),
-            audit_log_us: count(audit_log_us),
+            audit_us: count(audit_us),
         },
     );
     let ticks = tokio::task::spawn_blocking(cpu_ticks).await?;
@@ -361,7 +361,7 @@ mod tests {
                 relay,
                 command_us: command * 10,
                 read_side_us: read_side * 10,
-                audit_log_us: read_side * 2,
+                audit_us: read_side * 2,
             })
         };
         let before = Reading {

@@ -3,7 +3,7 @@
 //! which the read side keeps its lag p99 within [`LAG_BOUND`], found by a short search.
 //!
 //! The lag is measured on one IssueLinkQr in [`SAMPLE_EVERY`]: from its answer until the read
-//! models' guard for its QR code shows the `QrIssued` event applied (the audit log's guard,
+//! models' guard for its QR code shows the `QrIssued` event applied (the audit witness's guard,
 //! moved in the same transaction as every read model's), polled in the read models' database
 //! every [`POLL`]. That is the whole way: store, relay, stream, consumer, commit.
 //!

@@ -545,15 +545,13 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
 }
 
 async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
-    Ok(sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, \
-         payload::jsonb AS payload, \
-         metadata::jsonb AS metadata, global_position, tx_id::text::bigint AS tx_id, occurred_at, \
-         chain_hash, data_subject FROM events \
+    Ok(sqlx::query_as(&format!(
+        "SELECT {} FROM events \
          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
          AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY tx_id, global_position LIMIT $3",
-    )
+        history::stored::COLUMNS
+    ))
     .bind(after.tx_id.to_string())
     .bind(after.global_position)
     .bind(BATCH)

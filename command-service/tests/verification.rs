@@ -173,3 +173,134 @@ async fn an_accounts_aggregates_are_found_by_index_whatever_the_statistics() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_accounts_history_is_its_aggregates_events_and_every_event_of_its_link_attempts() {
+    // Arrange: as above, and a link attempt's first event written before it named anna (sealed
+    // under the attempt's own key), a device that was anna's and is now bob's, an attempt that
+    // never named anyone.
+    let (_database, pool) = store().await;
+    for (key, account, subject) in [
+        (("account", "anna", 1), None, Some("account:anna")),
+        (
+            ("link_attempt", "a-anna", 1),
+            None,
+            Some("link_attempt:a-anna"),
+        ),
+        (
+            ("link_attempt", "a-nobody", 1),
+            None,
+            Some("link_attempt:a-nobody"),
+        ),
+        (
+            ("link_attempt", "a-anna", 2),
+            Some("anna"),
+            Some("account:anna"),
+        ),
+        (("device", "d-moved", 1), Some("anna"), Some("account:anna")),
+        (("device", "d-moved", 2), Some("bob"), Some("account:bob")),
+        (("device", "d-legacy", 1), Some("anna"), None),
+        (("account", "bob", 1), None, Some("account:bob")),
+        (("device", "d-bob-legacy", 1), Some("bob"), None),
+    ] {
+        event(&pool, key, account, subject).await;
+    }
+
+    // Act: the events show once every transaction older than theirs has ended, in the whole
+    // cluster (other tests run beside this one).
+    let read = || async {
+        sqlx::query_as::<_, (String, String, i64)>(&format!(
+            "SELECT aggregate_type, aggregate_id, sequence FROM ({}) AS e",
+            history::ACCOUNT_PAGE.as_str()
+        ))
+        .bind("anna")
+        .bind(0_i64)
+        .bind(Vec::<String>::new())
+        .bind(None::<chrono::DateTime<chrono::Utc>>)
+        .bind(None::<chrono::DateTime<chrono::Utc>>)
+        .bind(100_i64)
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let mut history = read().await;
+    for _ in 0..100 {
+        if history.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        history = read().await;
+    }
+
+    // Assert: in position order.
+    let expected: Vec<(String, String, i64)> = [
+        ("account", "anna", 1),
+        ("link_attempt", "a-anna", 1),
+        ("link_attempt", "a-anna", 2),
+        ("device", "d-moved", 1),
+        ("device", "d-legacy", 1),
+    ]
+    .into_iter()
+    .map(|(t, i, s)| (t.to_owned(), i.to_owned(), s))
+    .collect();
+    assert_eq!(history, expected);
+}
+
+#[tokio::test]
+async fn an_accounts_history_is_read_by_index_whatever_the_statistics() {
+    // Arrange: 30,000 events of 10,000 accounts (a third of them link attempts, a tenth written
+    // before sealing), no statistics.
+    let (_database, pool) = store().await;
+    sqlx::raw_sql(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, data_subject) \
+         SELECT CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, 'x' || n, 1, \
+                'DeviceLinked', '1', '{}', json_build_object('account_id', 'acc' || n % 10000), \
+                CASE WHEN n % 10 = 0 THEN NULL ELSE 'account:acc' || n % 10000 END \
+         FROM generate_series(1, 30000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut connection = pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE account_page AS {}; PREPARE account_links AS {};",
+        history::ACCOUNT_PAGE.as_str(),
+        history::ACCOUNT_LINKS.as_str(),
+    ))
+    .execute(&mut *connection)
+    .await
+    .unwrap();
+
+    // Act
+    let situations = testkit::plans::in_every_situation(
+        &mut connection,
+        "events",
+        &[
+            "account_page('acc42', 0, ARRAY[]::text[], NULL, NULL, 101)",
+            "account_links('acc42', now())",
+        ],
+    )
+    .await;
+
+    // Assert
+    for (situation, plans) in situations {
+        for plan in plans {
+            assert!(
+                !plan.contains("Seq Scan"),
+                "{situation}: the plan reads the whole store:\n{plan}"
+            );
+            for index in [
+                "events_data_subject",
+                "events_pkey",
+                "events_legacy_account",
+                "events_global_position",
+            ] {
+                assert!(
+                    plan.contains(index),
+                    "{situation}: {index} is not used:\n{plan}"
+                );
+            }
+        }
+    }
+}

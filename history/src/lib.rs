@@ -11,6 +11,8 @@
 pub mod sealing;
 pub mod stored;
 
+use std::sync::LazyLock;
+
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
@@ -67,6 +69,65 @@ pub const AGGREGATES_OF: &str = "SELECT aggregate_type, aggregate_id FROM events
      UNION SELECT aggregate_type, aggregate_id FROM events \
      WHERE data_subject IS NULL AND metadata::jsonb ->> 'account_id' = $1 \
      ORDER BY aggregate_type, aggregate_id";
+
+/// The global positions of every event in an account's history (`$1`: the account id), which
+/// `AuditService` lists: the events [`AGGREGATES_OF`] reaches (by the same indexes), and every
+/// event of the link attempts among them, those written before the attempt named the account
+/// (sealed under the attempt's own key) included, by the aggregate's key.
+pub const ACCOUNT_EVENTS: &str = "WITH own AS ( \
+         SELECT global_position, aggregate_type, aggregate_id FROM events \
+         WHERE data_subject = 'account:' || $1 \
+         UNION SELECT global_position, aggregate_type, aggregate_id FROM events \
+         WHERE aggregate_type = 'account' AND aggregate_id = $1 \
+         UNION SELECT global_position, aggregate_type, aggregate_id FROM events \
+         WHERE data_subject IS NULL AND metadata::jsonb ->> 'account_id' = $1) \
+     SELECT global_position FROM own \
+     UNION SELECT e.global_position FROM events e \
+     WHERE e.aggregate_type = 'link_attempt' \
+       AND e.aggregate_id IN (SELECT aggregate_id FROM own WHERE aggregate_type = 'link_attempt')";
+
+/// Up to `$6` events of account `$1` ([`ACCOUNT_EVENTS`]) after position `$2` of the types `$3`
+/// (all if empty), recorded in [`$4`, `$5`) (either end open if null), in position order
+/// (`AuditService.ListEvents`). Each event is fetched by
+/// its position (`OFFSET 0` keeps the planner from joining the account's positions with the
+/// whole store), and only once the transaction that wrote it, and every one before it, has
+/// ended: an event committed later with a lower position would otherwise be passed over by a
+/// reader paging on positions (the relay publishes up to the same point).
+pub static ACCOUNT_PAGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.* FROM ({accounts}) AS p \
+         CROSS JOIN LATERAL ( \
+             SELECT {columns} FROM events \
+             WHERE global_position = p.global_position \
+               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             OFFSET 0) AS e \
+         WHERE e.global_position > $2 \
+           AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3)) \
+           AND ($4::timestamptz IS NULL OR e.occurred_at >= $4) \
+           AND ($5::timestamptz IS NULL OR e.occurred_at < $5) \
+         ORDER BY e.global_position LIMIT $6",
+        accounts = ACCOUNT_EVENTS,
+        columns = stored::COLUMNS,
+    )
+});
+
+/// The link and unlink events of account `$1`'s devices recorded at or before `$2`, in position
+/// order (`AuditService.DevicesAt`).
+pub static ACCOUNT_LINKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.* FROM ({accounts}) AS p \
+         CROSS JOIN LATERAL ( \
+             SELECT {columns} FROM events \
+             WHERE global_position = p.global_position \
+               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND aggregate_type = 'device' \
+               AND event_type IN ('DeviceLinked', 'DeviceUnlinked') AND occurred_at <= $2 \
+             OFFSET 0) AS e \
+         ORDER BY e.global_position",
+        accounts = ACCOUNT_EVENTS,
+        columns = stored::COLUMNS,
+    )
+});
 
 /// The aggregates of `account_id` according to the event store itself (the account, and every
 /// QR code, link attempt and device whose events name it or are sealed for it).

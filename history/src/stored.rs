@@ -9,6 +9,11 @@ use proto::v1::{self, event_envelope::Event};
 
 use crate::sealing;
 
+/// The columns of `events` a [`StoredEvent`] is read from, in a `SELECT` list.
+pub const COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload::jsonb AS payload, metadata::jsonb AS metadata, global_position, \
+     tx_id::text::bigint AS tx_id, occurred_at, chain_hash, data_subject";
+
 /// One row of the `events` table, as the relay reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {

@@ -111,7 +111,7 @@ impl ConsumerSettings {
     /// Every read model the stream feeds, in the order their guards are locked (by name): the
     /// live consumer's and the rebuild's.
     pub fn read_models(&self) -> ReadModels {
-        use crate::projections::{audit::AuditLog, devices::Devices, notifier::Notifier};
+        use crate::projections::{audit::AuditHeads, devices::Devices, notifier::Notifier};
         let notifier = Notifier {
             templates: crate::email::Templates::default(),
             sender: self.notices.sender.clone(),
@@ -119,7 +119,7 @@ impl ConsumerSettings {
             max_event_age: self.notices.max_event_age,
         };
         Arc::new([
-            Box::new(AuditLog) as Box<dyn ReadModel>,
+            Box::new(AuditHeads) as Box<dyn ReadModel>,
             Box::new(Devices),
             Box::new(notifier),
         ])

@@ -1,13 +1,13 @@
 //! Rebuild: replays the stream from its first event into fresh tables for every read model,
 //! then switches the live read models over (`projection-service rebuild`).
 //!
-//! 1. Fresh `devices`, `audit_log`, `email_accounts`, `email_devices` and
+//! 1. Fresh `devices`, `audit_heads`, `email_accounts`, `email_devices` and
 //!    `projector_positions` tables in a schema of their own, and a scratch `email_outbox`.
 //! 2. An ephemeral consumer from the stream's start is read in large pulls, decoded, and each
 //!    pull applied with the live path's rules (the same guards: skip what was applied, hold
 //!    back what comes after a gap, park what cannot apply, pass over an unknown event type):
-//!    the devices by folding the pull in memory, in one transaction (ADR 0007); the audit log
-//!    and the notifier's state with the live consumer's batch (`consumer::batch`). The next
+//!    the devices by folding the pull in memory, in one transaction (ADR 0007); the audit
+//!    witness and the notifier's state with the live consumer's batch (`consumer::batch`). The next
 //!    pull is read while the previous one is written.
 //! 3. Under an exclusive lock on the live tables (the live consumer waits), the last events are
 //!    applied, the fresh guards are checked not to be behind the live ones, the live tables move
@@ -26,6 +26,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt as _;
 use proto::v1::EventEnvelope;
+use proto::v1::event_envelope::Event;
 use service_kit::bus_signing::BusVerifier;
 use sqlx::{Executor as _, PgPool};
 use tokio::sync::mpsc;
@@ -70,7 +71,7 @@ impl Default for RebuildOptions {
 const TABLES: [&str; 5] = [
     "projector_positions",
     "devices",
-    "audit_log",
+    "audit_heads",
     "email_accounts",
     "email_devices",
 ];
@@ -249,6 +250,7 @@ async fn replay_and_switch_with(
         outcome: BatchOutcome::default(),
         shared: Shared::default(),
         waiting: Vec::new(),
+        erasures: Vec::new(),
     };
     replay.drain(shadow, &shared).await?;
     tracing::info!(
@@ -356,15 +358,17 @@ async fn replay_and_switch_with(
     // An account erased by an event the live notifier had not reached: the rebuild forgot it in
     // its scratch outbox only, and the live consumer will skip the event now. Its live emails
     // (and any just handed over) are forgotten here, once the rebuilt tables are in place.
-    let erased: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT f.aggregate_id FROM {fresh}.audit_log f \
-         WHERE f.aggregate_type = 'account' AND f.event_type = 'AccountErased' \
-           AND NOT EXISTS ( \
-               SELECT 1 FROM public.projector_positions l \
-               WHERE l.projector = $1 AND l.aggregate_type = 'account' \
-                 AND l.aggregate_id = f.aggregate_id AND l.last_sequence >= f.sequence)"
-    ))
+    let (accounts, sequences): (Vec<String>, Vec<i64>) = replay.erasures.iter().cloned().unzip();
+    let erased: Vec<String> = sqlx::query_scalar(
+        "SELECT f.id FROM unnest($2::text[], $3::bigint[]) AS f (id, sequence) \
+         WHERE NOT EXISTS ( \
+             SELECT 1 FROM public.projector_positions l \
+             WHERE l.projector = $1 AND l.aggregate_type = 'account' \
+               AND l.aggregate_id = f.id AND l.last_sequence >= f.sequence)",
+    )
     .bind(crate::projections::notifier::NAME)
+    .bind(&accounts)
+    .bind(&sequences)
     .fetch_all(&mut *tx)
     .await?;
     // `LIKE … INCLUDING ALL` gave the fresh indexes generated names: match them with the live
@@ -451,6 +455,9 @@ struct Replay {
     /// Events for the other read models held back behind a gap (or waiting for an account),
     /// tried again after each pull.
     waiting: Vec<EventEnvelope>,
+    /// The `AccountErased` events replayed (account, sequence): those the live notifier had not
+    /// reached are forgotten in the live tables at the switch.
+    erasures: Vec<(String, i64)>,
 }
 
 /// What the read models other than the devices made of the replayed events.
@@ -482,10 +489,17 @@ impl Replay {
         );
         let replayed = &mut self.replayed;
         let waiting = &mut self.waiting;
+        let erasures = &mut self.erasures;
         let written = async {
             let mut outcome = BatchOutcome::default();
             let mut others = Shared::default();
             while let Some(events) = received.recv().await {
+                erasures.extend(
+                    events
+                        .iter()
+                        .filter(|event| matches!(event.event, Some(Event::AccountErased(_))))
+                        .map(|event| (event.aggregate_id.clone(), event.sequence)),
+                );
                 let devices: Vec<EventEnvelope> = events
                     .iter()
                     .filter(|event| projector.reads(&event.aggregate_type))

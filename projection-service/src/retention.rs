@@ -1,7 +1,8 @@
 //! Retention on the read side (issue 19, fourth point; docs/privacy.md): emails that were sent
-//! or given up on, dead letters, and the audit log's rows of link attempts that never named an
-//! account are deleted once older than their periods, so that the personal data they hold
-//! (addresses, device names and models, a poison message's envelope) does not stay for ever.
+//! or given up on, dead letters, and the audit witness's rows (`audit_heads`) of link attempts
+//! that never named an account are deleted once older than their periods, so that the personal
+//! data they hold (addresses, device names, a poison message's envelope) does not stay for ever
+//! and what strangers can grow (an attempt needs no account) is bounded.
 //! Pending emails are never touched.
 //!
 //! One instance sweeps per round: each round runs in one transaction that first takes a
@@ -25,8 +26,8 @@ pub struct Retention {
     pub failed_emails: Duration,
     /// Dead letters, from when they were parked (`LINKD_RETENTION_DEAD_LETTER_DAYS`, default 90).
     pub dead_letters: Duration,
-    /// The audit log's rows of a link attempt that never named an account (a phone's name and
-    /// model), from when they happened (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`, default 30,
+    /// The audit witness's row of a link attempt that never named an account (the phone's id),
+    /// from its first event (`LINKD_RETENTION_UNCLAIMED_ATTEMPT_DAYS`, default 30,
     /// as the command service destroys the attempt's data key).
     pub unclaimed_attempts: Duration,
     /// How often an instance sweeps (`LINKD_RETENTION_EVERY_SECONDS`, default 3600).
@@ -55,7 +56,7 @@ pub struct Purged {
     pub failed_emails: u64,
     /// Dead letters deleted.
     pub dead_letters: u64,
-    /// Audit-log rows of unclaimed link attempts deleted.
+    /// Audit-witness rows of unclaimed link attempts deleted.
     pub unclaimed_attempts: u64,
 }
 
@@ -133,8 +134,8 @@ pub async fn sweep(pool: &PgPool, retention: &Retention) -> Result<Option<Purged
     .rows_affected();
     // No account can list these rows (they name none), and no event can name one any more.
     let unclaimed_attempts = sqlx::query(
-        "DELETE FROM audit_log WHERE account_id = '' AND aggregate_type = 'link_attempt' \
-         AND occurred_at < now() - make_interval(secs => $1)",
+        "DELETE FROM audit_heads WHERE account_id = '' AND aggregate_type = 'link_attempt' \
+         AND first_at < now() - make_interval(secs => $1)",
     )
     .bind(retention.unclaimed_attempts.as_secs_f64())
     .execute(&mut *tx)

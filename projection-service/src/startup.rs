@@ -101,17 +101,14 @@ impl Application {
             reauth_max_age: settings.reauth_max_age,
             limits: settings.query_rate_limits,
         };
+        // The audit log is read here (docs/adr/0029).
         let event_store = match &settings.event_store_url {
             Some(url) => Some(
-                service_kit::database::pool_options(2)
+                service_kit::database::pool_options(4)
                     .connect_lazy(&url.0)
                     .context("LINKD_EVENT_STORE_URL is not a PostgreSQL URL")?,
             ),
             None => None,
-        };
-        let audits = Audits {
-            queries: queries.clone(),
-            event_store,
         };
         let tls = match &settings.tls {
             Some(tls) => Some(
@@ -125,6 +122,11 @@ impl Application {
             .with_context(|| format!("binding {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
         let consumer_settings = settings.consumers()?;
+        let audits = Audits {
+            queries: queries.clone(),
+            event_store,
+            opener: consumer_settings.opener.clone(),
+        };
         if consumer_settings.verifier.is_none() {
             tracing::warn!(
                 "LINKD_BUS_UNSIGNED=on: messages on the bus are applied without \
@@ -136,6 +138,9 @@ impl Application {
         metrics.watch_pool("queries", pool.clone());
         metrics.watch_pool("consumer", consumer_pool.clone());
         metrics.watch_pool("email", worker_pool.clone());
+        if let Some(event_store) = &audits.event_store {
+            metrics.watch_pool("event_store", event_store.clone());
+        }
         let metrics_listener = match settings.metrics_addr {
             Some(addr) => Some(service_kit::metrics::bind(addr).await?),
             None => None,

@@ -63,15 +63,14 @@ async fn left(pool: &PgPool) -> (Vec<String>, Vec<String>) {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// An audit-log row of link attempt `attempt`, for `account` ('' before it named one),
-/// `days_ago` old, holding a phone's name.
+/// The audit witness's row of link attempt `attempt`, for `account` ('' before it named one),
+/// `days_ago` old, naming a phone.
 async fn attempt_row(pool: &PgPool, attempt: &str, account: &str, days_ago: i32) {
     sqlx::query(
-        "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
-         sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
-         VALUES ('link_attempt/' || $1 || '/1', (SELECT count(*) + 1 FROM audit_log), \
-         'link_attempt', $1, 1, 'LinkRequested', now() - make_interval(days => $3), 'app', \
-         'r', $2, 'd', '{\"device_name\": \"Anna''s phone\"}')",
+        "INSERT INTO audit_heads (account_id, aggregate_type, aggregate_id, device_id, \
+         last_sequence, last_position, first_at) \
+         VALUES ($2, 'link_attempt', $1, 'd', 1, (SELECT count(*) + 1 FROM audit_heads), \
+         now() - make_interval(days => $3))",
     )
     .bind(attempt)
     .bind(account)
@@ -82,7 +81,7 @@ async fn attempt_row(pool: &PgPool, attempt: &str, account: &str, days_ago: i32)
 }
 
 async fn attempts_left(pool: &PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT aggregate_id FROM audit_log ORDER BY aggregate_id")
+    sqlx::query_scalar("SELECT aggregate_id FROM audit_heads ORDER BY aggregate_id")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -100,7 +99,7 @@ async fn a_sweep_deletes_exactly_what_is_past_its_period() {
     email(&pool, "pending-ancient", "pending", 400, 0).await;
     dead_letter(&pool, "letter-old", 91).await;
     dead_letter(&pool, "letter-recent", 89).await;
-    // Link attempts' audit rows: one that never named an account, 31 days old; one as old that
+    // Link attempts' witness rows: one that never named an account, 31 days old; one as old that
     // named anna (her history keeps it); one that never named an account, 29 days old.
     attempt_row(&pool, "unclaimed-old", "", 31).await;
     attempt_row(&pool, "claimed-old", "anna", 31).await;

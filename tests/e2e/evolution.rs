@@ -101,13 +101,13 @@ async fn an_event_written_by_a_newer_version_goes_out_opaque_and_the_read_models
         .await
         .unwrap();
     assert_eq!(parked, 0, "an unknown event is passed over, not parked");
-    let audited: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM audit_log WHERE aggregate_id = $1 ORDER BY sequence",
-    )
-    .bind(&device)
-    .fetch_all(&read)
-    .await
-    .unwrap();
+    let audited: Vec<String> = app
+        .audited("anna")
+        .await
+        .into_iter()
+        .filter(|event| event.aggregate_id == device)
+        .map(|event| event.event_type)
+        .collect();
     assert_eq!(audited.last().map(String::as_str), Some("DeviceUnlinked"));
     assert!(!audited.iter().any(|kind| kind == "DeviceRenamed"));
 
@@ -245,14 +245,13 @@ async fn a_history_written_in_the_old_shape_loads_projects_and_audits_in_the_new
 
     // The read side and the audit: every failure with its attempts left, the old ones computed.
     app.wait_until_every_read_model_is_exact(WITHIN).await;
-    let details: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT details FROM audit_log WHERE aggregate_id = $1 \
-         AND event_type = 'SecretCodeFailed' ORDER BY sequence",
-    )
-    .bind(&device)
-    .fetch_all(&app.read_pool())
-    .await
-    .unwrap();
+    let details: Vec<serde_json::Value> = app
+        .audited("anna")
+        .await
+        .into_iter()
+        .filter(|event| event.aggregate_id == device && event.event_type == "SecretCodeFailed")
+        .map(|event| serde_json::from_str(&event.details_json).unwrap())
+        .collect();
     let left: Vec<(u64, u64)> = details
         .iter()
         .map(|d| {
@@ -387,12 +386,13 @@ async fn an_event_whose_sealed_fields_do_not_open_is_parked_and_its_aggregate_go
         parked.iter().all(|(_, id, _)| *id == damaged_id),
         "{parked:?}"
     );
-    let audited: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM audit_log WHERE aggregate_id = 'anna' ORDER BY sequence",
-    )
-    .fetch_all(&read)
-    .await
-    .unwrap();
+    let audited: Vec<String> = app
+        .audited("anna")
+        .await
+        .into_iter()
+        .filter(|event| event.aggregate_id == "anna")
+        .map(|event| event.event_type)
+        .collect();
     assert_eq!(
         audited.last().map(String::as_str),
         Some("DevicesUnlinkedTogether")
@@ -411,11 +411,12 @@ async fn an_event_whose_sealed_fields_do_not_open_is_parked_and_its_aggregate_go
         .await
         .unwrap();
     assert_eq!(again, 2);
-    let audited_again: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM audit_log WHERE aggregate_id = 'anna' ORDER BY sequence",
-    )
-    .fetch_all(&read)
-    .await
-    .unwrap();
+    let audited_again: Vec<String> = app
+        .audited("anna")
+        .await
+        .into_iter()
+        .filter(|event| event.aggregate_id == "anna")
+        .map(|event| event.event_type)
+        .collect();
     assert_eq!(audited_again, audited);
 }

@@ -153,7 +153,7 @@ async fn both_services_report_a_link_flow() {
             "docs/metrics.md documents {documented}, which neither service serves"
         );
     }
-    for pool in ["queries", "consumer", "email"] {
+    for pool in ["queries", "consumer", "email", "event_store"] {
         assert!(
             sent.value(&format!(
                 "linkd_db_pool_connections{{pool=\"{pool}\",state=\"in_use\"}}"

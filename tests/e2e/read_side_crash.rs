@@ -137,13 +137,13 @@ async fn all_acknowledged(context: &jetstream::Context, stream: &TestStream, rou
     }
 }
 
-/// (audit rows, guards at their first event, notifier accounts) in the cluster.
+/// (audit witness rows, guards at their first event, notifier accounts) in the cluster.
 async fn applied(postgres: &OwnPostgres) -> (i64, i64, i64) {
     let pool = sqlx::PgPool::connect(&postgres.database_url("postgres"))
         .await
         .unwrap();
     let counts = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM audit_log), \
+        "SELECT (SELECT count(*) FROM audit_heads), \
          (SELECT count(*) FROM projector_positions WHERE last_sequence = 1), \
          (SELECT count(*) FROM email_accounts)",
     )

@@ -18,8 +18,8 @@ async fn snapshot(pool: &sqlx::PgPool) -> Vec<(&'static str, Vec<String>)> {
              ORDER BY projector, aggregate_type, aggregate_id",
         ),
         (
-            "audit_log",
-            "SELECT t::text FROM audit_log t ORDER BY event_id",
+            "audit_heads",
+            "SELECT t::text FROM audit_heads t ORDER BY account_id, aggregate_type, aggregate_id",
         ),
         (
             "email_accounts",
@@ -165,8 +165,8 @@ async fn a_rebuild_from_position_zero_equals_the_live_read_models_and_sends_noth
     .unwrap();
     // Damage every read model the rebuild replaces, as a bug or a lost table would.
     for damage in [
-        "DELETE FROM audit_log WHERE event_id IN \
-         (SELECT event_id FROM audit_log ORDER BY event_id LIMIT 3)",
+        "DELETE FROM audit_heads WHERE aggregate_id IN \
+         (SELECT aggregate_id FROM audit_heads ORDER BY aggregate_id LIMIT 3)",
         "DELETE FROM email_accounts",
         "UPDATE email_devices SET name = 'damaged'",
         "UPDATE devices SET name = 'damaged'",

@@ -218,7 +218,7 @@ pub(super) fn cost_section(out: &mut Vec<String>, levels: &[Level]) {
             let share = 100.0 * audit / (command + read_side).max(1e-9);
             Some(format!(
                 "{} clients: event store {command:.0} µs, read models {read_side:.0} µs, of \
-                 which the audit log's {audit:.0} µs ({share:.1} % of all)",
+                 which the audit witness's {audit:.0} µs ({share:.1} % of all)",
                 level.concurrency
             ))
         })

@@ -1,6 +1,6 @@
-//! `AuditService`: an account's full history from the audit log, devices at an instant, and
-//! the tamper-evidence check against the event store. A translator: request →
-//! [`read::audit`] (and `history`, for the event store) → answer.
+//! `AuditService`: an account's full history and its devices at an instant, read from the event
+//! store, and the tamper-evidence check of the event store against the read side's witness. A
+//! translator: request → [`read::audit`] (and `history`, for the event store) → answer.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Queries, next_page_token, page_size};
 use crate::read::access;
-use crate::read::audit::{self, AuditRow, Filter, LinkedAt};
+use crate::read::audit::{self, AuditRow, Filter, LinkedAt, Store};
+use crate::sealed::Opener;
 use crate::status::{QueryError, to_status};
 
 #[cfg(test)]
@@ -36,8 +37,10 @@ const EXPORT_PAGE: i64 = 1000;
 pub(crate) struct Audits {
     /// Authentication and the read-model pool.
     pub(crate) queries: Queries,
-    /// Read access to the event store, for `VerifyHistory` (`LINKD_EVENT_STORE_URL`).
+    /// Read access to the event store, where the history is read (`LINKD_EVENT_STORE_URL`).
     pub(crate) event_store: Option<PgPool>,
+    /// What opens the history's sealed personal fields (`LINKD_KEK_FILE` too).
+    pub(crate) opener: Option<Opener>,
 }
 
 impl From<AuditRow> for AuditEvent {
@@ -196,6 +199,22 @@ impl From<access::AccessRecord> for AccessRecord {
 }
 
 impl Audits {
+    /// The event store, where every answer but the access records is read;
+    /// `FAILED_PRECONDITION` if this instance has no access to it.
+    fn store(&self) -> Result<Store<'_>, QueryError> {
+        let pool = self.event_store.as_ref().ok_or_else(|| {
+            QueryError::FailedPrecondition(
+                "this projection service has no access to the event store (LINKD_EVENT_STORE_URL), \
+                 where the history is read"
+                    .into(),
+            )
+        })?;
+        Ok(Store {
+            pool,
+            opener: self.opener.as_ref(),
+        })
+    }
+
     /// The account the caller may read: an auditor names any; a re-authenticated holder only
     /// their own (empty means their own).
     /// The account whose history the caller may read (an auditor names it; a holder reads
@@ -297,10 +316,11 @@ impl Audits {
             "" => 0,
             token => parse_page_token(&filter, token)?,
         };
+        let store = self.store()?;
         reading
             .record(&self.queries.pool, "ListEvents", &filters(&filter, after))
             .await?;
-        let mut rows = audit::page(&self.queries.pool, &filter, after, page_size + 1).await?;
+        let mut rows = audit::page(store, &filter, after, page_size + 1).await?;
         let next_page_token = next_page_token(&mut rows, page_size, |row| {
             page_token(&filter, row.global_position)
         });
@@ -313,13 +333,17 @@ impl Audits {
     /// Sends every event of `filter`'s account on `sender`, page by page, until the end or
     /// until the client goes away.
     async fn export(
-        pool: PgPool,
+        self,
         filter: Filter,
         sender: tokio::sync::mpsc::Sender<Result<AuditEvent, Status>>,
     ) {
         let mut after = 0;
         loop {
-            let rows = match audit::page(&pool, &filter, after, EXPORT_PAGE).await {
+            let page = match self.store() {
+                Ok(store) => audit::page(store, &filter, after, EXPORT_PAGE).await,
+                Err(error) => Err(error),
+            };
+            let rows = match page {
                 Ok(rows) => rows,
                 Err(error) => {
                     let _ = sender.send(Err(to_status(error))).await;
@@ -347,10 +371,11 @@ impl Audits {
             .await?;
         let at = time("at", request.get_ref().at.as_ref())?
             .ok_or_else(|| QueryError::InvalidArgument("at is required".into()))?;
+        let store = self.store()?;
         reading
             .record(&self.queries.pool, "DevicesAt", &json!({ "at": at }))
             .await?;
-        let linked = audit::linked_at(&self.queries.pool, &reading.account, at).await?;
+        let linked = audit::linked_at(store, &reading.account, at).await?;
         Ok(DevicesAtResponse {
             devices: linked.into_iter().map(DeviceAt::from).collect(),
         })
@@ -363,12 +388,7 @@ impl Audits {
         let reading = self
             .reading(&request, &request.get_ref().account_id)
             .await?;
-        let store = self.event_store.as_ref().ok_or_else(|| {
-            QueryError::FailedPrecondition(
-                "this projection service has no access to the event store (LINKD_EVENT_STORE_URL)"
-                    .into(),
-            )
-        })?;
+        let store = self.store()?.pool;
         reading
             .record(&self.queries.pool, "VerifyHistory", &json!({}))
             .await?;
@@ -423,6 +443,7 @@ impl AuditService for Audits {
             .reading(&request, &request.get_ref().account_id)
             .await
             .map_err(to_status)?;
+        self.store().map_err(to_status)?;
         reading
             .record(&self.queries.pool, "ExportHistory", &json!({}))
             .await
@@ -435,7 +456,7 @@ impl AuditService for Audits {
             to: None,
         };
         let (sender, receiver) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(Self::export(self.queries.pool.clone(), filter, sender));
+        tokio::spawn(self.clone().export(filter, sender));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 

@@ -65,7 +65,7 @@ impl Notifier {
         let deleted = sqlx::query(
             "WITH devices_of AS ( \
                  SELECT device_id::text AS id FROM devices WHERE account_id = $1 \
-                 UNION SELECT device_id FROM audit_log WHERE account_id = $1 AND device_id <> '') \
+                 UNION SELECT device_id FROM audit_heads WHERE account_id = $1 AND device_id <> '') \
              DELETE FROM email_outbox o \
              WHERE left(o.event_id, length($2)) = $2 \
                 OR (split_part(o.event_id, '/', 1) = 'device' \
@@ -79,7 +79,7 @@ impl Notifier {
         sqlx::query(
             "DELETE FROM email_devices WHERE device_id IN ( \
                  SELECT device_id::text FROM devices WHERE account_id = $1 \
-                 UNION SELECT device_id FROM audit_log WHERE account_id = $1)",
+                 UNION SELECT device_id FROM audit_heads WHERE account_id = $1)",
         )
         .bind(account_id)
         .execute(&mut **tx)

@@ -1,18 +1,24 @@
-//! The `audit_log` read model: one row per event, with its account and device resolved. Written
-//! by [`crate::projections::audit`]; read here for `AuditService`, together with the event store
-//! for `VerifyHistory`.
+//! An account's history for `AuditService`, read from the event store itself (docs/adr/0029):
+//! its events ([`history::ACCOUNT_EVENTS`]) turned into bus envelopes as the relay turns them,
+//! their sealed fields opened (placeholders once erased) and their facts shown as the audit log
+//! shows them ([`crate::projections::audit::details`]). And `VerifyHistory`, which checks the
+//! event store against the witness the read side keeps (`audit_heads`).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
+use history::stored::{self, StoredEvent};
+use proto::convert::{aggregate, datetime};
+use proto::v1::EventEnvelope;
 use sqlx::PgPool;
 
+use crate::projections::audit::{details, device_of};
+use crate::sealed::{OpenError, Opener};
 use crate::status::QueryError;
 
-/// Every column `AuditService` answers with, in [`AuditRow`]'s order.
-const COLUMNS: &str = "global_position, event_id, aggregate_type, aggregate_id, sequence, \
-    event_type, occurred_at, actor, request_id, account_id, device_id, details";
-
-/// A row of `audit_log`.
-#[derive(Debug, sqlx::FromRow)]
+/// An event as `AuditService` shows it.
+#[derive(Debug)]
 pub(crate) struct AuditRow {
     /// Position in the event store.
     pub(crate) global_position: i64,
@@ -32,7 +38,7 @@ pub(crate) struct AuditRow {
     pub(crate) actor: String,
     /// The call that caused it.
     pub(crate) request_id: String,
-    /// The account concerned.
+    /// The account whose history it is part of.
     pub(crate) account_id: String,
     /// The device concerned, or empty.
     pub(crate) device_id: String,
@@ -55,35 +61,201 @@ pub(crate) struct Filter {
     pub(crate) to: Option<DateTime<Utc>>,
 }
 
+/// The event store, as `AuditService` reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Store<'a> {
+    /// Read access to `events` (`LINKD_EVENT_STORE_URL`).
+    pub(crate) pool: &'a PgPool,
+    /// What opens sealed fields (`LINKD_KEK_FILE` too).
+    pub(crate) opener: Option<&'a Opener>,
+}
+
+/// The first events of the link attempts `$1` (ids), for the device they name.
+static FIRST_OF_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM events \
+         WHERE aggregate_type = 'link_attempt' AND aggregate_id = ANY($1) AND sequence = 1",
+        stored::COLUMNS
+    )
+});
+
+/// Events read per statement when a device filter leaves some out.
+const CHUNK: i64 = 500;
+
 /// Up to `limit` events matching `filter` after global position `after`, in position order.
 pub(crate) async fn page(
-    pool: &PgPool,
+    store: Store<'_>,
     filter: &Filter,
-    after: i64,
+    mut after: i64,
     limit: i64,
 ) -> Result<Vec<AuditRow>, QueryError> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE account_id = $1 \
-         AND ($2 = '' OR device_id = $2) \
-         AND (cardinality($3::text[]) = 0 OR event_type = ANY($3)) \
-         AND ($4::timestamptz IS NULL OR occurred_at >= $4) \
-         AND ($5::timestamptz IS NULL OR occurred_at < $5) \
-         AND global_position > $6 ORDER BY global_position LIMIT $7"
-    ))
-    .bind(&filter.account)
-    .bind(&filter.device)
-    .bind(&filter.types)
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(QueryError::audit_log)
+    let chunk = if filter.device.is_empty() {
+        limit
+    } else {
+        limit.max(CHUNK)
+    };
+    let mut rows = Vec::new();
+    loop {
+        let stored: Vec<StoredEvent> = sqlx::query_as(history::ACCOUNT_PAGE.as_str())
+            .bind(&filter.account)
+            .bind(after)
+            .bind(&filter.types)
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(chunk)
+            .fetch_all(store.pool)
+            .await
+            .map_err(QueryError::event_store)?;
+        let read = i64::try_from(stored.len()).unwrap_or(i64::MAX);
+        let Some(last) = stored.last().map(|event| event.global_position) else {
+            break;
+        };
+        let shown = shown(store, &filter.account, stored).await?;
+        rows.extend(
+            shown
+                .into_iter()
+                .filter(|row| filter.device.is_empty() || row.device_id == filter.device),
+        );
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit || read < chunk {
+            break;
+        }
+        after = last;
+    }
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(rows)
+}
+
+/// The envelopes of `stored`, sealed fields opened: an event this build cannot read (a newer
+/// linkd's, or one whose fields do not open) is left out, as the live read models pass over it.
+async fn opened(
+    store: Store<'_>,
+    stored: Vec<StoredEvent>,
+) -> Result<Vec<EventEnvelope>, QueryError> {
+    let mut envelopes: Vec<EventEnvelope> = stored
+        .iter()
+        .filter_map(|event| match event.envelope() {
+            Ok(envelope) => Some(envelope),
+            Err(unreadable) => {
+                tracing::warn!(%unreadable, "an event left out of the audit log");
+                None
+            }
+        })
+        .collect();
+    let verdicts =
+        Opener::open(store.opener, &mut envelopes)
+            .await
+            .map_err(|error| match error {
+                OpenError::Database(error) => QueryError::event_store(error),
+                OpenError::NotConfigured(_) => QueryError::FailedPrecondition(format!(
+                    "{error}; the audit log cannot be shown"
+                )),
+            })?;
+    Ok(envelopes
+        .into_iter()
+        .zip(verdicts)
+        .filter_map(|(envelope, opened)| match opened {
+            Ok(()) => Some(envelope),
+            Err(reason) => {
+                tracing::warn!(%reason, "an event whose sealed fields do not open left out");
+                None
+            }
+        })
+        .collect())
+}
+
+/// `stored` (events of `account`) as the audit log shows them. A link attempt's event that
+/// names no device concerns the device of the attempt's first event.
+async fn shown(
+    store: Store<'_>,
+    account: &str,
+    stored: Vec<StoredEvent>,
+) -> Result<Vec<AuditRow>, QueryError> {
+    let envelopes = opened(store, stored).await?;
+    let mut rows = Vec::with_capacity(envelopes.len());
+    let mut first_devices: HashMap<String, String> = HashMap::new();
+    let mut unresolved: Vec<String> = Vec::new();
+    for envelope in envelopes {
+        let Some(payload) = &envelope.event else {
+            continue;
+        };
+        let facts = match details(payload) {
+            Ok(facts) => facts,
+            Err(error) => {
+                tracing::warn!(event_id = %envelope.event_id, %error,
+                    "an event this build cannot show left out of the audit log");
+                continue;
+            }
+        };
+        let device = device_of(&envelope, payload);
+        if envelope.aggregate_type == aggregate::LINK_ATTEMPT {
+            if envelope.sequence == 1 {
+                first_devices.insert(
+                    envelope.aggregate_id.clone(),
+                    device.clone().unwrap_or_default(),
+                );
+            } else if device.is_none() && !unresolved.contains(&envelope.aggregate_id) {
+                unresolved.push(envelope.aggregate_id.clone());
+            }
+        }
+        let occurred_at = envelope
+            .occurred_at
+            .as_ref()
+            .and_then(datetime)
+            .unwrap_or_default();
+        rows.push((
+            device,
+            AuditRow {
+                global_position: envelope.global_position,
+                event_id: envelope.event_id,
+                aggregate_type: envelope.aggregate_type,
+                aggregate_id: envelope.aggregate_id,
+                sequence: envelope.sequence,
+                event_type: envelope.event_type,
+                occurred_at,
+                actor: envelope.actor,
+                request_id: envelope.request_id,
+                account_id: account.to_owned(),
+                device_id: String::new(),
+                details: facts,
+            },
+        ));
+    }
+    unresolved.retain(|id| !first_devices.contains_key(id));
+    if !unresolved.is_empty() {
+        let firsts: Vec<StoredEvent> = sqlx::query_as(FIRST_OF_ATTEMPTS.as_str())
+            .bind(&unresolved)
+            .fetch_all(store.pool)
+            .await
+            .map_err(QueryError::event_store)?;
+        // Only the device is needed: ids are never sealed.
+        for first in firsts {
+            if let Ok(envelope) = first.envelope() {
+                let device = envelope
+                    .event
+                    .as_ref()
+                    .and_then(|payload| device_of(&envelope, payload));
+                first_devices.insert(envelope.aggregate_id, device.unwrap_or_default());
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(device, mut row)| {
+            row.device_id = match device {
+                Some(device) => device,
+                None if row.aggregate_type == aggregate::LINK_ATTEMPT => first_devices
+                    .get(&row.aggregate_id)
+                    .cloned()
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            row
+        })
+        .collect())
 }
 
 /// A device linked at an instant: the `DeviceLinked` event that linked it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub(crate) struct LinkedAt {
     /// The device.
     pub(crate) device_id: String,
@@ -98,42 +270,57 @@ pub(crate) struct LinkedAt {
 /// The devices linked to `account` at `at`: those whose last link event by then is a
 /// `DeviceLinked`, oldest link first.
 pub(crate) async fn linked_at(
-    pool: &PgPool,
+    store: Store<'_>,
     account: &str,
     at: DateTime<Utc>,
 ) -> Result<Vec<LinkedAt>, QueryError> {
-    sqlx::query_as(
-        "SELECT device_id, occurred_at, event_id, details FROM ( \
-               SELECT DISTINCT ON (device_id) device_id, event_type, occurred_at, event_id, \
-               details FROM audit_log WHERE aggregate_type = 'device' AND account_id = $1 \
-               AND event_type IN ('DeviceLinked', 'DeviceUnlinked') AND occurred_at <= $2 \
-               ORDER BY device_id, sequence DESC) last \
-             WHERE event_type = 'DeviceLinked' ORDER BY occurred_at, device_id",
-    )
-    .bind(account)
-    .bind(at)
-    .fetch_all(pool)
-    .await
-    .map_err(QueryError::audit_log)
+    let events: Vec<StoredEvent> = sqlx::query_as(history::ACCOUNT_LINKS.as_str())
+        .bind(account)
+        .bind(at)
+        .fetch_all(store.pool)
+        .await
+        .map_err(QueryError::event_store)?;
+    // The last of each device's events by then (they come in position order, which within one
+    // device is its sequence order).
+    let mut last: HashMap<String, StoredEvent> = HashMap::new();
+    for event in events {
+        last.insert(event.aggregate_id.clone(), event);
+    }
+    let linked: Vec<StoredEvent> = last
+        .into_values()
+        .filter(|event| event.event_type == "DeviceLinked")
+        .collect();
+    let mut devices: Vec<LinkedAt> = shown(store, account, linked)
+        .await?
+        .into_iter()
+        .map(|row| LinkedAt {
+            device_id: row.aggregate_id,
+            occurred_at: row.occurred_at,
+            event_id: row.event_id,
+            details: row.details,
+        })
+        .collect();
+    devices.sort_by(|a, b| (a.occurred_at, &a.device_id).cmp(&(b.occurred_at, &b.device_id)));
+    Ok(devices)
 }
 
-/// Checks the tamper-evidence chain in the event store (`store`) of every aggregate of
-/// `account`: those the audit log knows, each with its last event (so a history cut short is
-/// detected too), and any other the event store attributes to it.
+/// Checks the tamper-evidence chain in the event store of every aggregate of `account`: those
+/// the read side's witness (`audit_heads`, in `pool`) knows, each with the last event it applied
+/// (so a history cut short is detected too), and any other the event store attributes to it.
 pub(crate) async fn verify(
     pool: &PgPool,
     store: &PgPool,
     account: &str,
 ) -> Result<history::Verdict, QueryError> {
-    let logged: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, max(sequence), max(global_position) \
-         FROM audit_log WHERE account_id = $1 GROUP BY aggregate_type, aggregate_id",
+    let witnessed: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, last_sequence, last_position \
+         FROM audit_heads WHERE account_id = $1 ORDER BY aggregate_type, aggregate_id",
     )
     .bind(account)
     .fetch_all(pool)
     .await
     .map_err(QueryError::audit_log)?;
-    let mut aggregates: Vec<history::Known> = logged
+    let mut aggregates: Vec<history::Known> = witnessed
         .into_iter()
         .map(
             |(aggregate_type, aggregate_id, sequence, position)| history::Known {

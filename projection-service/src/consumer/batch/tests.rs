@@ -8,7 +8,7 @@ use testkit::TestDatabase;
 
 use super::*;
 use crate::email::Templates;
-use crate::projections::audit::AuditLog;
+use crate::projections::audit::AuditHeads;
 use crate::projections::devices::Devices;
 use crate::projections::notifier::Notifier;
 
@@ -193,9 +193,8 @@ async fn database() -> (TestDatabase, PgPool) {
 async fn contents(pool: &PgPool) -> Vec<String> {
     let mut rows = Vec::new();
     for query in [
-        "SELECT concat_ws('|', event_id, global_position, aggregate_type, aggregate_id, sequence, \
-         event_type, occurred_at, actor, request_id, account_id, device_id, details::text) \
-         FROM audit_log ORDER BY event_id",
+        "SELECT concat_ws('|', account_id, aggregate_type, aggregate_id, device_id, \
+         last_sequence, last_position, first_at) FROM audit_heads ORDER BY 1",
         "SELECT concat_ws('|', device_id, account_id, link_id, name, method, product_kind, \
          product_serial, platform, app_version, linked_at, last_used_at, biometrics_enabled, \
          status, unlinked_at, unlink_reason) FROM devices ORDER BY device_id",
@@ -216,7 +215,7 @@ async fn contents(pool: &PgPool) -> Vec<String> {
 #[tokio::test]
 async fn a_batch_writes_what_its_events_write_one_at_a_time() {
     let notifier = notifier();
-    let models: [&dyn ReadModel; 3] = [&AuditLog, &Devices, &notifier];
+    let models: [&dyn ReadModel; 3] = [&AuditHeads, &Devices, &notifier];
     let events = history();
 
     let (_one, one_at_a_time) = database().await;
@@ -229,8 +228,16 @@ async fn a_batch_writes_what_its_events_write_one_at_a_time() {
         ("device_linked", "a link email"),
         ("device_unlinked", "an unlink email"),
         (
-            "|anna|7d0e8a59-2c1f-4b0e-9a53-2b1c1d9f0a01|{\"qr_id\"",
-            "an attempt's row resolved",
+            &format!("{ACCOUNT}|link_attempt|{ATTEMPT}|{DEVICE}|3|"),
+            "the attempt's row for its account, with the device its first event named",
+        ),
+        (
+            &format!("|link_attempt|{ATTEMPT}|{DEVICE}|4|"),
+            "the attempt's row without an account",
+        ),
+        (
+            &format!("{ACCOUNT}|link_qr|{QR}|{DEVICE}|2|"),
+            "the QR code's row, with the device that consumed it",
         ),
         ("Anna's other phone", "the relinked device"),
     ] {
@@ -262,16 +269,16 @@ async fn a_batch_writes_what_its_events_write_one_at_a_time() {
 
 #[tokio::test]
 async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
-    // Arrange: 30,000 audit rows (a third of them link attempts', some without an account) and
-    // 5,000 devices, no statistics (autovacuum off, or a table that grew since its last ANALYZE).
+    // Arrange: 30,000 witness rows (a third of them link attempts', some without an account)
+    // and 5,000 devices, no statistics (autovacuum off, or a table that grew since its last
+    // ANALYZE).
     let (_database, pool) = database().await;
     sqlx::raw_sql(
-        "INSERT INTO audit_log (event_id, global_position, aggregate_type, aggregate_id, \
-         sequence, event_type, occurred_at, actor, request_id, account_id, device_id, details) \
-         SELECT 'e' || n, n, CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, \
-         'id' || n / 3, n % 3 + 1, 'Test', now(), 'test', 'test', \
-         CASE WHEN n % 5 = 0 THEN '' ELSE 'anna' END, '', '{}' \
-         FROM generate_series(1, 30000) AS n; \
+        "INSERT INTO audit_heads (account_id, aggregate_type, aggregate_id, device_id, \
+         last_sequence, last_position, first_at) \
+         SELECT CASE WHEN n % 5 = 0 THEN '' ELSE 'anna' END, \
+         CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, 'id' || n, 'd' || n, \
+         1, n, now() FROM generate_series(1, 30000) AS n; \
          INSERT INTO devices (device_id, account_id, link_id, name, method, platform, \
          app_version, linked_at, status) \
          SELECT gen_random_uuid(), 'anna', gen_random_uuid(), 'phone', 'qr', 'ios', '1.0', \
@@ -282,9 +289,8 @@ async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
     .unwrap();
     let mut connection = pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!(
-        "PREPARE attempt_devices AS {}; PREPARE give_accounts AS {}; PREPARE load_devices AS {};",
-        crate::projections::audit::ATTEMPT_DEVICES,
-        crate::projections::audit::GIVE_ACCOUNTS,
+        "PREPARE move_heads AS {}; PREPARE load_devices AS {};",
+        crate::projections::audit::MOVE_HEADS,
         crate::projections::devices::LOAD.as_str(),
     ))
     .execute(&mut *connection)
@@ -294,10 +300,11 @@ async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
     // Act
     let situations = testkit::plans::in_every_situation(
         &mut connection,
-        "audit_log, devices",
+        "audit_heads, devices",
         &[
-            "attempt_devices(ARRAY['id5', 'id7'])",
-            "give_accounts(ARRAY['id5', 'id7'], ARRAY['anna', 'bob'])",
+            "move_heads(ARRAY['anna', ''], ARRAY['link_attempt', 'link_attempt'], \
+             ARRAY['id3', 'id6'], ARRAY['', 'd6'], ARRAY[2, 1]::bigint[], \
+             ARRAY[40001, 40002]::bigint[], ARRAY[now(), now()])",
             &format!("load_devices(ARRAY['{DEVICE}', '{LINK}']::uuid[])"),
         ],
     )
@@ -305,16 +312,11 @@ async fn a_share_reaches_its_rows_by_key_whatever_the_statistics() {
 
     // Assert
     for (situation, plans) in situations {
-        let (devices, accounts, loaded) = (&plans[0], &plans[1], &plans[2]);
-        for (what, plan) in [("attempt devices", devices), ("accounts", accounts)] {
-            assert!(
-                plan.contains("aggregate_id = k.id")
-                    && !plan.contains("Seq Scan on audit_log")
-                    && !plan.contains("BitmapAnd")
-                    && !plan.contains("Hash Join"),
-                "{situation}: {what} are not reached by key:\n{plan}"
-            );
-        }
+        let (heads, loaded) = (&plans[0], &plans[1]);
+        assert!(
+            !heads.contains("Seq Scan on audit_heads") && heads.contains("audit_heads_pkey"),
+            "{situation}: the attempts' rows without an account are not reached by key:\n{heads}"
+        );
         assert!(
             loaded.contains("device_id = k.id") && !loaded.contains("Seq Scan on devices"),
             "{situation}: devices are not loaded by key:\n{loaded}"
@@ -371,7 +373,7 @@ fn history_with_a_newer_event() -> (Vec<EventEnvelope>, String) {
 async fn an_event_type_this_build_does_not_know_moves_every_guard_and_applies_nothing() {
     // Arrange
     let notifier = notifier();
-    let models: [&dyn ReadModel; 3] = [&AuditLog, &Devices, &notifier];
+    let models: [&dyn ReadModel; 3] = [&AuditHeads, &Devices, &notifier];
     let (events, unknown) = history_with_a_newer_event();
 
     // Act: one at a time, then in batches split at every point.

@@ -4,9 +4,8 @@ use proto::v1::{self, EventEnvelope};
 use super::*;
 use crate::projections::fixtures::{DEVICE, envelope, stamp, unlinked};
 
-fn details(event: &EventEnvelope) -> Result<serde_json::Value, ProjectionError> {
-    let payload = event.event.as_ref().unwrap();
-    device_and_details(event, payload).map(|(_, details)| details)
+fn facts(event: &EventEnvelope) -> Result<serde_json::Value, ProjectionError> {
+    details(event.event.as_ref().unwrap())
 }
 
 fn linked(method: i32, kind: i32) -> EventEnvelope {
@@ -54,25 +53,25 @@ fn login(kind: i32) -> EventEnvelope {
 fn details_carry_the_text_forms() {
     let luxtrust = i32::from(v1::LinkMethod::Luxtrust);
     let scan = i32::from(v1::ProductKind::LuxtrustScan);
-    let link = details(&linked(luxtrust, scan)).unwrap();
+    let link = facts(&linked(luxtrust, scan)).unwrap();
     assert_eq!(link["method"], "luxtrust");
     assert_eq!(link["product"]["kind"], "scan");
     assert_eq!(link["product"]["serial"], "S-1");
-    let unlink = details(&unlinked(v1::UnlinkReason::FromPortal.into())).unwrap();
+    let unlink = facts(&unlinked(v1::UnlinkReason::FromPortal.into())).unwrap();
     assert_eq!(unlink["reason"], "from_portal");
     let declined = v1::LinkDeclined {
         reason: v1::DeclineReason::WrongMatchingCode.into(),
         at: stamp(),
     };
     let declined = envelope("link_attempt", DEVICE, Event::LinkDeclined(declined));
-    assert_eq!(details(&declined).unwrap()["reason"], "wrong_matching_code");
+    assert_eq!(facts(&declined).unwrap()["reason"], "wrong_matching_code");
     let accepted = v1::QrAccepted {
         qr_id: "q".into(),
         at: stamp(),
         confirm_by: stamp(),
         client_address: "192.0.2.7".into(),
     };
-    let accepted = details(&envelope(
+    let accepted = facts(&envelope(
         "link_attempt",
         DEVICE,
         Event::QrAccepted(accepted),
@@ -80,7 +79,7 @@ fn details_carry_the_text_forms() {
     .unwrap();
     assert_eq!(accepted["confirmation_required"], true);
     assert_eq!(accepted["client_address"], "192.0.2.7");
-    assert_eq!(details(&requested(1)).unwrap()["device_model"], "Pixel 8");
+    assert_eq!(facts(&requested(1)).unwrap()["device_model"], "Pixel 8");
 }
 
 #[test]
@@ -92,7 +91,7 @@ fn a_decline_with_an_unknown_reason_is_poison() {
         };
         let declined = envelope("link_attempt", DEVICE, Event::LinkDeclined(declined));
         assert!(
-            matches!(details(&declined), Err(ProjectionError::Poison(_))),
+            matches!(facts(&declined), Err(ProjectionError::Poison(_))),
             "LinkDeclined, reason {raw}"
         );
     }
@@ -103,14 +102,11 @@ fn an_event_with_an_unknown_method_is_poison_not_unknown() {
     let mobile = i32::from(v1::ProductKind::LuxtrustMobile);
     for raw in [0, 99] {
         assert!(
-            matches!(
-                details(&linked(raw, mobile)),
-                Err(ProjectionError::Poison(_))
-            ),
+            matches!(facts(&linked(raw, mobile)), Err(ProjectionError::Poison(_))),
             "DeviceLinked, method {raw}"
         );
         assert!(
-            matches!(details(&requested(raw)), Err(ProjectionError::Poison(_))),
+            matches!(facts(&requested(raw)), Err(ProjectionError::Poison(_))),
             "LinkRequested, method {raw}"
         );
     }
@@ -121,11 +117,11 @@ fn an_event_with_an_unknown_product_kind_is_poison_not_mobile() {
     let qr = i32::from(v1::LinkMethod::Qr);
     for raw in [0, 99] {
         assert!(
-            matches!(details(&linked(qr, raw)), Err(ProjectionError::Poison(_))),
+            matches!(facts(&linked(qr, raw)), Err(ProjectionError::Poison(_))),
             "DeviceLinked, kind {raw}"
         );
         assert!(
-            matches!(details(&login(raw)), Err(ProjectionError::Poison(_))),
+            matches!(facts(&login(raw)), Err(ProjectionError::Poison(_))),
             "PortalLoginRecorded, kind {raw}"
         );
     }
@@ -135,7 +131,7 @@ fn an_event_with_an_unknown_product_kind_is_poison_not_mobile() {
 fn an_unlink_with_an_unknown_reason_is_poison_not_unknown() {
     for raw in [0, 99] {
         assert!(
-            matches!(details(&unlinked(raw)), Err(ProjectionError::Poison(_))),
+            matches!(facts(&unlinked(raw)), Err(ProjectionError::Poison(_))),
             "reason {raw}"
         );
     }
