@@ -209,16 +209,20 @@ async fn an_accounts_history_is_its_aggregates_events_and_every_event_of_its_lin
     // Act: the events show once every transaction older than theirs has ended, in the whole
     // cluster (other tests run beside this one).
     let read = || async {
+        let positions: Vec<i64> = sqlx::query_scalar(history::ACCOUNT_POSITIONS.as_str())
+            .bind("anna")
+            .bind(0_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         sqlx::query_as::<_, (String, String, i64)>(&format!(
             "SELECT aggregate_type, aggregate_id, sequence FROM ({}) AS e",
-            history::ACCOUNT_PAGE.as_str()
+            history::EVENTS_AT.as_str()
         ))
-        .bind("anna")
-        .bind(0_i64)
+        .bind(positions)
         .bind(Vec::<String>::new())
         .bind(None::<chrono::DateTime<chrono::Utc>>)
         .bind(None::<chrono::DateTime<chrono::Utc>>)
-        .bind(100_i64)
         .fetch_all(&pool)
         .await
         .unwrap()
@@ -264,9 +268,11 @@ async fn an_accounts_history_is_read_by_index_whatever_the_statistics() {
     .unwrap();
     let mut connection = pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!(
-        "PREPARE account_page AS {}; PREPARE account_links AS {};",
-        history::ACCOUNT_PAGE.as_str(),
+        "PREPARE account_positions AS {}; PREPARE account_links AS {}; \
+         PREPARE events_at AS {};",
+        history::ACCOUNT_POSITIONS.as_str(),
         history::ACCOUNT_LINKS.as_str(),
+        history::EVENTS_AT.as_str(),
     ))
     .execute(&mut *connection)
     .await
@@ -277,30 +283,39 @@ async fn an_accounts_history_is_read_by_index_whatever_the_statistics() {
         &mut connection,
         "events",
         &[
-            "account_page('acc42', 0, ARRAY[]::text[], NULL, NULL, 101)",
+            "account_positions('acc42', 0)",
             "account_links('acc42', now())",
+            "events_at(ARRAY[42, 10042, 20042]::bigint[], ARRAY['DeviceLinked'], NULL, now())",
         ],
     )
     .await;
 
-    // Assert
+    // Assert: the account's events through the indexes of ACCOUNT_EVENTS; the events of a
+    // chunk by position, each by itself.
     for (situation, plans) in situations {
-        for plan in plans {
+        for plan in &plans {
             assert!(
                 !plan.contains("Seq Scan"),
                 "{situation}: the plan reads the whole store:\n{plan}"
             );
+        }
+        for plan in &plans[..2] {
             for index in [
                 "events_data_subject",
                 "events_pkey",
                 "events_legacy_account",
-                "events_global_position",
             ] {
                 assert!(
                     plan.contains(index),
                     "{situation}: {index} is not used:\n{plan}"
                 );
             }
+        }
+        for plan in &plans[1..] {
+            assert!(
+                plan.contains("events_global_position"),
+                "{situation}: the events are not fetched by position:\n{plan}"
+            );
         }
     }
 }

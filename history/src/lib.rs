@@ -45,7 +45,8 @@ struct Link {
     chain_hash: Vec<u8>,
 }
 
-/// An aggregate to verify, and what an independent record (the audit log) says it held.
+/// An aggregate to verify, and what an independent record (the read side's audit witness) says
+/// it held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
     /// Aggregate type.
@@ -86,28 +87,37 @@ pub const ACCOUNT_EVENTS: &str = "WITH own AS ( \
      WHERE e.aggregate_type = 'link_attempt' \
        AND e.aggregate_id IN (SELECT aggregate_id FROM own WHERE aggregate_type = 'link_attempt')";
 
-/// Up to `$6` events of account `$1` ([`ACCOUNT_EVENTS`]) after position `$2` of the types `$3`
-/// (all if empty), recorded in [`$4`, `$5`) (either end open if null), in position order
-/// (`AuditService.ListEvents`). Each event is fetched by
-/// its position (`OFFSET 0` keeps the planner from joining the account's positions with the
-/// whole store), and only once the transaction that wrote it, and every one before it, has
-/// ended: an event committed later with a lower position would otherwise be passed over by a
-/// reader paging on positions (the relay publishes up to the same point).
-pub static ACCOUNT_PAGE: LazyLock<String> = LazyLock::new(|| {
+/// The positions of account `$1`'s events after position `$2` ([`ACCOUNT_EVENTS`]), in order:
+/// integers only, read once per call, before the events are fetched a chunk at a time
+/// ([`EVENTS_AT`]), so that a page costs the account's positions and its own events, not every
+/// event of the history.
+pub static ACCOUNT_POSITIONS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT e.* FROM ({accounts}) AS p \
+        "SELECT global_position FROM ({ACCOUNT_EVENTS}) AS a \
+         WHERE global_position > $2 ORDER BY global_position"
+    )
+});
+
+/// The events at positions `$1` of the types `$2` (all if empty), recorded in [`$3`, `$4`)
+/// (either end open if null), in position order (`AuditService.ListEvents`, `ExportHistory`).
+/// Each is fetched by its position (`OFFSET 0` keeps the planner from joining the positions with
+/// the whole store), and only once every transaction whose id is older than its own has ended,
+/// as the relay publishes: a reader paging on positions would otherwise pass over an event that
+/// a transaction begun earlier commits later with a lower position. (A transaction that draws its
+/// position before it has an id can still do so, in the instant between the two.)
+pub static EVENTS_AT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.* FROM unnest($1::bigint[]) AS p (position) \
          CROSS JOIN LATERAL ( \
-             SELECT {columns} FROM events \
-             WHERE global_position = p.global_position \
+             SELECT {} FROM events \
+             WHERE global_position = p.position \
                AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND (cardinality($2::text[]) = 0 OR event_type = ANY($2)) \
+               AND ($3::timestamptz IS NULL OR occurred_at >= $3) \
+               AND ($4::timestamptz IS NULL OR occurred_at < $4) \
              OFFSET 0) AS e \
-         WHERE e.global_position > $2 \
-           AND (cardinality($3::text[]) = 0 OR e.event_type = ANY($3)) \
-           AND ($4::timestamptz IS NULL OR e.occurred_at >= $4) \
-           AND ($5::timestamptz IS NULL OR e.occurred_at < $5) \
-         ORDER BY e.global_position LIMIT $6",
-        accounts = ACCOUNT_EVENTS,
-        columns = stored::COLUMNS,
+         ORDER BY e.global_position",
+        stored::COLUMNS
     )
 });
 

@@ -1,6 +1,7 @@
 //! linkd's read side: it reads and notifies. One durable JetStream pull consumer feeds the
 //! projectors that keep read models in the service's own PostgreSQL database — the devices of
-//! each account, the audit log, and the email outbox — each pulled batch applied to all of them
+//! each account, the audit witness (the audit log itself is read from the event store, ADR 0029),
+//! and the email outbox — each pulled batch applied to all of them
 //! in one transaction with each read model's per-aggregate guards (one event at a time when the
 //! batch fails; ADR 0009), committed without waiting for the WAL flush and acknowledged once it
 //! is flushed (ADR 0018). `DeviceQueryService` (the holder's devices, read-your-writes) and

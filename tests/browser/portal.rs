@@ -212,8 +212,9 @@ impl Scene {
         serde_json::from_value(names).unwrap()
     }
 
-    /// The event types on the *History* page once it shows `event_type` (the audit log is fed
-    /// from the stream: it may be a moment behind the command; the page is reloaded meanwhile).
+    /// The event types on the *History* page once it shows `event_type` (the audit log shows an
+    /// event once older transactions have ended: it may be a moment behind the command; the page
+    /// is reloaded meanwhile).
     async fn history_showing(&self, event_type: &str) -> Vec<String> {
         let deadline = std::time::Instant::now() + SHOWN;
         loop {

@@ -1,4 +1,4 @@
-//! AuditService over the audit log and the event store.
+//! AuditService: the history read from the event store, and the audit witness.
 
 use std::time::Duration;
 
@@ -319,7 +319,7 @@ async fn verify_history_reports_the_position_of_an_edited_event() {
 
 #[tokio::test]
 async fn verify_history_notices_a_history_cut_short() {
-    // The chain alone cannot see the last events of an aggregate deleted; the audit log can.
+    // The chain alone cannot see the last events of an aggregate deleted; the audit witness can.
     let mut app = spawn_system().await;
     app.register("anna").await;
     let phone = app.link_by_qr("anna").await;

@@ -125,6 +125,7 @@ impl TestApp {
                     "SELECT aggregate_type, aggregate_id, max(sequence) FROM events \
                      WHERE aggregate_type IN ('account', 'link_attempt') \
                         OR coalesce(metadata::jsonb ->> 'account_id', '') <> '' \
+                        OR data_subject LIKE 'account:%' \
                      GROUP BY aggregate_type, aggregate_id \
                      ORDER BY aggregate_type, aggregate_id",
                 )

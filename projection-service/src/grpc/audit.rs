@@ -30,7 +30,7 @@ mod tests;
 const AUDITOR_ROLE: &str = "auditor";
 
 /// Events per page of `ExportHistory`.
-const EXPORT_PAGE: i64 = 1000;
+const EXPORT_PAGE: usize = 1000;
 
 /// The audit API's state.
 #[derive(Debug, Clone)]
@@ -320,7 +320,13 @@ impl Audits {
         reading
             .record(&self.queries.pool, "ListEvents", &filters(&filter, after))
             .await?;
-        let mut rows = audit::page(store, &filter, after, page_size + 1).await?;
+        let mut rows = audit::page(
+            store,
+            &filter,
+            after,
+            usize::try_from(page_size + 1).unwrap_or(1),
+        )
+        .await?;
         let next_page_token = next_page_token(&mut rows, page_size, |row| {
             page_token(&filter, row.global_position)
         });
@@ -330,35 +336,28 @@ impl Audits {
         })
     }
 
-    /// Sends every event of `filter`'s account on `sender`, page by page, until the end or
-    /// until the client goes away.
+    /// Sends every event of `filter`'s account on `sender`, a chunk at a time (its positions
+    /// read once), until the end or until the client goes away.
     async fn export(
         self,
         filter: Filter,
         sender: tokio::sync::mpsc::Sender<Result<AuditEvent, Status>>,
     ) {
-        let mut after = 0;
-        loop {
-            let page = match self.store() {
-                Ok(store) => audit::page(store, &filter, after, EXPORT_PAGE).await,
-                Err(error) => Err(error),
-            };
-            let rows = match page {
-                Ok(rows) => rows,
-                Err(error) => {
-                    let _ = sender.send(Err(to_status(error))).await;
-                    return;
-                }
-            };
-            let Some(last) = rows.last().map(|row| row.global_position) else {
-                return;
-            };
-            for row in rows {
-                if sender.send(Ok(row.into())).await.is_err() {
-                    return; // the client went away
+        let rows = async {
+            let store = self.store()?;
+            let positions = audit::positions(store, &filter.account, 0).await?;
+            for positions in positions.chunks(EXPORT_PAGE) {
+                let rows = audit::at(store, &filter, positions).await?;
+                for row in rows {
+                    if sender.send(Ok(row.into())).await.is_err() {
+                        return Ok(()); // the client went away
+                    }
                 }
             }
-            after = last;
+            Ok::<(), QueryError>(())
+        };
+        if let Err(error) = rows.await {
+            let _ = sender.send(Err(to_status(error))).await;
         }
     }
 

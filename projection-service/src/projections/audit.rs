@@ -124,6 +124,22 @@ pub(crate) fn details(payload: &Event) -> Result<serde_json::Value, ProjectionEr
     })
 }
 
+/// The account whose history holds `event`, as the audit log reads it from the event store
+/// (`history::ACCOUNT_EVENTS`): the one its metadata names, else the one it is sealed for, else
+/// its own aggregate's if it is an account's; empty if none.
+fn account_of(event: &EventEnvelope) -> String {
+    if !event.account_id.is_empty() {
+        return event.account_id.clone();
+    }
+    if let Some(account) = event.data_subject.strip_prefix("account:") {
+        return account.to_owned();
+    }
+    if event.aggregate_type == aggregate::ACCOUNT {
+        return event.aggregate_id.clone();
+    }
+    String::new()
+}
+
 /// What a share of events leaves in one row of `audit_heads`.
 #[derive(Debug)]
 struct Head {
@@ -148,11 +164,7 @@ fn heads(events: &[&EventEnvelope]) -> Result<Vec<Head>, ProjectionError> {
         let Some(payload) = &event.event else {
             return Err(ProjectionError::Poison("no event".into()));
         };
-        let account = if event.account_id.is_empty() && event.aggregate_type == aggregate::ACCOUNT {
-            event.aggregate_id.clone()
-        } else {
-            event.account_id.clone()
-        };
+        let account = account_of(event);
         if account.is_empty() && event.aggregate_type != aggregate::LINK_ATTEMPT {
             continue;
         }

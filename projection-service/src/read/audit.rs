@@ -79,49 +79,66 @@ static FIRST_OF_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Events read per statement when a device filter leaves some out.
-const CHUNK: i64 = 500;
+/// Events read per statement when a filter may leave some out.
+const CHUNK: usize = 500;
 
-/// Up to `limit` events matching `filter` after global position `after`, in position order.
+/// The positions of `account`'s events after `after`, in order: where its pages are read from.
+pub(crate) async fn positions(
+    store: Store<'_>,
+    account: &str,
+    after: i64,
+) -> Result<Vec<i64>, QueryError> {
+    sqlx::query_scalar(history::ACCOUNT_POSITIONS.as_str())
+        .bind(account)
+        .bind(after)
+        .fetch_all(store.pool)
+        .await
+        .map_err(QueryError::event_store)
+}
+
+/// The events at `positions` (in order, of `filter`'s account) that match `filter`, as shown.
+pub(crate) async fn at(
+    store: Store<'_>,
+    filter: &Filter,
+    positions: &[i64],
+) -> Result<Vec<AuditRow>, QueryError> {
+    let stored: Vec<StoredEvent> = sqlx::query_as(history::EVENTS_AT.as_str())
+        .bind(positions)
+        .bind(&filter.types)
+        .bind(filter.from)
+        .bind(filter.to)
+        .fetch_all(store.pool)
+        .await
+        .map_err(QueryError::event_store)?;
+    let mut shown = shown(store, &filter.account, stored).await?;
+    if !filter.device.is_empty() {
+        shown.retain(|row| row.device_id == filter.device);
+    }
+    Ok(shown)
+}
+
+/// Up to `limit` events matching `filter` after global position `after`, in position order:
+/// the account's positions once, then its events a chunk at a time until the page is full.
 pub(crate) async fn page(
     store: Store<'_>,
     filter: &Filter,
-    mut after: i64,
-    limit: i64,
+    after: i64,
+    limit: usize,
 ) -> Result<Vec<AuditRow>, QueryError> {
-    let chunk = if filter.device.is_empty() {
-        limit
-    } else {
-        limit.max(CHUNK)
-    };
+    let positions = positions(store, &filter.account, after).await?;
+    let filtered = !filter.device.is_empty()
+        || !filter.types.is_empty()
+        || filter.from.is_some()
+        || filter.to.is_some();
+    let chunk = if filtered { limit.max(CHUNK) } else { limit };
     let mut rows = Vec::new();
-    loop {
-        let stored: Vec<StoredEvent> = sqlx::query_as(history::ACCOUNT_PAGE.as_str())
-            .bind(&filter.account)
-            .bind(after)
-            .bind(&filter.types)
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(chunk)
-            .fetch_all(store.pool)
-            .await
-            .map_err(QueryError::event_store)?;
-        let read = i64::try_from(stored.len()).unwrap_or(i64::MAX);
-        let Some(last) = stored.last().map(|event| event.global_position) else {
-            break;
-        };
-        let shown = shown(store, &filter.account, stored).await?;
-        rows.extend(
-            shown
-                .into_iter()
-                .filter(|row| filter.device.is_empty() || row.device_id == filter.device),
-        );
-        if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit || read < chunk {
+    for positions in positions.chunks(chunk.max(1)) {
+        rows.extend(at(store, filter, positions).await?);
+        if rows.len() >= limit {
             break;
         }
-        after = last;
     }
-    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    rows.truncate(limit);
     Ok(rows)
 }
 

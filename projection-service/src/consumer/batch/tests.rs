@@ -391,7 +391,7 @@ async fn an_event_type_this_build_does_not_know_moves_every_guard_and_applies_no
     }
 
     // Assert: every guard of the device passed it, its later events applied (unlinked, then
-    // linked again), nothing of it in the audit log, nothing parked.
+    // linked again), nothing of it in the audit witness, nothing parked.
     let expected = contents(&one_at_a_time).await;
     for projector in ["audit", "devices", "notifier"] {
         let guard = format!("{projector}|device|{DEVICE}|6");

@@ -136,3 +136,54 @@ fn an_unlink_with_an_unknown_reason_is_poison_not_unknown() {
         );
     }
 }
+
+#[test]
+fn an_event_is_witnessed_for_the_account_whose_history_holds_it() {
+    // Arrange: a link request before the attempt named its account, then an event of the
+    // attempt written without an account in its metadata but sealed for anna's key, an event of
+    // bob's device, and one of a device that names no account at all.
+    let mut first = requested(i32::from(v1::LinkMethod::Qr));
+    first.account_id = String::new();
+    first.data_subject = format!("link_attempt:{DEVICE}");
+    let mut sealed_for_anna = envelope(
+        "link_attempt",
+        DEVICE,
+        Event::LinkCompleted(v1::LinkCompleted { at: stamp() }),
+    );
+    sealed_for_anna.account_id = String::new();
+    sealed_for_anna.data_subject = "account:anna".into();
+    sealed_for_anna.sequence = 2;
+    sealed_for_anna.global_position = 2;
+    let mut bobs = unlinked(v1::UnlinkReason::FromPortal.into());
+    bobs.account_id = "bob".into();
+    bobs.global_position = 3;
+    let mut nobodys = unlinked(v1::UnlinkReason::FromPortal.into());
+    nobodys.aggregate_id = "other".into();
+    nobodys.account_id = String::new();
+
+    // Act
+    let heads = heads(&[&first, &sealed_for_anna, &bobs, &nobodys]).unwrap();
+
+    // Assert: the attempt's row without an account, anna's (with the device the request named),
+    // bob's device; nothing for the device that names no one.
+    let rows: Vec<(&str, &str, &str, i64, i64)> = heads
+        .iter()
+        .map(|h| {
+            (
+                h.account.as_str(),
+                h.aggregate_type.as_str(),
+                h.device.as_str(),
+                h.last_sequence,
+                h.last_position,
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("", "link_attempt", DEVICE, 1, 1),
+            ("anna", "link_attempt", DEVICE, 2, 2),
+            ("bob", "device", DEVICE, 1, 3),
+        ]
+    );
+}
