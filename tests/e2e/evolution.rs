@@ -386,13 +386,7 @@ async fn an_event_whose_sealed_fields_do_not_open_is_parked_and_its_aggregate_go
         parked.iter().all(|(_, id, _)| *id == damaged_id),
         "{parked:?}"
     );
-    let audited: Vec<String> = app
-        .audited("anna")
-        .await
-        .into_iter()
-        .filter(|event| event.aggregate_id == "anna")
-        .map(|event| event.event_type)
-        .collect();
+    let audited = account_events(&app).await;
     assert_eq!(
         audited.last().map(String::as_str),
         Some("DevicesUnlinkedTogether")
@@ -411,12 +405,16 @@ async fn an_event_whose_sealed_fields_do_not_open_is_parked_and_its_aggregate_go
         .await
         .unwrap();
     assert_eq!(again, 2);
-    let audited_again: Vec<String> = app
-        .audited("anna")
+    let audited_again = account_events(&app).await;
+    assert_eq!(audited_again, audited);
+}
+
+/// The types of the events of anna's account aggregate in her audit log.
+async fn account_events(app: &e2e::TestApp) -> Vec<String> {
+    app.audited("anna")
         .await
         .into_iter()
         .filter(|event| event.aggregate_id == "anna")
         .map(|event| event.event_type)
-        .collect();
-    assert_eq!(audited_again, audited);
+        .collect()
 }
