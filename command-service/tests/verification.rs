@@ -45,6 +45,22 @@ async fn event(
     .unwrap();
 }
 
+/// 30,000 events of 10,000 accounts: a third of them link attempts', a tenth written before
+/// sealing (no data subject, the account in their metadata only).
+async fn many_accounts(pool: &PgPool) {
+    sqlx::raw_sql(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, data_subject) \
+         SELECT CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, 'x' || n, 1, \
+                'DeviceLinked', '1', '{}', json_build_object('account_id', 'acc' || n % 10000), \
+                CASE WHEN n % 10 = 0 THEN NULL ELSE 'account:acc' || n % 10000 END \
+         FROM generate_series(1, 30000) AS n",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn an_accounts_aggregates_are_those_sealed_for_it_its_own_and_its_legacy_ones() {
     // Arrange: anna's account; a device and a QR code sealed for her; a link attempt that began
@@ -125,21 +141,10 @@ async fn an_accounts_aggregates_are_those_sealed_for_it_its_own_and_its_legacy_o
 
 #[tokio::test]
 async fn an_accounts_aggregates_are_found_by_index_whatever_the_statistics() {
-    // Arrange: 30,000 events of 10,000 accounts, a tenth of them written before sealing (no
-    // data subject), and no statistics (autovacuum off, or a table that grew since its last
-    // ANALYZE).
+    // Arrange: 30,000 events of 10,000 accounts, and no statistics (autovacuum off, or a table
+    // that grew since its last ANALYZE).
     let (_database, pool) = store().await;
-    sqlx::raw_sql(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-         payload, metadata, data_subject) \
-         SELECT 'device', 'd' || n, 1, 'Test', '1', '{}', \
-                json_build_object('account_id', 'acc' || n % 10000), \
-                CASE WHEN n % 10 = 0 THEN NULL ELSE 'account:acc' || n % 10000 END \
-         FROM generate_series(1, 30000) AS n",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    many_accounts(&pool).await;
     let mut connection = pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!(
         "PREPARE aggregates_of AS {}",
@@ -252,20 +257,9 @@ async fn an_accounts_history_is_its_aggregates_events_and_every_event_of_its_lin
 
 #[tokio::test]
 async fn an_accounts_history_is_read_by_index_whatever_the_statistics() {
-    // Arrange: 30,000 events of 10,000 accounts (a third of them link attempts, a tenth written
-    // before sealing), no statistics.
+    // Arrange: 30,000 events of 10,000 accounts, no statistics.
     let (_database, pool) = store().await;
-    sqlx::raw_sql(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
-         payload, metadata, data_subject) \
-         SELECT CASE WHEN n % 3 = 0 THEN 'link_attempt' ELSE 'device' END, 'x' || n, 1, \
-                'DeviceLinked', '1', '{}', json_build_object('account_id', 'acc' || n % 10000), \
-                CASE WHEN n % 10 = 0 THEN NULL ELSE 'account:acc' || n % 10000 END \
-         FROM generate_series(1, 30000) AS n",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    many_accounts(&pool).await;
     let mut connection = pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!(
         "PREPARE account_positions AS {}; PREPARE account_links AS {}; \

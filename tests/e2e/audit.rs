@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use e2e::{TestApp, bearer, eventually, spawn_system};
 use proto::v1::audit_service_client::AuditServiceClient;
-use proto::v1::{DevicesAtRequest, ExportHistoryRequest, ListEventsRequest, VerifyHistoryRequest};
+use proto::v1::{
+    AuditEvent, DevicesAtRequest, ExportHistoryRequest, ListEventsRequest, VerifyHistoryRequest,
+};
 use tonic::Code;
 
 fn audits(app: &TestApp) -> AuditServiceClient<tonic::transport::Channel> {
@@ -202,6 +204,42 @@ async fn filters_and_pages_return_each_event_once() {
         .into_inner();
     assert_eq!(filtered.events.len(), 1);
     assert_eq!(filtered.events[0].device_id, phone.device_id);
+
+    // One device's events, a page of one at a time, are those of one page: its link attempt's
+    // events name it through the attempt's first event, on an earlier page than theirs.
+    let by_device = |page_size: i32, page_token: String| ListEventsRequest {
+        device_id: phone.device_id.clone(),
+        page_size,
+        page_token,
+        ..list("")
+    };
+    let whole: Vec<AuditEvent> = client
+        .list_events(bearer(by_device(500, String::new()), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let mut paged: Vec<AuditEvent> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_events(bearer(by_device(1, page_token), &token))
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(paged, whole);
+    let attempt_events = whole
+        .iter()
+        .filter(|e| e.aggregate_type == "link_attempt")
+        .count();
+    assert!(attempt_events >= 2, "{whole:#?}");
+    assert!(whole.iter().all(|e| e.device_id == phone.device_id));
 
     // A page token belongs to its filter.
     let first = client

@@ -5,6 +5,8 @@
 //! every device of the account. Also what an event says, as the audit log shows it
 //! ([`device_of`], [`details`]).
 
+use std::collections::HashMap;
+
 use proto::convert::{TextForm as _, aggregate};
 use proto::v1::event_envelope::Event;
 use proto::v1::{self, EventEnvelope};
@@ -160,6 +162,9 @@ struct Head {
 /// holds, when both are in the share (the statement cannot see rows it writes itself).
 fn heads(events: &[&EventEnvelope]) -> Result<Vec<Head>, ProjectionError> {
     let mut heads: Vec<Head> = Vec::new();
+    // Each head's place in `heads` by (account, aggregate type, aggregate id): a rebuild's pull
+    // holds 10,000 events.
+    let mut places: HashMap<(String, String, String), usize> = HashMap::new();
     for event in events {
         let Some(payload) = &event.event else {
             return Err(ProjectionError::Poison("no event".into()));
@@ -170,13 +175,14 @@ fn heads(events: &[&EventEnvelope]) -> Result<Vec<Head>, ProjectionError> {
         }
         let device = device_of(event, payload).unwrap_or_default();
         let at = event_time(event.occurred_at.as_ref())?;
-        let existing = heads.iter_mut().find(|head| {
-            head.account == account
-                && head.aggregate_type == event.aggregate_type
-                && head.aggregate_id == event.aggregate_id
-        });
-        match existing {
-            Some(head) => {
+        let key = (
+            account,
+            event.aggregate_type.clone(),
+            event.aggregate_id.clone(),
+        );
+        match places.get(&key) {
+            Some(&place) => {
+                let head = &mut heads[place];
                 head.last_sequence = head.last_sequence.max(event.sequence);
                 head.last_position = head.last_position.max(event.global_position);
                 head.first_at = head.first_at.min(at);
@@ -184,18 +190,22 @@ fn heads(events: &[&EventEnvelope]) -> Result<Vec<Head>, ProjectionError> {
                     head.device = device;
                 }
             }
-            None => heads.push(Head {
-                account,
-                aggregate_type: event.aggregate_type.clone(),
-                aggregate_id: event.aggregate_id.clone(),
-                device,
-                last_sequence: event.sequence,
-                last_position: event.global_position,
-                first_at: at,
-            }),
+            None => {
+                places.insert(key.clone(), heads.len());
+                let (account, aggregate_type, aggregate_id) = key;
+                heads.push(Head {
+                    account,
+                    aggregate_type,
+                    aggregate_id,
+                    device,
+                    last_sequence: event.sequence,
+                    last_position: event.global_position,
+                    first_at: at,
+                });
+            }
         }
     }
-    let unclaimed: Vec<(String, String)> = heads
+    let unclaimed: HashMap<String, String> = heads
         .iter()
         .filter(|head| head.account.is_empty() && !head.device.is_empty())
         .map(|head| (head.aggregate_id.clone(), head.device.clone()))
@@ -203,7 +213,7 @@ fn heads(events: &[&EventEnvelope]) -> Result<Vec<Head>, ProjectionError> {
     for head in &mut heads {
         if head.device.is_empty()
             && head.aggregate_type == aggregate::LINK_ATTEMPT
-            && let Some((_, device)) = unclaimed.iter().find(|(id, _)| *id == head.aggregate_id)
+            && let Some(device) = unclaimed.get(&head.aggregate_id)
         {
             head.device.clone_from(device);
         }

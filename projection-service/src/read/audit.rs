@@ -210,7 +210,7 @@ async fn shown(
                     envelope.aggregate_id.clone(),
                     device.clone().unwrap_or_default(),
                 );
-            } else if device.is_none() && !unresolved.contains(&envelope.aggregate_id) {
+            } else if device.is_none() {
                 unresolved.push(envelope.aggregate_id.clone());
             }
         }
@@ -237,6 +237,8 @@ async fn shown(
             },
         ));
     }
+    unresolved.sort_unstable();
+    unresolved.dedup();
     unresolved.retain(|id| !first_devices.contains_key(id));
     if !unresolved.is_empty() {
         let firsts: Vec<StoredEvent> = sqlx::query_as(FIRST_OF_ATTEMPTS.as_str())
