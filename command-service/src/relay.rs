@@ -14,8 +14,8 @@
 //!   ([`discontinuity`]: another cluster, a checkpoint or a stream ahead of the store), says
 //!   why and what to do, and looks again every [`HALT_RECHECK`] (ADR 0021).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -544,19 +544,26 @@ async fn lead(pool: &PgPool, database_url: &str, settings: &RelaySettings) -> an
     }
 }
 
-async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
-    Ok(sqlx::query_as(&format!(
+/// Up to `$3` committed events after the cursor (`$1` transaction id, `$2` position), in commit
+/// order: only those every older transaction has ended before (the horizon, ADR 0005). Built
+/// once: the relay reads a batch every few milliseconds when busy.
+static READ_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "SELECT {} FROM events \
          WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
          AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY tx_id, global_position LIMIT $3",
         history::stored::COLUMNS
-    ))
-    .bind(after.tx_id.to_string())
-    .bind(after.global_position)
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await?)
+    )
+});
+
+async fn read_batch(pool: &PgPool, after: Cursor) -> anyhow::Result<Vec<StoredEvent>> {
+    Ok(sqlx::query_as(READ_BATCH.as_str())
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await?)
 }
 
 async fn publish(
